@@ -1,0 +1,121 @@
+"""Reconstruction module: four decoder stages with the bilateral reference.
+
+Inward reference: the full-resolution image is cut into a grid of tiles of the
+stage's size, stacked on channels and encoded by `ipt_blk*`. Outward reference:
+`gdt_convs_k` predicts a gradient feature whose sigmoid attention (`gdt_convs_attn_k`)
+gates the stage output; in training `gdt_convs_pred_k` is supervised with the image
+Laplacian times the stage's side output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .blocks import BasicDecBlk, BasicLatBlk, NormFactory, SimpleConvs, interp
+
+TILE_LAYOUTS = ("current", "legacy")
+
+
+def image_tiles(image: torch.Tensor, size, layout: str = "current") -> torch.Tensor:
+    """Cut `image` (B, C, H, W) into (H//h)*(W//w) tiles of `size` (h, w), stacked on channels.
+
+    `current` (official code since 2024-11-05): channel = c*Gh*Gw + i*Gw + j.
+    `legacy` (earlier code; RMBG-2.0, ComfyUI's port): channel = (j*Gh + i)*C + c.
+    """
+    b, c, height, width = image.shape
+    h, w = size
+    gh, gw = height // h, width // w
+    tiles = image.reshape(b, c, gh, h, gw, w)
+    if layout == "current":
+        tiles = tiles.permute(0, 1, 2, 4, 3, 5)
+    elif layout == "legacy":
+        tiles = tiles.permute(0, 4, 2, 1, 3, 5)
+    else:
+        raise ValueError(f"tile layout must be one of {TILE_LAYOUTS}, got {layout!r}")
+    return tiles.reshape(b, c * gh * gw, h, w)
+
+
+@dataclass
+class DecoderOutput:
+    """Everything the decoder computes; `logits` is the model's answer.
+
+    side_logits: side outputs m4, m3, m2 at stage resolution (taken before the gradient gating).
+    gradient_features: g4, g3, g2 (16 channels each).
+    gradient_attention: sigmoid attention maps a4, a3, a2 (1 channel, stage resolution).
+    gradient_preds: gdt_convs_pred outputs (logits) at stage resolution.
+    """
+
+    logits: torch.Tensor
+    side_logits: list[torch.Tensor] = field(default_factory=list)
+    gradient_features: list[torch.Tensor] = field(default_factory=list)
+    gradient_attention: list[torch.Tensor] = field(default_factory=list)
+    gradient_preds: list[torch.Tensor] = field(default_factory=list)
+
+
+def _gradient_head(channels: int, norm: NormFactory) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(channels, 16, 3, padding=1), norm(16), nn.ReLU(inplace=True))
+
+
+class Decoder(nn.Module):
+    def __init__(self, channels: list[int], norm: NormFactory, tile_layout: str = "current"):
+        """channels: [c0, c1, c2, c3], deepest first, after the multi-scale concatenation."""
+        super().__init__()
+        c0, c1, c2, c3 = channels
+        self.tile_layout = tile_layout
+        patches = [3 * 32 * 32, 3 * 16 * 16, 3 * 8 * 8, 3 * 4 * 4, 3]
+        self.ipt_blk5 = SimpleConvs(patches[0], c0 // 8)
+        self.ipt_blk4 = SimpleConvs(patches[1], c0 // 8)
+        self.ipt_blk3 = SimpleConvs(patches[2], c1 // 8)
+        self.ipt_blk2 = SimpleConvs(patches[3], c2 // 8)
+        self.ipt_blk1 = SimpleConvs(patches[4], c3 // 8)
+        self.decoder_block4 = BasicDecBlk(c0 + c0 // 8, c1, norm)
+        self.decoder_block3 = BasicDecBlk(c1 + c0 // 8, c2, norm)
+        self.decoder_block2 = BasicDecBlk(c2 + c1 // 8, c3, norm)
+        self.decoder_block1 = BasicDecBlk(c3 + c2 // 8, c3 // 2, norm)
+        self.conv_out1 = nn.Sequential(nn.Conv2d(c3 // 2 + c3 // 8, 1, 1))
+        self.lateral_block4 = BasicLatBlk(c1, c1)
+        self.lateral_block3 = BasicLatBlk(c2, c2)
+        self.lateral_block2 = BasicLatBlk(c3, c3)
+        self.conv_ms_spvn_4 = nn.Conv2d(c1, 1, 1)
+        self.conv_ms_spvn_3 = nn.Conv2d(c2, 1, 1)
+        self.conv_ms_spvn_2 = nn.Conv2d(c3, 1, 1)
+        self.gdt_convs_4 = _gradient_head(c1, norm)
+        self.gdt_convs_3 = _gradient_head(c2, norm)
+        self.gdt_convs_2 = _gradient_head(c3, norm)
+        for k in (4, 3, 2):
+            self.add_module(f"gdt_convs_pred_{k}", nn.Sequential(nn.Conv2d(16, 1, 1)))
+        for k in (4, 3, 2):
+            self.add_module(f"gdt_convs_attn_{k}", nn.Sequential(nn.Conv2d(16, 1, 1)))
+
+    def _inward(self, block: nn.Module, image: torch.Tensor, size) -> torch.Tensor:
+        return block(image_tiles(image, size, self.tile_layout))
+
+    def _stage(self, k: int, x: torch.Tensor, out: DecoderOutput, details: bool) -> torch.Tensor:
+        """Outward reference of stage k on its decoder output x."""
+        if self.training or details:
+            out.side_logits.append(getattr(self, f"conv_ms_spvn_{k}")(x))
+        g = getattr(self, f"gdt_convs_{k}")(x)
+        attention = torch.sigmoid(getattr(self, f"gdt_convs_attn_{k}")(g))
+        if self.training or details:
+            out.gradient_features.append(g)
+            out.gradient_attention.append(attention)
+            out.gradient_preds.append(getattr(self, f"gdt_convs_pred_{k}")(g))
+        return x * attention
+
+    def forward(self, image: torch.Tensor, x1, x2, x3, x4, details: bool = False) -> DecoderOutput:
+        out = DecoderOutput(logits=None)
+        p4 = self.decoder_block4(torch.cat([x4, self._inward(self.ipt_blk5, image, x4.shape[-2:])], dim=1))
+        p4 = self._stage(4, p4, out, details)
+        p3 = interp(p4, x3.shape[-2:]) + self.lateral_block4(x3)
+        p3 = self.decoder_block3(torch.cat([p3, self._inward(self.ipt_blk4, image, p3.shape[-2:])], dim=1))
+        p3 = self._stage(3, p3, out, details)
+        p2 = interp(p3, x2.shape[-2:]) + self.lateral_block3(x2)
+        p2 = self.decoder_block2(torch.cat([p2, self._inward(self.ipt_blk3, image, p2.shape[-2:])], dim=1))
+        p2 = self._stage(2, p2, out, details)
+        p1 = interp(p2, x1.shape[-2:]) + self.lateral_block2(x1)
+        p1 = self.decoder_block1(torch.cat([p1, self._inward(self.ipt_blk2, image, p1.shape[-2:])], dim=1))
+        p1 = interp(p1, image.shape[-2:])
+        out.logits = self.conv_out1(torch.cat([p1, self._inward(self.ipt_blk1, image, image.shape[-2:])], dim=1))
+        return out
