@@ -191,7 +191,8 @@ class SwinTransformer(nn.Module):
         dims = [spec.embed_dim * 2**i for i in range(4)]
         self.dims = dims
         self.patch_embed = PatchEmbed(spec.embed_dim)
-        rates = torch.linspace(0, drop_path_rate, sum(spec.depths)).tolist()
+        total = sum(spec.depths)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear, as timm/official
         self.layers = nn.ModuleList()
         for i, depth in enumerate(spec.depths):
             start = sum(spec.depths[:i])

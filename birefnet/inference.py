@@ -1,0 +1,169 @@
+"""From pictures to masks: conversion, working-size choice, batching, resizing back.
+
+The pipeline, fixed so results are reproducible (spec §7 names two official variants):
+the RGB image in [0, 1] is resized to the working size with bilinear filtering and
+antialiasing (as torchvision/PIL do on the HF model card), normalised with ImageNet
+statistics, run through the model; the sigmoid probabilities are resized back to the
+original size with bilinear filtering (antialiased when shrinking) and kept as floats.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_RESOLUTION = (1024, 1024)
+
+
+def to_rgb_tensor(image) -> torch.Tensor:
+    """PIL image, numpy array (H, W[, C]) or tensor ([B,] C, H, W / H, W) -> float (3, H, W) in [0, 1].
+
+    Grey is repeated to RGB; an alpha channel is dropped. Integer data is scaled by its
+    type's maximum; float data must already be in [0, 1].
+    """
+    if isinstance(image, Image.Image):
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            array = np.asarray(image, dtype=np.float32)
+            return to_rgb_tensor(array / (65535.0 if array.max() > 255 else 255.0))
+        return to_rgb_tensor(np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB")))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.ndim != 3:
+            raise ValueError(f"numpy images must be (H, W) or (H, W, C), got shape {image.shape}")
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    elif isinstance(image, torch.Tensor):
+        tensor = image.detach()
+        if tensor.ndim == 4 and tensor.shape[0] == 1:
+            tensor = tensor[0]
+        if tensor.ndim == 2:
+            tensor = tensor[None]
+        if tensor.ndim != 3:
+            raise ValueError(f"tensor images must be (C, H, W) or (H, W), got shape {tuple(image.shape)}")
+    else:
+        raise TypeError(f"cannot read an image from {type(image).__name__}; pass a PIL image, numpy array or tensor")
+    if tensor.shape[0] not in (1, 2, 3, 4):
+        raise ValueError(f"images need 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA) channels, got {tensor.shape[0]}")
+    if tensor.shape[-1] == 0 or tensor.shape[-2] == 0:
+        raise ValueError(f"image has no pixels (shape {tuple(tensor.shape)})")
+    if not tensor.is_floating_point():
+        tensor = tensor.float() / float(torch.iinfo(tensor.dtype).max)
+    tensor = tensor.float()
+    colour = tensor[:3] if tensor.shape[0] >= 3 else tensor[:1].expand(3, -1, -1)
+    return colour.clamp(0, 1)
+
+
+def working_size(
+    height: int, width: int, resolution=None, max_megapixels: float | None = None
+) -> tuple[int, int]:
+    """Network input size (multiples of 32) for an image of `height` x `width`.
+
+    resolution: int or (height, width) for a fixed size; "aspect" to keep the aspect ratio
+    at an area of `max_megapixels` (default: 1024x1024's area).
+    """
+    if resolution == "aspect":
+        area = (max_megapixels * 1e6) if max_megapixels else DEFAULT_RESOLUTION[0] * DEFAULT_RESOLUTION[1]
+        scale = math.sqrt(area / (height * width))
+        return max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32)
+    if resolution is None:
+        resolution = DEFAULT_RESOLUTION
+    if isinstance(resolution, int):
+        resolution = (resolution, resolution)
+    h, w = (int(v) for v in resolution)
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise ValueError(f"resolution {w}x{h} (WxH) must be positive multiples of 32, e.g. {max(32, round(w / 32) * 32)}x{max(32, round(h / 32) * 32)}")
+    if max_megapixels and h * w > max_megapixels * 1e6:
+        scale = math.sqrt(max_megapixels * 1e6 / (h * w))
+        h, w = max(32, int(h * scale) // 32 * 32), max(32, int(w * scale) // 32 * 32)
+    return h, w
+
+
+def resize(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize of (B, C, H, W), antialiased when shrinking."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def model_resolution(model):
+    """The checkpoint's working size, or "aspect" for dynamic models."""
+    info = getattr(model, "info", None)
+    if info is None:
+        return DEFAULT_RESOLUTION
+    return "aspect" if info.resolution is None else info.resolution
+
+
+@torch.inference_mode()
+def predict(model, batch: torch.Tensor) -> torch.Tensor:
+    """Probabilities (B, 1, h, w) float32 for an RGB batch (B, 3, h, w) in [0, 1], h, w multiples of 32."""
+    param = next(model.parameters())
+    x = normalise(batch.to(device=param.device, dtype=torch.float32)).to(param.dtype)
+    return torch.sigmoid(model(x).float())
+
+
+def segment(
+    model,
+    images,
+    *,
+    resolution=None,
+    max_megapixels: float | None = None,
+    batch_size: int = 1,
+    callback: Callable[[int, int], None] | None = None,
+):
+    """Foreground masks (H, W) float32 in [0, 1] at each image's original size, on the CPU.
+
+    images: one image or a sequence (PIL, numpy or tensor; see `to_rgb_tensor`).
+    resolution: None for the checkpoint's default; an int or (height, width); or "aspect".
+    batch_size: images of equal working size are run together in batches this big.
+    callback(done, total) is called after each batch (progress, cancellation by raising).
+    """
+    single = not isinstance(images, (list, tuple))
+    tensors = [to_rgb_tensor(images)] if single else [to_rgb_tensor(im) for im in images]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if resolution is None:
+        resolution = model_resolution(model)
+    sizes = [working_size(t.shape[1], t.shape[2], resolution, max_megapixels) for t in tensors]
+    masks: list[torch.Tensor | None] = [None] * len(tensors)
+    order = sorted(range(len(tensors)), key=lambda i: sizes[i])  # group equal sizes, stable
+    done = 0
+    start = 0
+    while start < len(order):
+        group = [order[start]]
+        while len(group) < batch_size and start + len(group) < len(order) and sizes[order[start + len(group)]] == sizes[group[0]]:
+            group.append(order[start + len(group)])
+        batch = torch.stack([resize(tensors[i][None], sizes[i])[0] for i in group])
+        probs = predict(model, batch).cpu()
+        for row, i in enumerate(group):
+            masks[i] = resize(probs[row : row + 1], tensors[i].shape[1:])[0, 0].clamp_(0, 1)
+        start += len(group)
+        done += len(group)
+        if callback is not None:
+            callback(done, len(tensors))
+    return masks[0] if single else masks
+
+
+def cutout(image, mask: torch.Tensor) -> Image.Image:
+    """RGBA image: the RGB pixels with the mask as alpha."""
+    rgb = to_rgb_tensor(image)
+    if tuple(mask.shape) != tuple(rgb.shape[1:]):
+        raise ValueError(f"mask {tuple(mask.shape)} and image {tuple(rgb.shape[1:])} differ in size")
+    rgba = torch.cat([rgb, mask.float()[None].cpu()], dim=0)
+    return Image.fromarray((rgba.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+
+
+def mask_to_image(mask: torch.Tensor) -> Image.Image:
+    """8-bit greyscale PNG-ready image of a [0, 1] mask (rounded, not truncated)."""
+    return Image.fromarray((mask.float().cpu().numpy() * 255 + 0.5).astype(np.uint8))
