@@ -88,7 +88,7 @@ def cmd_segment(args) -> int:
                 chunk.append((read_image(file), rel))
             except Exception as err:  # unreadable or not an image: report and go on
                 skipped += 1
-                bar.write(f"birefnet: skipped {file}: {err}")
+                bar.write(f"birefnet: skipped {file}: {err}", file=sys.stderr)
                 bar.update(1)
         if not chunk:
             continue

@@ -37,7 +37,7 @@ def to_rgb_tensor(image) -> torch.Tensor:
             image = image[:, :, None]
         if image.ndim != 3:
             raise ValueError(f"numpy images must be (H, W) or (H, W, C), got shape {image.shape}")
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # copy: arrays may be read-only
     elif isinstance(image, torch.Tensor):
         tensor = image.detach()
         if tensor.ndim == 4 and tensor.shape[0] == 1:
@@ -147,7 +147,7 @@ def segment(
         batch = torch.stack([resize(tensors[i][None], sizes[i])[0] for i in group])
         probs = predict(model, batch).cpu()
         for row, i in enumerate(group):
-            masks[i] = resize(probs[row : row + 1], tensors[i].shape[1:])[0, 0].clamp_(0, 1)
+            masks[i] = resize(probs[row : row + 1], tensors[i].shape[1:])[0, 0].clamp(0, 1)  # a normal tensor, not an inference one
         start += len(group)
         done += len(group)
         if callback is not None:

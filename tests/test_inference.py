@@ -1,0 +1,112 @@
+"""High-level `segment`: any image kind, size and channel count; batching; resolution modes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from birefnet import cutout, segment, to_rgb_tensor, working_size
+
+
+def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_image_kinds_convert_to_the_same_rgb():
+    rgb = _photo(5, 7)
+    expected = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    rgba = np.concatenate([rgb, np.full((5, 7, 1), 17, np.uint8)], axis=2)
+    for image in (rgb, rgba, Image.fromarray(rgb), Image.fromarray(rgba), expected, expected[None],
+                  torch.from_numpy(rgb).permute(2, 0, 1)):
+        assert torch.allclose(to_rgb_tensor(image), expected, atol=1e-6)
+    grey = rgb[:, :, 0]
+    for image in (grey, Image.fromarray(grey), grey[:, :, None]):
+        out = to_rgb_tensor(image)
+        assert out.shape == (3, 5, 7) and torch.equal(out[0], out[2])
+    sixteen = Image.fromarray((grey.astype(np.uint16) * 257))
+    assert torch.allclose(to_rgb_tensor(sixteen)[0], expected[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((4, 4, 5), np.uint8), "1 \\(grey\\), 2"),
+    (np.zeros((0, 4, 3), np.uint8), "no pixels"),
+    (np.zeros((2, 2, 2, 2, 2)), "numpy images must be"),
+    ("picture.png", "cannot read an image from str"),
+])
+def test_bad_images_are_named(bad, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        to_rgb_tensor(bad)
+
+
+def test_working_size_modes():
+    assert working_size(3000, 4000, None) == (1024, 1024)
+    assert working_size(3000, 4000, 2048) == (2048, 2048)
+    assert working_size(3000, 4000, (1440, 2560)) == (1440, 2560)
+    h, w = working_size(3000, 4000, "aspect")
+    assert h % 32 == 0 and w % 32 == 0 and abs(w / h - 4 / 3) < 0.05 and abs(h * w - 1024**2) < 0.05 * 1024**2
+    h, w = working_size(1080, 1920, "aspect", max_megapixels=0.25)
+    assert h * w <= 0.27e6 and abs(w / h - 16 / 9) < 0.1
+    assert working_size(1, 1, "aspect", max_megapixels=0.001) == (32, 32)
+    assert working_size(500, 500, (2048, 2048), max_megapixels=1.0) == (992, 992)
+    with pytest.raises(ValueError, match="multiples of 32, e.g. 992x992"):
+        working_size(10, 10, 1000)
+
+
+def test_masks_come_back_at_original_size_for_odd_shapes(b0_model):
+    images = [_photo(1, 1), _photo(37, 411, 1), Image.fromarray(_photo(64, 48, 2)).convert("L"),
+              Image.fromarray(_photo(20, 30, 3)).convert("RGBA"), torch.rand(3, 50, 70)]
+    masks = segment(b0_model, images, resolution=128)
+    assert [tuple(m.shape) for m in masks] == [(1, 1), (37, 411), (64, 48), (20, 30), (50, 70)]
+    for mask in masks:
+        assert mask.dtype == torch.float32 and mask.device.type == "cpu"
+        assert mask.min() >= 0 and mask.max() <= 1
+
+
+def test_batching_equals_one_by_one(b0_model):
+    images = [_photo(80, 120, s) for s in range(5)] + [_photo(200, 90, 9)]
+    single = [segment(b0_model, im, resolution="aspect", max_megapixels=0.02) for im in images]
+    calls = []
+    batched = segment(b0_model, images, resolution="aspect", max_megapixels=0.02, batch_size=4,
+                      callback=lambda done, total: calls.append((done, total)))
+    for a, b in zip(single, batched):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert calls[-1] == (6, 6) and len(calls) == 3  # 5 landscape in 2 batches + 1 portrait
+
+
+def test_callback_can_cancel(b0_model):
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stop
+
+    with pytest.raises(Stop):
+        segment(b0_model, [_photo(64, 64)] * 3, resolution=64, callback=stop)
+
+
+def test_segment_matches_manual_pipeline(b0_model):
+    """The documented pipeline: antialiased bilinear down, normalise, sigmoid, bilinear back."""
+    import torch.nn.functional as F
+
+    image = _photo(96, 160)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    x = F.interpolate(x, size=(64, 128), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        probs = torch.sigmoid(b0_model((x - mean) / std))
+    expected = F.interpolate(probs, size=(96, 160), mode="bilinear", align_corners=False)[0, 0]
+    assert torch.allclose(segment(b0_model, image, resolution=(64, 128)), expected, atol=1e-6)
+
+
+def test_cutout_is_rgba_with_mask_alpha():
+    image = _photo(10, 12)
+    mask = torch.linspace(0, 1, 120).view(10, 12)
+    rgba = np.asarray(cutout(image, mask))
+    assert rgba.shape == (10, 12, 4)
+    assert np.array_equal(rgba[:, :, :3], image)
+    assert np.array_equal(rgba[:, :, 3], np.round(mask.numpy() * 255).astype(np.uint8))
+    with pytest.raises(ValueError, match="differ in size"):
+        cutout(image, torch.zeros(3, 3))

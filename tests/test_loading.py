@@ -1,0 +1,204 @@
+"""Checkpoint reading, variant detection, prefixes, tile-layout choice and every bad-input path."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from birefnet import CheckpointError, detect_config, load_model, save_checkpoint, strip_prefixes
+from birefnet.zoo import KNOWN_CHECKPOINTS, find_checkpoint, match_checkpoint
+from conftest import PARITY, manifest, meta_state_dict, random_input, random_state_dict, relative_error
+
+VARIANTS = sorted(p.stem for p in (PARITY / "manifests").glob("*.json"))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_detects_every_variant_from_weights(variant):
+    config = detect_config(meta_state_dict(variant))
+    assert config.backbone == variant
+    assert config.batch_norm
+
+
+@pytest.mark.parametrize("variant", ["swin_v1_t", "pvt_v2_b0"])
+def test_detection_survives_any_prefix_order(variant):
+    sd = meta_state_dict(variant)
+    for prefix in ("module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module.", "module.module._orig_mod."):
+        stripped = strip_prefixes({prefix + k: v for k, v in sd.items()})
+        assert list(stripped) == list(sd)
+        assert detect_config(stripped).backbone == variant
+
+
+def test_checkpoint_without_batchnorm_loads():
+    """Models trained with batch size 1 have no BN keys (BN is Identity in the official code)."""
+    sd = {k: v for k, v in random_state_dict("pvt_v2_b0").items()
+          if not any(f".{n}." in k for n in ("bn_in", "bn_out", "bn", "bn1")) and ".global_avg_pool.2." not in k
+          and not (k.startswith("decoder.gdt_convs_") and ".1." in k)}
+    model = load_model(sd, tile_layout="current")
+    assert not model.config.batch_norm
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with torch.inference_mode():
+        assert torch.isfinite(model(random_input(1, 64, 64))).all()
+
+
+def test_wrapped_state_dict_and_hf_folder(tmp_path, b0_weights):
+    sd = random_state_dict("pvt_v2_b0")
+    torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "wrapped.pth")
+    assert load_model(tmp_path / "wrapped.pth").config.backbone == "pvt_v2_b0"
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    (snapshot / "model.safetensors").symlink_to(b0_weights)
+    assert load_model(snapshot).config.backbone == "pvt_v2_b0"
+
+
+def test_loaded_model_is_in_eval_mode_on_requested_dtype(b0_weights):
+    model = load_model(b0_weights, dtype="bf16")
+    assert not model.training
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.bb.body.stages[0].blocks[0].attn.q.weight.device.type == "cpu"
+
+
+# --------------------------------------------------------------------------- tile layout choice
+
+
+def test_tile_layout_choice_order(tmp_path):
+    sd = random_state_dict("swin_v1_t")
+    plain = tmp_path / "model.safetensors"
+    save_file(sd, str(plain))
+    assert load_model(plain).config.tile_layout == "legacy"  # full-precision, unknown name: a 2024 release
+    assert load_model(plain, tile_layout="current").config.tile_layout == "current"  # caller wins
+
+    half = tmp_path / "half" / "model.safetensors"
+    half.parent.mkdir()
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, str(half))
+    assert load_model(half).config.tile_layout == "current"  # 2025 releases are fp16
+
+    named = tmp_path / "BiRefNet_lite-2K.safetensors"
+    named.symlink_to(plain)
+    model = load_model(named)
+    assert model.info.known.name == "BiRefNet_lite-2K"
+    assert model.info.resolution == (1440, 2560)
+    assert model.config.tile_layout == "legacy"
+
+
+def test_name_match_requires_agreeing_backbone():
+    assert match_checkpoint("BiRefNet_HR-general-epoch_130.pth", "swin_v1_l").name == "BiRefNet_HR"
+    assert match_checkpoint("BiRefNet_HR.safetensors", "swin_v1_t") is None
+    assert match_checkpoint("birefnet.safetensors", "swin_v1_l").name == "BiRefNet"
+    assert match_checkpoint("lucida.safetensors", "swin_v1_l").name.startswith("Lucida")
+    assert match_checkpoint("RMBG-2.0.safetensors", "swin_v1_l").license.startswith("CC BY-NC")
+    assert match_checkpoint("BiRefNet_dynamic-matting.safetensors", "swin_v1_l").resolution is None
+    assert match_checkpoint("BiRefNet-general-bb_swin_v1_tiny-epoch_232.pth", "swin_v1_t").name == "BiRefNet_lite"
+    assert match_checkpoint("model.safetensors", "swin_v1_l") is None
+    assert find_checkpoint("birefnet_hr").resolution == (2048, 2048)
+    assert all(k.url.startswith("https://huggingface.co/") for k in KNOWN_CHECKPOINTS)
+
+
+def test_save_checkpoint_round_trip(tmp_path, b0_model):
+    """Our files are in the official key layout and remember layout and resolution."""
+    from safetensors import safe_open
+
+    b0_model.tile_layout = "legacy"
+    try:
+        path = tmp_path / "finetuned.safetensors"
+        save_checkpoint(b0_model, path, resolution=(512, 768))
+        with safe_open(str(path), framework="pt") as f:
+            assert set(f.keys()) == {k for k, _, _ in manifest("pvt_v2_b0")["entries"]}
+            assert f.metadata()["birefnet.tile_layout"] == "legacy"
+        loaded = load_model(path)
+        assert loaded.config.tile_layout == "legacy"
+        assert loaded.info.resolution == (512, 768)
+        x = random_input(3, 64, 96)
+        with torch.inference_mode():
+            assert relative_error(loaded(x), b0_model(x)) == 0.0
+        assert not list(tmp_path.glob(".*tmp*")), "temporary file left behind"
+    finally:
+        b0_model.tile_layout = "current"
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _error(source, **kwargs) -> str:
+    with pytest.raises(CheckpointError) as info:
+        load_model(source, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400, message
+    return message
+
+
+def test_missing_file(tmp_path):
+    assert "file not found" in _error(tmp_path / "nope.safetensors")
+
+
+def test_truncated_safetensors(tmp_path, b0_weights):
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(b0_weights.read_bytes()[: b0_weights.stat().st_size // 2])
+    message = _error(path)
+    assert str(path) in message and "truncated or corrupt" in message
+
+
+def test_truncated_pth(tmp_path):
+    full = tmp_path / "full.pth"
+    torch.save(random_state_dict("pvt_v2_b0"), full)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    assert "truncated or corrupt" in _error(cut)
+
+
+def test_garbage_files(tmp_path):
+    (tmp_path / "noise.safetensors").write_bytes(b"\x00\x01" * 100)
+    assert "not a readable safetensors" in _error(tmp_path / "noise.safetensors")
+    (tmp_path / "text.pth").write_text("hello")
+    assert "not a readable PyTorch file" in _error(tmp_path / "text.pth")
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    assert "unsupported file type '.onnx'" in _error(tmp_path / "model.onnx")
+    (tmp_path / "empty_dir").mkdir()
+    assert "folder without model.safetensors" in _error(tmp_path / "empty_dir")
+
+
+class NotATensor:
+    pass
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"weights": NotATensor()}, path)
+    assert "safe loading refuses" in _error(path)
+
+
+def test_other_model_safetensors(tmp_path):
+    path = tmp_path / "vae.safetensors"
+    save_file({"first_stage_model.encoder.conv_in.weight": torch.zeros(8, 3, 3, 3)}, str(path))
+    message = _error(path)
+    assert "not a BiRefNet checkpoint" in message and "first_stage_model" in message
+
+
+def test_legacy_architecture_is_named():
+    sd = {k: v for k, v in meta_state_dict("swin_v1_l").items()
+          if not k.startswith(("decoder.ipt_blk5.", "decoder.gdt_convs_4.", "decoder.gdt_convs_pred_4.", "decoder.gdt_convs_attn_4."))}
+    assert "pre-May-2024" in _error(sd)
+
+
+def test_unsupported_backbones_are_named():
+    assert "VGG/ResNet" in _error({"bb.conv1.weight": torch.zeros(1), "decoder.x": torch.zeros(1)})
+    sd = meta_state_dict("swin_v1_t")
+    sd["bb.patch_embed.proj.weight"] = torch.empty(64, 3, 4, 4, device="meta")
+    assert "not a released BiRefNet configuration" in _error(sd)
+
+
+def test_incomplete_weights_give_one_line_not_a_wall(tmp_path):
+    sd = random_state_dict("pvt_v2_b0")
+    del sd["decoder.conv_out1.0.weight"]
+    sd["decoder.lateral_block2.conv.weight"] = torch.zeros(3, 3, 1, 1)
+    path = tmp_path / "broken.safetensors"
+    save_file(sd, str(path))
+    message = _error(path)
+    assert "1 missing (e.g. decoder.conv_out1.0.weight)" in message
+    assert "1 with other shapes" in message
+
+
+def test_bad_dtype_and_layout_arguments(b0_weights):
+    with pytest.raises(ValueError, match="unknown dtype"):
+        load_model(b0_weights, dtype="int8")
+    with pytest.raises(ValueError, match="tile_layout must be one of"):
+        load_model(b0_weights, tile_layout="diagonal")
