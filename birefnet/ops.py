@@ -61,8 +61,14 @@ def deform_conv2d(
     mask: torch.Tensor | None = None,
     padding: int = 0,
 ) -> torch.Tensor:
-    """torchvision's kernel where available for this device and dtype, else the reference."""
+    """torchvision's kernel where available for this device and dtype, else the reference.
+
+    CPU training also takes the reference: its backward (grid_sample + conv) is 3-6x faster
+    than torchvision's CPU backward kernel, with the same numbers.
+    """
     key = (x.device.type, x.dtype)
+    if x.device.type == "cpu" and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return deform_conv2d_reference(x, offset, weight, mask, padding)
     if _tv_deform_conv2d is not None and key not in _TORCHVISION_UNSUPPORTED:
         try:
             return _tv_deform_conv2d(x, offset, weight, bias=None, padding=(padding, padding), mask=mask)

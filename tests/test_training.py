@@ -1,0 +1,181 @@
+"""Training package: data folders, losses, a real short run, checkpoints, exact resume, DDP."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+import birefnet
+from conftest import ROOT, manifest
+from training.data import DatasetError, find_pairs
+from training.losses import birefnet_loss, loss_weights, ssim_loss
+from training.synthetic import make_sample, write_dataset
+from training.trainer import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("data") / "syn", 8, seed=0, size=(80, 72))
+
+
+def tiny_config(data, out, **overrides) -> TrainConfig:
+    base = dict(data=[str(data)], out=str(out), backbone="pvt_v2_b0", epochs=2, batch_size=2, size=(64, 64),
+                lr=1e-3, finetune_last_epochs=-1, max_steps_per_epoch=2, seed=3, device="cpu")
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_synthetic_samples_are_reproducible_and_have_soft_detail():
+    import numpy as np
+
+    image, mask = make_sample(5, 11)
+    again_image, again_mask = make_sample(5, 11)
+    assert image.tobytes() == again_image.tobytes() and mask.tobytes() == again_mask.tobytes()
+    levels = [len(np.unique(np.asarray(make_sample(5, i)[1]))) for i in range(12)]
+    assert all(n >= 3 for n in levels)  # background, object and antialiased edges in every sample
+    assert max(levels) > 100  # some samples have matting-like soft edges
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = birefnet.build_model("pvt_v2_b0").train()
+    images = torch.randn(2, 3, 64, 64)
+    masks = (images.mean(1, keepdim=True) > 0).float()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    weights = loss_weights("general", 1, 100)
+    losses = []
+    for _ in range(6):
+        result = birefnet_loss(model(images), images, masks, weights)
+        optimizer.zero_grad()
+        result.total.backward()
+        optimizer.step()
+        losses.append(result.total.item())
+    assert set(result.terms) == {"bce", "iou", "ssim", "mae", "gradient"}
+    assert losses[-1] < 0.98 * losses[0] and losses[-1] == min(losses), losses
+
+
+def test_loss_weight_schedule_compounds_like_the_official_code():
+    assert loss_weights("general", 8, 10, -2) == {"bce": 30.0, "iou": 0.5, "ssim": 10.0, "mae": 100.0}
+    assert loss_weights("general", 9, 10, -2) == pytest.approx({"bce": 0.0, "iou": 0.25, "ssim": 10.0, "mae": 90.0})
+    assert loss_weights("general", 10, 10, -2) == pytest.approx({"bce": 0.0, "iou": 0.125, "ssim": 10.0, "mae": 81.0})
+    assert loss_weights("matting", 150, 150)["ssim"] == pytest.approx(10 * 0.9**10)
+    assert loss_weights("DIS", 1, 500)["mae"] == 0.0
+    with pytest.raises(ValueError, match="unknown task"):
+        loss_weights("segmentation", 1, 10)
+
+
+def test_ssim_loss_is_zero_for_equal_maps_and_uses_zero_padding():
+    x = torch.rand(2, 1, 32, 32)
+    assert ssim_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    ones = torch.ones(1, 1, 32, 32)
+    # with zero padding a constant map is not "structurally" constant at the border
+    assert ssim_loss(ones, ones * 0.5).item() > 0
+
+
+def test_short_run_writes_loadable_official_checkpoints(dataset, tmp_path):
+    final = train(tiny_config(dataset, tmp_path / "run", val=[str(dataset)]))
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and "val_Sm" in log[-1] and "val_MAE" in log[-1]
+    with safe_open(str(final), framework="pt") as f:
+        assert set(f.keys()) == {k for k, _, _ in manifest("pvt_v2_b0")["entries"]}
+        assert f.metadata()["birefnet.resolution"] == "64x64"
+    model = birefnet.load_model(final)
+    assert model.config.tile_layout == "current" and model.info.resolution == (64, 64)
+    mask = birefnet.segment(model, Image.open(dataset / "im" / "00000.jpg"))
+    assert mask.shape == (80, 72)
+
+
+def test_resume_continues_identically(dataset, tmp_path):
+    straight = train(tiny_config(dataset, tmp_path / "a"))
+    stopped = train(tiny_config(dataset, tmp_path / "b"), stop_after_epoch=1)
+    assert stopped.name == "epoch_1.safetensors" and not (tmp_path / "b" / "final.safetensors").exists()
+    resumed = train(tiny_config(dataset, tmp_path / "b"))
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+
+
+def test_batch_size_one_freezes_batchnorm_statistics(dataset, tmp_path):
+    from training.trainer import Trainer
+
+    trainer = Trainer(tiny_config(dataset, tmp_path, batch_size=1, epochs=1, max_steps_per_epoch=1))
+    before = trainer.model.squeeze_module[0].bn_in.running_mean.clone()
+    trainer.run()
+    assert torch.equal(trainer.model.squeeze_module[0].bn_in.running_mean, before)
+
+
+def test_dataset_errors_are_clear(tmp_path, caplog):
+    with pytest.raises(DatasetError, match="dataset folder not found"):
+        find_pairs(tmp_path / "nowhere")
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(DatasetError, match="expected sub-folders im/"):
+        find_pairs(tmp_path / "flat")
+    root = tmp_path / "mismatch"
+    (root / "im").mkdir(parents=True)
+    (root / "gt").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "im" / "a.png")
+    Image.new("L", (8, 8)).save(root / "gt" / "b.png")
+    with pytest.raises(DatasetError, match="no image in im/ has a mask of the same name"):
+        find_pairs(root)
+    Image.new("L", (8, 8)).save(root / "gt" / "a.png")
+    Image.new("RGB", (8, 8)).save(root / "im" / "lonely.png")
+    with caplog.at_level(logging.WARNING):
+        assert [p[0].name for p in find_pairs(root)] == ["a.png"]
+    assert "lonely" in caplog.text and "b" in caplog.text
+
+
+def test_unreadable_sample_is_skipped_not_fatal(dataset, tmp_path, caplog):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    (data / "im" / "00001.jpg").write_bytes(b"broken")
+    with caplog.at_level(logging.WARNING):
+        train(tiny_config(data, tmp_path / "run", epochs=1, max_steps_per_epoch=None, augment=False))
+    assert "skipping unreadable sample" in caplog.text and "00001.jpg" in caplog.text
+
+
+def test_timm_backbone_weights_convert(tmp_path):
+    """ImageNet weights in timm's layout fill the backbone completely (PVT) or all but norm0..3 (Swin)."""
+    import timm
+    from safetensors.torch import save_file
+
+    from training.backbones import load_backbone_weights
+
+    for name, timm_name in (("pvt_v2_b0", "pvt_v2_b0"), ("swin_v1_t", "swin_tiny_patch4_window7_224")):
+        source = timm.create_model(timm_name, pretrained=False).state_dict()
+        path = tmp_path / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in source.items()}, str(path))
+        model = birefnet.build_model(name)
+        load_backbone_weights(model, path)
+        if name == "swin_v1_t":
+            assert torch.equal(model.bb.layers[0].downsample.reduction.weight, source["layers.1.downsample.reduction.weight"])
+            assert torch.equal(model.bb.layers[2].blocks[5].mlp.fc2.bias, source["layers.2.blocks.5.mlp.fc2.bias"])
+        else:
+            assert torch.equal(model.bb.body.stages[3].downsample.proj.weight, source["stages.3.downsample.proj.weight"])
+    with pytest.raises(ValueError, match="not swin_v1_t backbone weights"):
+        load_backbone_weights(birefnet.build_model("swin_v1_t"), tmp_path / "pvt_v2_b0.safetensors")
+
+
+def test_torchrun_distributed_training(dataset, tmp_path):
+    """Two CPU processes (gloo) through torchrun: one log, one set of checkpoints."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
+           "-m", "training", "train", "--data", str(dataset), "--out", str(out), "--init", "scratch",
+           "--backbone", "pvt_v2_b0", "--epochs", "1", "--batch-size", "2", "--size", "64",
+           "--max-steps-per-epoch", "1", "--finetune-last-epochs", "0", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "final.safetensors").is_file()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1

@@ -1,0 +1,107 @@
+"""The official BiRefNet training objective (spec §8): region losses on every side output,
+the outward-reference gradient loss, task presets and the late fine-tuning reweighting."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import kornia
+import torch
+import torch.nn.functional as F
+
+from birefnet import DecoderOutput
+
+# lambdas_pix_last per task (spec §8.1) and finetune_last_epochs (spec §8.2).
+PRESETS = {
+    "DIS": {"bce": 30.0, "iou": 0.5, "ssim": 10.0, "mae": 0.0},
+    "general": {"bce": 30.0, "iou": 0.5, "ssim": 10.0, "mae": 100.0},
+    "matting": {"bce": 30.0, "iou": 0.0, "ssim": 10.0, "mae": 100.0},
+}
+FINETUNE_LAST_EPOCHS = {"DIS": -40, "general": -20, "matting": -10}
+# Factors applied once per epoch in the fine-tuning phase; they compound.
+_FINETUNE_FACTORS = {
+    "DIS": {"bce": 0.0, "iou": 0.5, "mae": 0.9, "ssim": 1.0},
+    "general": {"bce": 0.0, "iou": 0.5, "mae": 0.9, "ssim": 1.0},
+    "matting": {"mae": 1.0, "ssim": 0.9},
+}
+
+
+def loss_weights(task: str, epoch: int, epochs: int, finetune_last_epochs: int | None = None) -> dict[str, float]:
+    """λ for 1-based `epoch`: the preset, compounded by the fine-tuning factors once for every
+    epoch past `epochs + finetune_last_epochs` (the official code mutates them in place)."""
+    if task not in PRESETS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(PRESETS)}")
+    last = FINETUNE_LAST_EPOCHS[task] if finetune_last_epochs is None else finetune_last_epochs
+    steps = max(0, epoch - (epochs + last)) if last else 0
+    return {k: v * _FINETUNE_FACTORS[task].get(k, 1.0) ** steps for k, v in PRESETS[task].items()}
+
+
+def ssim_loss(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - (1 + SSIM) / 2 with an 11x11 Gaussian (σ 1.5) and zero padding, as the official
+    loss (kornia's SSIM pads by reflection, which differs at the borders)."""
+    window = kornia.filters.get_gaussian_kernel2d((11, 11), (1.5, 1.5)).to(prob)[None]  # (1, 1, 11, 11)
+    channels = prob.shape[1]
+    window = window.expand(channels, 1, 11, 11)
+    blur = lambda x: F.conv2d(x, window, padding=5, groups=channels)
+    mu_p, mu_t = blur(prob), blur(target)
+    var_p = blur(prob * prob) - mu_p**2
+    var_t = blur(target * target) - mu_t**2
+    cov = blur(prob * target) - mu_p * mu_t
+    c1, c2 = 0.01**2, 0.03**2
+    ssim = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
+    return 1 - (1 + ssim.mean()) / 2
+
+
+def iou_loss(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Σ over samples of 1 - IoU (a sum, not a mean, as in the official code)."""
+    inter = (prob * target).flatten(1).sum(1)
+    union = (prob + target).flatten(1).sum(1) - inter
+    return (1 - inter / union.clamp_min(1e-8)).sum()
+
+
+def pixel_loss(logits: torch.Tensor, target: torch.Tensor, weights: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Weighted region terms for one prediction (upsampled to the target's size)."""
+    if logits.shape[-2:] != target.shape[-2:]:
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=True)
+    logits = logits.float()
+    prob = torch.sigmoid(logits)
+    terms = {}
+    if weights.get("bce"):
+        terms["bce"] = weights["bce"] * F.binary_cross_entropy_with_logits(logits, target)
+    if weights.get("iou"):
+        terms["iou"] = weights["iou"] * iou_loss(prob, target)
+    if weights.get("ssim"):
+        terms["ssim"] = weights["ssim"] * ssim_loss(prob, target)
+    if weights.get("mae"):
+        terms["mae"] = weights["mae"] * F.l1_loss(prob, target)
+    return terms
+
+
+def gradient_reference(image: torch.Tensor) -> torch.Tensor:
+    """The outward reference's target: Laplacian (5x5) of the channel mean of the normalised image."""
+    return kornia.filters.laplacian(image.float().mean(dim=1, keepdim=True), kernel_size=5)
+
+
+@dataclass
+class LossResult:
+    total: torch.Tensor
+    terms: dict[str, float]
+
+
+def birefnet_loss(out: DecoderOutput, image: torch.Tensor, target: torch.Tensor, weights: dict[str, float]) -> LossResult:
+    """Pixel loss on [m4, m3, m2, final] plus the gradient loss at stages 4, 3, 2."""
+    target = target.float().clamp(0, 1)
+    totals: dict[str, torch.Tensor] = {}
+    for logits in [*out.side_logits, out.logits]:
+        for name, value in pixel_loss(logits, target, weights).items():
+            totals[name] = totals.get(name, 0) + value
+    if out.gradient_preds:
+        size = image.shape[-2:]
+        edges = gradient_reference(image)
+        grad = 0
+        for pred, side in zip(out.gradient_preds, out.side_logits):
+            label = edges * F.interpolate(side.float(), size=size, mode="bilinear", align_corners=True)
+            pred = F.interpolate(pred.float(), size=size, mode="bilinear", align_corners=True)
+            grad = grad + F.binary_cross_entropy_with_logits(pred, torch.sigmoid(label))
+        totals["gradient"] = grad
+    total = sum(totals.values())
+    return LossResult(total, {k: float(v.detach()) for k, v in totals.items()})

@@ -1,0 +1,275 @@
+"""Fine-tune or train BiRefNet: the official recipe (AdamW, multi-stage losses, late
+fine-tuning phase), mixed precision, gradient accumulation, DistributedDataParallel,
+atomic checkpoints and exact resumption.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from birefnet import BiRefNet, build_model, load_model, save_checkpoint
+from birefnet.inference import predict
+from birefnet.io import atomic_path
+
+from .data import Augment, SegmentationDataset, SizedBatchSampler, collate, find_pairs
+from .losses import FINETUNE_LAST_EPOCHS, birefnet_loss, loss_weights
+from .metrics import MetricSet
+
+log = logging.getLogger(__name__)
+RESUME_FILE = "resume.pt"
+LOG_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    data: list[str]
+    out: str
+    val: list[str] = field(default_factory=list)
+    val_split: float = 0.0
+    init: str = "scratch"  # a checkpoint our loader reads, or "scratch"
+    backbone: str = "swin_v1_l"  # for "scratch"
+    backbone_weights: str | None = None  # ImageNet backbone file, or "timm"
+    tile_layout: str = "current"
+    task: str = "general"
+    epochs: int = 200
+    finetune_last_epochs: int | None = None  # None: the task's official value
+    batch_size: int = 4
+    accumulate: int = 1
+    size: tuple[int, int] = (1024, 1024)
+    dynamic_size: tuple[tuple[int, int], tuple[int, int]] | None = None
+    lr: float | None = None  # None: official (1e-4 DIS, else 1e-5) * sqrt(batch/4)
+    weight_decay: float = 1e-2
+    lr_decay_epochs: list[int] = field(default_factory=list)
+    precision: str = "fp32"  # fp32, bf16, fp16 (autocast)
+    freeze_backbone: bool = False
+    freeze_batchnorm: bool | None = None  # None: when batch_size == 1
+    grad_checkpointing: bool = False
+    augment: bool = True
+    background_synthesis: bool = False
+    workers: int = 0
+    seed: int = 7
+    save_every: int = 1
+    val_every: int = 1
+    max_steps_per_epoch: int | None = None
+    device: str = "auto"
+    tensorboard: bool = False
+
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return (1e-4 if self.task == "DIS" else 1e-5) * math.sqrt(self.batch_size / 4)
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _device(name: str, rank: int) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def build_initial_model(cfg: TrainConfig) -> BiRefNet:
+    if cfg.init == "scratch":
+        model = build_model(cfg.backbone, tile_layout=cfg.tile_layout)
+        if cfg.backbone_weights:
+            from .backbones import load_backbone_weights
+
+            load_backbone_weights(model, cfg.backbone_weights)
+        return model
+    return load_model(cfg.init, tile_layout=cfg.tile_layout)
+
+
+def _freeze_batchnorm(model: nn.Module) -> None:
+    """Use running statistics (batch size 1 has none of its own); affine terms still train."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.rank, self.world = _distributed()
+        self.device = _device(cfg.device, self.rank)
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed + self.rank)
+
+        pairs = find_pairs(cfg.data)
+        val_pairs = find_pairs(cfg.val) if cfg.val else []
+        if cfg.val_split and not val_pairs:
+            cut = max(1, int(len(pairs) * cfg.val_split))
+            pairs, val_pairs = pairs[:-cut], pairs[-cut:]
+        augment = Augment(background_synthesis=cfg.background_synthesis) if cfg.augment else None
+        self.train_set = SegmentationDataset(pairs, augment, cfg.seed)
+        self.val_set = SegmentationDataset(val_pairs, None, cfg.seed) if val_pairs else None
+        self.sampler = SizedBatchSampler(len(pairs), cfg.batch_size, cfg.size, cfg.dynamic_size, cfg.seed,
+                                         rank=self.rank, world=self.world)
+        if len(self.sampler) == 0:
+            raise ValueError(f"{len(pairs)} training pairs make no full batch of {cfg.batch_size} per rank")
+
+        self.model = build_initial_model(cfg).to(self.device)
+        if cfg.grad_checkpointing:
+            self.model.bb.set_grad_checkpointing(True)
+        if cfg.freeze_backbone:
+            self.model.bb.requires_grad_(False)
+        self.freeze_bn = cfg.freeze_batchnorm if cfg.freeze_batchnorm is not None else cfg.batch_size == 1
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.lr_decay_epochs or [100000], 0.5)
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.net = self.model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.freeze_backbone)
+        self.start_epoch = 1
+        phase = cfg.finetune_last_epochs if cfg.finetune_last_epochs is not None else FINETUNE_LAST_EPOCHS[cfg.task]
+        if phase and cfg.epochs <= -phase:
+            log.warning("the late fine-tuning phase (last %d epochs) covers the whole %d-epoch run, so BCE is off "
+                        "from epoch 1; set --finetune-last-epochs (0 disables it)", -phase, cfg.epochs)
+        self.writer = None
+        if cfg.tensorboard and self.rank == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            except ImportError:
+                log.warning("tensorboard is not installed; logging to %s only", LOG_FILE)
+
+    # ------------------------------------------------------------------ state
+
+    def save_resume(self, epoch: int) -> None:
+        state = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
+            "torch_rng": torch.get_rng_state(), "config": json.dumps(asdict(self.cfg)),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        with atomic_path(self.out / RESUME_FILE) as tmp:
+            torch.save(state, tmp)
+
+    def resume(self) -> bool:
+        """Continue from out/resume.pt when it exists; True if it did."""
+        path = self.out / RESUME_FILE
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.start_epoch = state["epoch"] + 1
+        log.info("resumed from %s after epoch %d", path, state["epoch"])
+        return True
+
+    # ------------------------------------------------------------------ loop
+
+    def _loader(self, dataset, sampler):
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                           num_workers=self.cfg.workers, generator=torch.Generator().manual_seed(0))
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.sampler.epoch = self.train_set.epoch = epoch
+        weights = loss_weights(cfg.task, epoch, cfg.epochs, cfg.finetune_last_epochs)
+        self.net.train()
+        if self.freeze_bn:
+            _freeze_batchnorm(self.model)
+        sums: dict[str, float] = {}
+        steps = len(self.sampler) if cfg.max_steps_per_epoch is None else min(len(self.sampler), cfg.max_steps_per_epoch)
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=self.rank != 0, leave=False)
+        self.optimizer.zero_grad(set_to_none=True)
+        for step, (images, masks, _) in enumerate(self._loader(self.train_set, self.sampler)):
+            if step >= steps:
+                break
+            images, masks = images.to(self.device), masks.to(self.device)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                out = self.net(images)
+            result = birefnet_loss(out, images, masks, weights)
+            self.scaler.scale(result.total / cfg.accumulate).backward()
+            if (step + 1) % cfg.accumulate == 0 or step + 1 == steps:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+            for name, value in {"loss": float(result.total.detach()), **result.terms}.items():
+                sums[name] = sums.get(name, 0.0) + value
+            bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.3f}")
+            bar.update(1)
+        bar.close()
+        self.scheduler.step()
+        return {k: v / steps for k, v in sums.items()}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        metrics = MetricSet(hce=False)
+        sampler = SizedBatchSampler(len(self.val_set), self.cfg.batch_size, self.cfg.size, None, shuffle=False,
+                                    drop_last=False)
+        for images, masks, _ in self._loader(self.val_set, sampler):
+            rgb = images * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+            probs = predict(self.model, rgb).cpu()
+            for prob, mask in zip(probs, masks):
+                metrics.step(prob[0], mask[0])
+        return metrics.results()
+
+    def run(self, stop_after_epoch: int | None = None) -> Path:
+        """Train to `cfg.epochs` (or stop after `stop_after_epoch`, resumable later); the last checkpoint."""
+        cfg = self.cfg
+        final = self.out / "final.safetensors"
+        last = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
+        if self.start_epoch == 1 and self.rank == 0:  # a fresh run starts a fresh log
+            (self.out / LOG_FILE).unlink(missing_ok=True)
+        for epoch in range(self.start_epoch, last + 1):
+            started = time.time()
+            record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], **self.train_epoch(epoch)}
+            if self.rank == 0:
+                if self.val_set is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+                    record.update({f"val_{k}": v for k, v in self.validate().items()})
+                record["seconds"] = round(time.time() - started, 2)
+                with open(self.out / LOG_FILE, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if self.writer is not None:
+                    for key, value in record.items():
+                        if key != "epoch":
+                            self.writer.add_scalar(key, value, epoch)
+                log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
+                resolution = None if cfg.dynamic_size else tuple(cfg.size)
+                if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
+                    save_checkpoint(self.model, self.out / f"epoch_{epoch}.safetensors", resolution=resolution)
+                if epoch == cfg.epochs:
+                    save_checkpoint(self.model, final, resolution=resolution)
+                self.save_resume(epoch)
+            if self.world > 1:
+                torch.distributed.barrier()
+        return final if last == cfg.epochs else self.out / f"epoch_{last}.safetensors"
+
+
+def train(cfg: TrainConfig, resume: bool = True, stop_after_epoch: int | None = None) -> Path:
+    trainer = Trainer(cfg)
+    if resume:
+        trainer.resume()
+    return trainer.run(stop_after_epoch)
