@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .model import MIN_SIZE
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_RESOLUTION = (1024, 1024)
@@ -70,17 +72,18 @@ def working_size(
     if resolution == "aspect":
         area = (max_megapixels * 1e6) if max_megapixels else DEFAULT_RESOLUTION[0] * DEFAULT_RESOLUTION[1]
         scale = math.sqrt(area / (height * width))
-        return max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32)
+        return max(MIN_SIZE, round(height * scale / 32) * 32), max(MIN_SIZE, round(width * scale / 32) * 32)
     if resolution is None:
         resolution = DEFAULT_RESOLUTION
     if isinstance(resolution, int):
         resolution = (resolution, resolution)
     h, w = (int(v) for v in resolution)
-    if h <= 0 or w <= 0 or h % 32 or w % 32:
-        raise ValueError(f"resolution {w}x{h} (WxH) must be positive multiples of 32, e.g. {max(32, round(w / 32) * 32)}x{max(32, round(h / 32) * 32)}")
+    if h < MIN_SIZE or w < MIN_SIZE or h % 32 or w % 32:
+        nearest = lambda v: max(MIN_SIZE, round(v / 32) * 32)
+        raise ValueError(f"resolution {w}x{h} (WxH) must be multiples of 32, at least {MIN_SIZE}, e.g. {nearest(w)}x{nearest(h)}")
     if max_megapixels and h * w > max_megapixels * 1e6:
         scale = math.sqrt(max_megapixels * 1e6 / (h * w))
-        h, w = max(32, int(h * scale) // 32 * 32), max(32, int(w * scale) // 32 * 32)
+        h, w = max(MIN_SIZE, int(h * scale) // 32 * 32), max(MIN_SIZE, int(w * scale) // 32 * 32)
     return h, w
 
 

@@ -13,6 +13,7 @@ from typing import Mapping
 
 import torch
 
+from .io import atomic_path
 from .model import BiRefNet, BiRefNetConfig
 from .pvt import official_to_timm_key, timm_to_official_key
 from .swin import SWIN_SPECS
@@ -336,8 +337,6 @@ def save_checkpoint(model: BiRefNet, path, *, resolution: tuple[int, int] | None
     """Write `model` as .safetensors in the official key layout, atomically, with its tile layout
     and working resolution in the metadata so `load_model` restores them."""
     from safetensors.torch import save_file
-
-    from .io import atomic_path
 
     if resolution == "keep":
         info = getattr(model, "info", None)

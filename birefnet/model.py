@@ -17,6 +17,7 @@ from .pvt import PVT_VARIANTS, PVTv2
 from .swin import SWIN_SPECS, SwinTransformer
 
 BACKBONES = tuple(SWIN_SPECS) + PVT_VARIANTS
+MIN_SIZE = 64  # the half-size pass must leave PVT's first stage as large as its 8x8 reduction conv
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,9 @@ class BiRefNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"BiRefNet expects a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
-        if h % 32 or w % 32:
+        if h % 32 or w % 32 or h < MIN_SIZE or w < MIN_SIZE:
             raise ValueError(
-                f"BiRefNet needs H and W to be multiples of 32, got {h}x{w}; "
+                f"BiRefNet needs H and W to be multiples of 32 and at least {MIN_SIZE}, got {h}x{w}; "
                 "resize first (birefnet.segment does this for you)"
             )
 

@@ -48,9 +48,11 @@ def test_working_size_modes():
     assert h % 32 == 0 and w % 32 == 0 and abs(w / h - 4 / 3) < 0.05 and abs(h * w - 1024**2) < 0.05 * 1024**2
     h, w = working_size(1080, 1920, "aspect", max_megapixels=0.25)
     assert h * w <= 0.27e6 and abs(w / h - 16 / 9) < 0.1
-    assert working_size(1, 1, "aspect", max_megapixels=0.001) == (32, 32)
+    assert working_size(1, 1, "aspect", max_megapixels=0.001) == (64, 64)
+    with pytest.raises(ValueError, match="at least 64"):
+        working_size(100, 100, 32)
     assert working_size(500, 500, (2048, 2048), max_megapixels=1.0) == (992, 992)
-    with pytest.raises(ValueError, match="multiples of 32, e.g. 992x992"):
+    with pytest.raises(ValueError, match="multiples of 32, at least 64, e.g. 992x992"):
         working_size(10, 10, 1000)
 
 

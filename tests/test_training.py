@@ -179,3 +179,18 @@ def test_torchrun_distributed_training(dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "final.safetensors").is_file()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_fine_tuning_keeps_the_checkpoint_tile_layout(tmp_path, b0_model):
+    from training.trainer import build_initial_model
+
+    b0_model.tile_layout = "legacy"
+    try:
+        path = tmp_path / "legacy.safetensors"
+        birefnet.save_checkpoint(b0_model, path)
+    finally:
+        b0_model.tile_layout = "current"
+    cfg = TrainConfig(data=[], out=str(tmp_path), init=str(path))
+    assert build_initial_model(cfg).config.tile_layout == "legacy"
+    assert build_initial_model(TrainConfig(data=[], out=str(tmp_path), init=str(path), tile_layout="current")).config.tile_layout == "current"
+    assert build_initial_model(TrainConfig(data=[], out=str(tmp_path), backbone="pvt_v2_b0")).config.tile_layout == "current"

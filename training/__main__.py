@@ -42,41 +42,14 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _pairs_by_stem(pred_dir: Path, gt_dir: Path):
-    from birefnet.io import IMAGE_SUFFIXES
-
-    files = lambda d: {p.stem: p for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    preds, gts = files(pred_dir), files(gt_dir)
-    missing = sorted(gts.keys() - preds.keys())
-    if missing:
-        raise ValueError(f"{pred_dir}: no prediction for {len(missing)} ground truth(s): {', '.join(missing[:5])}")
-    return [(preds[s], gts[s]) for s in sorted(gts)]
-
-
 def cmd_evaluate(args) -> int:
-    import numpy as np
-    from PIL import Image
+    from .evaluate import evaluate_folders, evaluate_model
+    from .metrics import format_table
 
-    from .metrics import MetricSet, format_table
-
-    metrics = MetricSet()
-    grey = lambda p: np.asarray(Image.open(p).convert("L"))
     if args.pred:
-        for pred, gt in _pairs_by_stem(Path(args.pred), Path(args.gt)):
-            metrics.step(grey(pred), grey(gt))
+        metrics = evaluate_folders(args.pred, args.gt)
     else:
-        import birefnet
-        from birefnet.io import read_image
-        from birefnet.inference import mask_to_image
-
-        from .data import find_pairs
-
-        model = birefnet.load_model(args.weights, tile_layout=args.tile_layout)
-        for image_path, gt_path in find_pairs(args.data):
-            mask = birefnet.segment(model, read_image(image_path))
-            if args.save_pred:
-                birefnet.io.save_image(mask_to_image(mask), Path(args.save_pred) / f"{image_path.stem}.png")
-            metrics.step(mask, grey(gt_path))
+        metrics = evaluate_model(args.weights, args.data, save_pred=args.save_pred, tile_layout=args.tile_layout)
     results = metrics.results()
     print(format_table(results, f"{metrics.count} image(s)"))
     if args.json:
@@ -112,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init", default="scratch", help="checkpoint to fine-tune (any file birefnet reads) or 'scratch'")
     t.add_argument("--backbone", default="swin_v1_l", help="backbone for --init scratch")
     t.add_argument("--backbone-weights", help="ImageNet backbone file (timm or original layout), or 'timm' to download")
-    t.add_argument("--tile-layout", default="current", choices=("current", "legacy"))
+    t.add_argument("--tile-layout", default=None, choices=("current", "legacy"),
+                   help="default: the --init checkpoint's own layout (current from scratch)")
     t.add_argument("--task", default="general", choices=("DIS", "general", "matting"))
     t.add_argument("--epochs", type=int, default=200)
     t.add_argument("--finetune-last-epochs", type=int, default=None)

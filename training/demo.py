@@ -6,22 +6,18 @@ fp16 result to birefnet/weights/default.safetensors, the CLI's and workflows' de
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
 from pathlib import Path
 
-import torch
-
 import birefnet
-from birefnet.io import atomic_path, read_image
+from birefnet.io import atomic_path
 
-from .data import find_pairs
-from .metrics import MetricSet, format_table
+from .evaluate import evaluate_model
+from .metrics import format_table
 from .synthetic import write_dataset
 from .trainer import TrainConfig, train
 
-log = logging.getLogger(__name__)
 INSTALLED = Path(birefnet.__file__).parent / "weights" / "default.safetensors"
 
 RECIPE = dict(
@@ -31,28 +27,18 @@ RECIPE = dict(
 TRAIN_SAMPLES, VAL_SAMPLES, TEST_SAMPLES = 600, 40, 100
 
 
-def evaluate_model(weights, data) -> dict[str, float]:
-    """Scores of `weights` on a dataset folder, at each image's original size."""
-    model = birefnet.load_model(weights)
-    metrics = MetricSet()
-    for image_path, gt_path in find_pairs(data):
-        metrics.step(birefnet.segment(model, read_image(image_path)), read_image(gt_path).convert("L"))
-    return metrics.results()
-
-
 def run_demo(work, install: bool = False) -> Path:
     work = Path(work)
     started = time.time()
     write_dataset(work / "train", TRAIN_SAMPLES, seed=0)
     write_dataset(work / "val", VAL_SAMPLES, seed=1)
     write_dataset(work / "test", TEST_SAMPLES, seed=2)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = TrainConfig(data=[str(work / "train")], val=[str(work / "val")], out=str(work / "run"), **RECIPE)
     final = train(cfg)
     model = birefnet.load_model(final).half()
     shipped = work / "default.safetensors"
     birefnet.save_checkpoint(model, shipped, resolution=cfg.size, name="birefnet-demo-pvt_v2_b0-synthetic")
-    results = evaluate_model(shipped, work / "test")
+    results = evaluate_model(shipped, work / "test").results()
     results["train_minutes"] = round((time.time() - started) / 60, 1)
     with atomic_path(work / "metrics.json") as tmp:
         tmp.write_text(json.dumps({"recipe": {k: str(v) for k, v in RECIPE.items()}, "test": results}, indent=2))

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from birefnet import BiRefNet, build_model, load_model, save_checkpoint
-from birefnet.inference import predict
 from birefnet.io import atomic_path
 
 from .data import Augment, SegmentationDataset, SizedBatchSampler, collate, find_pairs
@@ -37,7 +36,7 @@ class TrainConfig:
     init: str = "scratch"  # a checkpoint our loader reads, or "scratch"
     backbone: str = "swin_v1_l"  # for "scratch"
     backbone_weights: str | None = None  # ImageNet backbone file, or "timm"
-    tile_layout: str = "current"
+    tile_layout: str | None = None  # None: the init checkpoint's own; "current" from scratch
     task: str = "general"
     epochs: int = 200
     finetune_last_epochs: int | None = None  # None: the task's official value
@@ -86,7 +85,7 @@ def _device(name: str, rank: int) -> torch.device:
 
 def build_initial_model(cfg: TrainConfig) -> BiRefNet:
     if cfg.init == "scratch":
-        model = build_model(cfg.backbone, tile_layout=cfg.tile_layout)
+        model = build_model(cfg.backbone, tile_layout=cfg.tile_layout or "current")
         if cfg.backbone_weights:
             from .backbones import load_backbone_weights
 
@@ -230,8 +229,7 @@ class Trainer:
         sampler = SizedBatchSampler(len(self.val_set), self.cfg.batch_size, self.cfg.size, None, shuffle=False,
                                     drop_last=False)
         for images, masks, _ in self._loader(self.val_set, sampler):
-            rgb = images * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-            probs = predict(self.model, rgb).cpu()
+            probs = torch.sigmoid(self.model(images.to(self.device)).float()).cpu()
             for prob, mask in zip(probs, masks):
                 metrics.step(prob[0], mask[0])
         return metrics.results()

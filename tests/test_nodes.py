@@ -1,0 +1,143 @@
+"""Node functions on ComfyUI-layout tensors (IMAGE (B, H, W, C) in [0, 1], MASK (B, H, W)),
+with the pack imported the way ComfyUI imports it (a package named after its folder)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def pack():
+    spec = importlib.util.spec_from_file_location("birefnet_toolkit_pack", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def handle(pack, b0_weights):
+    return pack.nodes.loader.load(str(b0_weights), device="cpu", dtype="auto", tile_layout="current")[0]
+
+
+def test_v1_registration_without_comfy_api(pack):
+    assert set(pack.NODE_CLASS_MAPPINGS) == {"BiRefNetLoader", "BiRefNetSegment", "BiRefNetRefineEdges",
+                                             "BiRefNetGradientPreview", "BiRefNetCompose"}
+    for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
+        inputs = cls.INPUT_TYPES()
+        assert cls.DESCRIPTION and pack.NODE_DISPLAY_NAME_MAPPINGS[node_id]
+        for group in inputs.values():
+            for name, (kind, opts) in group.items():
+                assert opts.get("tooltip"), f"{node_id}.{name} has no tooltip"
+        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
+    weights = pack.NODE_CLASS_MAPPINGS["BiRefNetLoader"].INPUT_TYPES()["required"]["weights"][0]
+    assert weights[-1] == pack.nodes.host.EMBEDDED
+
+
+def test_loader_reports_the_variant(handle):
+    assert handle.info.config.backbone == "pvt_v2_b0" and handle.dtype == torch.float32
+    assert "pvt_v2_b0" in repr(handle)
+
+
+def test_segment_shapes_ranges_and_outputs(pack, handle):
+    image = torch.rand(3, 48, 80, 3)
+    mask, cutout, rgba = pack.nodes.segment.segment(handle, image, resolution="custom", width=64, height=64)
+    assert mask.shape == (3, 48, 80) and cutout.shape == (3, 48, 80, 3) and rgba.shape == (3, 48, 80, 4)
+    assert mask.min() >= 0 and mask.max() <= 1
+    assert torch.allclose(rgba[..., 3], mask) and torch.equal(rgba[..., :3], image)
+    white = torch.ones(3)
+    assert torch.allclose(cutout, image * mask[..., None] + white * (1 - mask[..., None]), atol=1e-6)
+
+
+def test_chunking_equals_one_call(pack, handle):
+    image = torch.rand(5, 40, 40, 3)
+    one = pack.nodes.segment.segment_frames(handle, image, (64, 64), 0.0, batch_size=5)
+    chunked = pack.nodes.segment.segment_frames(handle, image, (64, 64), 0.0, batch_size=2)
+    assert torch.allclose(one, chunked, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 3), (1, 37, 4099, 3), (2, 30, 20, 4), (1, 25, 25, 1)])
+def test_odd_sizes_rgba_and_grey(pack, handle, shape):
+    mask, cutout, rgba = pack.nodes.segment.segment(handle, torch.rand(shape), resolution="custom", width=64, height=64)
+    assert mask.shape == shape[:3] and cutout.shape == (*shape[:3], 3) and rgba.shape == (*shape[:3], 4)
+
+
+def test_aspect_and_native_modes(pack, handle):
+    image = torch.rand(1, 60, 120, 3)
+    mask, _, _ = pack.nodes.segment.segment(handle, image, resolution="aspect", max_megapixels=0.01)
+    assert mask.shape == (1, 60, 120)
+    assert pack.nodes.segment.resolution_for("native", 1, 1) is None
+
+
+def test_empty_batch_is_a_clear_error(pack, handle):
+    with pytest.raises(ValueError, match="non-empty IMAGE batch"):
+        pack.nodes.segment.segment(handle, torch.zeros(0, 64, 64, 3))
+    with pytest.raises(ValueError, match="colour"):
+        pack.nodes.segment.segment(handle, torch.rand(1, 32, 32, 3), resolution="custom", width=64, height=64,
+                                   background="blue-ish")
+
+
+def test_refine_edges_operations(pack):
+    refine = pack.nodes.refine_edges.refine_edges
+    image = torch.zeros(1, 64, 64, 3)
+    ring = torch.zeros(1, 64, 64)
+    ring[:, 16:48, 16:48] = 1
+    ring[:, 28:36, 28:36] = 0  # a hole
+    filled, _, _ = refine(image, ring, fill_holes=True, estimate_foreground=False)
+    assert filled[0, 30, 30] == 1 and filled[0, 2, 2] == 0
+    grown, _, _ = refine(image, ring, grow=3, estimate_foreground=False)
+    assert grown[0, 14, 14] == 1 and grown[0, 12, 12] == 0
+    shrunk, _, _ = refine(image, ring, grow=-3, estimate_foreground=False)
+    assert shrunk[0, 17, 17] == 0 and shrunk[0, 20, 20] == 1
+    binary, _, _ = refine(image, ring * 0.6, threshold=0.5, estimate_foreground=False)
+    assert set(binary.unique().tolist()) == {0.0, 1.0}
+    soft, _, _ = refine(image, ring, feather=4.0, estimate_foreground=False)
+    assert 0 < soft[0, 16, 30] < 1
+    levelled, _, _ = refine(image, ring * 0.5, black_point=0.2, white_point=0.5, estimate_foreground=False)
+    assert levelled.max() == pytest.approx(1.0)
+
+
+def test_guided_filter_snaps_edges_to_the_image(pack):
+    refine = pack.nodes.refine_edges.refine_edges
+    image = torch.zeros(1, 64, 64, 3)
+    image[:, :, 32:] = 1  # image edge at column 32
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, 28:] = 1  # sloppy mask edge at column 28
+    out, _, _ = refine(image, mask, guided_radius=8, guided_eps=1e-4, estimate_foreground=False)
+    assert out[0, 32, 29] < 0.5 < out[0, 32, 34]
+
+
+def test_foreground_estimation_removes_the_halo(pack):
+    """Red object over green: at soft edges the image is a red/green mix; the estimate is redder."""
+    refine = pack.nodes.refine_edges.refine_edges
+    ramp = torch.cat([torch.ones(24), torch.linspace(1, 0, 16), torch.zeros(24)])  # object | soft edge | bg
+    alpha = ramp.view(1, 1, 64).expand(1, 64, 64).clone()
+    red, green = torch.tensor([1.0, 0, 0]), torch.tensor([0, 1.0, 0])
+    image = (alpha[..., None] * red + (1 - alpha[..., None]) * green)
+    _, _, rgba = refine(image, alpha, estimate_foreground=True)  # default radius 90
+    edge = slice(26, 38)
+    assert rgba[0, 32, edge, 1].mean() < 0.5 * image[0, 32, edge, 1].mean()  # much less green
+    assert torch.allclose(rgba[..., 3], alpha)
+
+
+def test_gradient_preview(pack, handle):
+    out = pack.nodes.gradient_preview.preview(handle, torch.rand(2, 50, 70, 3))[0]
+    assert out.shape == (8, 50, 70, 3) and out.min() >= 0 and out.max() <= 1
+    assert not torch.allclose(out[1], out[0])  # attention differs from the image gradient
+
+
+def test_compose(pack):
+    image = torch.rand(2, 20, 30, 3)
+    mask = torch.rand(1, 10, 15)
+    out, rgba = pack.nodes.compose.compose(image, mask, background="0,0,0")
+    assert out.shape == (2, 20, 30, 3) and rgba.shape == (2, 20, 30, 4)
+    assert torch.allclose(out, image * rgba[..., 3:], atol=1e-6)
+    inverted, _ = pack.nodes.compose.compose(image, torch.ones(1, 20, 30), invert_mask=True,
+                                             background_image=torch.zeros(1, 5, 5, 3))
+    assert torch.count_nonzero(inverted) == 0
