@@ -94,7 +94,7 @@ SPEC = NodeSpec(
            default=False, advanced=True),
     ),
     outputs=(
-        Out("mask", "MASK", "Refined mask, foreground = 1.0."),
+        Out("refined_mask", "MASK", "Refined mask, foreground = 1.0."),
         Out("foreground", "IMAGE", "Foreground composited on the background colour (RGB)."),
         Out("rgba", "IMAGE", "Foreground colours with the mask as alpha (4 channels)."),
     ),

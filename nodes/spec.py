@@ -105,7 +105,7 @@ def v3_class(spec: NodeSpec, io) -> type:
             node_id=spec.node_id, display_name=spec.display_name, category=spec.category,
             description=spec.description, is_output_node=spec.output_node,
             inputs=[make_input(i) for i in spec.inputs],
-            outputs=[kind(o.type).Output(o.name, tooltip=o.tooltip) for o in spec.outputs],
+            outputs=[kind(o.type).Output(o.name, display_name=o.name, tooltip=o.tooltip) for o in spec.outputs],
         )
 
     def execute(cls, **kwargs):

@@ -40,6 +40,14 @@ def test_v1_registration_without_comfy_api(pack):
     assert weights[-1] == pack.nodes.host.EMBEDDED
 
 
+def test_specs_satisfy_the_v3_schema_rules(pack):
+    """Current ComfyUI (V3) refuses a node whose input and output ids overlap or repeat."""
+    for spec in pack.nodes.NODE_SPECS:
+        ids = [i.name for i in spec.inputs] + [o.name for o in spec.outputs]
+        assert len(ids) == len(set(ids)), spec.node_id
+        assert all(i.tooltip for i in spec.inputs) and all(o.tooltip for o in spec.outputs)
+
+
 def test_loader_reports_the_variant(handle):
     assert handle.info.config.backbone == "pvt_v2_b0" and handle.dtype == torch.float32
     assert "pvt_v2_b0" in repr(handle)
