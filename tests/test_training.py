@@ -194,3 +194,21 @@ def test_fine_tuning_keeps_the_checkpoint_tile_layout(tmp_path, b0_model):
     assert build_initial_model(cfg).config.tile_layout == "legacy"
     assert build_initial_model(TrainConfig(data=[], out=str(tmp_path), init=str(path), tile_layout="current")).config.tile_layout == "current"
     assert build_initial_model(TrainConfig(data=[], out=str(tmp_path), backbone="pvt_v2_b0")).config.tile_layout == "current"
+
+
+def test_augmentations_keep_image_and_mask_aligned():
+    import numpy as np
+
+    from training.data import Augment
+
+    image, mask = make_sample(1, 3, (96, 128))
+    rng = lambda: np.random.default_rng(5)
+    geometric = Augment(flip=True, rotate=True, enhance=False, pepper=False, crop=True)
+    out_image, out_mask = geometric(image, mask, rng())
+    assert out_image.size == image.size and out_mask.size == mask.size
+    # the object's colour pixels and the mask move together: image and mask stay registered
+    again_image, again_mask = geometric(mask.convert("RGB"), mask, rng())
+    assert np.abs(np.asarray(again_image)[..., 0].astype(int) - np.asarray(again_mask).astype(int)).mean() < 2
+    photometric = Augment(flip=False, rotate=False, enhance=True, pepper=True)
+    changed, same_mask = photometric(image, mask, rng())
+    assert same_mask is mask and changed.tobytes() != image.tobytes()

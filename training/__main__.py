@@ -33,7 +33,7 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size, accumulate=args.accumulate, size=_size(args.size),
         dynamic_size=(args.dynamic_size, args.dynamic_size) if args.dynamic_size else None, lr=args.lr,
         precision=args.precision, freeze_backbone=args.freeze_backbone, grad_checkpointing=args.grad_checkpointing,
-        augment=not args.no_augment, background_synthesis=args.background_synthesis, workers=args.workers,
+        augment=not args.no_augment, crop=args.crop, background_synthesis=args.background_synthesis, workers=args.workers,
         seed=args.seed, save_every=args.save_every, val_every=args.val_every,
         max_steps_per_epoch=args.max_steps_per_epoch, device=args.device, tensorboard=args.tensorboard,
     )
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--freeze-backbone", action="store_true")
     t.add_argument("--grad-checkpointing", action="store_true")
     t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--crop", action="store_true", help="add the official random centre crop augmentation")
     t.add_argument("--background-synthesis", action="store_true")
     t.add_argument("--workers", type=int, default=0)
     t.add_argument("--seed", type=int, default=7)

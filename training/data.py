@@ -76,6 +76,7 @@ class Augment:
     rotate: bool = True
     enhance: bool = True
     pepper: bool = True
+    crop: bool = False  # listed by the official code but not in its default set
     background_synthesis: bool = False  # recomposite on a new background (then only flip)
 
     def __call__(self, image: Image.Image, mask: Image.Image, rng: np.random.Generator):
@@ -86,6 +87,11 @@ class Augment:
             return image, mask
         if self.flip and rng.random() < 0.5:
             image, mask = image.transpose(Image.FLIP_LEFT_RIGHT), mask.transpose(Image.FLIP_LEFT_RIGHT)
+        if self.crop:  # window width in [w - b, w), height in [h - b, h), b = 10% of the short side
+            w, h = image.size
+            border = max(1, int(0.1 * min(w, h)))
+            width, height = int(rng.integers(w - border, w)), int(rng.integers(h - border, h))
+            image, mask = _centre_crop(image, width, height), _centre_crop(mask, width, height)
         if self.rotate and rng.random() < 0.2:
             angle = int(rng.integers(-15, 15))
             image, mask = image.rotate(angle, Image.BICUBIC), mask.rotate(angle, Image.BICUBIC)
@@ -101,6 +107,13 @@ class Augment:
             array[ys, xs] = rng.choice([0, 255], size=(count, 1))
             image = Image.fromarray(array)
         return image, mask
+
+
+def _centre_crop(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Centred width x height window, resized back to the original size."""
+    w, h = image.size
+    left, top = (w - width) // 2, (h - height) // 2
+    return image.crop((left, top, left + width, top + height)).resize((w, h), Image.BILINEAR)
 
 
 def _synthesise_background(image: Image.Image, mask: Image.Image, rng) -> Image.Image:

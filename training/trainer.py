@@ -53,6 +53,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     augment: bool = True
     background_synthesis: bool = False
+    crop: bool = False
     workers: int = 0
     seed: int = 7
     save_every: int = 1
@@ -115,7 +116,7 @@ class Trainer:
         if cfg.val_split and not val_pairs:
             cut = max(1, int(len(pairs) * cfg.val_split))
             pairs, val_pairs = pairs[:-cut], pairs[-cut:]
-        augment = Augment(background_synthesis=cfg.background_synthesis) if cfg.augment else None
+        augment = Augment(crop=cfg.crop, background_synthesis=cfg.background_synthesis) if cfg.augment else None
         self.train_set = SegmentationDataset(pairs, augment, cfg.seed)
         self.val_set = SegmentationDataset(val_pairs, None, cfg.seed) if val_pairs else None
         self.sampler = SizedBatchSampler(len(pairs), cfg.batch_size, cfg.size, cfg.dynamic_size, cfg.seed,
