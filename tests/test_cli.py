@@ -10,8 +10,8 @@ from PIL import Image
 
 
 def run_cli(*args, env=None):
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("BIREFNET_WEIGHTS", None) if env is None else None
+    full_env = {k: v for k, v in os.environ.items() if k != "BIREFNET_WEIGHTS"}
+    full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "birefnet", *map(str, args)],
                           capture_output=True, text=True, env=full_env, timeout=600)
 
@@ -44,13 +44,28 @@ def test_segment_folder_end_to_end(tmp_path, b0_weights):
     assert not list(out.rglob(".*tmp*"))
 
 
-def test_segment_without_weights_says_where_to_get_them(tmp_path):
+def test_segment_defaults_to_the_embedded_model(tmp_path):
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (70, 50, 3), dtype=np.uint8)).save(image)
+    result = run_cli("segment", image, "--out", tmp_path / "out", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "default.safetensors" in result.stderr and "pvt_v2_b0" in result.stderr
+    assert Image.open(tmp_path / "out" / "x.png").size == (50, 70)
+
+
+def test_without_weights_or_embedded_model_says_where_to_get_them(tmp_path, monkeypatch):
+    import pytest
+
+    from birefnet import CheckpointError, cli
+
+    monkeypatch.delenv("BIREFNET_WEIGHTS", raising=False)
+    monkeypatch.setattr(cli, "DEFAULT_WEIGHTS", tmp_path / "absent.safetensors")  # a build without the demo model
+    with pytest.raises(CheckpointError, match="--weights FILE .* https://huggingface.co/ZhengPeng7/BiRefNet/"):
+        cli.default_weights()
     image = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(image)
-    result = run_cli("segment", image, "--out", tmp_path / "out", env={"BIREFNET_WEIGHTS": ""})
-    assert result.returncode == 2
-    assert "--weights" in result.stderr and "huggingface.co" in result.stderr
-    assert "Traceback" not in result.stderr
+    missing = run_cli("segment", image, "--out", tmp_path / "out", env={"BIREFNET_WEIGHTS": str(tmp_path / "none.pth")})
+    assert missing.returncode == 2 and "none.pth: file not found" in missing.stderr
 
 
 def test_bad_weights_give_one_line(tmp_path):
