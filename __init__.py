@@ -8,35 +8,33 @@ import importlib.util
 import sys
 from pathlib import Path
 
-if "birefnet" not in sys.modules:  # the library ships inside the pack; no pip install needed
-    _spec = importlib.util.find_spec("birefnet")
-    if _spec is None:
-        _here = Path(__file__).parent / "birefnet"
-        _spec = importlib.util.spec_from_file_location("birefnet", _here / "__init__.py",
-                                                       submodule_search_locations=[str(_here)])
-        _module = importlib.util.module_from_spec(_spec)
-        sys.modules["birefnet"] = _module
-        _spec.loader.exec_module(_module)
+if __package__:  # imported as a package (ComfyUI does so); pytest collecting the folder is not
+    if "birefnet" not in sys.modules:  # the library ships inside the pack; no pip install needed
+        _spec = importlib.util.find_spec("birefnet")
+        if _spec is None:
+            _here = Path(__file__).parent / "birefnet"
+            _spec = importlib.util.spec_from_file_location("birefnet", _here / "__init__.py",
+                                                           submodule_search_locations=[str(_here)])
+            _module = importlib.util.module_from_spec(_spec)
+            sys.modules["birefnet"] = _module
+            _spec.loader.exec_module(_module)
 
-from .nodes import NODE_SPECS  # noqa: E402
-from .nodes.spec import v1_class, v3_class  # noqa: E402
+    from .nodes import NODE_SPECS
+    from .nodes.spec import v1_class, v3_class
 
-try:
-    from comfy_api.latest import ComfyExtension
-    from comfy_api.latest import io as _io
-except ImportError:
-    ComfyExtension = None
+    try:
+        from comfy_api.latest import ComfyExtension
+        from comfy_api.latest import io as _io
+    except ImportError:
+        ComfyExtension = None
 
-WEB_DIRECTORY = "./web"
+    if ComfyExtension is not None:
+        class BiRefNetExtension(ComfyExtension):
+            async def get_node_list(self):
+                return [v3_class(spec, _io) for spec in NODE_SPECS]
 
-if ComfyExtension is not None:
-    class BiRefNetExtension(ComfyExtension):
-        async def get_node_list(self):
-            return [v3_class(spec, _io) for spec in NODE_SPECS]
-
-    async def comfy_entrypoint():
-        return BiRefNetExtension()
-else:
-    NODE_CLASS_MAPPINGS = {spec.node_id: v1_class(spec) for spec in NODE_SPECS}
-    NODE_DISPLAY_NAME_MAPPINGS = {spec.node_id: spec.display_name for spec in NODE_SPECS}
-
+        async def comfy_entrypoint():
+            return BiRefNetExtension()
+    else:
+        NODE_CLASS_MAPPINGS = {spec.node_id: v1_class(spec) for spec in NODE_SPECS}
+        NODE_DISPLAY_NAME_MAPPINGS = {spec.node_id: spec.display_name for spec in NODE_SPECS}
