@@ -54,6 +54,7 @@ def _pysodmetrics(root) -> dict:
             "HCE": metrics["hce"].get_results()["hce"]}
 
 
+@pytest.mark.filterwarnings("ignore:This class will be removed")  # pysodmetrics' own Fmeasure notice
 def test_evaluate_matches_pysodmetrics(folders, tmp_path):
     out = tmp_path / "scores.json"
     result = subprocess.run([sys.executable, "-m", "training", "evaluate", "--pred", str(folders / "pred"),
