@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from .inference import parse_size
+
 
 def _worker(args) -> dict:
     from .loading import parse_dtype
@@ -70,14 +72,8 @@ def main(argv=None) -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    def size(text):
-        if "x" in text:
-            w, h = map(int, text.split("x"))
-            return h, w
-        return int(text), int(text)
-
     if args.worker:
-        args.variant, args.dtype, args.resolution = args.variant[0], args.dtype[0], size(args.resolution[0])
+        args.variant, args.dtype, args.resolution = args.variant[0], args.dtype[0], parse_size(args.resolution[0])
         print(json.dumps(_worker(args)))
         return 0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .inference import cutout, mask_to_image, segment
+from .inference import cutout, mask_to_image, parse_size, segment
 from .io import list_images, read_image, save_image
 from .loading import CheckpointError, load_model, parse_dtype
 from .zoo import KNOWN_CHECKPOINTS, find_checkpoint
@@ -37,12 +37,10 @@ def parse_resolution(text: str | None):
     if text == "aspect":
         return "aspect"
     try:
-        if "x" in text.lower():
-            width, height = (int(v) for v in text.lower().split("x"))
-            return (height, width)
-        return int(text)
+        height, width = parse_size(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"resolution {text!r}: use native, aspect, 1024 or WIDTHxHEIGHT") from None
+    return (height, width)
 
 
 def pick_device(name: str) -> torch.device:

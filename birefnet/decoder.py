@@ -54,6 +54,13 @@ class DecoderOutput:
     gradient_preds: list[torch.Tensor] = field(default_factory=list)
 
 
+def gradient_reference(image: torch.Tensor) -> torch.Tensor:
+    """The outward reference's target: 5x5 Laplacian of the channel mean of the normalised image."""
+    import kornia  # only training and previews need it, not loading or inference
+
+    return kornia.filters.laplacian(image.float().mean(dim=1, keepdim=True), kernel_size=5)
+
+
 def _gradient_head(channels: int, norm: NormFactory) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(channels, 16, 3, padding=1), norm(16), nn.ReLU(inplace=True))
 

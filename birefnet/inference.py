@@ -87,6 +87,17 @@ def working_size(
     return h, w
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """'1024' -> (1024, 1024); 'WIDTHxHEIGHT' -> (height, width), the way sizes are written on command lines."""
+    try:
+        if "x" in text.lower():
+            width, height = (int(v) for v in text.lower().split("x"))
+            return height, width
+        return int(text), int(text)
+    except ValueError:
+        raise ValueError(f"size {text!r}: use 1024 or WIDTHxHEIGHT") from None
+
+
 def resize(x: torch.Tensor, size) -> torch.Tensor:
     """Bilinear resize of (B, C, H, W), antialiased when shrinking."""
     if tuple(x.shape[-2:]) == tuple(size):

@@ -10,6 +10,7 @@ import kornia
 import torch
 import torch.nn.functional as F
 
+from .decoder import gradient_reference
 from .inference import model_resolution, normalise, resize, to_rgb_tensor, working_size
 
 PREVIEW_NAMES = ("image gradient", "attention stage 4", "attention stage 3", "attention stage 2")
@@ -36,7 +37,7 @@ def gradient_preview(model, image, resolution=None, max_megapixels=None, colorma
     param = next(model.parameters())
     x = normalise(resize(rgb[None], size)).to(device=param.device, dtype=param.dtype)
     details = model.forward_details(x)
-    edges = kornia.filters.laplacian(x.float().mean(dim=1, keepdim=True), kernel_size=5).abs()
+    edges = gradient_reference(x).abs()
     maps = [_stretch(edges)] + [a.float() for a in details.gradient_attention]
     maps = [F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False) for m in maps]
     return _colour(torch.cat(maps).clamp(0, 1), colormap).cpu()

@@ -7,15 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from birefnet.inference import parse_size
 from birefnet.io import atomic_path
-
-
-def _size(text: str) -> tuple[int, int]:
-    """'1024' or 'WIDTHxHEIGHT' -> (height, width)."""
-    if "x" in text:
-        w, h = map(int, text.lower().split("x"))
-        return h, w
-    return int(text), int(text)
 
 
 def _range(text: str) -> tuple[int, int]:
@@ -30,7 +23,7 @@ def cmd_train(args) -> int:
         data=args.data, out=args.out, val=args.val or [], val_split=args.val_split, init=args.init,
         backbone=args.backbone, backbone_weights=args.backbone_weights, tile_layout=args.tile_layout,
         task=args.task, epochs=args.epochs, finetune_last_epochs=args.finetune_last_epochs,
-        batch_size=args.batch_size, accumulate=args.accumulate, size=_size(args.size),
+        batch_size=args.batch_size, accumulate=args.accumulate, size=parse_size(args.size),
         dynamic_size=(args.dynamic_size, args.dynamic_size) if args.dynamic_size else None, lr=args.lr,
         precision=args.precision, freeze_backbone=args.freeze_backbone, grad_checkpointing=args.grad_checkpointing,
         augment=not args.no_augment, crop=args.crop, background_synthesis=args.background_synthesis, workers=args.workers,
@@ -61,7 +54,7 @@ def cmd_evaluate(args) -> int:
 def cmd_synth(args) -> int:
     from .synthetic import write_dataset
 
-    write_dataset(args.out, args.count, args.seed, _size(args.size) if args.size else None)
+    write_dataset(args.out, args.count, args.seed, parse_size(args.size) if args.size else None)
     print(f"training: wrote {args.count} samples to {args.out}")
     return 0
 

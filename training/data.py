@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
-from birefnet.inference import normalise
+from birefnet.inference import normalise, to_rgb_tensor
 from birefnet.io import IMAGE_SUFFIXES, read_image
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image, mask = image.resize((w, h), Image.BILINEAR), mask.resize((w, h), Image.BILINEAR)
         if self.augment is not None:
             image, mask = self.augment(image, mask, np.random.default_rng([self.seed, self.epoch, index]))
-        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)
+        x = to_rgb_tensor(image)
         y = torch.from_numpy(np.array(mask)).float().div(255)[None]
         return normalise(x[None])[0], y
 

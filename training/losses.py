@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from birefnet import DecoderOutput
+from birefnet.decoder import gradient_reference
 
 # lambdas_pix_last per task (spec §8.1) and finetune_last_epochs (spec §8.2).
 PRESETS = {
@@ -74,11 +75,6 @@ def pixel_loss(logits: torch.Tensor, target: torch.Tensor, weights: dict[str, fl
     if weights.get("mae"):
         terms["mae"] = weights["mae"] * F.l1_loss(prob, target)
     return terms
-
-
-def gradient_reference(image: torch.Tensor) -> torch.Tensor:
-    """The outward reference's target: Laplacian (5x5) of the channel mean of the normalised image."""
-    return kornia.filters.laplacian(image.float().mean(dim=1, keepdim=True), kernel_size=5)
 
 
 @dataclass
