@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .blocks import BasicDecBlk, BasicLatBlk, NormFactory, SimpleConvs, interp
+import torch.nn.functional as F
+
+from .blocks import BasicDecBlk, BasicLatBlk, NormFactory, SimpleConvs, conv1x1, conv_norm, interp
 
 TILE_LAYOUTS = ("current", "legacy")
 
@@ -103,7 +105,8 @@ class Decoder(nn.Module):
         """Outward reference of stage k on its decoder output x."""
         if self.training or details:
             out.side_logits.append(getattr(self, f"conv_ms_spvn_{k}")(x))
-        g = getattr(self, f"gdt_convs_{k}")(x)
+        head = getattr(self, f"gdt_convs_{k}")
+        g = head(x) if self.training else conv_norm(head[0], head[1], x).relu_()
         attention = torch.sigmoid(getattr(self, f"gdt_convs_attn_{k}")(g))
         if self.training or details:
             out.gradient_features.append(g)
@@ -123,6 +126,23 @@ class Decoder(nn.Module):
         p2 = self._stage(2, p2, out, details)
         p1 = interp(p2, x1.shape[-2:]) + self.lateral_block2(x1)
         p1 = self.decoder_block1(torch.cat([p1, self._inward(self.ipt_blk2, image, p1.shape[-2:])], dim=1))
-        p1 = interp(p1, image.shape[-2:])
-        out.logits = self.conv_out1(torch.cat([p1, self._inward(self.ipt_blk1, image, image.shape[-2:])], dim=1))
+        out.logits = self._head(p1, image)
         return out
+
+    def _head(self, p1: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """conv_out1(cat(upsampled p1, ipt_blk1(image))): the full-resolution output."""
+        if self.training:
+            p1 = interp(p1, image.shape[-2:])
+            return self.conv_out1(torch.cat([p1, self._inward(self.ipt_blk1, image, image.shape[-2:])], dim=1))
+        # conv_out1 is linear, so in inference its p1 part runs before the upsampling (bilinear
+        # weights sum to 1, so bias and all commute) and its inward part is folded into
+        # ipt_blk1's last convolution: the full-resolution maps carry 1 channel instead of 240
+        # and 48. (One tile of the whole image is the image itself, in both layouts.)
+        head = self.conv_out1[0]
+        split = p1.shape[1]
+        w_p1, w_ipt = head.weight[:, :split].flatten(1), head.weight[:, split:].flatten(1)
+        last = self.ipt_blk1.conv_out
+        weight = torch.einsum("oc,cikl->oikl", w_ipt, last.weight)
+        bias = head.bias + w_ipt @ last.bias
+        fine = F.conv2d(self.ipt_blk1.conv1(image), weight, bias, padding=last.padding)
+        return interp(conv1x1(p1, w_p1), image.shape[-2:]) + fine

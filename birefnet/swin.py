@@ -41,31 +41,44 @@ def relative_position_index(window: int) -> torch.Tensor:
     return rel[..., 0] * (2 * window - 1) + rel[..., 1]
 
 
-def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B, nW, w*w, C); H and W are multiples of the window."""
-    b, h, w, c = x.shape
-    x = x.view(b, h // window, window, w // window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, -1, window * window, c)
+def window_order(h: int, w: int, window: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather indices that replace the official pad -> roll -> window-partition -> reverse -> crop.
 
-
-def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
-    """(B, nW, w*w, C) -> (B, H, W, C)."""
-    b, _, _, c = windows.shape
-    x = windows.view(b, h // window, w // window, window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+    `order` (nW*N,) lists, window by window, which token of the h*w map each window slot
+    holds; slots in the zero padding point at index h*w (an extra row the caller supplies).
+    `inverse` (h*w,) is where each token sits in that window order. One gather each way
+    replaces five copies.
+    """
+    hp, wp = h + (-h) % window, w + (-w) % window
+    rows = torch.arange(hp).view(hp, 1)
+    cols = torch.arange(wp).view(1, wp)
+    grid = torch.where((rows < h) & (cols < w), rows * w + cols, h * w)
+    if shift:
+        grid = torch.roll(grid, shifts=(-shift, -shift), dims=(0, 1))
+    order = grid.view(hp // window, window, wp // window, window).permute(0, 2, 1, 3).reshape(-1)
+    slots = torch.arange(order.numel())
+    inverse = torch.empty(h * w, dtype=torch.long)
+    real = order < h * w
+    inverse[order[real]] = slots[real]
+    return order, inverse
 
 
 def shift_mask(hp: int, wp: int, window: int, shift: int, device, dtype) -> torch.Tensor:
-    """Additive mask (nW, 1, N, N) that keeps attention inside each shifted region."""
-    labels = torch.zeros(1, hp, wp, 1, device=device)
+    """Additive mask (nW, 1, N, N) that keeps attention inside each shifted region.
+
+    Blocked pairs get a large finite negative rather than -inf: exp() of it is exactly 0 in
+    every float type, and SDPA skips its -inf bookkeeping.
+    """
+    labels = torch.zeros(hp, wp, device=device)
     region = 0
     for rows in (slice(0, hp - window), slice(hp - window, hp - shift), slice(hp - shift, hp)):
         for cols in (slice(0, wp - window), slice(wp - window, wp - shift), slice(wp - shift, wp)):
-            labels[:, rows, cols, :] = region
+            labels[rows, cols] = region
             region += 1
-    ids = window_partition(labels, window).squeeze(-1)[0]  # (nW, N)
+    ids = labels.view(hp // window, window, wp // window, window).permute(0, 2, 1, 3).reshape(-1, window * window)
     allowed = ids[:, :, None] == ids[:, None, :]
-    mask = torch.zeros(allowed.shape, device=device, dtype=dtype).masked_fill(~allowed, float("-inf"))
+    blocked = -1e4 if dtype == torch.float16 else -1e9
+    mask = torch.zeros(allowed.shape, device=device, dtype=dtype).masked_fill(~allowed, blocked)
     return mask.unsqueeze(1)
 
 
@@ -87,16 +100,23 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(n, n, self.num_heads).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, nW, N, C); mask: (nW, 1, N, N) or None."""
-        b, nw, n, c = x.shape
-        qkv = self.qkv(x).view(b, nw, n, 3, self.num_heads, c // self.num_heads)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, hd)
-        bias = self.position_bias().to(q.dtype)
-        if mask is not None:
-            bias = bias + mask
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.proj(out.transpose(2, 3).reshape(b, nw, n, c))
+    def attend(self, qkv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """qkv: (B, nW*N, 3C) in window order; mask: (nW, 1, N, N) or None -> (B, nW*N, C), before `proj`."""
+        b, tokens, c3 = qkv.shape
+        n = self.window * self.window
+        heads = self.num_heads
+        c = c3 // 3
+        q, k, v = qkv.view(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW, heads, N, hd)
+        bias = self.position_bias().to(q.dtype).unsqueeze(0)  # 4-D: CPU flash attention takes no 3-D mask
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:
+            bias = bias + mask  # (nW, heads, N, N), shared by every image of the batch
+            nw = mask.shape[0]
+            outs = [F.scaled_dot_product_attention(q[i : i + nw], k[i : i + nw], v[i : i + nw], attn_mask=bias)
+                    for i in range(0, q.shape[0], nw)]
+            out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return out.transpose(1, 2).reshape(b, tokens, c)
 
 
 class SwinBlock(nn.Module):
@@ -111,22 +131,41 @@ class SwinBlock(nn.Module):
         self.mlp = Mlp(dim, 4 * dim, act_layer=nn.GELU)
 
     def forward(self, x: torch.Tensor, h: int, w: int, mask: torch.Tensor | None) -> torch.Tensor:
-        b, _, c = x.shape
-        shortcut = x
-        x = self.norm1(x).view(b, h, w, c)
-        # Pad first (padded tokens are exact zeros and are not masked), then shift.
-        pad_b, pad_r = (-h) % self.window, (-w) % self.window
-        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        hp, wp = h + pad_b, w + pad_r
-        if self.shift:
-            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        x = self.attn(window_partition(x, self.window), mask if self.shift else None)
-        x = window_reverse(x, self.window, hp, wp)
-        if self.shift:
-            x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
-        x = x[:, :h, :w, :].reshape(b, h * w, c)
-        x = shortcut + self.drop_path(x)
+        """Official order: norm1, zero-pad to the window grid, shift, window attention, undo all.
+
+        Two exact shortcuts: a zero-padded token's qkv is just the qkv bias, so qkv runs on the
+        real tokens only; and `proj` runs after the crop, on real tokens only.
+        """
+        b, tokens, c = x.shape
+        order, inverse = window_orders(b, h, w, self.window, self.shift, x.device)
+        y = self.norm1(x)
+        if order.numel() != b * tokens:  # padded: one zero token per image stands for the padding
+            y = torch.cat([y, y.new_zeros(b, 1, c)], dim=1)
+        qkv = self.attn.qkv(y)
+        windows = qkv.view(-1, 3 * c).index_select(0, order).view(b, -1, 3 * c)
+        out = self.attn.attend(windows, mask if self.shift else None)
+        out = out.view(-1, c).index_select(0, inverse).view(b, tokens, c)
+        x = x + self.drop_path(self.attn.proj(out))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+_ORDER_CACHE: dict = {}
+
+
+def window_orders(batch: int, h: int, w: int, window: int, shift: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`window_order` for a flattened batch (rows b*(h*w [+1 padding row]) + i), on `device`,
+    cached: every block of a stage asks for the same two."""
+    key = (batch, h, w, window, shift, str(device))
+    if key not in _ORDER_CACHE:
+        if len(_ORDER_CACHE) > 64:
+            _ORDER_CACHE.clear()
+        order, inverse = window_order(h, w, window, shift)
+        rows_in, slots = h * w + int(order.numel() != h * w), order.numel()
+        image = torch.arange(batch).view(batch, 1)
+        order = (order + image * rows_in).reshape(-1)
+        inverse = (inverse + image * slots).reshape(-1)
+        _ORDER_CACHE[key] = (order.to(device), inverse.to(device))
+    return _ORDER_CACHE[key]
 
 
 class PatchMerging(nn.Module):

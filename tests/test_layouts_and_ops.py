@@ -6,7 +6,7 @@ import torch
 from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
 
 from birefnet import image_tiles, load_model
-from birefnet.ops import deform_conv2d_reference
+from birefnet.ops import deform_conv2d_banded, deform_conv2d_reference
 from conftest import random_input, random_state_dict, relative_error
 
 
@@ -53,15 +53,33 @@ def test_legacy_layout_equals_current_with_permuted_input_weights():
 
 
 @pytest.mark.parametrize("kernel", [1, 3, 7])
-def test_reference_deform_conv_equals_torchvision(kernel):
+def test_deform_conv_formulations_equal_torchvision(kernel):
     torch.manual_seed(kernel)
     x = torch.randn(2, 8, 13, 17)
     weight = torch.randn(5, 8, kernel, kernel)
     offset = torch.randn(2, 2 * kernel * kernel, 13, 17) * 4  # many samples fall outside the map
     mask = torch.rand(2, kernel * kernel, 13, 17) * 2
+    bias = torch.randn(5)
     expected = torchvision_deform_conv2d(x, offset, weight, padding=(kernel // 2, kernel // 2), mask=mask)
-    out = deform_conv2d_reference(x, offset, weight, mask, kernel // 2)
-    assert relative_error(out, expected) < 1e-6
+    assert relative_error(deform_conv2d_reference(x, offset, weight, mask, kernel // 2), expected) < 1e-6
+    # Bands of 1, 2 and all rows; with and without the folded bias.
+    for band_floats in (1, 8 * kernel * kernel * 17 * 2, 1 << 22):
+        out = deform_conv2d_banded(x, offset, weight, mask, kernel // 2, band_floats=band_floats)
+        assert relative_error(out, expected) < 1e-6
+    out = deform_conv2d_banded(x, offset, weight, mask, kernel // 2, bias=bias)
+    assert relative_error(out, expected + bias.view(1, -1, 1, 1)) < 1e-6
+
+
+def test_deform_conv_samples_in_float32_for_bf16():
+    """bf16 coordinates would be off by whole pixels on large maps; sampling stays float32."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 8, 300)
+    weight = torch.randn(3, 4, 3, 3)
+    offset = torch.rand(1, 18, 8, 300) * 0.8
+    expected = torchvision_deform_conv2d(x, offset, weight, padding=(1, 1))
+    low = deform_conv2d_banded(x.bfloat16(), offset.bfloat16(), weight.bfloat16(), None, 1)
+    # Only the inputs' and the product's bf16 rounding remain (~1e-2), not misplaced samples (~1).
+    assert relative_error(low.float(), expected) < 2e-2
 
 
 def test_bf16_on_cpu_runs_through_the_fallback(b0_weights):
