@@ -63,6 +63,23 @@ def gradient_reference(image: torch.Tensor) -> torch.Tensor:
     return kornia.filters.laplacian(image.float().mean(dim=1, keepdim=True), kernel_size=5)
 
 
+def sum_shifted_taps(taps: torch.Tensor, kernel_size, padding) -> torch.Tensor:
+    """Finish a one-output-channel convolution from its per-tap maps.
+
+    taps (B, kh*kw, H, W) holds, for tap (ky, kx), the kernel tap applied at every pixel; the
+    output at (r, c) sums tap (ky, kx) read at (r - p + ky, c - p + kx), zero outside the map
+    (the convolution's zero padding).
+    """
+    (kh, kw), (ph, pw) = kernel_size, padding
+    b, _, h, w = taps.shape
+    padded = F.pad(taps, (pw, pw, ph, ph))
+    out = taps.new_zeros(b, 1, h + 2 * ph - kh + 1, w + 2 * pw - kw + 1)
+    for t in range(kh * kw):
+        ky, kx = divmod(t, kw)
+        out += padded[:, t : t + 1, ky : ky + out.shape[2], kx : kx + out.shape[3]]
+    return out
+
+
 def _gradient_head(channels: int, norm: NormFactory) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(channels, 16, 3, padding=1), norm(16), nn.ReLU(inplace=True))
 
@@ -135,14 +152,19 @@ class Decoder(nn.Module):
             p1 = interp(p1, image.shape[-2:])
             return self.conv_out1(torch.cat([p1, self._inward(self.ipt_blk1, image, image.shape[-2:])], dim=1))
         # conv_out1 is linear, so in inference its p1 part runs before the upsampling (bilinear
-        # weights sum to 1, so bias and all commute) and its inward part is folded into
-        # ipt_blk1's last convolution: the full-resolution maps carry 1 channel instead of 240
-        # and 48. (One tile of the whole image is the image itself, in both layouts.)
+        # weights sum to 1, so bias and all commute), and its inward part folds into ipt_blk1
+        # (conv3x3 3->64, conv3x3 64->48, no activation): per tap t of the second conv the
+        # output gets K_t (W1 cols + b1), with cols the 3x3 patches of the image (one tile of
+        # the whole image is the image itself, in both layouts). So the full-resolution maps
+        # are 27 patch values and 9 tap maps instead of 64-, 48-, 240- and 192-channel ones.
         head = self.conv_out1[0]
         split = p1.shape[1]
         w_p1, w_ipt = head.weight[:, :split].flatten(1), head.weight[:, split:].flatten(1)
-        last = self.ipt_blk1.conv_out
-        weight = torch.einsum("oc,cikl->oikl", w_ipt, last.weight)
-        bias = head.bias + w_ipt @ last.bias
-        fine = F.conv2d(self.ipt_blk1.conv1(image), weight, bias, padding=last.padding)
+        first, last = self.ipt_blk1.conv1, self.ipt_blk1.conv_out
+        kernel = torch.einsum("oc,cikl->klio", w_ipt, last.weight).flatten(0, 1).squeeze(-1)  # (taps, 64)
+        patches = F.unfold(image, first.kernel_size, padding=first.padding)  # (B, 27, H*W)
+        per_patch = (kernel @ first.weight.flatten(1)).expand(image.shape[0], -1, -1)  # (B, taps, 27)
+        taps = torch.baddbmm((kernel @ first.bias).view(1, -1, 1), per_patch, patches)
+        fine = sum_shifted_taps(taps.view(image.shape[0], -1, *image.shape[-2:]), last.kernel_size, last.padding)
+        fine = fine + (head.bias + w_ipt @ last.bias).view(1, -1, 1, 1)
         return interp(conv1x1(p1, w_p1), image.shape[-2:]) + fine

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
 
+from .ops import linear
+
 
 @dataclass(frozen=True)
 class SwinSpec:
@@ -141,12 +143,15 @@ class SwinBlock(nn.Module):
         y = self.norm1(x)
         if order.numel() != b * tokens:  # padded: one zero token per image stands for the padding
             y = torch.cat([y, y.new_zeros(b, 1, c)], dim=1)
-        qkv = self.attn.qkv(y)
+        qkv = linear(y, self.attn.qkv)
         windows = qkv.view(-1, 3 * c).index_select(0, order).view(b, -1, 3 * c)
         out = self.attn.attend(windows, mask if self.shift else None)
-        out = out.view(-1, c).index_select(0, inverse).view(b, tokens, c)
-        x = x + self.drop_path(self.attn.proj(out))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        out = out.reshape(-1, c).index_select(0, inverse).view(b, tokens, c)
+        if self.training:
+            x = x + self.drop_path(self.attn.proj(out))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = linear(out, self.attn.proj, residual=x)
+        return linear(linear(self.norm2(x), self.mlp.fc1, gelu=True), self.mlp.fc2, residual=x)
 
 
 _ORDER_CACHE: dict = {}
@@ -181,7 +186,7 @@ class PatchMerging(nn.Module):
         x = x.view(b, h, w, c)
         x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+        return linear(self.norm(x.view(b, -1, 4 * c)), self.reduction)
 
 
 class SwinStage(nn.Module):

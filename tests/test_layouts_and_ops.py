@@ -6,6 +6,10 @@ import torch
 from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
 
 from birefnet import image_tiles, load_model
+from birefnet.blocks import ASPPDeformable, ASPPModuleDeformable, BasicDecBlk, BasicLatBlk, DeformableConv2d
+from birefnet.decoder import Decoder
+from birefnet.model import BiRefNet
+from birefnet.swin import SwinBlock
 from birefnet.ops import deform_conv2d_banded, deform_conv2d_reference
 from conftest import random_input, random_state_dict, relative_error
 
@@ -121,3 +125,21 @@ def test_input_size_errors_are_clear(b0_model):
         b0_model(torch.zeros(1, 3, 32, 32))
     with pytest.raises(ValueError, match=r"expects a \(B, 3, H, W\) tensor"):
         b0_model(torch.zeros(1, 4, 64, 64))
+
+
+@pytest.mark.parametrize("variant", ["swin_v1_t", "pvt_v2_b0"])
+def test_inference_path_equals_training_graph(variant):
+    """Eval mode runs rewritten blocks (folded BatchNorm, matmul 1x1 convs, branch-wise ASPP,
+    window gathers, fused linears, low-channel head); they must equal the official graph that
+    training runs. Batch of 2, a size whose Swin stages need padding, random BatchNorm stats."""
+    model = load_model(random_state_dict(variant, seed=3), tile_layout="current")
+    x = torch.cat([random_input(4, 160, 224), random_input(5, 160, 224)])
+    with torch.no_grad():
+        fast = model.eval()(x)
+        # The official graph: training-mode forwards, with eval BatchNorm, no dropout or drop path.
+        for module in model.modules():
+            if isinstance(module, (BiRefNet, Decoder, SwinBlock, BasicDecBlk, BasicLatBlk, ASPPDeformable,
+                                   ASPPModuleDeformable, DeformableConv2d)):
+                module.training = True
+        official_graph = model(x).logits
+    assert relative_error(fast, official_graph) < 1e-5
