@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .inference import cutout, mask_to_image, parse_size, segment
+from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
 from .io import list_images, read_image, save_image
 from .loading import CheckpointError, load_model, parse_dtype
 from .zoo import KNOWN_CHECKPOINTS, find_checkpoint
@@ -90,10 +91,14 @@ def cmd_segment(args) -> int:
                 bar.update(1)
         if not chunk:
             continue
-        masks = segment(
-            model, [image for image, _ in chunk], resolution=args.resolution,
-            max_megapixels=args.max_megapixels, batch_size=args.batch_size,
-        )
+        if args.highres:
+            masks = [segment_highres(model, image, resolution=args.resolution, max_megapixels=args.max_megapixels,
+                                     fine_megapixels=args.fine_megapixels) for image, _ in chunk]
+        else:
+            masks = segment(
+                model, [image for image, _ in chunk], resolution=args.resolution,
+                max_megapixels=args.max_megapixels, batch_size=args.batch_size,
+            )
         for (image, rel), mask in zip(chunk, masks):
             save_image(mask_to_image(mask), out_dir / rel.with_suffix(".png"))
             if args.cutout:
@@ -131,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--resolution", type=parse_resolution, default=None,
                      help="native (checkpoint default), aspect, 1024, or WIDTHxHEIGHT (multiples of 32)")
     seg.add_argument("--max-megapixels", type=float, default=None, help="cap on the working size (aspect mode: its area)")
+    seg.add_argument("--highres", action="store_true",
+                     help="coarse to fine for large images (4K+): a pass on the whole image finds the object, "
+                          "a second pass re-segments its region at up to --fine-megapixels")
+    seg.add_argument("--fine-megapixels", type=float, default=DEFAULT_FINE_MEGAPIXELS,
+                     help="memory cap of the --highres fine pass (working area; default %(default).1f)")
     seg.add_argument("--cutout", action="store_true", help="also write <name>_cutout.png with the mask as alpha")
     seg.add_argument("--batch-size", type=int, default=1)
     seg.add_argument("--quiet", action="store_true", help="no progress bar")

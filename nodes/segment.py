@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 import birefnet
+from birefnet.highres import DEFAULT_FINE_MEGAPIXELS
 from birefnet.refine import composite, parse_colour
 
 from . import host
@@ -22,7 +23,8 @@ def resolution_for(mode: str, width: int, height: int):
     raise ValueError(f"resolution mode must be one of {RESOLUTION_MODES}, got {mode!r}")
 
 
-def segment_frames(handle, frames: torch.Tensor, resolution, max_megapixels: float, batch_size: int) -> torch.Tensor:
+def segment_frames(handle, frames: torch.Tensor, resolution, max_megapixels: float, batch_size: int,
+                   coarse_to_fine: bool = False, fine_megapixels: float = DEFAULT_FINE_MEGAPIXELS) -> torch.Tensor:
     """Masks (B, H, W) for ComfyUI images (B, H, W, C), in chunks with progress and interrupt checks."""
     if frames.ndim != 4 or frames.shape[0] == 0:
         raise ValueError(f"BiRefNet needs a non-empty IMAGE batch (B, H, W, C), got shape {tuple(frames.shape)}")
@@ -32,8 +34,13 @@ def segment_frames(handle, frames: torch.Tensor, resolution, max_megapixels: flo
     for start in range(0, total, batch_size):
         host.check_interrupt()
         chunk = [frames[i].permute(2, 0, 1) for i in range(start, min(start + batch_size, total))]
-        run = lambda: birefnet.segment(handle.ready(), chunk, resolution=resolution,
-                                       max_megapixels=max_megapixels or None, batch_size=batch_size)
+        if coarse_to_fine:
+            run = lambda: [birefnet.segment_highres(handle.ready(), frame, resolution=resolution,
+                                                    max_megapixels=max_megapixels or None,
+                                                    fine_megapixels=fine_megapixels) for frame in chunk]
+        else:
+            run = lambda: birefnet.segment(handle.ready(), chunk, resolution=resolution,
+                                           max_megapixels=max_megapixels or None, batch_size=batch_size)
         result = run()
         if handle.dtype != torch.float32 and any(torch.isnan(m).any() for m in result):
             handle.use_fp32()
@@ -44,8 +51,9 @@ def segment_frames(handle, frames: torch.Tensor, resolution, max_megapixels: flo
 
 
 def segment(birefnet_model, image, resolution="native", width=1024, height=1024, max_megapixels=0.0,
-            batch_size=1, background="#FFFFFF"):
-    mask = segment_frames(birefnet_model, image, resolution_for(resolution, width, height), max_megapixels, batch_size)
+            batch_size=1, background="#FFFFFF", coarse_to_fine=False, fine_megapixels=DEFAULT_FINE_MEGAPIXELS):
+    mask = segment_frames(birefnet_model, image, resolution_for(resolution, width, height), max_megapixels, batch_size,
+                          coarse_to_fine, fine_megapixels)
     rgb = host.rgb_channels_first(image).to(mask.device)
     cutout = composite(rgb, mask, parse_colour(background)).permute(0, 2, 3, 1)
     rgba = torch.cat([rgb, mask[:, None]], dim=1).permute(0, 2, 3, 1)
@@ -74,6 +82,12 @@ SPEC = NodeSpec(
         In("batch_size", "INT", "Frames per model call; more is faster on big GPUs, uses more memory.",
            default=1, min=1, max=64),
         In("background", "STRING", "Colour behind the cut-out output (#RRGGBB or r,g,b).", default="#FFFFFF"),
+        In("coarse_to_fine", "BOOLEAN", "For 4K+ images: after the pass on the whole image, segment the object's "
+           "region again at up to fine_megapixels and blend it in (finer hair and edges; about twice the time). "
+           "Images not much larger than the working size are unaffected.", default=False),
+        In("fine_megapixels", "FLOAT", "Memory cap of the coarse_to_fine second pass (its working area; 4.2 = "
+           "2048x2048). Lower it if the GPU runs out of memory.", default=round(DEFAULT_FINE_MEGAPIXELS, 2),
+           min=0.25, max=64.0, step=0.25, advanced=True),
     ),
     outputs=(
         Out("mask", "MASK", "Foreground = 1.0, at the input size."),

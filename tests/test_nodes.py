@@ -149,3 +149,13 @@ def test_compose(pack):
     inverted, _ = pack.nodes.compose.compose(image, torch.ones(1, 20, 30), invert_mask=True,
                                              background_image=torch.zeros(1, 5, 5, 3))
     assert torch.count_nonzero(inverted) == 0
+
+
+def test_coarse_to_fine_option(pack, handle):
+    image = torch.rand(2, 300, 420, 3)
+    plain, _, _ = pack.nodes.segment.segment(handle, image, resolution="custom", width=128, height=96)
+    fine, cutout, _ = pack.nodes.segment.segment(handle, image, resolution="custom", width=128, height=96,
+                                                 coarse_to_fine=True, fine_megapixels=0.1)
+    assert fine.shape == plain.shape == (2, 300, 420) and cutout.shape == (2, 300, 420, 3)
+    assert 0 <= fine.min() and fine.max() <= 1
+    assert not torch.allclose(fine, plain, atol=1e-3)  # the second pass ran and changed the masks
