@@ -40,7 +40,12 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     b, c, h, w = x.shape
     matrix = weight.reshape(weight.shape[0], c)
     flat = x.reshape(b, c, h * w)
-    out = matrix @ flat if bias is None else torch.baddbmm(bias.view(1, -1, 1), matrix.expand(b, -1, -1), flat)
+    if bias is None:
+        out = matrix @ flat
+    elif b == 1:  # addmm: baddbmm copies its operands when the batch matrix is an expanded view
+        out = torch.addmm(bias.view(-1, 1), matrix, flat[0])
+    else:
+        out = torch.baddbmm(bias.view(1, -1, 1), matrix.expand(b, -1, -1), flat)
     return out.view(b, -1, h, w)
 
 
@@ -53,10 +58,34 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
 
 
 def interp(x: torch.Tensor, size) -> torch.Tensor:
-    """The only resize inside the network: bilinear, align_corners=True, no antialias."""
-    if tuple(x.shape[-2:]) == tuple(size):
+    """The only resize inside the network: bilinear, align_corners=True, no antialias.
+
+    Shrinking in inference runs as two small matrix products (bilinear is separable):
+    PyTorch's CPU kernel copies the whole input to channels-last and back first, which
+    costs more than the resize (the context fusion shrinks 384-1536-channel maps 2-8x).
+    """
+    size = tuple(size)
+    if tuple(x.shape[-2:]) == size:
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+    if not torch.is_grad_enabled() and size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
+        rows = _bilinear_matrix(x.shape[-2], size[0], x.device, x.dtype)
+        cols = _bilinear_matrix(x.shape[-1], size[1], x.device, x.dtype)
+        return rows @ (x @ cols.T)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+def _bilinear_matrix(n_in: int, n_out: int, device, dtype) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D linear interpolation with align_corners=True."""
+    # Positions in float32 as PyTorch's kernel computes them, so both agree to float rounding.
+    scale = torch.tensor((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0, dtype=torch.float32)
+    source = (torch.arange(n_out, dtype=torch.float32) * scale).double()
+    low = source.floor().long().clamp(max=n_in - 1)
+    high = (low + 1).clamp(max=n_in - 1)
+    frac = source - low
+    matrix = torch.zeros(n_out, n_in, dtype=torch.float64)
+    matrix[torch.arange(n_out), low] += 1 - frac
+    matrix[torch.arange(n_out), high] += frac
+    return matrix.to(device=device, dtype=dtype)
 
 
 class DeformableConv2d(nn.Module):
@@ -133,7 +162,8 @@ class ASPPDeformable(nn.Module):
         out = conv1x1(pooled, slices[-1], bias).expand(-1, -1, *x.shape[-2:]).contiguous()
         for branch, part in zip([self.aspp1, *self.aspp_deforms], slices):
             flat = branch(x).flatten(2)
-            out.view(flat.shape[0], -1, flat.shape[-1]).baddbmm_(part.expand(flat.shape[0], -1, -1), flat)
+            for image in range(flat.shape[0]):
+                out[image].view(-1, flat.shape[-1]).addmm_(part, flat[image])
         return out.relu_()  # dropout is the identity in eval
 
 

@@ -100,7 +100,8 @@ class WindowAttention(nn.Module):
     def position_bias(self) -> torch.Tensor:
         n = self.window * self.window
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return bias.view(n, n, self.num_heads).permute(2, 0, 1)
+        # Contiguous, or every mask built from it inherits the permuted strides and SDPA copies it.
+        return bias.view(n, n, self.num_heads).permute(2, 0, 1).contiguous()
 
     def attend(self, qkv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """qkv: (B, nW*N, 3C) in window order; mask: (nW, 1, N, N) or None -> (B, nW*N, C), before `proj`."""

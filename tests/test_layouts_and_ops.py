@@ -143,3 +143,13 @@ def test_inference_path_equals_training_graph(variant):
                 module.training = True
         official_graph = model(x).logits
     assert relative_error(fast, official_graph) < 1e-5
+
+
+@pytest.mark.parametrize("shape, size", [((2, 5, 256, 256), (32, 32)), ((1, 3, 64, 48), (17, 9)), ((1, 2, 9, 9), (1, 4))])
+def test_shrinking_interp_equals_torch_bilinear(shape, size):
+    from birefnet.blocks import interp
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    with torch.no_grad():
+        assert relative_error(interp(x, size), expected) < 1e-6
