@@ -150,7 +150,8 @@ def linear(x: torch.Tensor, layer: torch.nn.Linear, gelu: bool = False, residual
 
     CPU inference runs it as one oneDNN primitive (`mkldnn._linear_pointwise`) with the GELU
     or the residual add fused into the matrix product: 10-25% faster than addmm plus a
-    separate elementwise pass. Elsewhere, or where that op is missing, the plain ops.
+    separate elementwise pass. Elsewhere, under torch.compile, or where that op is missing,
+    the plain ops.
     """
     key = (x.device.type, x.dtype)
     fusable = (
@@ -160,6 +161,7 @@ def linear(x: torch.Tensor, layer: torch.nn.Linear, gelu: bool = False, residual
         and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
         and key not in _ONEDNN_LINEAR_FAILED
         and not (gelu and residual is not None)
+        and not torch.compiler.is_compiling()  # inductor fuses these itself (and needs constant weights)
     )
     if fusable:
         try:
