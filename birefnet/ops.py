@@ -80,7 +80,7 @@ def deform_conv2d_banded(
     mask: torch.Tensor | None = None,
     padding: int = 0,
     bias: torch.Tensor | None = None,
-    band_floats: int = 1 << 20,
+    band_floats: int = 1 << 21,
 ) -> torch.Tensor:
     """Inference formulation of `deform_conv2d_reference` (same contract, plus `bias`).
 
