@@ -65,12 +65,22 @@ def window_order(h: int, w: int, window: int, shift: int) -> tuple[torch.Tensor,
     return order, inverse
 
 
-def shift_mask(hp: int, wp: int, window: int, shift: int, device, dtype) -> torch.Tensor:
-    """Additive mask (nW, 1, N, N) that keeps attention inside each shifted region.
+@dataclass(frozen=True)
+class ShiftMask:
+    """Additive masks that keep attention inside each shifted region.
 
+    Only windows on the last row or column of the window grid straddle regions; `masks`
+    (nM, 1, N, N) holds theirs and `windows` (nM,) their index in an image's window order.
+    Every other window needs no mask, so it never gets a materialised (heads, N, N) copy.
     Blocked pairs get a large finite negative rather than -inf: exp() of it is exactly 0 in
     every float type, and SDPA skips its -inf bookkeeping.
     """
+
+    masks: torch.Tensor
+    windows: torch.Tensor
+
+
+def shift_mask(hp: int, wp: int, window: int, shift: int, device, dtype) -> ShiftMask:
     labels = torch.zeros(hp, wp, device=device)
     region = 0
     for rows in (slice(0, hp - window), slice(hp - window, hp - shift), slice(hp - shift, hp)):
@@ -79,9 +89,10 @@ def shift_mask(hp: int, wp: int, window: int, shift: int, device, dtype) -> torc
             region += 1
     ids = labels.view(hp // window, window, wp // window, window).permute(0, 2, 1, 3).reshape(-1, window * window)
     allowed = ids[:, :, None] == ids[:, None, :]
+    windows = torch.nonzero(~allowed.flatten(1).all(dim=1)).flatten()
     blocked = -1e4 if dtype == torch.float16 else -1e9
-    mask = torch.zeros(allowed.shape, device=device, dtype=dtype).masked_fill(~allowed, blocked)
-    return mask.unsqueeze(1)
+    masks = torch.zeros(allowed[windows].shape, device=device, dtype=dtype).masked_fill(~allowed[windows], blocked)
+    return ShiftMask(masks.unsqueeze(1), windows)
 
 
 class WindowAttention(nn.Module):
@@ -103,22 +114,22 @@ class WindowAttention(nn.Module):
         # Contiguous, or every mask built from it inherits the permuted strides and SDPA copies it.
         return bias.view(n, n, self.num_heads).permute(2, 0, 1).contiguous()
 
-    def attend(self, qkv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """qkv: (B, nW*N, 3C) in window order; mask: (nW, 1, N, N) or None -> (B, nW*N, C), before `proj`."""
+    def attend(self, qkv: torch.Tensor, mask: ShiftMask | None) -> torch.Tensor:
+        """qkv: (B, nW*N, 3C) in window order -> (B, nW*N, C), before `proj`."""
         b, tokens, c3 = qkv.shape
         n = self.window * self.window
         heads = self.num_heads
         c = c3 // 3
         q, k, v = qkv.view(-1, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW, heads, N, hd)
         bias = self.position_bias().to(q.dtype).unsqueeze(0)  # 4-D: CPU flash attention takes no 3-D mask
-        if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        else:
-            bias = bias + mask  # (nW, heads, N, N), shared by every image of the batch
-            nw = mask.shape[0]
-            outs = [F.scaled_dot_product_attention(q[i : i + nw], k[i : i + nw], v[i : i + nw], attn_mask=bias)
-                    for i in range(0, q.shape[0], nw)]
-            out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if mask is not None and mask.windows.numel():
+            # Windows that straddle shifted regions again, with their masks.
+            per_image = q.shape[0] // b
+            rows = (mask.windows + torch.arange(b, device=q.device).view(b, 1) * per_image).flatten()
+            masked = (bias + mask.masks).repeat(b, 1, 1, 1)
+            fixed = F.scaled_dot_product_attention(q[rows], k[rows], v[rows], attn_mask=masked)
+            out = out.index_copy(0, rows, fixed)
         return out.transpose(1, 2).reshape(b, tokens, c)
 
 
@@ -133,7 +144,7 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, 4 * dim, act_layer=nn.GELU)
 
-    def forward(self, x: torch.Tensor, h: int, w: int, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, h: int, w: int, mask: ShiftMask | None) -> torch.Tensor:
         """Official order: norm1, zero-pad to the window grid, shift, window attention, undo all.
 
         Two exact shortcuts: a zero-padded token's qkv is just the qkv bias, so qkv runs on the
