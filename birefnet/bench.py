@@ -36,6 +36,12 @@ def _worker(args) -> dict:
         model = torch.compile(model)
     h, w = args.resolution
     x = torch.randn(args.batch, 3, h, w, generator=torch.Generator().manual_seed(1))
+    run = lambda: model(x.to(device=device, dtype=dtype))
+    if args.highres:  # the whole coarse-to-fine pipeline on one random RGB image of that size
+        from .highres import segment_highres
+
+        picture = torch.rand(3, h, w, generator=torch.Generator().manual_seed(1))
+        run = lambda: segment_highres(model, picture, fine_megapixels=args.fine_megapixels)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -44,7 +50,7 @@ def _worker(args) -> dict:
         for i in range(max(args.warmup, 1) + args.runs):
             sync()
             start = time.perf_counter()
-            out = model(x.to(device=device, dtype=dtype))
+            out = run()
             sync()
             times.append(time.perf_counter() - start)
     first, times = times[0], times[max(args.warmup, 1):]
@@ -53,7 +59,7 @@ def _worker(args) -> dict:
     else:
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
     error = 0.0
-    if dtype != torch.float32:
+    if dtype != torch.float32 and not args.highres:
         with torch.inference_mode():
             ref = eager.float()(x.to(device)).float()
             error = ((out.float() - ref).norm() / ref.norm()).item()
@@ -73,6 +79,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (first call = warm-up)")
+    parser.add_argument("--highres", action="store_true",
+                        help="time segment_highres on an image of each --resolution (e.g. 7680x4320) instead of one forward")
+    parser.add_argument("--fine-megapixels", type=float, default=4.2, help="with --highres: the fine pass's cap")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -83,7 +92,8 @@ def main(argv=None) -> int:
 
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{args.threads} threads, device {args.device}, batch {args.batch}, {args.runs} warm runs"
-          + (", torch.compile" if args.compile else ""))
+          + (", torch.compile" if args.compile else "")
+          + (f", segment_highres (fine pass <= {args.fine_megapixels} MP)" if args.highres else ""))
     print("| variant | resolution | dtype | median s | min s | first call s | peak GB | rel. err vs fp32 |")
     print("|---|---|---|---|---|---|---|---|")
     for variant in args.variant:
@@ -92,7 +102,8 @@ def main(argv=None) -> int:
                 cmd = [sys.executable, "-m", "birefnet.bench", "--worker", "--variant", variant,
                        "--resolution", resolution, "--dtype", dtype, "--device", args.device,
                        "--batch", str(args.batch), "--runs", str(args.runs), "--warmup", str(args.warmup),
-                       "--threads", str(args.threads)] + (["--compile"] if args.compile else [])
+                       "--threads", str(args.threads), "--fine-megapixels", str(args.fine_megapixels)]
+                cmd += (["--compile"] if args.compile else []) + (["--highres"] if args.highres else [])
                 result = subprocess.run(cmd, capture_output=True, text=True)
                 if result.returncode != 0:
                     reason = (result.stderr.strip().splitlines() or ["failed"])[-1]

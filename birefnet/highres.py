@@ -18,7 +18,7 @@ import torch
 
 from .inference import model_resolution, predict, resize, to_rgb_tensor, working_size
 
-DEFAULT_FINE_MEGAPIXELS = 2048 * 2048 / 1e6
+DEFAULT_FINE_MEGAPIXELS = 4.2  # megapixels: 2048x2048 fits
 
 
 @dataclass(frozen=True)

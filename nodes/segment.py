@@ -86,8 +86,8 @@ SPEC = NodeSpec(
            "region again at up to fine_megapixels and blend it in (finer hair and edges; about twice the time). "
            "Images not much larger than the working size are unaffected.", default=False),
         In("fine_megapixels", "FLOAT", "Memory cap of the coarse_to_fine second pass (its working area; 4.2 = "
-           "2048x2048). Lower it if the GPU runs out of memory.", default=round(DEFAULT_FINE_MEGAPIXELS, 2),
-           min=0.25, max=64.0, step=0.25, advanced=True),
+           "2048x2048). Lower it if the GPU runs out of memory.", default=DEFAULT_FINE_MEGAPIXELS,
+           min=0.25, max=64.0, step=0.05, advanced=True),
     ),
     outputs=(
         Out("mask", "MASK", "Foreground = 1.0, at the input size."),
