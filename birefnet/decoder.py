@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
-
 import torch.nn.functional as F
+from torch import nn
 
 from .blocks import BasicDecBlk, BasicLatBlk, NormFactory, SimpleConvs, conv1x1, conv_norm, interp
 

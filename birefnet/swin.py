@@ -65,6 +65,25 @@ def window_order(h: int, w: int, window: int, shift: int) -> tuple[torch.Tensor,
     return order, inverse
 
 
+_ORDER_CACHE: dict = {}
+
+
+def window_orders(batch: int, h: int, w: int, window: int, shift: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`window_order` for a flattened batch (rows b*(h*w [+1 padding row]) + i), on `device`,
+    cached: every block of a stage asks for the same two."""
+    key = (batch, h, w, window, shift, str(device))
+    if key not in _ORDER_CACHE:
+        if len(_ORDER_CACHE) > 64:
+            _ORDER_CACHE.clear()
+        order, inverse = window_order(h, w, window, shift)
+        rows_in, slots = h * w + int(order.numel() != h * w), order.numel()
+        image = torch.arange(batch).view(batch, 1)
+        order = (order + image * rows_in).reshape(-1)
+        inverse = (inverse + image * slots).reshape(-1)
+        _ORDER_CACHE[key] = (order.to(device), inverse.to(device))
+    return _ORDER_CACHE[key]
+
+
 @dataclass(frozen=True)
 class ShiftMask:
     """Additive masks that keep attention inside each shifted region.
@@ -164,25 +183,6 @@ class SwinBlock(nn.Module):
             return x + self.drop_path(self.mlp(self.norm2(x)))
         x = linear(out, self.attn.proj, residual=x)
         return linear(linear(self.norm2(x), self.mlp.fc1, gelu=True), self.mlp.fc2, residual=x)
-
-
-_ORDER_CACHE: dict = {}
-
-
-def window_orders(batch: int, h: int, w: int, window: int, shift: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """`window_order` for a flattened batch (rows b*(h*w [+1 padding row]) + i), on `device`,
-    cached: every block of a stage asks for the same two."""
-    key = (batch, h, w, window, shift, str(device))
-    if key not in _ORDER_CACHE:
-        if len(_ORDER_CACHE) > 64:
-            _ORDER_CACHE.clear()
-        order, inverse = window_order(h, w, window, shift)
-        rows_in, slots = h * w + int(order.numel() != h * w), order.numel()
-        image = torch.arange(batch).view(batch, 1)
-        order = (order + image * rows_in).reshape(-1)
-        inverse = (inverse + image * slots).reshape(-1)
-        _ORDER_CACHE[key] = (order.to(device), inverse.to(device))
-    return _ORDER_CACHE[key]
 
 
 class PatchMerging(nn.Module):
