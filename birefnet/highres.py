@@ -2,7 +2,7 @@
 
 A first pass on the whole image (at the checkpoint's working size) finds the object. The
 object's region, plus a margin, is then segmented again on its own, at the largest working
-size the memory cap allows (`fine_megapixels`, default 2048x2048's area), so the network
+size the memory cap allows (`fine_megapixels`, default 4.2: 2048x2048 fits), so the network
 sees the whole object, with its context, at several times the detail. The fine result
 replaces the coarse one inside the region, feathered over the margin so there is no seam.
 Memory is that of one pass at the capped size plus a few float maps of the image, whatever

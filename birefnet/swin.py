@@ -43,6 +43,12 @@ def relative_position_index(window: int) -> torch.Tensor:
     return rel[..., 0] * (2 * window - 1) + rel[..., 1]
 
 
+def windows_of(grid: torch.Tensor, window: int) -> torch.Tensor:
+    """(H, W) map -> (nW, window*window): its values window by window, row-major (the official partition)."""
+    h, w = grid.shape
+    return grid.view(h // window, window, w // window, window).permute(0, 2, 1, 3).reshape(-1, window * window)
+
+
 def window_order(h: int, w: int, window: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather indices that replace the official pad -> roll -> window-partition -> reverse -> crop.
 
@@ -57,7 +63,7 @@ def window_order(h: int, w: int, window: int, shift: int) -> tuple[torch.Tensor,
     grid = torch.where((rows < h) & (cols < w), rows * w + cols, h * w)
     if shift:
         grid = torch.roll(grid, shifts=(-shift, -shift), dims=(0, 1))
-    order = grid.view(hp // window, window, wp // window, window).permute(0, 2, 1, 3).reshape(-1)
+    order = windows_of(grid, window).reshape(-1)
     slots = torch.arange(order.numel())
     inverse = torch.empty(h * w, dtype=torch.long)
     real = order < h * w
@@ -106,7 +112,7 @@ def shift_mask(hp: int, wp: int, window: int, shift: int, device, dtype) -> Shif
         for cols in (slice(0, wp - window), slice(wp - window, wp - shift), slice(wp - shift, wp)):
             labels[rows, cols] = region
             region += 1
-    ids = labels.view(hp // window, window, wp // window, window).permute(0, 2, 1, 3).reshape(-1, window * window)
+    ids = windows_of(labels, window)  # (nW, N)
     allowed = ids[:, :, None] == ids[:, None, :]
     windows = torch.nonzero(~allowed.flatten(1).all(dim=1)).flatten()
     blocked = -1e4 if dtype == torch.float16 else -1e9
