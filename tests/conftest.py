@@ -1,33 +1,19 @@
-"""Shared fixtures: the parity material in ../shared and small generated checkpoints."""
+"""Shared fixtures: the parity material in tests/fixtures/parity and small generated checkpoints."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
 import torch
 
+import random_weights
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("BIREFNET_SHARED", ROOT.parent / "shared"))
-PARITY = SHARED / "parity"
+PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-def _parity_module():
-    script = PARITY / "random_checkpoint.py"
-    if not script.is_file():
-        raise RuntimeError(f"parity material not found at {PARITY}; set BIREFNET_SHARED to the shared/ folder")
-    spec = importlib.util.spec_from_file_location("random_checkpoint", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-random_checkpoint = _parity_module()
 
 
 @lru_cache(maxsize=None)
@@ -38,7 +24,7 @@ def manifest(variant: str) -> dict:
 
 def random_state_dict(variant: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """Official-layout random weights (fresh dict: callers may modify it)."""
-    return random_checkpoint.random_state_dict(manifest(variant), seed)
+    return random_weights.random_state_dict(manifest(variant), seed)
 
 
 def meta_state_dict(variant: str) -> dict[str, torch.Tensor]:
@@ -48,7 +34,7 @@ def meta_state_dict(variant: str) -> dict[str, torch.Tensor]:
 
 
 def random_input(seed: int, height: int, width: int) -> torch.Tensor:
-    return random_checkpoint.random_input(seed, height, width)
+    return random_weights.random_input(seed, height, width)
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -1,4 +1,4 @@
-"""Exactness against the official BiRefNet: every manifest/reference in ../shared/parity.
+"""Exactness against the official BiRefNet: every manifest/reference in tests/fixtures/parity.
 
 Weights are generated in the official layout and saved the way users' files come
 (.safetensors without prefix, .pth with `module._orig_mod.` prefixes, an fp16 copy),
@@ -6,6 +6,8 @@ then loaded through `birefnet.load_model` exactly as a user's download would be.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from functools import lru_cache
 
@@ -14,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from birefnet import load_model
+import random_weights
 from conftest import PARITY, manifest, random_input, random_state_dict, relative_error
 
 REFERENCES = sorted(p.name for p in (PARITY / "reference").glob("*.safetensors"))
@@ -37,6 +40,22 @@ def test_generator_sanity_numbers():
     total = sum(v.double().sum().item() for v in sd.values() if v.is_floating_point())
     assert total == pytest.approx(34084.5214, abs=1e-3)
     assert random_input(1, 256, 256).double().sum().item() == pytest.approx(44325.9941, abs=1e-3)
+
+
+CHECKSUMS = json.loads((PARITY / "checksums.json").read_text())
+
+
+@pytest.mark.parametrize("variant", sorted(CHECKSUMS))
+def test_generator_is_bit_identical(variant):
+    """Every tensor, byte for byte, equals the one the official references were computed from."""
+    folder = PARITY if (PARITY / "manifests" / f"{variant}.json").is_file() else PARITY / "other_backbones"
+    with open(folder / "manifests" / f"{variant}.json") as f:
+        state_dict = random_weights.random_state_dict(json.load(f), 0)
+    digest = hashlib.sha256()
+    for key, tensor in state_dict.items():
+        digest.update(key.encode())
+        digest.update(tensor.numpy().tobytes())
+    assert digest.hexdigest() == CHECKSUMS[variant]
 
 
 @lru_cache(maxsize=1)
