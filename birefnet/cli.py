@@ -1,34 +1,20 @@
-"""`birefnet` command line: segment images into mask PNGs (and RGBA cut-outs), inspect weights."""
+"""`birefnet` command line: segment images into mask PNGs (and RGBA cut-outs), inspect weights,
+list and download the known checkpoints."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-from .inference import cutout, mask_to_image, parse_size, segment
+from . import __version__
+from .device import auto_dtype, resolve_device
 from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
-from .io import list_images, read_image, save_image
+from .inference import cutout, mask_to_image, parse_size, segment
+from .io import list_images, output_paths, read_image, save_image
 from .loading import CheckpointError, load_model, parse_dtype
-from .zoo import KNOWN_CHECKPOINTS, find_checkpoint
-
-DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
-
-
-def default_weights() -> Path:
-    """$BIREFNET_WEIGHTS, else the embedded default model; a clear error when neither exists."""
-    env = os.environ.get("BIREFNET_WEIGHTS")
-    if env:
-        return Path(env)
-    if DEFAULT_WEIGHTS.is_file():
-        return DEFAULT_WEIGHTS
-    general = find_checkpoint("BiRefNet")
-    raise CheckpointError(
-        "no weights given and this build has no embedded default model; pass --weights FILE "
-        f"(or set BIREFNET_WEIGHTS), e.g. the general model from {general.url}"
-    )
+from .zoo import find_checkpoint, listed
 
 
 def parse_resolution(text: str | None):
@@ -41,52 +27,73 @@ def parse_resolution(text: str | None):
         height, width = parse_size(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"resolution {text!r}: use native, aspect, 1024 or WIDTHxHEIGHT") from None
+    if min(height, width) < 64 or height % 32 or width % 32:
+        raise argparse.ArgumentTypeError(f"resolution {text!r}: sides must be multiples of 32, at least 64")
     return (height, width)
 
 
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+        return value
+    return parse
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return parse_dtype(name)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float16 if device.type == "mps" else torch.float32
+def weights_source(name: str | None, download: bool = False, accept_license: str | None = None):
+    """A path or a known name (downloaded now only when asked); None = the library default."""
+    if name is None or Path(name).expanduser().exists():
+        return name
+    try:
+        known = find_checkpoint(name)
+    except KeyError:
+        return name  # load_model names the problem
+    if download:
+        from .hub import download as fetch
+
+        path = fetch(known, accept_license=accept_license)
+        print(f"birefnet: {known.name} is at {path}", file=sys.stderr)
+        return path
+    return name
 
 
 def _load(args) -> torch.nn.Module:
-    device = pick_device(args.device)
-    weights = Path(args.weights) if args.weights else default_weights()
-    return load_model(weights, device=device, dtype=pick_dtype(args.dtype, device), tile_layout=args.tile_layout)
+    device = resolve_device(args.device)
+    dtype = auto_dtype(device) if args.dtype == "auto" else parse_dtype(args.dtype)
+    source = weights_source(args.weights, args.download, args.accept_license)
+    return load_model(source, device=device, dtype=dtype, tile_layout=args.tile_layout)
 
 
 def cmd_segment(args) -> int:
     from tqdm import tqdm
 
+    missing = [item for item in args.inputs if not Path(item).exists()]
+    if missing:
+        raise ValueError(f"input not found: {', '.join(missing)}")
     files = list_images(args.inputs)
     if not files:
-        print("birefnet: no images found in the given inputs", file=sys.stderr)
-        return 2
+        raise ValueError("no images found in the given inputs (" + ", ".join(args.inputs) + ")")
+    out_dir = Path(args.out)
+    outputs = output_paths([rel for _, rel in files], args.cutout)
+    renamed = sum(mask.stem != rel.stem for (_, rel), (mask, _) in zip(files, outputs))
+    if renamed:
+        print(f"birefnet: {renamed} input(s) share a name with another input; their outputs keep the "
+              "extension in the name (e.g. photo_jpg.png)", file=sys.stderr)
     model = _load(args)
     print(model.info.describe(), file=sys.stderr)
     if args.compile:  # pays off on long runs at one working size; the first image compiles
         model = torch.compile(model)
-    out_dir = Path(args.out)
     skipped = 0
     bar = tqdm(total=len(files), unit="img", disable=args.quiet)
     for start in range(0, len(files), args.batch_size):
         chunk = []
-        for file, rel in files[start : start + args.batch_size]:
+        for (file, _), paths in zip(files[start : start + args.batch_size], outputs[start : start + args.batch_size]):
             try:
-                chunk.append((read_image(file), rel))
+                chunk.append((read_image(file), paths))
             except Exception as err:  # unreadable or not an image: report and go on
                 skipped += 1
                 bar.write(f"birefnet: skipped {file}: {err}", file=sys.stderr)
@@ -101,10 +108,10 @@ def cmd_segment(args) -> int:
                 model, [image for image, _ in chunk], resolution=args.resolution,
                 max_megapixels=args.max_megapixels, batch_size=args.batch_size,
             )
-        for (image, rel), mask in zip(chunk, masks):
-            save_image(mask_to_image(mask), out_dir / rel.with_suffix(".png"))
+        for (image, (mask_path, cutout_path)), mask in zip(chunk, masks):
+            save_image(mask_to_image(mask), out_dir / mask_path)
             if args.cutout:
-                save_image(cutout(image, mask), out_dir / rel.parent / f"{rel.stem}_cutout.png")
+                save_image(cutout(image, mask), out_dir / cutout_path)
             bar.update(1)
     bar.close()
     done = len(files) - skipped
@@ -114,49 +121,79 @@ def cmd_segment(args) -> int:
 
 def cmd_info(args) -> int:
     for weights in args.weights:
-        model = load_model(weights, tile_layout=args.tile_layout)
+        model = load_model(weights_source(weights), tile_layout=args.tile_layout)
         params = sum(p.numel() for p in model.parameters())
         print(f"{model.info.describe()}, {params / 1e6:.1f} M parameters, stored as {model.info.file_dtype}")
     return 0
 
 
+LIST_ROW = "{:16} {:26} {:10} {:10} {:8} {:38} {}"
+
+
 def cmd_list(args) -> int:
-    for known in KNOWN_CHECKPOINTS:
-        res = "dynamic" if known.resolution is None else f"{known.resolution[1]}x{known.resolution[0]}"
-        print(f"{known.name:26} {known.backbone:10} {res:10} {known.tile_layout:8} {known.license:30} {known.url}")
+    print(LIST_ROW.format("short name", "checkpoint", "backbone", "size (WxH)", "layout", "licence", "download"))
+    for known in listed():
+        licence = known.license + (" (gated)" if known.gated else "")
+        print(LIST_ROW.format(known.short, known.name, known.backbone, known.size_text, known.tile_layout, licence, known.url))
+    print("get one with `birefnet download SHORT_NAME`, then use it with --weights SHORT_NAME")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .hub import download, resolve
+
+    for name in args.names:
+        known = resolve(name)
+        path = download(known, args.dir, accept_license=args.accept_license)
+        print(f"birefnet: {known.name} ({known.backbone}, {known.size_text}) is at {path}", file=sys.stderr)
+        print(path)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="birefnet", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"birefnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="write a mask PNG (and optionally an RGBA cut-out) per image")
     seg.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
     seg.add_argument("--out", required=True, help="output folder (mirrors the input folders)")
-    seg.add_argument("--weights", help="BiRefNet weights (.safetensors/.pth); default: $BIREFNET_WEIGHTS or the embedded model")
+    seg.add_argument("--weights", help="weight file (.safetensors/.pth) or a known name from `birefnet list` (e.g. "
+                     "general, hr, lite); default: $BIREFNET_WEIGHTS or the embedded demo model")
+    seg.add_argument("--download", action="store_true",
+                     help="download --weights NAME now if it is not downloaded yet (Hugging Face cache)")
+    seg.add_argument("--accept-license", metavar="LICENCE",
+                     help="with --download: accept a non-commercial licence by its id (RMBG-2.0: CC-BY-NC-4.0)")
     seg.add_argument("--resolution", type=parse_resolution, default=None,
                      help="native (checkpoint default), aspect, 1024, or WIDTHxHEIGHT (multiples of 32)")
-    seg.add_argument("--max-megapixels", type=float, default=None, help="cap on the working size (aspect mode: its area)")
+    seg.add_argument("--max-megapixels", type=positive(float), default=None, help="cap on the working size (aspect mode: its area)")
     seg.add_argument("--highres", action="store_true",
                      help="coarse to fine for large images (4K+): a pass on the whole image finds the object, "
                           "a second pass re-segments its region at up to --fine-megapixels")
-    seg.add_argument("--fine-megapixels", type=float, default=DEFAULT_FINE_MEGAPIXELS,
+    seg.add_argument("--fine-megapixels", type=positive(float), default=DEFAULT_FINE_MEGAPIXELS,
                      help="memory cap of the --highres fine pass (working area; default %(default).1f)")
     seg.add_argument("--compile", action="store_true",
                      help="torch.compile the model: a few %% faster per image after a warm-up of minutes "
                           "(and one more per new working size); for long batch jobs")
     seg.add_argument("--cutout", action="store_true", help="also write <name>_cutout.png with the mask as alpha")
-    seg.add_argument("--batch-size", type=int, default=1)
+    seg.add_argument("--batch-size", type=positive(int), default=1)
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
 
     info = sub.add_parser("info", help="print what a weight file is (variant, layout, resolution)")
-    info.add_argument("weights", nargs="+")
-    info.set_defaults(func=cmd_info, device="cpu", dtype="fp32")
+    info.add_argument("weights", nargs="+", help="weight files or known names (downloaded ones)")
+    info.set_defaults(func=cmd_info)
 
     lst = sub.add_parser("list", help="known released checkpoints with their download URLs")
     lst.set_defaults(func=cmd_list)
+
+    down = sub.add_parser("download", help="download known checkpoints (resumable; Hugging Face cache or --dir)")
+    down.add_argument("names", nargs="+", help="short names from `birefnet list` (general, lite, hr, ...)")
+    down.add_argument("--dir", help="put the file here as <name>.safetensors instead of the Hugging Face cache "
+                                    "(e.g. ComfyUI/models/birefnet)")
+    down.add_argument("--accept-license", metavar="LICENCE",
+                      help="accept a non-commercial licence by its id (RMBG-2.0: CC-BY-NC-4.0)")
+    down.set_defaults(func=cmd_download)
 
     for p in (seg, info):
         p.add_argument("--tile-layout", choices=("current", "legacy"), default=None,
@@ -168,9 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "batch_size", 1) < 1:
-        print("birefnet: --batch-size must be at least 1", file=sys.stderr)
-        return 2
     try:
         return args.func(args)
     except (CheckpointError, ValueError) as err:

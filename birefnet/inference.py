@@ -169,12 +169,41 @@ def segment(
     return masks[0] if single else masks
 
 
+def input_alpha(image) -> torch.Tensor | None:
+    """The image's own transparency (H, W) in [0, 1], or None when it has none."""
+    if isinstance(image, Image.Image):
+        if image.mode == "P" and "transparency" in image.info or image.mode in ("PA", "La"):
+            image = image.convert("RGBA")
+        if "A" not in image.getbands():
+            return None
+        return torch.from_numpy(np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0)
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] not in (2, 4):
+            return None
+        alpha = torch.from_numpy(np.array(image[:, :, -1]))
+    elif isinstance(image, torch.Tensor):
+        tensor = image[0] if image.ndim == 4 and image.shape[0] == 1 else image
+        if tensor.ndim != 3 or tensor.shape[0] not in (2, 4):
+            return None
+        alpha = tensor[-1].detach().cpu()
+    else:
+        return None
+    if not alpha.is_floating_point():
+        alpha = alpha.float() / float(torch.iinfo(alpha.dtype).max)
+    return alpha.float().clamp(0, 1)
+
+
 def cutout(image, mask: torch.Tensor) -> Image.Image:
-    """RGBA image: the RGB pixels with the mask as alpha."""
+    """RGBA image: the RGB pixels with the mask as alpha, times the input's own alpha if it has one
+    (what was transparent in the input stays transparent)."""
     rgb = to_rgb_tensor(image)
     if tuple(mask.shape) != tuple(rgb.shape[1:]):
         raise ValueError(f"mask {tuple(mask.shape)} and image {tuple(rgb.shape[1:])} differ in size")
-    rgba = torch.cat([rgb, mask.float()[None].cpu()], dim=0)
+    alpha = mask.float().cpu()
+    own = input_alpha(image)
+    if own is not None:
+        alpha = alpha * own
+    rgba = torch.cat([rgb, alpha[None]], dim=0)
     return Image.fromarray((rgba.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
 
 

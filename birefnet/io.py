@@ -19,10 +19,17 @@ def atomic_path(path):
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create files private to the owner
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_image(path) -> Image.Image:
@@ -49,3 +56,34 @@ def list_images(inputs) -> list[tuple[Path, Path]]:
         else:
             found.append((item, Path(item.name)))
     return found
+
+
+def output_paths(relatives: list[Path], cutouts: bool) -> list[tuple[Path, Path]]:
+    """(mask, cut-out) output paths, one pair per input, never the same path twice.
+
+    `photo.png`, `photo_cutout.png` normally; inputs whose outputs would collide (`x.jpg` and
+    `x.png`, or `a_cutout.jpg` beside `a.jpg` with cut-outs) keep their extension in the name
+    (`x_jpg.png`), and a counter settles anything left.
+    """
+    def pair(rel: Path, stem: str) -> tuple[Path, Path]:
+        return rel.parent / f"{stem}.png", rel.parent / f"{stem}_cutout.png"
+
+    def names(p: tuple[Path, Path]) -> list[str]:
+        return [str(p[0]).lower()] + ([str(p[1]).lower()] if cutouts else [])
+
+    plan = [pair(rel, rel.stem) for rel in relatives]
+    counts: dict[str, int] = {}
+    for p in plan:
+        for name in names(p):
+            counts[name] = counts.get(name, 0) + 1
+    plan = [pair(rel, f"{rel.stem}_{rel.suffix.lstrip('.').lower()}") if any(counts[n] > 1 for n in names(p)) else p
+            for rel, p in zip(relatives, plan)]
+    taken: set[str] = set()
+    for i, (rel, p) in enumerate(zip(relatives, plan)):
+        number = 1
+        while any(n in taken for n in names(p)):
+            number += 1
+            p = pair(rel, f"{rel.stem}_{rel.suffix.lstrip('.').lower()}_{number}")
+        plan[i] = p
+        taken.update(names(p))
+    return plan

@@ -5,6 +5,8 @@ is one line naming the file, what was found and what to do.
 """
 from __future__ import annotations
 
+import logging
+import os
 import pickle
 import re
 from dataclasses import dataclass
@@ -13,11 +15,12 @@ from typing import Mapping
 
 import torch
 
+from .device import resolve_device
 from .io import atomic_path
 from .model import BiRefNet, BiRefNetConfig
 from .pvt import official_to_timm_key, timm_to_official_key
 from .swin import SWIN_SPECS
-from .zoo import KnownCheckpoint, match_checkpoint
+from .zoo import EMBEDDED_WEIGHTS, KnownCheckpoint, find_checkpoint, match_checkpoint
 
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -25,6 +28,13 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "ema")
 _METADATA_LAYOUT = "birefnet.tile_layout"
 _METADATA_RESOLUTION = "birefnet.resolution"
 _METADATA_NAME = "birefnet.name"
+
+
+log = logging.getLogger("birefnet")
+DEMO_NOTICE = (
+    "note: this is the embedded demo model, a small BiRefNet trained on synthetic shapes, not for photos; "
+    "get real weights with `birefnet download general` (or `birefnet list`)"
+)
 
 
 class CheckpointError(ValueError):
@@ -42,8 +52,14 @@ class CheckpointInfo:
     resolution: tuple[int, int] | None  # default working size (H, W); None = any (dynamic)
     file_dtype: torch.dtype | None
 
+    @property
+    def is_demo(self) -> bool:
+        return self.source != "<state dict>" and _same_file(self.source, EMBEDDED_WEIGHTS)
+
     def describe(self) -> str:
         name = self.known.name if self.known else "unknown checkpoint"
+        if self.is_demo:
+            name = "embedded demo model, trained on synthetic shapes"
         res = "dynamic" if self.resolution is None else f"{self.resolution[1]}x{self.resolution[0]}"
         return (
             f"{self.source}: {self.config.backbone} ({name}), tile layout {self.config.tile_layout} "
@@ -68,8 +84,47 @@ def parse_dtype(dtype) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; use fp32, fp16 or bf16") from None
 
 
-def _resolve_path(source: str | Path) -> Path:
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def default_weights() -> Path:
+    """What to load when no weights are named: $BIREFNET_WEIGHTS, else the embedded demo model."""
+    env = os.environ.get("BIREFNET_WEIGHTS")
+    if env:
+        return Path(env)
+    if EMBEDDED_WEIGHTS.is_file():
+        return EMBEDDED_WEIGHTS
+    raise CheckpointError(
+        "no weights given and this build has no embedded demo model; pass a weight file or a known name "
+        "(e.g. `birefnet download general`, then --weights general)"
+    )
+
+
+def resolve_source(source) -> Path:
+    """A path as given, or for a known checkpoint's name (`hr`, `BiRefNet_HR`) its downloaded file."""
     path = Path(source).expanduser()
+    if path.exists() or path.suffix.lower() in WEIGHT_SUFFIXES or os.sep in str(source):
+        return path
+    try:
+        known = find_checkpoint(str(source))
+    except KeyError:
+        raise CheckpointError(
+            f"{source}: no such file, and not a known checkpoint name (`birefnet list` shows them)"
+        ) from None
+    from .hub import cached_file, not_downloaded_error
+
+    cached = cached_file(known)
+    if cached is None:
+        raise not_downloaded_error(known)
+    return cached
+
+
+def _resolve_path(source: str | Path) -> Path:
+    path = resolve_source(source)
     if path.is_dir():  # a downloaded Hugging Face snapshot folder
         for name in ("model.safetensors", "pytorch_model.bin"):
             if (path / name).is_file():
@@ -103,15 +158,46 @@ def _read_pickle(path: Path) -> dict:
                 raise
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        objects = _pickled_globals(path)
+        if objects is None:  # not even a pickle stream: random bytes or a cut download
+            raise _damaged(path) from None
+        named = f" ({', '.join(objects[:3])})" if objects else ""
         raise CheckpointError(
-            f"{path}: holds Python objects that safe loading refuses ({_first_line(err)}); "
+            f"{path}: holds Python objects{named} that safe loading refuses; "
             "convert it to .safetensors with the code that made it"
         ) from None
-    except Exception as err:  # garbage makes the unpickler raise anything (KeyError, EOFError, ...)
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch file ({_first_line(err)}); it is truncated or corrupt, download it again"
-        ) from None
+    except Exception:  # garbage makes the unpickler raise anything (RuntimeError, KeyError, EOFError, ...)
+        raise _damaged(path) from None
     return obj
+
+
+def _pickled_globals(path: Path) -> list[str] | None:
+    """The classes/functions a pickle names (what safe loading refused), or None if it is no valid pickle."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                data = archive.read(member)
+        else:
+            data = path.read_bytes()
+        names, strings = [], []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                strings.append(arg)
+            elif opcode.name == "GLOBAL":
+                names.append(arg.replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # invalid opcode, cut short, broken archive
+        return None
+    return [n for n in dict.fromkeys(names) if not n.startswith(("torch.", "collections.OrderedDict"))]
+
+
+def _damaged(path: Path) -> CheckpointError:
+    return CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt); download it again")
 
 
 def _first_line(err: BaseException) -> str:
@@ -162,6 +248,24 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
                     key, changed = key[len(prefix):], True
         out[key] = value
     return out
+
+
+def inspect_checkpoint(source) -> BiRefNetConfig:
+    """The variant of a weight file from its safetensors header alone (no tensor is read)."""
+    from safetensors import safe_open
+
+    path = _resolve_path(source)
+    if path.suffix.lower() not in (".safetensors", ".sft"):
+        state_dict, _, where = read_checkpoint(path)
+        return detect_config(strip_prefixes(state_dict), where)
+    dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = {k: torch.empty(f.get_slice(k).get_shape(), dtype=dtypes.get(f.get_slice(k).get_dtype(), torch.float32),
+                                   device="meta") for k in f.keys()}
+    except Exception:
+        raise CheckpointError(f"{path}: not a readable safetensors file; it is truncated or corrupt, download it again") from None
+    return detect_config(strip_prefixes(meta), str(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,20 +399,23 @@ def _describe_mismatch(model, state_dict) -> str:
 
 
 def load_model(
-    source,
+    source=None,
     *,
     device="cpu",
     dtype=torch.float32,
     tile_layout: str | None = None,
 ) -> BiRefNet:
-    """Load BiRefNet weights (.safetensors/.pth/.pt/.bin path, HF snapshot folder, or a state dict).
+    """Load BiRefNet weights: a .safetensors/.pth/.pt/.bin path, an HF snapshot folder, a state dict,
+    or a known checkpoint's name (`general`, `hr`, ...) once downloaded (`birefnet.download`).
+    No source: $BIREFNET_WEIGHTS, else the embedded demo model.
 
     The variant comes from the weights; the tile layout from `tile_layout`, else the file's
     metadata, else the known-checkpoint table, else the file's precision. Returns the model
     in eval mode with `model.info` (a `CheckpointInfo`).
     """
     dtype = parse_dtype(dtype)
-    raw, metadata, where = read_checkpoint(source)
+    device = resolve_device(device)
+    raw, metadata, where = read_checkpoint(default_weights() if source is None else source)
     state_dict = strip_prefixes(raw)
     config = detect_config(state_dict, where)
     known = match_checkpoint(where, config.backbone) if where != "<state dict>" else None
@@ -330,6 +437,8 @@ def load_model(
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.to(device=device, dtype=dtype)
     model.info = CheckpointInfo(where, config, known, reason, _resolution_from(metadata, known), file_dtype)
+    if model.info.is_demo:
+        log.warning(DEMO_NOTICE)
     return model.eval()
 
 

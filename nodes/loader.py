@@ -29,7 +29,9 @@ SPEC = NodeSpec(
         "fine-tunes. The variant is read from the weights; no remote code runs."
     ),
     inputs=(
-        In("weights", "COMBO", "Weight file. Put downloads in models/birefnet (or extra_model_paths.yaml).",
+        In("weights", "COMBO", "Weight file in models/birefnet (or extra_model_paths.yaml). 'download: NAME' entries "
+           "fetch that official checkpoint into models/birefnet the first time the workflow runs (with progress), "
+           "then use the file; nothing is downloaded unless such an entry is chosen.",
            options=host.weight_choices),
         In("device", "COMBO", "auto: ComfyUI's GPU with memory management; cpu: always the CPU.",
            default="auto", options=("auto", "cpu")),

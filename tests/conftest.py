@@ -56,3 +56,13 @@ def b0_model(b0_weights):
     from birefnet import load_model
 
     return load_model(b0_weights, tile_layout="current")
+
+
+@pytest.fixture(scope="session")
+def lite_weights(tmp_path_factory) -> Path:
+    """A swin_v1_t checkpoint stored in fp16 like the released files: stands in for BiRefNet_lite."""
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("weights") / "swin_t_random.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in random_state_dict("swin_v1_t", 0).items()}, str(path))
+    return path

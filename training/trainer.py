@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from birefnet import BiRefNet, build_model, load_model, save_checkpoint
+from birefnet.device import resolve_device
 from birefnet.io import atomic_path
 
 from .data import Augment, SegmentationDataset, SizedBatchSampler, collate, find_pairs
@@ -78,7 +79,7 @@ def _distributed() -> tuple[int, int]:
 
 def _device(name: str, rank: int) -> torch.device:
     if name != "auto":
-        return torch.device(name)
+        return resolve_device(name)
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     return torch.device("cpu")

@@ -1,0 +1,38 @@
+"""Device and precision choice, checked before anything is loaded: an unavailable device is one line
+of error, not a traceback from deep inside torch."""
+from __future__ import annotations
+
+import torch
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """'auto' (CUDA, else Apple MPS, else CPU) or an explicit device that must exist here."""
+    if isinstance(name, str) and name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} is not available: this machine has no usable CUDA GPU; use cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} is not available: {torch.cuda.device_count()} CUDA GPU(s) here")
+    elif device.type == "mps" and not _mps_available():
+        raise ValueError(f"device {name!r} is not available (no Apple GPU); use cpu or auto")
+    elif device.type not in ("cpu", "cuda", "mps", "meta"):
+        raise ValueError(f"device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def auto_dtype(device: torch.device) -> torch.dtype:
+    """bf16 (else fp16) on CUDA, fp16 on MPS, fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16 if device.type == "mps" else torch.float32
