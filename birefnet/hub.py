@@ -117,16 +117,22 @@ def _fetch(hub, known: KnownCheckpoint, staging: Path | None, tqdm_class, target
     except hub.errors.GatedRepoError:
         raise CheckpointError(f"{known.name} is gated: {LOGIN_HINT} https://huggingface.co/{known.repo}") from None
     except (hub.errors.LocalEntryNotFoundError, hub.errors.OfflineModeIsEnabled) as err:  # no connection
-        raise _offline_error(known, target, err) from None
+        raise _failed(known, target, _reason(err)) from None
     except (hub.errors.RepositoryNotFoundError, hub.errors.RevisionNotFoundError, hub.errors.EntryNotFoundError) as err:
-        raise CheckpointError(f"{known.url}: not found on the Hub ({type(err).__name__}); is the revision right?") from None
+        raise _failed(known, target, f"not found on the Hub: {type(err).__name__}") from None
     except (hub.errors.HfHubHTTPError, OSError) as err:
-        raise _offline_error(known, target, err) from None
+        raise _failed(known, target, _reason(err)) from None
 
 
-def _offline_error(known: KnownCheckpoint, target: Path | None, err: BaseException) -> CheckpointError:
+def _reason(err: BaseException) -> str:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return "offline mode (HF_HUB_OFFLINE) is on"
+    return _first_line(err)
+
+
+def _failed(known: KnownCheckpoint, target: Path | None, why: str) -> CheckpointError:
+    """One line: what failed, the URL, and where a copy fetched by other means goes."""
     place = target.parent if target is not None else Path.cwd()
-    why = "offline mode (HF_HUB_OFFLINE) is on" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else _first_line(err)
     return CheckpointError(
         f"cannot download {known.name} ({why}); get {known.url} by other means and save it as "
         f"{place / known.file_name}, then pass that file as the weights"

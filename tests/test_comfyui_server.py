@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from conftest import ROOT
+from hub_server import HubServer
 
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 TEST_WEIGHTS = "pvt_b0_test.safetensors"
@@ -79,7 +81,15 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, b0_weights):
+def hub(lite_weights):
+    """The Hub, for the loader's download entries (a local server speaking its file protocol)."""
+    with HubServer() as hub:
+        hub.files[("ZhengPeng7/BiRefNet_lite", "model.safetensors")] = lite_weights
+        yield hub
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, b0_weights, hub):
     root = tmp_path_factory.mktemp("comfyui") / "ComfyUI"
     shutil.copytree(_comfyui_source(), root, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "extra_model_paths.yaml").rename(root / "extra_model_paths.yaml.disabled")
@@ -96,8 +106,10 @@ def server(tmp_path_factory, b0_weights):
 
     port = _free_port()
     log = open(root / "server.log", "w")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(root / "hf_cache"))
     process = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                "--disable-auto-launch"], cwd=root, stdout=log, stderr=subprocess.STDOUT)
+                                "--disable-auto-launch"], cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = Server(root, port)
     deadline = time.time() + 240
     while True:
@@ -162,7 +174,10 @@ def test_workflows_are_valid_and_carry_model_urls():
 
 def test_loader_lists_both_folders_and_the_embedded_model(server):
     choices = server.info["BiRefNetLoader"]["input"]["required"]["weights"][0]
-    assert TEST_WEIGHTS in choices and choices[-1].startswith("embedded")
+    assert TEST_WEIGHTS in choices and any(c.startswith("embedded") for c in choices)
+    downloads = [c for c in choices if c.startswith("download: ")]
+    assert downloads[0] == "download: BiRefNet" and "download: BiRefNet_lite" in downloads
+    assert any("RMBG-2.0 (CC BY-NC 4.0" in c and "gated" in c for c in downloads)
 
 
 def test_remove_background(server):
@@ -208,9 +223,26 @@ def test_gradient_preview(server):
 
 
 def test_embedded_demo_model(server):
-    prompt = _load("remove_background.json", server, weights=server.info["BiRefNetLoader"]["input"]["required"]["weights"][0][-1])
+    embedded = next(c for c in server.info["BiRefNetLoader"]["input"]["required"]["weights"][0] if c.startswith("embedded"))
+    entry = server.run(_load("remove_background.json", server, weights=embedded))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert "embedded demo model" in (server.root / "server.log").read_text()  # the notice in ComfyUI's console
+
+
+def test_download_entry_fetches_into_models_birefnet_once(server, hub, lite_weights):
+    target = server.root / "models" / "birefnet" / "BiRefNet_lite.safetensors"
+    assert not target.exists() and not [r for r in hub.requests if "/resolve/" in r]  # listing fetched nothing
+    prompt = _load("inpainting_mask.json", server, weights="download: BiRefNet_lite")
     entry = server.run(prompt)
     assert entry["status"]["status_str"] == "success", entry["status"]
+    assert target.read_bytes() == lite_weights.read_bytes()
+    fetched = len(hub.requests)
+    again = server.run(_load("gradient_preview.json", server, weights="download: BiRefNet_lite"))
+    assert again["status"]["status_str"] == "success" and len(hub.requests) == fetched  # the file is used
+    missing = server.run(_load("gradient_preview.json", server, weights="download: BiRefNet_HR"))
+    message = _error_message(missing)
+    assert "BiRefNet_HR" in message and "https://huggingface.co/ZhengPeng7/BiRefNet_HR/" in message
+    assert str(server.root / "models" / "birefnet") in message
 
 
 def _error_message(entry: dict) -> str:

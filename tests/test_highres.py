@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from birefnet import load_model, segment, segment_highres
-from birefnet.cli import default_weights, main
+from birefnet.cli import main
+from birefnet.loading import default_weights
 from birefnet.highres import plan_highres
 from training.synthetic import make_sample
 

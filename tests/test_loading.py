@@ -1,6 +1,7 @@
 """Checkpoint reading, variant detection, prefixes, tile-layout choice and every bad-input path."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -149,7 +150,10 @@ def test_garbage_files(tmp_path):
     (tmp_path / "noise.safetensors").write_bytes(b"\x00\x01" * 100)
     assert "not a readable safetensors" in _error(tmp_path / "noise.safetensors")
     (tmp_path / "text.pth").write_text("hello")
-    assert "not a readable PyTorch file" in _error(tmp_path / "text.pth")
+    assert "not a readable checkpoint (truncated or corrupt); download it again" in _error(tmp_path / "text.pth")
+    (tmp_path / "noise.pth").write_bytes(np.random.default_rng(0).bytes(5000))  # not a pickle: no safety talk
+    message = _error(tmp_path / "noise.pth")
+    assert "truncated or corrupt" in message and "safe loading" not in message
     (tmp_path / "model.onnx").write_bytes(b"x")
     assert "unsupported file type '.onnx'" in _error(tmp_path / "model.onnx")
     (tmp_path / "empty_dir").mkdir()
@@ -163,7 +167,17 @@ class NotATensor:
 def test_pickle_with_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"weights": NotATensor()}, path)
-    assert "safe loading refuses" in _error(path)
+    message = _error(path)
+    assert "safe loading refuses" in message and "NotATensor" in message
+
+
+def test_unavailable_device_is_one_line(b0_weights):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match=r"^device 'cuda' is not available: .*use cpu or auto$"):
+        load_model(b0_weights, device="cuda")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        load_model(b0_weights, device="gpu0")
 
 
 def test_other_model_safetensors(tmp_path):
