@@ -39,29 +39,46 @@ def test_segment_folder_end_to_end(tmp_path, b0_weights):
         assert mask.mode == "L" and mask.size == size
         cut = Image.open(out / rel.replace(".png", "_cutout.png"))
         assert cut.mode == "RGBA" and cut.size == size
-        assert np.array_equal(np.asarray(cut)[:, :, 3], np.asarray(mask))
+        expected = np.asarray(mask).astype(float)
+        if rel == "sub/b.png":  # an RGBA input: its own alpha multiplies the mask
+            expected = expected * np.asarray(Image.open(src / rel))[..., 3] / 255
+        assert np.abs(np.asarray(cut)[:, :, 3] - expected).max() <= 1
     assert not (out / "broken.png").exists()
     assert not list(out.rglob(".*tmp*"))
 
 
-def test_segment_defaults_to_the_embedded_model(tmp_path):
+DEMO_NOTICE = "embedded demo model, a small BiRefNet trained on synthetic shapes, not for photos"
+
+
+def test_segment_defaults_to_the_embedded_model_and_says_so(tmp_path):
     image = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (70, 50, 3), dtype=np.uint8)).save(image)
     result = run_cli("segment", image, "--out", tmp_path / "out", "--quiet")
     assert result.returncode == 0, result.stderr
     assert "default.safetensors" in result.stderr and "pvt_v2_b0" in result.stderr
+    assert DEMO_NOTICE in result.stderr and "birefnet download general" in result.stderr
     assert Image.open(tmp_path / "out" / "x.png").size == (50, 70)
+    info = run_cli("info", "birefnet/weights/default.safetensors")
+    assert "embedded demo model" in info.stdout
+
+
+def test_library_default_is_the_demo_model_with_the_notice(caplog):
+    from birefnet import load_model
+
+    with caplog.at_level("WARNING", logger="birefnet"):
+        model = load_model()
+    assert model.info.is_demo and DEMO_NOTICE in caplog.text
 
 
 def test_without_weights_or_embedded_model_says_where_to_get_them(tmp_path, monkeypatch):
     import pytest
 
-    from birefnet import CheckpointError, cli
+    from birefnet import CheckpointError, loading
 
     monkeypatch.delenv("BIREFNET_WEIGHTS", raising=False)
-    monkeypatch.setattr(cli, "DEFAULT_WEIGHTS", tmp_path / "absent.safetensors")  # a build without the demo model
-    with pytest.raises(CheckpointError, match="--weights FILE .* https://huggingface.co/ZhengPeng7/BiRefNet/"):
-        cli.default_weights()
+    monkeypatch.setattr(loading, "EMBEDDED_WEIGHTS", tmp_path / "absent.safetensors")  # a build without the demo model
+    with pytest.raises(CheckpointError, match="birefnet download general"):
+        loading.default_weights()
     image = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(image)
     missing = run_cli("segment", image, "--out", tmp_path / "out", env={"BIREFNET_WEIGHTS": str(tmp_path / "none.pth")})
@@ -78,8 +95,89 @@ def test_bad_weights_give_one_line(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "truncated or corrupt" in result.stderr
 
 
-def test_info_and_list(b0_weights):
+def test_info_list_and_version(b0_weights):
     info = run_cli("info", b0_weights)
     assert info.returncode == 0 and "pvt_v2_b0" in info.stdout and "15.8 M parameters" in info.stdout
-    listing = run_cli("list")
-    assert "BiRefNet_HR" in listing.stdout and "RMBG-2.0" in listing.stdout
+    lines = run_cli("list").stdout.splitlines()
+    assert lines[0].split()[:3] == ["short", "name", "checkpoint"] and lines[1].split()[:2] == ["general", "BiRefNet"]
+    assert any("BiRefNet_HR" in line for line in lines) and any("RMBG-2.0" in line and "gated" in line for line in lines)
+    assert any("background_removal/birefnet.safetensors" in line for line in lines)
+    assert any("background_removal/lucida.safetensors" in line for line in lines)
+    from birefnet import __version__
+
+    assert run_cli("--version").stdout.strip() == f"birefnet {__version__}"
+
+
+def _noise(path, shape, seed=0):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)).save(path)
+
+
+def test_inputs_with_the_same_name_keep_both_outputs(tmp_path, b0_weights):
+    _noise(tmp_path / "x.jpg", (30, 40, 3), 1)
+    _noise(tmp_path / "x.png", (50, 20, 3), 2)
+    _noise(tmp_path / "y.png", (20, 20, 3), 3)
+    out = tmp_path / "out"
+    result = run_cli("segment", tmp_path, "--out", out, "--weights", b0_weights, "--cutout", "--quiet",
+                     "--resolution", "64")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 3 mask(s)" in result.stderr and "share a name" in result.stderr
+    assert Image.open(out / "x_jpg.png").size == (40, 30) and Image.open(out / "x_png.png").size == (20, 50)
+    assert Image.open(out / "y.png").size == (20, 20)
+    assert len(list(out.glob("*_cutout.png"))) == 3
+
+
+def test_bad_inputs_and_options_are_refused_before_loading(tmp_path):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    slow = tmp_path / "never_read.safetensors"  # loading it would fail differently: the checks come first
+    for args, expected in (
+        (("segment", tmp_path / "missing.jpg", "--out", tmp_path / "o"), "input not found"),
+        (("segment", image, "--out", tmp_path / "o", "--max-megapixels", "0"), "not a positive number"),
+        (("segment", image, "--out", tmp_path / "o", "--max-megapixels", "-2"), "not a positive number"),
+        (("segment", image, "--out", tmp_path / "o", "--resolution", "100x7"), "multiples of 32"),
+        (("segment", image, "--out", tmp_path / "o", "--batch-size", "0"), "not a positive number"),
+        (("segment", image, "--out", tmp_path / "o", "--device", "cuda:7"), "not available"),
+    ):
+        result = run_cli(*args, "--weights", slow)
+        assert result.returncode == 2 and expected in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr and "math domain" not in result.stderr
+
+
+def test_unavailable_gpu_is_one_line(tmp_path, b0_weights):
+    import torch
+    import pytest
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    result = run_cli("segment", image, "--out", tmp_path / "o", "--weights", b0_weights, "--device", "cuda")
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "no usable CUDA GPU" in result.stderr
+
+
+def test_written_files_honour_the_umask(tmp_path, b0_weights):
+    image = tmp_path / "x.png"
+    _noise(image, (16, 16, 3))
+    code = ("import os, sys; os.umask(0o022); from birefnet.cli import main; "
+            "from birefnet import load_model, save_checkpoint; "
+            f"save_checkpoint(load_model({str(b0_weights)!r}), {str(tmp_path / 'ck.safetensors')!r}); "
+            f"sys.exit(main(['segment', {str(image)!r}, '--out', {str(tmp_path / 'out')!r}, '--cutout', '--quiet', "
+            f"'--weights', {str(b0_weights)!r}, '--resolution', '64']))")
+    assert subprocess.run([sys.executable, "-c", code], timeout=600).returncode == 0
+    for path in (tmp_path / "ck.safetensors", tmp_path / "out" / "x.png", tmp_path / "out" / "x_cutout.png"):
+        assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_rgba_input_keeps_its_transparency_in_the_cutout(tmp_path, b0_weights):
+    pixels = np.random.default_rng(4).integers(0, 256, (32, 32, 4), dtype=np.uint8)
+    pixels[:, :16, 3] = 0  # left half fully transparent
+    pixels[:, 16:, 3] = 255
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "x.png")
+    result = run_cli("segment", tmp_path / "x.png", "--out", tmp_path / "out", "--weights", b0_weights, "--cutout",
+                     "--quiet", "--resolution", "64")
+    assert result.returncode == 0, result.stderr
+    alpha = np.asarray(Image.open(tmp_path / "out" / "x_cutout.png"))[..., 3].astype(int)
+    mask = np.asarray(Image.open(tmp_path / "out" / "x.png")).astype(int)
+    assert alpha[:, :16].max() == 0 and mask[:, :16].max() > 0
+    assert np.abs(alpha[:, 16:] - mask[:, 16:]).max() <= 1
