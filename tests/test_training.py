@@ -26,7 +26,7 @@ def dataset(tmp_path_factory):
 
 
 def tiny_config(data, out, **overrides) -> TrainConfig:
-    base = dict(data=[str(data)], out=str(out), backbone="pvt_v2_b0", epochs=2, batch_size=2, size=(64, 64),
+    base = dict(data=[str(data)], out=str(out), init="scratch", backbone="pvt_v2_b0", epochs=2, batch_size=2, size=(64, 64),
                 lr=1e-3, finetune_last_epochs=-1, max_steps_per_epoch=2, seed=3, device="cpu")
     return TrainConfig(**{**base, **overrides})
 
@@ -193,7 +193,7 @@ def test_fine_tuning_keeps_the_checkpoint_tile_layout(tmp_path, b0_model):
     cfg = TrainConfig(data=[], out=str(tmp_path), init=str(path))
     assert build_initial_model(cfg).config.tile_layout == "legacy"
     assert build_initial_model(TrainConfig(data=[], out=str(tmp_path), init=str(path), tile_layout="current")).config.tile_layout == "current"
-    assert build_initial_model(TrainConfig(data=[], out=str(tmp_path), backbone="pvt_v2_b0")).config.tile_layout == "current"
+    assert build_initial_model(TrainConfig(data=[], out=str(tmp_path), init="scratch", backbone="pvt_v2_b0")).config.tile_layout == "current"
 
 
 def test_augmentations_keep_image_and_mask_aligned():
@@ -212,3 +212,53 @@ def test_augmentations_keep_image_and_mask_aligned():
     photometric = Augment(flip=False, rotate=False, enhance=True, pepper=True)
     changed, same_mask = photometric(image, mask, rng())
     assert same_mask is mask and changed.tobytes() != image.tobytes()
+
+
+def test_every_config_field_has_a_documented_flag_with_its_default():
+    import dataclasses
+
+    from training.__main__ import build_parser
+
+    parser = build_parser()
+    train_parser = parser._subparsers._group_actions[0].choices["train"]
+    actions = {a.dest: a for a in train_parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        action = actions[f.name]
+        assert action.help and len(action.help) > 10, f.name
+        if f.default not in (dataclasses.MISSING, None) and not isinstance(f.default, bool):
+            assert "(default: " in action.help, f.name
+    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--init", "scratch", "--weight-decay", "0.5",
+                              "--lr-decay-epochs", "3", "5", "--no-freeze-batchnorm", "--size", "96x64",
+                              "--dynamic-size", "64,128"])
+    from training.__main__ import cmd_train  # noqa: F401  (the same mapping cmd_train uses)
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    assert (cfg.weight_decay, cfg.lr_decay_epochs, cfg.freeze_batchnorm) == (0.5, [3, 5], False)
+    assert cfg.size == (64, 96) and cfg.dynamic_size == ((64, 128), (64, 128))
+    assert TrainConfig(data=["d"], out="o", init="scratch") == TrainConfig(
+        **{f.name: getattr(v, f.name) for v in [parser.parse_args(["train", "--data", "d", "--out", "o", "--init", "scratch"])]
+           for f in dataclasses.fields(TrainConfig)})  # parser defaults == dataclass defaults
+
+
+def test_train_needs_a_starting_point(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "training", "train", "--data", str(tmp_path), "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--init" in result.stderr
+
+
+def test_epoch_summary_is_readable_and_scratch_backbones_warn(dataset, tmp_path, caplog):
+    from training.trainer import summary
+
+    assert summary({"epoch": 3, "loss": 0.412345, "lr": 7.0711e-06}) == "loss 0.4123, lr 7.071e-06"
+    with caplog.at_level("INFO"):
+        train(tiny_config(dataset, tmp_path / "run", epochs=1))
+    assert "starts from random weights" in caplog.text and "--init general" in caplog.text
+    assert "lr 1e-03" not in caplog.text and "lr 0.001" in caplog.text
+    for written in ("resume.pt", "final.safetensors"):  # readable by others, as the umask allows
+        assert (tmp_path / "run" / written).stat().st_mode & 0o777 == 0o666 & ~_umask(), written
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

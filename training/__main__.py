@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -11,25 +12,61 @@ from birefnet.inference import parse_size
 from birefnet.io import atomic_path
 
 
-def _range(text: str) -> tuple[int, int]:
-    lo, hi = map(int, text.split(","))
-    return lo, hi
+def _range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """'LO,HI' -> ((LO, HI), (LO, HI)): the height and width ranges of --dynamic-size."""
+    try:
+        lo, hi = map(int, text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use LO,HI, e.g. 256,2304") from None
+    return (lo, hi), (lo, hi)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+PARSERS = {"size": _size, "range": _range}
+
+
+def _scalar_type(annotation: str):
+    for name, kind in (("int", int), ("float", float)):
+        if annotation.startswith((name, f"list[{name}]")):
+            return kind
+    return str
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
+    """One flag per dataclass field, with the field's help, choices and default (shown in --help)."""
+    for f in dataclasses.fields(config_class):
+        options = dict(f.metadata)
+        help_text = options.pop("help")
+        parse = options.pop("parse", None)
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else (f.default_factory() if f.default is dataclasses.MISSING else f.default)
+        if f.type.startswith("bool"):
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = PARSERS[parse] if parse else _scalar_type(f.type)
+            if "choices" not in options:
+                options.setdefault("metavar", f.name.upper())
+        shown = "" if required or default is None or default == [] else f" (default: {_shown(default)})"
+        parser.add_argument(flag, dest=f.name, required=required, default=default, help=help_text + shown, **options)
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return f"{value[1]}x{value[0]}"
+    return str(value)
 
 
 def cmd_train(args) -> int:
     from .trainer import TrainConfig, train
 
-    cfg = TrainConfig(
-        data=args.data, out=args.out, val=args.val or [], val_split=args.val_split, init=args.init,
-        backbone=args.backbone, backbone_weights=args.backbone_weights, tile_layout=args.tile_layout,
-        task=args.task, epochs=args.epochs, finetune_last_epochs=args.finetune_last_epochs,
-        batch_size=args.batch_size, accumulate=args.accumulate, size=parse_size(args.size),
-        dynamic_size=(args.dynamic_size, args.dynamic_size) if args.dynamic_size else None, lr=args.lr,
-        precision=args.precision, freeze_backbone=args.freeze_backbone, grad_checkpointing=args.grad_checkpointing,
-        augment=not args.no_augment, crop=args.crop, background_synthesis=args.background_synthesis, workers=args.workers,
-        seed=args.seed, save_every=args.save_every, val_every=args.val_every,
-        max_steps_per_epoch=args.max_steps_per_epoch, device=args.device, tensorboard=args.tensorboard,
-    )
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     final = train(cfg, resume=not args.restart, stop_after_epoch=args.stop_after_epoch)
     print(f"training: wrote {final}")
     return 0
@@ -71,36 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="fine-tune (or train) BiRefNet on im/ + gt/ folders")
-    t.add_argument("--data", nargs="+", required=True, help="dataset folder(s) with im/ and gt/")
-    t.add_argument("--val", nargs="*", help="validation folder(s)")
-    t.add_argument("--val-split", type=float, default=0.0, help="hold out this fraction when no --val")
-    t.add_argument("--out", required=True, help="run folder: checkpoints, resume.pt, metrics.jsonl")
-    t.add_argument("--init", default="scratch", help="checkpoint to fine-tune (any file birefnet reads) or 'scratch'")
-    t.add_argument("--backbone", default="swin_v1_l", help="backbone for --init scratch")
-    t.add_argument("--backbone-weights", help="ImageNet backbone file (timm or original layout), or 'timm' to download")
-    t.add_argument("--tile-layout", default=None, choices=("current", "legacy"),
-                   help="default: the --init checkpoint's own layout (current from scratch)")
-    t.add_argument("--task", default="general", choices=("DIS", "general", "matting"))
-    t.add_argument("--epochs", type=int, default=200)
-    t.add_argument("--finetune-last-epochs", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--accumulate", type=int, default=1, help="gradient accumulation steps")
-    t.add_argument("--size", default="1024", help="training size: 1024 or WIDTHxHEIGHT")
-    t.add_argument("--dynamic-size", type=_range, help="LO,HI: random multiples of 32 per batch")
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    t.add_argument("--freeze-backbone", action="store_true")
-    t.add_argument("--grad-checkpointing", action="store_true")
-    t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--crop", action="store_true", help="add the official random centre crop augmentation")
-    t.add_argument("--background-synthesis", action="store_true")
-    t.add_argument("--workers", type=int, default=0)
-    t.add_argument("--seed", type=int, default=7)
-    t.add_argument("--save-every", type=int, default=1)
-    t.add_argument("--val-every", type=int, default=1)
-    t.add_argument("--max-steps-per-epoch", type=int, default=None)
-    t.add_argument("--device", default="auto")
-    t.add_argument("--tensorboard", action="store_true")
+    from .trainer import TrainConfig
+
+    add_config_flags(t, TrainConfig)
     t.add_argument("--restart", action="store_true", help="ignore an existing resume.pt in --out")
     t.add_argument("--stop-after-epoch", type=int, default=None, help="stop early (resumable) after this epoch")
     t.set_defaults(func=cmd_train)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 import birefnet
 from birefnet.inference import mask_to_image
@@ -26,7 +27,7 @@ def evaluate_folders(pred_dir, gt_dir) -> MetricSet:
     if missing:
         raise ValueError(f"{pred_dir}: no prediction for {len(missing)} ground truth(s): {', '.join(missing[:5])}")
     metrics = MetricSet()
-    for stem in sorted(gts):
+    for stem in tqdm(sorted(gts), desc="evaluate", unit="img"):
         metrics.step(_grey(preds[stem]), _grey(gts[stem]))
     return metrics
 
@@ -36,7 +37,7 @@ def evaluate_model(weights, data, *, save_pred=None, tile_layout=None) -> Metric
     at the original size, optionally keeping the predicted masks."""
     model = birefnet.load_model(weights, tile_layout=tile_layout)
     metrics = MetricSet()
-    for image_path, gt_path in find_pairs(data):
+    for image_path, gt_path in tqdm(find_pairs(data), desc="segment + evaluate", unit="img"):
         mask = birefnet.segment(model, read_image(image_path))
         if save_pred:
             save_image(mask_to_image(mask), Path(save_pred) / f"{image_path.stem}.png")

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,40 +29,51 @@ RESUME_FILE = "resume.pt"
 LOG_FILE = "metrics.jsonl"
 
 
+def option(default=dataclasses.MISSING, help: str = "", **argparse_options):
+    """A TrainConfig field and its command-line flag in one place: the flag, its help and its default
+    are generated from here (training/cli.py), so the two cannot drift apart."""
+    extra = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**extra, metadata={"help": help, **argparse_options})
+
+
 @dataclass
 class TrainConfig:
-    data: list[str]
-    out: str
-    val: list[str] = field(default_factory=list)
-    val_split: float = 0.0
-    init: str = "scratch"  # a checkpoint our loader reads, or "scratch"
-    backbone: str = "swin_v1_l"  # for "scratch"
-    backbone_weights: str | None = None  # ImageNet backbone file, or "timm"
-    tile_layout: str | None = None  # None: the init checkpoint's own; "current" from scratch
-    task: str = "general"
-    epochs: int = 200
-    finetune_last_epochs: int | None = None  # None: the task's official value
-    batch_size: int = 4
-    accumulate: int = 1
-    size: tuple[int, int] = (1024, 1024)
-    dynamic_size: tuple[tuple[int, int], tuple[int, int]] | None = None
-    lr: float | None = None  # None: official (1e-4 DIS, else 1e-5) * sqrt(batch/4)
-    weight_decay: float = 1e-2
-    lr_decay_epochs: list[int] = field(default_factory=list)
-    precision: str = "fp32"  # fp32, bf16, fp16 (autocast)
-    freeze_backbone: bool = False
-    freeze_batchnorm: bool | None = None  # None: when batch_size == 1
-    grad_checkpointing: bool = False
-    augment: bool = True
-    background_synthesis: bool = False
-    crop: bool = False
-    workers: int = 0
-    seed: int = 7
-    save_every: int = 1
-    val_every: int = 1
-    max_steps_per_epoch: int | None = None
-    device: str = "auto"
-    tensorboard: bool = False
+    data: list[str] = option(help="dataset folder(s), each with im/ (images) and gt/ (masks) matched by name", nargs="+")
+    out: str = option(help="run folder: checkpoints, resume.pt, metrics.jsonl")
+    init: str = option(help="what to start from: a checkpoint file or known name to fine-tune (e.g. general, lite, "
+                            "after `birefnet download`), or 'scratch' (with --backbone)")
+    val: list[str] = option(list, help="validation dataset folder(s)", nargs="*")
+    val_split: float = option(0.0, help="hold out this fraction of --data for validation when no --val")
+    backbone: str = option("swin_v1_l", help="backbone for --init scratch (swin_v1_t/s/b/l, pvt_v2_b0/b1/b2/b5)")
+    backbone_weights: str | None = option(None, help="ImageNet weights for the --init scratch backbone: a file "
+                                                     "(timm or original layout) or 'timm' to download them")
+    tile_layout: str | None = option(None, help="inward-reference tile layout; default: the --init checkpoint's own "
+                                                "(current from scratch)", choices=("current", "legacy"))
+    task: str = option("general", help="loss preset of the official recipe", choices=("DIS", "general", "matting"))
+    epochs: int = option(200, help="number of epochs")
+    finetune_last_epochs: int | None = option(None, help="length of the late fine-tuning phase; default: the task's official value")
+    batch_size: int = option(4, help="images per step (per process)")
+    accumulate: int = option(1, help="gradient accumulation steps")
+    size: tuple[int, int] = option((1024, 1024), help="training size: 1024 or WIDTHxHEIGHT", parse="size")
+    dynamic_size: tuple[tuple[int, int], tuple[int, int]] | None = option(
+        None, help="LO,HI: a random multiple of 32 in this range per batch, instead of --size", parse="range")
+    lr: float | None = option(None, help="learning rate; default: official (1e-4 DIS, else 1e-5) x sqrt(batch/4)")
+    weight_decay: float = option(1e-2, help="AdamW weight decay")
+    lr_decay_epochs: list[int] = option(list, help="epochs after which the learning rate is divided by 10", nargs="*")
+    precision: str = option("fp32", help="autocast precision (fp16 with loss scaling)", choices=("fp32", "bf16", "fp16"))
+    freeze_backbone: bool = option(False, help="train the decoder only")
+    freeze_batchnorm: bool | None = option(None, help="use BatchNorm running statistics; default: when batch size is 1")
+    grad_checkpointing: bool = option(False, help="recompute backbone activations in backward (less memory)")
+    augment: bool = option(True, help="the official augmentations (flip, rotate, colour, pepper)")
+    background_synthesis: bool = option(False, help="paste foregrounds on other backgrounds")
+    crop: bool = option(False, help="add the official random centre crop augmentation")
+    workers: int = option(0, help="data loader worker processes")
+    seed: int = option(7, help="random seed (data order, augmentation, initialisation)")
+    save_every: int = option(1, help="write epoch_N.safetensors every N epochs")
+    val_every: int = option(1, help="validate every N epochs")
+    max_steps_per_epoch: int | None = option(None, help="cut epochs short (quick trials)")
+    device: str = option("auto", help="auto, cpu, cuda, cuda:N, mps")
+    tensorboard: bool = option(False, help="also log to TensorBoard in the run folder")
 
     def learning_rate(self) -> float:
         if self.lr is not None:
@@ -92,6 +104,10 @@ def build_initial_model(cfg: TrainConfig) -> BiRefNet:
             from .backbones import load_backbone_weights
 
             load_backbone_weights(model, cfg.backbone_weights)
+        else:
+            log.warning("the %s backbone starts from random weights (no --backbone-weights): training from scratch "
+                        "needs far more data and time than fine-tuning an official checkpoint (--init general)",
+                        cfg.backbone)
         return model
     return load_model(cfg.init, tile_layout=cfg.tile_layout)
 
@@ -256,7 +272,7 @@ class Trainer:
                     for key, value in record.items():
                         if key != "epoch":
                             self.writer.add_scalar(key, value, epoch)
-                log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
+                log.info("epoch %d: %s", epoch, summary(record))
                 resolution = None if cfg.dynamic_size else tuple(cfg.size)
                 if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
                     save_checkpoint(self.model, self.out / f"epoch_{epoch}.safetensors", resolution=resolution)
@@ -266,6 +282,11 @@ class Trainer:
             if self.world > 1:
                 torch.distributed.barrier()
         return final if last == cfg.epochs else self.out / f"epoch_{last}.safetensors"
+
+
+def summary(record: dict) -> str:
+    """'loss 0.4123, lr 7.07e-06, ...': four significant digits, scientific where small."""
+    return ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
 
 
 def train(cfg: TrainConfig, resume: bool = True, stop_after_epoch: int | None = None) -> Path:
