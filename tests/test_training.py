@@ -262,3 +262,13 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_unavailable_training_device_is_one_line(dataset, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = subprocess.run([sys.executable, "-m", "training", "train", "--data", str(dataset), "--out", str(tmp_path),
+                             "--init", "scratch", "--backbone", "pvt_v2_b0", "--device", "cuda"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "device 'cuda' is not available" in result.stderr.strip().splitlines()[-1]
