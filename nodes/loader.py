@@ -26,7 +26,9 @@ SPEC = NodeSpec(
     description=(
         "Loads any BiRefNet checkpoint (.safetensors/.pth) from models/birefnet or models/background_removal: "
         "general, lite (Swin-T), lite-2K, HR, matting, portrait, dynamic, DIS/COD/HRSOD, RMBG-2.0, Lucida, PVT "
-        "fine-tunes. The variant is read from the weights; no remote code runs."
+        "fine-tunes. The variant is read from the weights; no remote code runs. 'download: NAME' entries fetch an "
+        "official checkpoint into models/birefnet the first time they run. The embedded demo model is trained on "
+        "synthetic shapes only: use it to try the nodes, not on photos."
     ),
     inputs=(
         In("weights", "COMBO", "Weight file in models/birefnet (or extra_model_paths.yaml). 'download: NAME' entries "
