@@ -110,10 +110,12 @@ def download(
 
 
 def _fetch(hub, known: KnownCheckpoint, staging: Path | None, tqdm_class, target: Path | None) -> Path:
+    import inspect
+
+    # huggingface_hub < 1.2 (older ComfyUI installs) has no tqdm_class: its own bar is shown instead
+    bar = {"tqdm_class": tqdm_class} if tqdm_class and "tqdm_class" in inspect.signature(hub.hf_hub_download).parameters else {}
     try:
-        return Path(hub.hf_hub_download(
-            known.repo, known.filename, revision=known.revision, local_dir=staging, tqdm_class=tqdm_class,
-        ))
+        return Path(hub.hf_hub_download(known.repo, known.filename, revision=known.revision, local_dir=staging, **bar))
     except hub.errors.GatedRepoError:
         raise CheckpointError(f"{known.name} is gated: {LOGIN_HINT} https://huggingface.co/{known.repo}") from None
     except (hub.errors.LocalEntryNotFoundError, hub.errors.OfflineModeIsEnabled) as err:  # no connection
