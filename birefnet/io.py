@@ -19,14 +19,15 @@ def atomic_path(path):
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create files private to the owner
+        os.chmod(tmp, 0o666 & ~current_umask())  # some writers (safetensors) create files private to the owner
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

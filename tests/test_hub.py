@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from birefnet.zoo import KNOWN_CHECKPOINTS, find_checkpoint, listed, match_checkpoint
+from birefnet.io import current_umask
 from hub_server import COMMIT, HubServer
 
 
@@ -115,7 +116,7 @@ def test_download_into_a_folder_from_a_hub_server(tmp_path, lite_weights, b0_wei
         target = models / "BiRefNet_lite.safetensors"
         assert target.read_bytes() == lite_weights.read_bytes()
         assert sorted(p.name for p in models.iterdir()) == ["BiRefNet_lite.safetensors"]  # staging removed
-        assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+        assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
         info = run_cli("info", target)
         assert "BiRefNet_lite" in info.stdout and "known checkpoint" in info.stdout
 
@@ -149,9 +150,3 @@ def test_segment_download_flag_fetches_on_request_only(tmp_path, lite_weights):
                           "--resolution", "64", "--quiet", **env)
         assert fetched.returncode == 0, fetched.stderr
         assert "BiRefNet_lite is at" in fetched.stderr and (tmp_path / "out" / "x.png").is_file()
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

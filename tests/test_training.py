@@ -17,6 +17,7 @@ from conftest import ROOT, manifest
 from training.data import DatasetError, find_pairs
 from training.losses import birefnet_loss, loss_weights, ssim_loss
 from training.synthetic import make_sample, write_dataset
+from birefnet.io import current_umask
 from training.trainer import TrainConfig, train
 
 
@@ -255,13 +256,7 @@ def test_epoch_summary_is_readable_and_scratch_backbones_warn(dataset, tmp_path,
     assert "starts from random weights" in caplog.text and "--init general" in caplog.text
     assert "lr 1e-03" not in caplog.text and "lr 0.001" in caplog.text
     for written in ("resume.pt", "final.safetensors"):  # readable by others, as the umask allows
-        assert (tmp_path / "run" / written).stat().st_mode & 0o777 == 0o666 & ~_umask(), written
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+        assert (tmp_path / "run" / written).stat().st_mode & 0o777 == 0o666 & ~current_umask(), written
 
 
 def test_unavailable_training_device_is_one_line(dataset, tmp_path):
