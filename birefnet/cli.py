@@ -11,10 +11,10 @@ import torch
 from . import __version__
 from .device import auto_dtype, resolve_device
 from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
-from .inference import cutout, mask_to_image, parse_size, segment
+from .inference import cutout, mask_to_image, parse_size, segment, working_size
 from .io import list_images, output_paths, read_image, save_image
 from .loading import CheckpointError, load_model, parse_dtype
-from .zoo import find_checkpoint, listed
+from .zoo import listed
 
 
 def parse_resolution(text: str | None):
@@ -27,8 +27,10 @@ def parse_resolution(text: str | None):
         height, width = parse_size(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"resolution {text!r}: use native, aspect, 1024 or WIDTHxHEIGHT") from None
-    if min(height, width) < 64 or height % 32 or width % 32:
-        raise argparse.ArgumentTypeError(f"resolution {text!r}: sides must be multiples of 32, at least 64")
+    try:
+        working_size(height, width, (height, width))  # the library's own size rules, checked before loading
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return (height, width)
 
 
@@ -44,21 +46,17 @@ def positive(kind):
     return parse
 
 
-def weights_source(name: str | None, download: bool = False, accept_license: str | None = None):
-    """A path or a known name (downloaded now only when asked); None = the library default."""
-    if name is None or Path(name).expanduser().exists():
+def weights_source(name: str | None, download: bool, accept_license: str | None):
+    """What to hand to `load_model` (which resolves paths and known names itself); with --download a
+    known name is fetched first."""
+    if not download or name is None or Path(name).expanduser().exists():
         return name
-    try:
-        known = find_checkpoint(name)
-    except KeyError:
-        return name  # load_model names the problem
-    if download:
-        from .hub import download as fetch
+    from .hub import download as fetch, resolve
 
-        path = fetch(known, accept_license=accept_license)
-        print(f"birefnet: {known.name} is at {path}", file=sys.stderr)
-        return path
-    return name
+    known = resolve(name)
+    path = fetch(known, accept_license=accept_license)
+    print(f"birefnet: {known.name} is at {path}", file=sys.stderr)
+    return path
 
 
 def _load(args) -> torch.nn.Module:
@@ -121,7 +119,7 @@ def cmd_segment(args) -> int:
 
 def cmd_info(args) -> int:
     for weights in args.weights:
-        model = load_model(weights_source(weights), tile_layout=args.tile_layout)
+        model = load_model(weights, tile_layout=args.tile_layout)
         params = sum(p.numel() for p in model.parameters())
         print(f"{model.info.describe()}, {params / 1e6:.1f} M parameters, stored as {model.info.file_dtype}")
     return 0

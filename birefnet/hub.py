@@ -34,11 +34,8 @@ def resolve(name: str) -> KnownCheckpoint:
         raise CheckpointError(str(err.args[0])) from None
 
 
-def cached_file(known: KnownCheckpoint, folder: str | Path | None = None) -> Path | None:
-    """The downloaded file: `folder/<file_name>` when a folder is given, else the Hub cache entry; None if absent."""
-    if folder is not None:
-        path = Path(folder).expanduser() / known.file_name
-        return path if path.is_file() else None
+def cached_file(known: KnownCheckpoint) -> Path | None:
+    """The file in the Hugging Face cache, or None if it was not downloaded there."""
     hub = _hub()
     try:
         return Path(hub.hf_hub_download(known.repo, known.filename, revision=known.revision, local_files_only=True))

@@ -261,8 +261,9 @@ def inspect_checkpoint(source) -> BiRefNetConfig:
     dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = {k: torch.empty(f.get_slice(k).get_shape(), dtype=dtypes.get(f.get_slice(k).get_dtype(), torch.float32),
-                                   device="meta") for k in f.keys()}
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            meta = {k: torch.empty(v.get_shape(), dtype=dtypes.get(v.get_dtype(), torch.float32), device="meta")
+                    for k, v in slices.items()}
     except Exception:
         raise CheckpointError(f"{path}: not a readable safetensors file; it is truncated or corrupt, download it again") from None
     return detect_config(strip_prefixes(meta), str(path))
