@@ -4,8 +4,8 @@
 when trained with batch size > 1 (every released checkpoint has them) and uses
 Identity otherwise, so checkpoints of both kinds load.
 
-Every block has two forward paths with the same result. Training runs the modules as
-the official code does. Inference (`not self.training`) folds each eval-mode BatchNorm
+Every block has two forward paths with the same result, chosen by `fastpath.shortcuts`.
+The plain graph runs the modules as the official code does. The shortcuts fold each eval-mode BatchNorm
 into the convolution before it (weights are folded per call: cheap, and the state dict
 never changes), runs 1x1 convolutions as matrix products (mkldnn is 3-10x slower on them
 in NCHW), and computes the ASPP projection branch by branch, so the five-branch
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fastpath import shortcuts
 from .ops import deform_conv2d
 
 NormFactory = Callable[[int], nn.Module]
@@ -67,7 +68,7 @@ def interp(x: torch.Tensor, size) -> torch.Tensor:
     size = tuple(size)
     if tuple(x.shape[-2:]) == size:
         return x
-    if not torch.is_grad_enabled() and size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
+    if shortcuts() and size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
         rows = _bilinear_matrix(x.shape[-2], size[0], x.device, x.dtype)
         cols = _bilinear_matrix(x.shape[-1], size[1], x.device, x.dtype)
         return rows @ (x @ cols.T)
@@ -105,7 +106,7 @@ class DeformableConv2d(nn.Module):
     def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
         """`weight`/`bias` replace the regular conv's (inference passes them with a norm folded in)."""
         weight = self.regular_conv.weight if weight is None else weight
-        if self.training:
+        if not shortcuts(self):
             offset = self.offset_conv(x)
             mask = 2.0 * torch.sigmoid(self.modulator_conv(x))
         else:  # both predictors read the same input: one convolution
@@ -124,7 +125,7 @@ class ASPPModuleDeformable(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
+        if not shortcuts(self):
             return self.relu(self.bn(self.atrous_conv(x)))
         weight, bias = fold_norm(self.atrous_conv.regular_conv.weight, None, self.bn)
         return self.atrous_conv(x, weight, bias).relu_()
@@ -146,7 +147,7 @@ class ASPPDeformable(nn.Module):
         self.dropout = nn.Dropout(0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+        if shortcuts(self):
             return self._forward_inference(x)
         branches = [self.aspp1(x)] + [branch(x) for branch in self.aspp_deforms]
         pooled = self.global_avg_pool(x)
@@ -181,7 +182,7 @@ class BasicDecBlk(nn.Module):
         self.bn_out = norm(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+        if shortcuts(self):
             x = self.dec_att(conv_norm(self.conv_in, self.bn_in, x).relu_())
             return conv_norm(self.conv_out, self.bn_out, x)
         x = self.dec_att(self.relu_in(self.bn_in(self.conv_in(x))))
@@ -194,7 +195,7 @@ class BasicLatBlk(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) if self.training else conv1x1(x, self.conv.weight, self.conv.bias)
+        return conv1x1(x, self.conv.weight, self.conv.bias) if shortcuts(self) else self.conv(x)
 
 
 class SimpleConvs(nn.Module):

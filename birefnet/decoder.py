@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import BasicDecBlk, BasicLatBlk, NormFactory, SimpleConvs, conv1x1, conv_norm, interp
+from .fastpath import shortcuts
 
 TILE_LAYOUTS = ("current", "legacy")
 
@@ -122,7 +123,7 @@ class Decoder(nn.Module):
         if self.training or details:
             out.side_logits.append(getattr(self, f"conv_ms_spvn_{k}")(x))
         head = getattr(self, f"gdt_convs_{k}")
-        g = head(x) if self.training else conv_norm(head[0], head[1], x).relu_()
+        g = conv_norm(head[0], head[1], x).relu_() if shortcuts(self) else head(x)
         attention = torch.sigmoid(getattr(self, f"gdt_convs_attn_{k}")(g))
         if self.training or details:
             out.gradient_features.append(g)
@@ -147,7 +148,7 @@ class Decoder(nn.Module):
 
     def _head(self, p1: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """conv_out1(cat(upsampled p1, ipt_blk1(image))): the full-resolution output."""
-        if self.training:
+        if not shortcuts(self):
             p1 = interp(p1, image.shape[-2:])
             return self.conv_out1(torch.cat([p1, self._inward(self.ipt_blk1, image, image.shape[-2:])], dim=1))
         # conv_out1 is linear, so in inference its p1 part runs before the upsampling (bilinear

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .fastpath import plain_graph_requested, shortcuts
+
 try:  # torchvision is a hard dependency of timm, but its C++ ops may fail to load
     from torchvision.ops import deform_conv2d as _tv_deform_conv2d
 except Exception:  # pragma: no cover - depends on the installation
@@ -124,6 +126,7 @@ def deform_conv2d(
 ) -> torch.Tensor:
     """The fastest exact formulation for where and how it runs.
 
+    The plain graph (`fastpath.plain_graph`, what exporters trace): torchvision's op.
     CPU: `deform_conv2d_banded` in inference; in training the reference, whose backward
     (grid_sample + conv) is 3-6x faster than torchvision's CPU backward kernel.
     Elsewhere: torchvision's kernel where it exists for the device and dtype, else the same
@@ -131,12 +134,13 @@ def deform_conv2d(
     """
     key = (x.device.type, x.dtype)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or offset.requires_grad)
-    if x.device.type != "cpu" and _tv_deform_conv2d is not None and key not in _TORCHVISION_UNSUPPORTED:
+    prefer_torchvision = x.device.type != "cpu" or plain_graph_requested()
+    if prefer_torchvision and _tv_deform_conv2d is not None and key not in _TORCHVISION_UNSUPPORTED:
         try:
             return _tv_deform_conv2d(x, offset, weight, bias=bias, padding=(padding, padding), mask=mask)
         except (RuntimeError, NotImplementedError):
             _TORCHVISION_UNSUPPORTED.add(key)
-    if needs_grad:
+    if needs_grad or not shortcuts():
         out = deform_conv2d_reference(x, offset, weight, mask, padding)
         return out if bias is None else out + bias.view(1, -1, 1, 1)
     return deform_conv2d_banded(x, offset, weight, mask, padding, bias)
@@ -148,17 +152,17 @@ _ONEDNN_LINEAR_FAILED: set[tuple[str, torch.dtype]] = set()
 def linear(x: torch.Tensor, layer: torch.nn.Linear, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
     """`layer(x)`, then optionally exact GELU, or `residual +` it.
 
-    CPU inference runs it as one oneDNN primitive (`mkldnn._linear_pointwise`) with the GELU
-    or the residual add fused into the matrix product: 10-25% faster than addmm plus a
-    separate elementwise pass. Elsewhere, under torch.compile, or where that op is missing,
-    the plain ops.
+    With the inference shortcuts on (`fastpath.shortcuts`), the CPU runs it as one oneDNN
+    primitive (`mkldnn._linear_pointwise`) with the GELU or the residual add fused into the
+    matrix product: 10-25% faster than addmm plus a separate elementwise pass. Elsewhere,
+    under torch.compile, or where that op is missing, the plain ops.
     """
     key = (x.device.type, x.dtype)
     fusable = (
-        x.device.type == "cpu"
+        shortcuts()
+        and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
         and x.dtype == layer.weight.dtype
-        and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
         and key not in _ONEDNN_LINEAR_FAILED
         and not (gelu and residual is not None)
         and not torch.compiler.is_compiling()  # inductor fuses these itself (and needs constant weights)

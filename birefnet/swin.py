@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
 
+from .fastpath import shortcuts
 from .ops import linear
 
 
@@ -184,7 +185,7 @@ class SwinBlock(nn.Module):
         windows = qkv.view(-1, 3 * c).index_select(0, order).view(b, -1, 3 * c)
         out = self.attn.attend(windows, mask if self.shift else None)
         out = out.reshape(-1, c).index_select(0, inverse).view(b, tokens, c)
-        if self.training:
+        if not shortcuts(self):
             x = x + self.drop_path(self.attn.proj(out))
             return x + self.drop_path(self.mlp(self.norm2(x)))
         x = linear(out, self.attn.proj, residual=x)

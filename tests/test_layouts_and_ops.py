@@ -6,10 +6,7 @@ import torch
 from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
 
 from birefnet import image_tiles, load_model
-from birefnet.blocks import ASPPDeformable, ASPPModuleDeformable, BasicDecBlk, BasicLatBlk, DeformableConv2d
-from birefnet.decoder import Decoder
-from birefnet.model import BiRefNet
-from birefnet.swin import SwinBlock
+from birefnet.fastpath import plain_graph
 from birefnet.ops import deform_conv2d_banded, deform_conv2d_reference
 from conftest import random_input, random_state_dict, relative_error
 
@@ -128,21 +125,29 @@ def test_input_size_errors_are_clear(b0_model):
 
 
 @pytest.mark.parametrize("variant", ["swin_v1_t", "pvt_v2_b0"])
-def test_inference_path_equals_training_graph(variant):
-    """Eval mode runs rewritten blocks (folded BatchNorm, matmul 1x1 convs, branch-wise ASPP,
-    window gathers, fused linears, low-channel head); they must equal the official graph that
-    training runs. Batch of 2, a size whose Swin stages need padding, random BatchNorm stats."""
+def test_inference_shortcuts_equal_the_plain_graph(variant):
+    """Eval mode runs exact shortcuts (folded BatchNorm, matmul 1x1 convs, branch-wise ASPP,
+    fused linears, banded deformable conv, low-channel head); `plain_graph()` switches them
+    all off at once. Batch of 2, a size whose Swin stages need padding, random BatchNorm stats."""
     model = load_model(random_state_dict(variant, seed=3), tile_layout="current")
     x = torch.cat([random_input(4, 160, 224), random_input(5, 160, 224)])
     with torch.no_grad():
-        fast = model.eval()(x)
-        # The official graph: training-mode forwards, with eval BatchNorm, no dropout or drop path.
-        for module in model.modules():
-            if isinstance(module, (BiRefNet, Decoder, SwinBlock, BasicDecBlk, BasicLatBlk, ASPPDeformable,
-                                   ASPPModuleDeformable, DeformableConv2d)):
-                module.training = True
-        official_graph = model(x).logits
-    assert relative_error(fast, official_graph) < 1e-5
+        fast = model(x)
+        with plain_graph():
+            plain = model(x)
+    assert relative_error(fast, plain) < 1e-5
+
+
+def test_plain_graph_traces_to_standard_ops_and_torchvision_deform_conv(b0_model):
+    """What exporters see: no oneDNN-only ops, torchvision's deformable convolution."""
+    x = random_input(0, 64, 64)
+    with torch.no_grad(), plain_graph():
+        program = torch.export.export(b0_model, (x,))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert any("torchvision.deform_conv2d" in t for t in targets)
+    assert not any("mkldnn" in t or "grid_sampler" in t for t in targets)
+    with torch.no_grad():
+        assert relative_error(program.module()(x), b0_model(x)) < 1e-5
 
 
 @pytest.mark.parametrize("shape, size", [((2, 5, 256, 256), (32, 32)), ((1, 3, 64, 48), (17, 9)), ((1, 2, 9, 9), (1, 4))])
