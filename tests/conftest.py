@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,6 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# BIREFNET_DEVICE=cuda runs the model tests on a GPU (default: the CPU). fp32 there means real fp32:
+# TF32 convolutions and matrix products would be ~1e-3 off the official outputs.
+DEVICE = torch.device(os.environ.get("BIREFNET_DEVICE", "cpu"))
+if DEVICE.type == "cuda":
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+cpu_only = pytest.mark.skipif(DEVICE.type != "cpu", reason="checks CPU-only behaviour (BIREFNET_DEVICE is set)")
 
 
 @lru_cache(maxsize=None)
@@ -38,7 +47,8 @@ def random_input(seed: int, height: int, width: int) -> torch.Tensor:
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+    out, ref = out.detach().float().cpu(), ref.detach().float().cpu()
+    return ((out - ref).norm() / ref.norm()).item()
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +65,7 @@ def b0_weights(tmp_path_factory) -> Path:
 def b0_model(b0_weights):
     from birefnet import load_model
 
-    return load_model(b0_weights, tile_layout="current")
+    return load_model(b0_weights, tile_layout="current", device=DEVICE)
 
 
 @pytest.fixture(scope="session")

@@ -11,11 +11,12 @@ from birefnet.cli import main
 from birefnet.loading import default_weights
 from birefnet.highres import plan_highres
 from training.synthetic import make_sample
+from conftest import DEVICE
 
 
 @pytest.fixture(scope="module")
 def demo():
-    return load_model(default_weights())
+    return load_model(default_weights(), device=DEVICE)
 
 
 def _recording(model):
@@ -33,7 +34,7 @@ def _recording(model):
 
 def test_large_image_runs_a_capped_second_pass_on_the_object(demo):
     image, _ = make_sample(7, 1, (896, 1152))
-    model, sizes = _recording(load_model(default_weights()))
+    model, sizes = _recording(load_model(default_weights(), device=DEVICE))
     mask = segment_highres(model, image, fine_megapixels=0.2)
     assert mask.shape == (896, 1152) and mask.dtype == torch.float32 and not mask.is_inference()
     assert 0 <= mask.min() and mask.max() <= 1

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from birefnet import cutout, segment, to_rgb_tensor, working_size
+from conftest import DEVICE
 
 
 def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -98,7 +99,7 @@ def test_segment_matches_manual_pipeline(b0_model):
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.inference_mode():
-        probs = torch.sigmoid(b0_model((x - mean) / std))
+        probs = torch.sigmoid(b0_model(((x - mean) / std).to(DEVICE))).cpu()
     expected = F.interpolate(probs, size=(96, 160), mode="bilinear", align_corners=False)[0, 0]
     assert torch.allclose(segment(b0_model, image, resolution=(64, 128)), expected, atol=1e-6)
 

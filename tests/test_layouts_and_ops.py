@@ -8,7 +8,7 @@ from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
 from birefnet import image_tiles, load_model
 from birefnet.fastpath import plain_graph
 from birefnet.ops import deform_conv2d_banded, deform_conv2d_reference
-from conftest import random_input, random_state_dict, relative_error
+from conftest import DEVICE, cpu_only, random_input, random_state_dict, relative_error
 
 
 @pytest.mark.parametrize("grid", [(1, 1), (2, 3), (4, 4)])
@@ -39,14 +39,14 @@ def _legacy_permutation(grid: int, colours: int = 3) -> torch.Tensor:
 def test_legacy_layout_equals_current_with_permuted_input_weights():
     """A legacy-layout model is the current one with the ipt_blk input channels re-ordered."""
     sd = random_state_dict("pvt_v2_b0")
-    current = load_model(sd, tile_layout="current")
+    current = load_model(sd, tile_layout="current", device=DEVICE)
     legacy_sd = dict(sd)
     for block, grid in ((5, 32), (4, 16), (3, 8), (2, 4), (1, 1)):
         key = f"decoder.ipt_blk{block}.conv1.weight"
         legacy_sd[key] = sd[key][:, _legacy_permutation(grid)]
-    legacy = load_model(legacy_sd, tile_layout="legacy")
-    wrong = load_model(sd, tile_layout="legacy")
-    x = random_input(1, 128, 160)
+    legacy = load_model(legacy_sd, tile_layout="legacy", device=DEVICE)
+    wrong = load_model(sd, tile_layout="legacy", device=DEVICE)
+    x = random_input(1, 128, 160).to(DEVICE)
     with torch.inference_mode():
         expected = current(x)
         assert relative_error(legacy(x), expected) < 1e-6
@@ -83,6 +83,7 @@ def test_deform_conv_samples_in_float32_for_bf16():
     assert relative_error(low.float(), expected) < 2e-2
 
 
+@cpu_only
 def test_bf16_on_cpu_runs_through_the_fallback(b0_weights):
     """torchvision has no bf16 CPU kernel; the model must still run (and stay close to fp32)."""
     x = random_input(1, 64, 64)
@@ -94,7 +95,7 @@ def test_bf16_on_cpu_runs_through_the_fallback(b0_weights):
 
 
 def test_forward_details_exposes_side_outputs_and_gradient_maps(b0_model):
-    x = random_input(2, 128, 96)
+    x = random_input(2, 128, 96).to(DEVICE)
     with torch.inference_mode():
         details = b0_model.forward_details(x)
         logits = b0_model(x)
@@ -108,8 +109,8 @@ def test_forward_details_exposes_side_outputs_and_gradient_maps(b0_model):
 
 
 def test_train_mode_returns_everything_for_the_losses(b0_weights):
-    model = load_model(b0_weights, tile_layout="current").train()
-    out = model(random_input(1, 64, 64).repeat(2, 1, 1, 1))
+    model = load_model(b0_weights, tile_layout="current", device=DEVICE).train()
+    out = model(random_input(1, 64, 64).repeat(2, 1, 1, 1).to(DEVICE))
     assert out.logits.shape == (2, 1, 64, 64) and len(out.side_logits) == 3 and len(out.gradient_preds) == 3
     out.logits.mean().backward()
     assert model.decoder.conv_out1[0].weight.grad is not None
@@ -129,8 +130,8 @@ def test_inference_shortcuts_equal_the_plain_graph(variant):
     """Eval mode runs exact shortcuts (folded BatchNorm, matmul 1x1 convs, branch-wise ASPP,
     fused linears, banded deformable conv, low-channel head); `plain_graph()` switches them
     all off at once. Batch of 2, a size whose Swin stages need padding, random BatchNorm stats."""
-    model = load_model(random_state_dict(variant, seed=3), tile_layout="current")
-    x = torch.cat([random_input(4, 160, 224), random_input(5, 160, 224)])
+    model = load_model(random_state_dict(variant, seed=3), tile_layout="current", device=DEVICE)
+    x = torch.cat([random_input(4, 160, 224), random_input(5, 160, 224)]).to(DEVICE)
     with torch.no_grad():
         fast = model(x)
         with plain_graph():
@@ -140,7 +141,7 @@ def test_inference_shortcuts_equal_the_plain_graph(variant):
 
 def test_plain_graph_traces_to_standard_ops_and_torchvision_deform_conv(b0_model):
     """What exporters see: no oneDNN-only ops, torchvision's deformable convolution."""
-    x = random_input(0, 64, 64)
+    x = random_input(0, 64, 64).to(DEVICE)
     with torch.no_grad(), plain_graph():
         program = torch.export.export(b0_model, (x,))
     targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}

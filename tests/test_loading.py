@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from birefnet import CheckpointError, detect_config, load_model, save_checkpoint, strip_prefixes
 from birefnet.zoo import KNOWN_CHECKPOINTS, find_checkpoint, match_checkpoint
-from conftest import PARITY, manifest, meta_state_dict, random_input, random_state_dict, relative_error
+from conftest import DEVICE, PARITY, cpu_only, manifest, meta_state_dict, random_input, random_state_dict, relative_error
 
 VARIANTS = sorted(p.stem for p in (PARITY / "manifests").glob("*.json"))
 
@@ -34,11 +34,11 @@ def test_checkpoint_without_batchnorm_loads():
     sd = {k: v for k, v in random_state_dict("pvt_v2_b0").items()
           if not any(f".{n}." in k for n in ("bn_in", "bn_out", "bn", "bn1")) and ".global_avg_pool.2." not in k
           and not (k.startswith("decoder.gdt_convs_") and ".1." in k)}
-    model = load_model(sd, tile_layout="current")
+    model = load_model(sd, tile_layout="current", device=DEVICE)
     assert not model.config.batch_norm
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     with torch.inference_mode():
-        assert torch.isfinite(model(random_input(1, 64, 64))).all()
+        assert torch.isfinite(model(random_input(1, 64, 64).to(DEVICE))).all()
 
 
 def test_wrapped_state_dict_and_hf_folder(tmp_path, b0_weights):
@@ -105,10 +105,10 @@ def test_save_checkpoint_round_trip(tmp_path, b0_model):
         with safe_open(str(path), framework="pt") as f:
             assert set(f.keys()) == {k for k, _, _ in manifest("pvt_v2_b0")["entries"]}
             assert f.metadata()["birefnet.tile_layout"] == "legacy"
-        loaded = load_model(path)
+        loaded = load_model(path, device=DEVICE)
         assert loaded.config.tile_layout == "legacy"
         assert loaded.info.resolution == (512, 768)
-        x = random_input(3, 64, 96)
+        x = random_input(3, 64, 96).to(DEVICE)
         with torch.inference_mode():
             assert relative_error(loaded(x), b0_model(x)) == 0.0
         assert not list(tmp_path.glob(".*tmp*")), "temporary file left behind"
@@ -171,6 +171,7 @@ def test_pickle_with_code_is_refused(tmp_path):
     assert "safe loading refuses" in message and "NotATensor" in message
 
 
+@cpu_only
 def test_unavailable_device_is_one_line(b0_weights):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from birefnet import load_model
 import random_weights
-from conftest import PARITY, manifest, random_input, random_state_dict, relative_error
+from conftest import DEVICE, PARITY, manifest, random_input, random_state_dict, relative_error
 
 REFERENCES = sorted(p.name for p in (PARITY / "reference").glob("*.safetensors"))
 VARIANTS = sorted(p.stem for p in (PARITY / "manifests").glob("*.json"))
@@ -84,18 +84,18 @@ def weight_dir(tmp_path_factory):
 def test_parity(reference, weight_dir):
     variant, seed, height, width = _parse(reference)
     expected = load_file(str(PARITY / "reference" / reference))["logits"]
-    x = random_input(seed + 1, height, width)
+    x = random_input(seed + 1, height, width).to(DEVICE)
     fp32, pth, fp16 = _files(variant, seed, weight_dir)
 
     errors = {}
     for label, path in (("safetensors", fp32), ("pth", pth)):
-        model = load_model(path, tile_layout="current")
+        model = load_model(path, tile_layout="current", device=DEVICE)
         assert model.config.backbone == variant
         with torch.inference_mode():
             errors[label] = relative_error(model(x), expected)
         del model
     # An fp16 file alone selects the current layout (2025 releases are published in fp16).
-    model = load_model(fp16)
+    model = load_model(fp16, device=DEVICE)
     assert model.config.tile_layout == "current"
     with torch.inference_mode():
         errors["fp16"] = relative_error(model(x), expected)

@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors import safe_open
 
 import birefnet
-from conftest import ROOT, manifest
+from conftest import DEVICE, ROOT, cpu_only, manifest
 from training.data import DatasetError, find_pairs
 from training.losses import birefnet_loss, loss_weights, ssim_loss
 from training.synthetic import make_sample, write_dataset
@@ -28,7 +28,7 @@ def dataset(tmp_path_factory):
 
 def tiny_config(data, out, **overrides) -> TrainConfig:
     base = dict(data=[str(data)], out=str(out), init="scratch", backbone="pvt_v2_b0", epochs=2, batch_size=2, size=(64, 64),
-                lr=1e-3, finetune_last_epochs=-1, max_steps_per_epoch=2, seed=3, device="cpu")
+                lr=1e-3, finetune_last_epochs=-1, max_steps_per_epoch=2, seed=3, device=str(DEVICE))
     return TrainConfig(**{**base, **overrides})
 
 
@@ -259,6 +259,7 @@ def test_epoch_summary_is_readable_and_scratch_backbones_warn(dataset, tmp_path,
         assert (tmp_path / "run" / written).stat().st_mode & 0o777 == 0o666 & ~current_umask(), written
 
 
+@cpu_only
 def test_unavailable_training_device_is_one_line(dataset, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
