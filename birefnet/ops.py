@@ -129,17 +129,27 @@ def deform_conv2d(
     The plain graph (`fastpath.plain_graph`, what exporters trace): torchvision's op.
     CPU: `deform_conv2d_banded` in inference; in training the reference, whose backward
     (grid_sample + conv) is 3-6x faster than torchvision's CPU backward kernel.
-    Elsewhere: torchvision's kernel where it exists for the device and dtype, else the same
-    two fallbacks.
+    Elsewhere: torchvision's kernel, in float32 where it has none for the dtype (bf16 on CUDA).
     """
     key = (x.device.type, x.dtype)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or offset.requires_grad)
     prefer_torchvision = x.device.type != "cpu" or plain_graph_requested()
-    if prefer_torchvision and _tv_deform_conv2d is not None and key not in _TORCHVISION_UNSUPPORTED:
-        try:
-            return _tv_deform_conv2d(x, offset, weight, bias=bias, padding=(padding, padding), mask=mask)
-        except (RuntimeError, NotImplementedError):
-            _TORCHVISION_UNSUPPORTED.add(key)
+    if prefer_torchvision and _tv_deform_conv2d is not None:
+        if key not in _TORCHVISION_UNSUPPORTED:
+            try:
+                return _tv_deform_conv2d(x, offset, weight, bias=bias, padding=(padding, padding), mask=mask)
+            except (RuntimeError, NotImplementedError):
+                _TORCHVISION_UNSUPPORTED.add(key)
+        upcast = (x.device.type, torch.float32)
+        if upcast not in _TORCHVISION_UNSUPPORTED:
+            # No kernel for this dtype (bf16 on CUDA): the float32 kernel beats the grid_sample forms on GPUs.
+            try:
+                out = _tv_deform_conv2d(x.float(), offset.float(), weight.float(), padding=(padding, padding),
+                                        mask=None if mask is None else mask.float(),
+                                        bias=None if bias is None else bias.float())
+                return out.to(x.dtype)
+            except (RuntimeError, NotImplementedError):
+                _TORCHVISION_UNSUPPORTED.add(upcast)
     if needs_grad or not shortcuts():
         out = deform_conv2d_reference(x, offset, weight, mask, padding)
         return out if bias is None else out + bias.view(1, -1, 1, 1)
