@@ -75,18 +75,14 @@ def window_order(h: int, w: int, window: int, shift: int) -> tuple[torch.Tensor,
 _ORDER_CACHE: dict = {}
 
 
-def window_orders(batch: int, h: int, w: int, window: int, shift: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """`window_order` for a flattened batch (rows b*(h*w [+1 padding row]) + i), on `device`,
-    cached: every block of a stage asks for the same two."""
-    key = (batch, h, w, window, shift, str(device))
+def window_orders(h: int, w: int, window: int, shift: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`window_order` on `device`, cached: every block of a stage asks for the same two.
+    Per image, so that the batch size stays free (dynamic batch in exported graphs)."""
+    key = (h, w, window, shift, str(device))
     if key not in _ORDER_CACHE:
         if len(_ORDER_CACHE) > 64:
             _ORDER_CACHE.clear()
         order, inverse = window_order(h, w, window, shift)
-        rows_in, slots = h * w + int(order.numel() != h * w), order.numel()
-        image = torch.arange(batch).view(batch, 1)
-        order = (order + image * rows_in).reshape(-1)
-        inverse = (inverse + image * slots).reshape(-1)
         _ORDER_CACHE[key] = (order.to(device), inverse.to(device))
     return _ORDER_CACHE[key]
 
@@ -177,14 +173,14 @@ class SwinBlock(nn.Module):
         real tokens only; and `proj` runs after the crop, on real tokens only.
         """
         b, tokens, c = x.shape
-        order, inverse = window_orders(b, h, w, self.window, self.shift, x.device)
+        order, inverse = window_orders(h, w, self.window, self.shift, x.device)
         y = self.norm1(x)
-        if order.numel() != b * tokens:  # padded: one zero token per image stands for the padding
+        if order.numel() != tokens:  # padded: one zero token per image stands for the padding
             y = torch.cat([y, y.new_zeros(b, 1, c)], dim=1)
         qkv = linear(y, self.attn.qkv)
-        windows = qkv.view(-1, 3 * c).index_select(0, order).view(b, -1, 3 * c)
+        windows = qkv.index_select(1, order)
         out = self.attn.attend(windows, mask if self.shift else None)
-        out = out.reshape(-1, c).index_select(0, inverse).view(b, tokens, c)
+        out = out.reshape(b, -1, c).index_select(1, inverse)
         if not shortcuts(self):
             x = x + self.drop_path(self.attn.proj(out))
             return x + self.drop_path(self.mlp(self.norm2(x)))
