@@ -78,6 +78,9 @@ _ORDER_CACHE: dict = {}
 def window_orders(h: int, w: int, window: int, shift: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """`window_order` on `device`, cached: every block of a stage asks for the same two.
     Per image, so that the batch size stays free (dynamic batch in exported graphs)."""
+    if torch.compiler.is_compiling():  # traced tensors are symbolic: never keep them for eager calls
+        order, inverse = window_order(h, w, window, shift)
+        return order.to(device), inverse.to(device)
     key = (h, w, window, shift, str(device))
     if key not in _ORDER_CACHE:
         if len(_ORDER_CACHE) > 64:
@@ -111,7 +114,10 @@ def shift_mask(hp: int, wp: int, window: int, shift: int, device, dtype) -> Shif
             region += 1
     ids = windows_of(labels, window)  # (nW, N)
     allowed = ids[:, :, None] == ids[:, None, :]
-    windows = torch.nonzero(~allowed.flatten(1).all(dim=1)).flatten()
+    # The straddling windows, known from the shapes alone (no data-dependent sizes for exporters):
+    # the last column of the window grid above its last row, then the last row, in window order.
+    grid = torch.arange(hp // window * (wp // window), device=device).view(hp // window, wp // window)
+    windows = torch.cat([grid[:-1, -1], grid[-1]])
     blocked = -1e4 if dtype == torch.float16 else -1e9
     masks = torch.zeros(allowed[windows].shape, device=device, dtype=dtype).masked_fill(~allowed[windows], blocked)
     return ShiftMask(masks.unsqueeze(1), windows)
