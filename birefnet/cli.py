@@ -1,5 +1,5 @@
 """`birefnet` command line: segment images into mask PNGs (and RGBA cut-outs), inspect weights,
-list and download the known checkpoints."""
+list and download the known checkpoints, export to ONNX / OpenVINO."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,14 @@ def parse_resolution(text: str | None):
     return (height, width)
 
 
+def export_size(text: str):
+    """'1024' or 'WIDTHxHEIGHT' -> (height, width), checked like --resolution."""
+    size = parse_resolution(text)
+    if not isinstance(size, tuple):
+        raise argparse.ArgumentTypeError(f"size {text!r}: use 1024 or WIDTHxHEIGHT (multiples of 32)")
+    return size
+
+
 def positive(kind):
     def parse(text: str):
         try:
@@ -60,10 +68,10 @@ def weights_source(name: str | None, download: bool, accept_license: str | None)
 
 
 def _load(args) -> torch.nn.Module:
-    device = resolve_device(args.device)
+    device = resolve_device("cpu" if args.backend == "openvino" and args.device == "auto" else args.device)
     dtype = auto_dtype(device) if args.dtype == "auto" else parse_dtype(args.dtype)
     source = weights_source(args.weights, args.download, args.accept_license)
-    return load_model(source, device=device, dtype=dtype, tile_layout=args.tile_layout)
+    return load_model(source, device=device, dtype=dtype, tile_layout=args.tile_layout, backend=args.backend)
 
 
 def cmd_segment(args) -> int:
@@ -83,7 +91,7 @@ def cmd_segment(args) -> int:
               "extension in the name (e.g. photo_jpg.png)", file=sys.stderr)
     model = _load(args)
     print(model.info.describe(), file=sys.stderr)
-    if args.compile:  # pays off on long runs at one working size; the first image compiles
+    if args.compile and args.backend == "torch":  # pays off on long runs at one working size; the first image compiles
         model = torch.compile(model)
     skipped = 0
     bar = tqdm(total=len(files), unit="img", disable=args.quiet)
@@ -148,6 +156,27 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    import time
+
+    from .export import check_target, export
+
+    fmt = args.format or {".onnx": "onnx", ".xml": "openvino"}.get(Path(args.out).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"--out {args.out}: name it .onnx or .xml (OpenVINO IR), or give --format")
+    check_target(args.out, fmt)
+    dtype = parse_dtype(args.dtype)
+    model = load_model(weights_source(args.weights, args.download, args.accept_license), tile_layout=args.tile_layout)
+    size = args.size or model.info.resolution or (1024, 1024)
+    print(f"{model.info.describe()}\nbirefnet: exporting to {fmt} at {size[1]}x{size[0]} (minutes for large backbones)",
+          file=sys.stderr)
+    start = time.perf_counter()
+    path = export(model, args.out, fmt, size, dtype=dtype, dynamic_size=args.dynamic_size)
+    print(f"birefnet: wrote {path} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="birefnet", description=__doc__)
     parser.add_argument("--version", action="version", version=f"birefnet {__version__}")
@@ -193,11 +222,27 @@ def build_parser() -> argparse.ArgumentParser:
                       help="accept a non-commercial licence by its id (RMBG-2.0: CC-BY-NC-4.0)")
     down.set_defaults(func=cmd_download)
 
-    for p in (seg, info):
+    exp = sub.add_parser("export", help="write an ONNX file or OpenVINO IR for deployment (batch size free)")
+    exp.add_argument("weights", help="weight file or a known name (downloaded)")
+    exp.add_argument("--out", required=True, help="model.onnx, or model.xml for OpenVINO IR (never overwritten)")
+    exp.add_argument("--format", choices=("onnx", "openvino"), help="default: from --out's extension")
+    exp.add_argument("--size", type=export_size, default=None,
+                     help="working size WIDTHxHEIGHT or 1024 (multiples of 32); default: the checkpoint's")
+    exp.add_argument("--dtype", default="fp32", help="fp32, or fp16 (ONNX: for GPU runtimes; OpenVINO: fp16 weights)")
+    exp.add_argument("--dynamic-size", action="store_true",
+                     help="ONNX: leave height and width free too (PVT backbones; Swin exports per size)")
+    exp.add_argument("--download", action="store_true", help="download a known name first if needed")
+    exp.add_argument("--accept-license", metavar="LICENCE", help="with --download: accept a non-commercial licence")
+    exp.set_defaults(func=cmd_export)
+
+    for p in (seg, info, exp):
         p.add_argument("--tile-layout", choices=("current", "legacy"), default=None,
                        help="override the inward-reference tile layout (default: chosen per checkpoint)")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     seg.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16")
+    seg.add_argument("--backend", choices=("torch", "openvino"), default="torch",
+                     help="openvino: the fastest CPU runtime (extra `openvino`); converts once per working size "
+                          "(minutes), cached for later runs")
     return parser
 
 

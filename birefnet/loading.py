@@ -31,6 +31,7 @@ _METADATA_NAME = "birefnet.name"
 
 
 log = logging.getLogger("birefnet")
+BACKENDS = ("torch", "openvino")
 DEMO_NOTICE = (
     "note: this is the embedded demo model, a small BiRefNet trained on synthetic shapes, not for photos; "
     "get real weights with `birefnet download general` (or `birefnet list`)"
@@ -405,6 +406,7 @@ def load_model(
     device="cpu",
     dtype=torch.float32,
     tile_layout: str | None = None,
+    backend: str = "torch",
 ) -> BiRefNet:
     """Load BiRefNet weights: a .safetensors/.pth/.pt/.bin path, an HF snapshot folder, a state dict,
     or a known checkpoint's name (`general`, `hr`, ...) once downloaded (`birefnet.download`).
@@ -413,9 +415,20 @@ def load_model(
     The variant comes from the weights; the tile layout from `tile_layout`, else the file's
     metadata, else the known-checkpoint table, else the file's precision. Returns the model
     in eval mode with `model.info` (a `CheckpointInfo`).
+
+    backend: "torch", or "openvino" (CPU only; `dtype` becomes OpenVINO's precision): an
+    `OpenVINOModel` that is called and used like the PyTorch model.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
     dtype = parse_dtype(dtype)
     device = resolve_device(device)
+    if backend == "openvino":
+        if device.type != "cpu":
+            raise ValueError(f"the OpenVINO backend runs on the CPU, not {device}; use device cpu (or the torch backend)")
+        from .openvino_backend import OpenVINOModel
+
+        return OpenVINOModel(load_model(source, tile_layout=tile_layout), precision=dtype)
     raw, metadata, where = read_checkpoint(default_weights() if source is None else source)
     state_dict = strip_prefixes(raw)
     config = detect_config(state_dict, where)

@@ -1,0 +1,207 @@
+"""Export a BiRefNet to ONNX or OpenVINO IR for deployment runtimes.
+
+What is exported is the plain graph (`fastpath.plain_graph`: standard ops and torchvision's
+deformable convolution, which becomes ONNX's `DeformConv`, opset 19) at one working size,
+with a free batch size. The input is `image` (batch, 3, H, W) float, RGB in [0, 1]
+normalised with the ImageNet mean and std; the output `logits` (batch, 1, H, W), a mask
+after a sigmoid. The file's metadata says all of that (`birefnet.*` keys), so a runtime
+needs nothing else. onnxruntime/onnx/onnxscript (extra `onnx`) and openvino (extra
+`openvino`) are imported only here, when asked for.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .fastpath import plain_graph
+from .inference import IMAGENET_MEAN, IMAGENET_STD
+from .io import current_umask
+
+FORMATS = ("onnx", "openvino")
+SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
+OPSET = 19  # the first with DeformConv
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency, or say in one line which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ValueError(f"{module} is not installed; install the extra: pip install 'birefnet-toolkit[{extra}]'") from None
+
+
+def metadata(model, size: tuple[int, int], dtype: torch.dtype) -> dict[str, str]:
+    """What a runtime needs to feed and read the exported graph (string values, as both formats store)."""
+    info = getattr(model, "info", None)
+    height, width = size
+    return {
+        "birefnet.input": "image: (batch, 3, height, width) RGB in [0, 1], normalised: (x - mean) / std",
+        "birefnet.output": "logits: (batch, 1, height, width); mask = sigmoid(logits)",
+        "birefnet.height": str(height),
+        "birefnet.width": str(width),
+        "birefnet.mean": ",".join(map(str, IMAGENET_MEAN)),
+        "birefnet.std": ",".join(map(str, IMAGENET_STD)),
+        "birefnet.dtype": str(dtype).removeprefix("torch."),
+        "birefnet.backbone": model.config.backbone,
+        "birefnet.tile_layout": model.config.tile_layout,
+        "birefnet.checkpoint": (info.known.name if info and info.known else Path(info.source).name if info else ""),
+        "birefnet.toolkit": __version__,
+    }
+
+
+def _example(model, size: tuple[int, int], batch: int = 2) -> torch.Tensor:
+    """A batch of 2: torch.export specialises sizes 0 and 1, so 2 keeps the batch symbolic."""
+    param = next(model.parameters())
+    return torch.zeros(batch, 3, *size, device=param.device, dtype=param.dtype)
+
+
+def check_target(path, fmt: str) -> Path:
+    """The output path, if it has the format's extension and does not exist yet (checked before any work)."""
+    path = Path(path)
+    if path.suffix.lower() != SUFFIXES[fmt]:
+        raise ValueError(f"{path}: a {fmt} export is written as a {SUFFIXES[fmt]} file; choose --out NAME{SUFFIXES[fmt]}")
+    for existing in (path, path.with_suffix(".bin") if fmt == "openvino" else path):
+        if existing.exists():
+            raise ValueError(f"{existing} exists; choose another --out or delete it (exports never overwrite a file)")
+    return path
+
+
+def _check_size(model, size) -> tuple[int, int]:
+    from .model import MIN_SIZE
+
+    height, width = size
+    if height % 32 or width % 32 or height < MIN_SIZE or width < MIN_SIZE:
+        raise ValueError(f"export size {width}x{height}: width and height must be multiples of 32, at least {MIN_SIZE}")
+    return height, width
+
+
+@contextmanager
+def _quiet():
+    """Exporters report every traced shape guard and ambiguous attribute; only errors matter here."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _deform_conv_translation():
+    """torchvision::deform_conv2d as ONNX DeformConv (same argument order but for offset/weight)."""
+    from onnxscript import opset19 as op
+
+    def deform_conv2d(input, weight, offset, mask, bias, stride_h: int, stride_w: int, pad_h: int, pad_w: int,
+                      dil_h: int, dil_w: int, n_weight_grps: int, n_offset_grps: int, use_mask: bool):
+        return op.DeformConv(input, weight, offset, bias, mask, strides=[stride_h, stride_w],
+                             pads=[pad_h, pad_w, pad_h, pad_w], dilations=[dil_h, dil_w],
+                             group=n_weight_grps, offset_group=n_offset_grps)
+
+    return {torch.ops.torchvision.deform_conv2d.default: deform_conv2d}
+
+
+def export_onnx(model, path, size: tuple[int, int], *, dynamic_size: bool = False) -> Path:
+    """Write `model` as an ONNX file (opset 19) for (height, width) `size`, batch free.
+
+    dynamic_size: also leave height and width free (multiples of 32); the PVT backbones allow
+    it, Swin's window bookkeeping does not (a one-line error says so).
+    """
+    require("onnxscript", "onnx")
+    path = check_target(path, "onnx")
+    height, width = _check_size(model, size)
+    dims = {0: torch.export.Dim("batch")}
+    if dynamic_size:
+        dims.update({2: 32 * torch.export.Dim("height32", min=2, max=512), 3: 32 * torch.export.Dim("width32", min=2, max=512)})
+    model = model.eval()
+    try:
+        with torch.no_grad(), plain_graph(), _quiet():
+            program = torch.onnx.export(model, (_example(model, (height, width)),), dynamo=True, opset_version=OPSET,
+                                        input_names=["image"], output_names=["logits"], dynamic_shapes={"x": dims},
+                                        custom_translation_table=_deform_conv_translation(), verbose=False,
+                                        report=False)
+    except Exception as err:
+        if dynamic_size:
+            raise ValueError(f"{model.config.backbone} does not export with a free height and width; "
+                             "export without --dynamic-size (one file per working size)") from None
+        raise
+    program.model.metadata_props.update(metadata(model, (height, width), next(model.parameters()).dtype))
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.onnx")
+    try:
+        program.save(str(tmp), external_data=False)
+        tmp.chmod(0o666 & ~current_umask())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def to_openvino(model, size: tuple[int, int]):
+    """The plain graph as an `openvino.Model` for (height, width) `size`, batch free (not yet compiled)."""
+    ov = require("openvino", "openvino")
+    height, width = _check_size(model, size)
+    model = model.eval().float()
+    with torch.no_grad(), plain_graph(), _quiet():
+        converted = ov.convert_model(model, example_input=_example(model, (height, width)))
+    converted.reshape({converted.inputs[0]: ov.PartialShape([-1, 3, height, width])})
+    converted.inputs[0].get_tensor().set_names({"image"})
+    converted.outputs[0].get_tensor().set_names({"logits"})
+    return converted
+
+
+def save_openvino(converted, path, meta: dict[str, str], *, compress_to_fp16: bool = False) -> Path:
+    """Write an `openvino.Model` as IR (PATH.xml + PATH.bin) with `meta` in its rt_info, atomically."""
+    import openvino as ov
+
+    path = Path(path)
+    for key, value in meta.items():
+        converted.set_rt_info(value, ["birefnet", key.removeprefix("birefnet.")])
+    staging = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp")
+    staging.mkdir(parents=True)
+    try:
+        ov.save_model(converted, str(staging / path.name), compress_to_fp16=compress_to_fp16)
+        for part in (path.with_suffix(".bin"), path):  # the .xml last: it appears only when both are whole
+            (staging / part.name).chmod(0o666 & ~current_umask())
+            (staging / part.name).replace(part)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def export_openvino(model, path, size: tuple[int, int], *, compress_to_fp16: bool = False) -> Path:
+    """Write `model` as OpenVINO IR (PATH.xml + PATH.bin) for (height, width) `size`, batch free.
+    compress_to_fp16 stores the weights in fp16 (half the file; computed in the runtime's precision)."""
+    path = check_target(path, "openvino")
+    converted = to_openvino(model, size)
+    return save_openvino(converted, path, metadata(model, size, torch.float16 if compress_to_fp16 else torch.float32),
+                         compress_to_fp16=compress_to_fp16)
+
+
+def export(model, path, fmt: str, size: tuple[int, int], *, dtype: torch.dtype = torch.float32,
+           dynamic_size: bool = False) -> Path:
+    """`export_onnx` or `export_openvino` by `fmt` ("onnx" or "openvino").
+
+    dtype: float32, or float16 (ONNX: an fp16 graph for GPU runtimes such as onnxruntime's CUDA
+    provider or TensorRT; OpenVINO: fp16 weights in the file).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; use {' or '.join(FORMATS)}")
+    if dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"export dtype {dtype}: use fp32 or fp16 (bf16 is a runtime choice: OpenVINO's precision hint)")
+    if fmt == "onnx":
+        return export_onnx(model.to(dtype=dtype), path, size, dynamic_size=dynamic_size)
+    if dynamic_size:
+        raise ValueError("--dynamic-size is for ONNX; OpenVINO IR is exported per working size")
+    return export_openvino(model.float(), path, size, compress_to_fp16=dtype == torch.float16)

@@ -1,0 +1,118 @@
+"""BiRefNet on OpenVINO's CPU runtime, called like the PyTorch model.
+
+On CPUs OpenVINO runs the official graph faster than PyTorch's eager kernels (its own fused
+convolutions, attention and deformable convolution), and keeps its speed better when other
+processes share the cores. `OpenVINOModel(model)` wraps a loaded BiRefNet: `model(x)` on an
+ImageNet-normalised (B, 3, H, W) batch returns the same final logits, so `segment`,
+`segment_highres`, the CLI and the nodes take it unchanged.
+
+Converting the graph takes minutes for the large backbones, once per working size: the
+converted IR is cached on disk under a key of the weights' content, the tile layout and the
+size (and OpenVINO compiles from its own blob cache next to it), so later loads take seconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .export import metadata, require, save_openvino, to_openvino
+
+log = logging.getLogger("birefnet")
+
+PRECISIONS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
+
+
+def cache_dir() -> Path:
+    """$BIREFNET_CACHE/openvino, else the user cache folder (~/.cache/birefnet/openvino)."""
+    root = os.environ.get("BIREFNET_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "birefnet"
+    return Path(root) / "openvino"
+
+
+def weights_key(model: nn.Module) -> str:
+    """A digest of everything the converted graph depends on: weights, layout, versions."""
+    import openvino
+
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{__version__}|{openvino.__version__}|{model.config}".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().reshape(-1).contiguous().numpy().view(np.uint8))
+    return digest.hexdigest()
+
+
+class OpenVINOModel(nn.Module):
+    """A BiRefNet compiled by OpenVINO for the CPU; `model(x)` -> logits, like `BiRefNet`.
+
+    precision: torch.float32 (within float rounding of PyTorch), torch.bfloat16 or
+    torch.float16 where the CPU supports them. The PyTorch model stays in memory (fp32) to
+    convert new working sizes.
+    """
+
+    def __init__(self, model: nn.Module, precision: torch.dtype = torch.float32, cache: str | os.PathLike | None = None,
+                 threads: int | None = None):
+        ov = require("openvino", "openvino")
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"OpenVINO precision {precision}: use fp32, bf16 or fp16")
+        self.core = ov.Core()
+        hint = PRECISIONS[precision]
+        if hint in _CAPABILITY and _CAPABILITY[hint] not in self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise ValueError(f"this CPU has no {hint} support for OpenVINO; use fp32")
+        self.__dict__["torch_model"] = model.float().cpu().eval()  # not a submodule: .to()/.parameters() leave it alone
+        # segment()/predict() read the device and input dtype from the first parameter.
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+        self.info = model.info
+        self.config = model.config
+        self.precision = precision
+        self.cache = Path(cache) if cache is not None else cache_dir()
+        self.options = {"INFERENCE_PRECISION_HINT": hint}
+        if threads:
+            self.options["INFERENCE_NUM_THREADS"] = int(threads)
+        self.key = weights_key(model)
+        self._compiled: dict[tuple[int, int], object] = {}
+        self.eval()
+
+    def ir_path(self, size: tuple[int, int]) -> Path:
+        height, width = size
+        return self.cache / f"{self.config.backbone}-{self.key}-{width}x{height}.xml"
+
+    def _compile(self, size: tuple[int, int]):
+        path = self.ir_path(size)
+        if not path.exists():
+            height, width = size
+            log.warning("birefnet: OpenVINO: converting %s for %dx%d, once for this working size (minutes for large "
+                        "backbones; cached in %s)", self.config.backbone, width, height, self.cache)
+            start = time.perf_counter()
+            self.cache.mkdir(parents=True, exist_ok=True)
+            save_openvino(to_openvino(self.torch_model, size), path, metadata(self.torch_model, size, torch.float32))
+            log.warning("birefnet: OpenVINO: converted in %.0f s", time.perf_counter() - start)
+        self.core.set_property({"CACHE_DIR": str(self.cache / "compiled")})
+        compiled = self.core.compile_model(str(path), "CPU", self.options)
+        self._compiled[size] = compiled
+        return compiled
+
+    def prepare(self, size: tuple[int, int]) -> "OpenVINOModel":
+        """Convert (or load from the cache) and compile for (height, width) now rather than at the first call."""
+        if tuple(size) not in self._compiled:
+            self._compile(tuple(size))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.torch_model._check_input(x)
+        size = tuple(x.shape[-2:])
+        compiled = self._compiled.get(size) or self._compile(size)
+        out = compiled(x.detach().float().cpu().numpy())[0]
+        return torch.from_numpy(np.ascontiguousarray(out))
+
+    def forward_details(self, x: torch.Tensor):
+        """Side outputs need the PyTorch graph (the gradient preview): run the kept PyTorch model."""
+        return self.torch_model.forward_details(x)
