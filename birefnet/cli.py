@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="working size WIDTHxHEIGHT or 1024 (multiples of 32); default: the checkpoint's")
     exp.add_argument("--dtype", default="fp32", help="fp32, or fp16 (ONNX: for GPU runtimes; OpenVINO: fp16 weights)")
     exp.add_argument("--dynamic-size", action="store_true",
-                     help="ONNX: leave height and width free too (PVT backbones; Swin exports per size)")
+                     help="ONNX: leave height and width free too (any multiple of 32; a fixed size runs faster)")
     exp.add_argument("--download", action="store_true", help="download a known name first if needed")
     exp.add_argument("--accept-license", metavar="LICENCE", help="with --download: accept a non-commercial licence")
     exp.set_defaults(func=cmd_export)

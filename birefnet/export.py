@@ -116,8 +116,8 @@ def _deform_conv_translation():
 def export_onnx(model, path, size: tuple[int, int], *, dynamic_size: bool = False) -> Path:
     """Write `model` as an ONNX file (opset 19) for (height, width) `size`, batch free.
 
-    dynamic_size: also leave height and width free (multiples of 32); the PVT backbones allow
-    it, Swin's window bookkeeping does not (a one-line error says so).
+    dynamic_size: also leave height and width free (multiples of 32 from 64 to 16384). Runtimes
+    optimise a fixed size better (TensorRT wants one), so it is off by default.
     """
     require("onnxscript", "onnx")
     path = check_target(path, "onnx")
@@ -128,16 +128,21 @@ def export_onnx(model, path, size: tuple[int, int], *, dynamic_size: bool = Fals
     model = model.eval()
     try:
         with torch.no_grad(), plain_graph(), _quiet():
-            program = torch.onnx.export(model, (_example(model, (height, width)),), dynamo=True, opset_version=OPSET,
+            # A free size is traced at 352x480, whose 11 and 15 stride-32 cells cannot be mistaken for the
+            # batch of 2 (equal example sizes get merged into one symbol).
+            example = _example(model, (352, 480) if dynamic_size else (height, width))
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET,
                                         input_names=["image"], output_names=["logits"], dynamic_shapes={"x": dims},
                                         custom_translation_table=_deform_conv_translation(), verbose=False,
                                         report=False)
     except Exception as err:
         if dynamic_size:
-            raise ValueError(f"{model.config.backbone} does not export with a free height and width; "
-                             "export without --dynamic-size (one file per working size)") from None
+            raise ValueError(f"{model.config.backbone} does not export with a free height and width "
+                             f"({type(err).__name__}); export without --dynamic-size (one file per working size)") from None
         raise
     program.model.metadata_props.update(metadata(model, (height, width), next(model.parameters()).dtype))
+    # height/width: the working size the checkpoint was made for; with a free size, any multiple of 32 runs.
+    program.model.metadata_props["birefnet.free_size"] = "true" if dynamic_size else "false"
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.onnx")
     try:
         program.save(str(tmp), external_data=False)
@@ -155,7 +160,8 @@ def to_openvino(model, size: tuple[int, int]):
     model = model.eval().float()
     with torch.no_grad(), plain_graph(), _quiet():
         converted = ov.convert_model(model, example_input=_example(model, (height, width)))
-    converted.reshape({converted.inputs[0]: ov.PartialShape([-1, 3, height, width])})
+    # The traced input shape stays open: OpenVINO 2026's CPU plugin fails to compile Swin's graph with
+    # a static one. The graph holds constants of this size, so only this size is valid (the metadata).
     converted.inputs[0].get_tensor().set_names({"image"})
     converted.outputs[0].get_tensor().set_names({"logits"})
     return converted

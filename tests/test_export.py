@@ -1,0 +1,118 @@
+"""Export and the OpenVINO backend: the exported files run in real onnxruntime / OpenVINO sessions
+and reproduce the official reference outputs of the parity fixtures."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from birefnet import load_model, segment
+from birefnet.cli import main
+from conftest import PARITY, random_input, random_state_dict, relative_error
+
+ort = pytest.importorskip("onnxruntime")
+ov = pytest.importorskip("openvino")
+onnx = pytest.importorskip("onnx")
+
+CASES = [("pvt_v2_b0", 256, 256), ("swin_v1_t", 320, 448)]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
+def case(request, tmp_path_factory):
+    """A user's weight file, the input and the official logits for it."""
+    variant, height, width = request.param
+    folder = tmp_path_factory.mktemp(variant)
+    path = folder / f"{variant}.safetensors"
+    save_file(random_state_dict(variant, 0), str(path))
+    expected = load_file(str(PARITY / "reference" / f"{variant}_seed0_{height}x{width}.safetensors"))["logits"]
+    return path, random_input(1, height, width), expected, folder
+
+
+def test_onnx_export_matches_the_official_outputs(case):
+    from birefnet.export import export
+
+    weights, x, expected, folder = case
+    model = load_model(weights, tile_layout="current")
+    path = export(model, folder / "model.onnx", "onnx", tuple(x.shape[-2:]))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"] and session.get_outputs()[0].name == "logits"
+    assert any(node.op_type == "DeformConv" for node in onnx.load(str(path)).graph.node)
+    batch = torch.cat([x, random_input(7, *x.shape[-2:]), x])  # the batch size is free
+    out = torch.from_numpy(session.run(None, {"image": batch.numpy()})[0])
+    assert out.shape == (3, 1, *x.shape[-2:])
+    assert relative_error(out[0:1], expected) < 1e-4 and relative_error(out[2:3], expected) < 1e-4
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert meta["birefnet.backbone"] == model.config.backbone and meta["birefnet.tile_layout"] == "current"
+    assert (meta["birefnet.height"], meta["birefnet.width"]) == tuple(map(str, x.shape[-2:]))
+    assert meta["birefnet.mean"] == "0.485,0.456,0.406" and meta["birefnet.std"] == "0.229,0.224,0.225"
+    with torch.inference_mode():
+        assert relative_error(model(x), expected) < 1e-4  # tracing left the eager model intact
+
+
+def test_openvino_export_matches_the_official_outputs(case):
+    from birefnet.export import export
+
+    weights, x, expected, folder = case
+    model = load_model(weights, tile_layout="current")
+    path = export(model, folder / "model.xml", "openvino", tuple(x.shape[-2:]))
+    core = ov.Core()
+    read = core.read_model(str(path))
+    assert read.get_rt_info(["birefnet", "backbone"]).astype(str) == model.config.backbone
+    compiled = core.compile_model(read, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    batch = torch.cat([x, x])
+    out = torch.from_numpy(compiled(batch.numpy())[0])
+    assert relative_error(out[1:], expected) < 1e-4
+
+
+def test_openvino_backend_is_a_drop_in_model_with_a_disk_cache(case, tmp_path, monkeypatch, caplog):
+    weights, x, expected, _ = case
+    monkeypatch.setenv("BIREFNET_CACHE", str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="birefnet"):
+        model = load_model(weights, tile_layout="current", backend="openvino")
+        with torch.inference_mode():
+            assert relative_error(model(x), expected) < 1e-4
+    assert "converting" in caplog.text
+    assert len(list((tmp_path / "openvino").glob("*.xml"))) == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="birefnet"):
+        again = load_model(weights, tile_layout="current", backend="openvino")
+        with torch.inference_mode():
+            assert relative_error(again(x), expected) < 1e-4
+    assert "converting" not in caplog.text  # the cached IR, not a new conversion
+    # segment() takes it like the PyTorch model (here at the reference's working size).
+    image = torch.rand(3, 150, 210, generator=torch.Generator().manual_seed(0))
+    reference = load_model(weights, tile_layout="current")
+    size = tuple(x.shape[-2:])
+    assert (segment(again, image, resolution=size) - segment(reference, image, resolution=size)).abs().max() < 1e-4
+
+
+def test_export_cli_refuses_to_overwrite_and_names_bad_targets(tmp_path, b0_weights, capsys):
+    existing = tmp_path / "model.onnx"
+    existing.write_bytes(b"earlier work")
+    assert main(["export", str(b0_weights), "--out", str(existing), "--size", "64"]) == 2
+    assert "exists; choose another --out" in capsys.readouterr().err
+    assert existing.read_bytes() == b"earlier work"
+    assert main(["export", str(b0_weights), "--out", str(tmp_path / "model.bin")]) == 2
+    assert "name it .onnx or .xml" in capsys.readouterr().err
+    assert main(["export", str(b0_weights), "--out", str(tmp_path / "m.onnx"), "--dtype", "bf16"]) == 2
+    assert "use fp32 or fp16" in capsys.readouterr().err
+
+
+def test_export_cli_writes_a_dynamic_size_onnx(tmp_path, b0_weights):
+    out = tmp_path / "dyn.onnx"
+    assert main(["export", str(b0_weights), "--out", str(out), "--size", "96x64", "--dynamic-size", "--tile-layout", "current"]) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    model = load_model(b0_weights, tile_layout="current")
+    for height, width in ((64, 96), (128, 64)):
+        x = random_input(2, height, width)
+        with torch.inference_mode():
+            assert relative_error(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), model(x)) < 1e-4
+
+
+def test_openvino_backend_says_it_runs_on_the_cpu(b0_weights):
+    with pytest.raises(ValueError, match="^the OpenVINO backend runs on the CPU"):
+        load_model(b0_weights, backend="openvino", device="meta")
+    with pytest.raises(ValueError, match="^unknown backend 'tensorrt'"):
+        load_model(b0_weights, backend="tensorrt")
