@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 import birefnet
+from birefnet.openvino_backend import OpenVINOModel
 
 from . import host
 
@@ -13,7 +14,9 @@ class BiRefNetHandle:
         self.device, self.dtype, self.name = device, dtype, name
         self.info = model.info
         self.model = model.to(dtype=dtype)
-        self.patcher = host.make_patcher(self.model, device, host.offload_device())
+        # An OpenVINO model lives outside torch's devices: ComfyUI's memory manager has nothing to move.
+        on_openvino = isinstance(model, OpenVINOModel)
+        self.patcher = None if on_openvino else host.make_patcher(self.model, device, host.offload_device())
 
     def ready(self) -> birefnet.BiRefNet:
         """The model on its compute device (through ComfyUI's loader when there is one)."""

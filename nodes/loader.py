@@ -1,6 +1,8 @@
 """BiRefNetLoader: weights file -> BIREFNET (variant detected from the weights)."""
 from __future__ import annotations
 
+import torch
+
 import birefnet
 
 from . import host
@@ -10,11 +12,21 @@ from .spec import In, NodeSpec, Out
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
+OPENVINO = "cpu (OpenVINO)"
+DEVICES = ("auto", "cpu", OPENVINO)
+
+
 def load(weights: str, device: str = "auto", dtype: str = "auto", tile_layout: str = "auto"):
     path = host.weight_path(weights)
+    layout = None if tile_layout == "auto" else tile_layout
+    if device == OPENVINO:  # compiled for the CPU by OpenVINO; fp32 unless bf16/fp16 is asked for
+        torch_dtype = torch.float32 if dtype == "auto" else birefnet.loading.parse_dtype(dtype)
+        model = birefnet.load_model(path, tile_layout=layout, backend="openvino", dtype=torch_dtype)
+        host.log.info("BiRefNet: %s, on OpenVINO (%s)", model.info.describe(), torch_dtype)
+        return (BiRefNetHandle(model, torch.device("cpu"), torch.float32, path.name),)
     torch_device = host.torch_device(device)
     torch_dtype = host.auto_dtype(torch_device) if dtype == "auto" else birefnet.loading.parse_dtype(dtype)
-    model = birefnet.load_model(path, tile_layout=None if tile_layout == "auto" else tile_layout)
+    model = birefnet.load_model(path, tile_layout=layout)
     host.log.info("BiRefNet: %s", model.info.describe())
     return (BiRefNetHandle(model, torch_device, torch_dtype, path.name),)
 
@@ -35,8 +47,10 @@ SPEC = NodeSpec(
            "fetch that official checkpoint into models/birefnet the first time the workflow runs (with progress), "
            "then use the file; nothing is downloaded unless such an entry is chosen.",
            options=host.weight_choices),
-        In("device", "COMBO", "auto: ComfyUI's GPU with memory management; cpu: always the CPU.",
-           default="auto", options=("auto", "cpu")),
+        In("device", "COMBO", "auto: ComfyUI's GPU with memory management; cpu: always the CPU; cpu (OpenVINO): the "
+           "fastest CPU runtime (pip install openvino), converted once per working size (minutes for large models), "
+           "then cached on disk.",
+           default="auto", options=DEVICES),
         In("dtype", "COMBO", "auto: fp16/bf16 on GPUs that support it, fp32 on CPU. NaN output falls back to fp32.",
            default="auto", options=DTYPES),
         In("tile_layout", "COMBO", "Inward-reference tile order. auto: per checkpoint (2024 releases: legacy, "

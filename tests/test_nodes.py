@@ -159,3 +159,17 @@ def test_coarse_to_fine_option(pack, handle):
     assert fine.shape == plain.shape == (2, 300, 420) and cutout.shape == (2, 300, 420, 3)
     assert 0 <= fine.min() and fine.max() <= 1
     assert not torch.allclose(fine, plain, atol=1e-3)  # the second pass ran and changed the masks
+
+
+def test_openvino_device_gives_the_torch_masks(pack, handle, b0_weights, tmp_path, monkeypatch):
+    """The loader's "cpu (OpenVINO)" choice: same masks as PyTorch, the preview still works."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("BIREFNET_CACHE", str(tmp_path))
+    on_openvino = pack.nodes.loader.load(str(b0_weights), device="cpu (OpenVINO)", dtype="auto", tile_layout="current")[0]
+    assert on_openvino.patcher is None
+    image = torch.rand(3, 80, 120, 3, generator=torch.Generator().manual_seed(4))
+    expected, _, _ = pack.nodes.segment.segment(handle, image, resolution="custom", width=96, height=64)
+    mask, _, rgba = pack.nodes.segment.segment(on_openvino, image, resolution="custom", width=96, height=64)
+    assert (mask - expected).abs().max() < 1e-4 and rgba.shape == (3, 80, 120, 4)
+    preview = pack.nodes.gradient_preview.preview(on_openvino, image[:1])[0]
+    assert preview.shape[1:3] == (80, 120)
