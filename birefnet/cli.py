@@ -10,6 +10,7 @@ import torch
 
 from . import __version__
 from .device import auto_dtype, resolve_device
+from .distributed import local_device, rank_and_world, shard, summed
 from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
 from .inference import cutout, mask_to_image, parse_size, segment, working_size
 from .io import list_images, output_paths, read_image, save_image
@@ -68,7 +69,7 @@ def weights_source(name: str | None, download: bool, accept_license: str | None)
 
 
 def _load(args) -> torch.nn.Module:
-    device = resolve_device("cpu" if args.backend == "openvino" and args.device == "auto" else args.device)
+    device = resolve_device("cpu" if args.backend == "openvino" and args.device == "auto" else local_device(args.device))
     dtype = auto_dtype(device) if args.dtype == "auto" else parse_dtype(args.dtype)
     source = weights_source(args.weights, args.download, args.accept_license)
     return load_model(source, device=device, dtype=dtype, tile_layout=args.tile_layout, backend=args.backend)
@@ -85,16 +86,23 @@ def cmd_segment(args) -> int:
         raise ValueError("no images found in the given inputs (" + ", ".join(args.inputs) + ")")
     out_dir = Path(args.out)
     outputs = output_paths([rel for _, rel in files], args.cutout)
+    rank, world = rank_and_world()
     renamed = sum(mask.stem != rel.stem for (_, rel), (mask, _) in zip(files, outputs))
-    if renamed:
+    if renamed and rank == 0:
         print(f"birefnet: {renamed} input(s) share a name with another input; their outputs keep the "
               "extension in the name (e.g. photo_jpg.png)", file=sys.stderr)
+    total = len(files)
+    files, outputs = shard(files, rank, world), shard(outputs, rank, world)  # names chosen before sharding
     model = _load(args)
-    print(model.info.describe(), file=sys.stderr)
+    if rank == 0:
+        print(model.info.describe(), file=sys.stderr)
+    if world > 1:
+        print(f"birefnet: process {rank + 1}/{world}: {len(files)} of {total} input(s)", file=sys.stderr)
     if args.compile and args.backend == "torch":  # pays off on long runs at one working size; the first image compiles
         model = torch.compile(model)
     skipped = 0
-    bar = tqdm(total=len(files), unit="img", disable=args.quiet)
+    bar = tqdm(total=len(files), unit="img", disable=args.quiet, desc=f"rank {rank}" if world > 1 else None,
+               position=rank if world > 1 else None)
     for start in range(0, len(files), args.batch_size):
         chunk = []
         for (file, _), paths in zip(files[start : start + args.batch_size], outputs[start : start + args.batch_size]):
@@ -120,8 +128,10 @@ def cmd_segment(args) -> int:
                 save_image(cutout(image, mask), out_dir / cutout_path)
             bar.update(1)
     bar.close()
-    done = len(files) - skipped
-    print(f"birefnet: wrote {done} mask(s) to {out_dir}" + (f", skipped {skipped}" if skipped else ""), file=sys.stderr)
+    done, skipped = summed([len(files) - skipped, skipped])
+    if rank == 0:
+        print(f"birefnet: wrote {done} mask(s) to {out_dir}" + (f", skipped {skipped}" if skipped else "")
+              + (f" ({world} processes)" if world > 1 else ""), file=sys.stderr)
     return 1 if skipped else 0
 
 

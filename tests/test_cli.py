@@ -181,3 +181,29 @@ def test_rgba_input_keeps_its_transparency_in_the_cutout(tmp_path, b0_weights):
     mask = np.asarray(Image.open(tmp_path / "out" / "x.png")).astype(int)
     assert alpha[:, :16].max() == 0 and mask[:, :16].max() > 0
     assert np.abs(alpha[:, 16:] - mask[:, 16:]).max() <= 1
+
+
+def test_torchrun_shards_the_inputs_and_writes_what_one_process_writes(tmp_path, b0_weights):
+    """Two CPU processes under torchrun: each input once, the same files as one process, one summary."""
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i, name in enumerate(["a.jpg", "a.png", "sub/c.png", "d.webp", "e.png"]):
+        Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8)).save(src / name)
+    args = ["segment", str(src), "--weights", str(b0_weights), "--resolution", "64", "--cutout", "--quiet",
+            "--tile-layout", "current", "--device", "cpu"]
+    single = run_cli(*args, "--out", tmp_path / "one")
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("BIREFNET_WEIGHTS", None)
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                            "29741", "-m", "birefnet", *args, "--out", str(tmp_path / "two")],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    assert "process 1/2: 3 of 5 input(s)" in multi.stderr and "process 2/2: 2 of 5 input(s)" in multi.stderr
+    assert multi.stderr.count("wrote 5 mask(s)") == 1 and "(2 processes)" in multi.stderr
+    one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.png"))
+    two = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*.png"))
+    assert one == two and len(one) == 10  # masks and cut-outs, a_jpg.png beside a.png
+    for rel in one:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel

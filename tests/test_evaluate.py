@@ -87,3 +87,18 @@ def test_missing_predictions_are_listed(folders, tmp_path):
     result = subprocess.run([sys.executable, "-m", "training", "evaluate", "--pred", str(tmp_path / "pred"),
                              "--gt", str(folders / "gt")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and "no prediction for 6 ground truth(s)" in result.stderr
+
+
+def test_unreadable_file_is_one_line_and_the_rest_is_scored(folders, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(folders, root)
+    data = (root / "pred" / "3.png").read_bytes()
+    (root / "pred" / "3.png").write_bytes(data[: len(data) // 2])  # truncated
+    result = subprocess.run([sys.executable, "-m", "training", "evaluate", "--pred", str(root / "pred"),
+                             "--gt", str(root / "gt")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert "Traceback" not in result.stderr
+    assert "evaluate: skipped" in result.stderr and "3.png" in result.stderr
+    assert "5 image(s), 1 unreadable skipped" in result.stdout

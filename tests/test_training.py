@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -67,6 +68,9 @@ def test_loss_weight_schedule_compounds_like_the_official_code():
     assert loss_weights("general", 10, 10, -2) == pytest.approx({"bce": 0.0, "iou": 0.125, "ssim": 10.0, "mae": 81.0})
     assert loss_weights("matting", 150, 150)["ssim"] == pytest.approx(10 * 0.9**10)
     assert loss_weights("DIS", 1, 500)["mae"] == 0.0
+    # A run shorter than the phase: the official loop multiplies once per epoch it runs (epoch k: k times).
+    assert loss_weights("general", 1, 5) == pytest.approx({"bce": 0.0, "iou": 0.25, "ssim": 10.0, "mae": 90.0})
+    assert loss_weights("general", 5, 5) == pytest.approx({"bce": 0.0, "iou": 0.5 * 0.5**5, "ssim": 10.0, "mae": 100 * 0.9**5})
     with pytest.raises(ValueError, match="unknown task"):
         loss_weights("segmentation", 1, 10)
 
@@ -135,15 +139,82 @@ def test_dataset_errors_are_clear(tmp_path, caplog):
     assert "lonely" in caplog.text and "b" in caplog.text
 
 
-def test_unreadable_sample_is_skipped_not_fatal(dataset, tmp_path, caplog):
+def test_unreadable_sample_is_skipped_not_fatal(dataset, tmp_path, capsys):
     import shutil
 
     data = tmp_path / "data"
     shutil.copytree(dataset, data)
     (data / "im" / "00001.jpg").write_bytes(b"broken")
-    with caplog.at_level(logging.WARNING):
-        train(tiny_config(data, tmp_path / "run", epochs=1, max_steps_per_epoch=None, augment=False))
-    assert "skipping unreadable sample" in caplog.text and "00001.jpg" in caplog.text
+    train(tiny_config(data, tmp_path / "run", epochs=1, max_steps_per_epoch=None, augment=False))
+    err = capsys.readouterr().err
+    # On a line of its own (tqdm.write), not glued to the progress bar's.
+    assert any(line.startswith("training: skipping unreadable sample") and "00001.jpg" in line for line in err.splitlines())
+
+
+def test_sixteen_bit_masks_keep_their_soft_edges(tmp_path):
+    """convert("L") turns every non-zero 16-bit value into 255; the soft edge must survive."""
+    from training.data import SegmentationDataset
+    from training.evaluate import _grey
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))
+    Image.fromarray(ramp).save(tmp_path / "m.png")
+    Image.new("RGB", (64, 48)).save(tmp_path / "i.png")
+    assert Image.open(tmp_path / "m.png").mode.startswith("I")
+    _, mask = SegmentationDataset([(tmp_path / "i.png", tmp_path / "m.png")], None).load(0, (48, 64))
+    soft = ((mask > 0.02) & (mask < 0.98)).float().mean().item()
+    assert soft > 0.9 and abs(mask[0, 0, 32].item() - 32 / 63) < 0.02
+    assert abs(_grey(tmp_path / "m.png")[0, 32] - 32 / 63) < 1e-3
+
+
+def test_mask_of_another_size_is_reported_once(tmp_path, capsys):
+    from training.data import SegmentationDataset
+
+    for name in "ab":
+        Image.new("RGB", (64, 48)).save(tmp_path / f"{name}.jpg")
+        Image.new("L", (32, 24)).save(tmp_path / f"{name}.png")
+    data = SegmentationDataset([(tmp_path / f"{n}.jpg", tmp_path / f"{n}.png") for n in "ab"], None)
+    data.load(0, (64, 64)), data.load(1, (64, 64))
+    err = capsys.readouterr().err
+    assert err.count("is 32x24, its image 64x48") == 1
+
+
+def test_resume_log_holds_each_epoch_once_and_stale_temporaries_go(dataset, tmp_path):
+    """Killed after writing epoch 2's record but before its resume state: epoch 2 runs again and
+    is logged once. A temporary file of an interrupted write is removed at the next start."""
+    out = tmp_path / "run"
+    train(tiny_config(dataset, out, epochs=3), stop_after_epoch=1)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 2, "loss": 1.0}) + "\n")
+    stale, keep = out / ".resume.0123abcd.tmp.pt", out / "notes.txt"
+    stale.write_bytes(b"half a resume file")
+    keep.write_text("mine")
+    train(tiny_config(dataset, out, epochs=3))
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    assert not stale.exists() and keep.read_text() == "mine"
+
+
+def test_torchrun_resume_is_exact_per_rank(dataset, tmp_path):
+    """Each rank's random stream is saved and restored: 2 processes stopped after epoch 1 and
+    resumed end bit-identical to the uninterrupted run (drop path draws differ per rank)."""
+    from safetensors.torch import load_file
+
+    def run(out, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29737",
+               "-m", "training", "train", "--data", str(dataset), "--out", str(out), "--init", "scratch",
+               "--backbone", "pvt_v2_b0", "--epochs", "2", "--batch-size", "2", "--size", "64",
+               "--max-steps-per-epoch", "1", "--finetune-last-epochs", "0", "--device", "cpu", "--seed", "5", *extra]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result
+
+    straight = run(tmp_path / "a")
+    assert straight.stdout.count("training: wrote") == 1  # once, not once per process
+    run(tmp_path / "b", "--stop-after-epoch", "1")
+    run(tmp_path / "b")
+    a, b = load_file(str(tmp_path / "a" / "final.safetensors")), load_file(str(tmp_path / "b" / "final.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_timm_backbone_weights_convert(tmp_path):

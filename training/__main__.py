@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -68,7 +69,8 @@ def cmd_train(args) -> int:
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     final = train(cfg, resume=not args.restart, stop_after_epoch=args.stop_after_epoch)
-    print(f"training: wrote {final}")
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun: once, not once per process
+        print(f"training: wrote {final}")
     return 0
 
 
@@ -81,7 +83,8 @@ def cmd_evaluate(args) -> int:
     else:
         metrics = evaluate_model(args.weights, args.data, save_pred=args.save_pred, tile_layout=args.tile_layout)
     results = metrics.results()
-    print(format_table(results, f"{metrics.count} image(s)"))
+    skipped = f", {len(metrics.skipped)} unreadable skipped" if metrics.skipped else ""
+    print(format_table(results, f"{metrics.count} image(s){skipped}"))
     if args.json:
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps(results, indent=2))

@@ -8,6 +8,7 @@ and any number of loader workers or ranks sees the same data.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +133,31 @@ def _synthesise_background(image: Image.Image, mask: Image.Image, rng) -> Image.
     return Image.fromarray(np.clip(fg * alpha + colour * (1 - alpha), 0, 255).astype(np.uint8))
 
 
+def _report(message: str) -> None:
+    """A warning on its own line, above the epoch's progress bar rather than through it."""
+    from tqdm import tqdm
+
+    tqdm.write(f"training: {message}", file=sys.stderr)
+
+
+HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def read_mask(path) -> Image.Image:
+    """A mask as an 8-bit 'L' image, or, when the file has more than 8 bits (16-bit PNG/TIFF, float
+    TIFF), as an 'F' image of 0..255 floats: `convert("L")` would clip a 16-bit mask's soft edge to
+    255. Scaled like the inference input: 16-bit by 65535, float files read as [0, 1]."""
+    image = read_image(path)
+    if image.mode not in HIGH_BIT_MODES:
+        return image.convert("L")
+    array = np.asarray(image, dtype=np.float32)
+    if image.mode == "F":
+        scale = 255.0 if array.max() <= 1.0 else 1.0
+    else:
+        scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 1.0
+    return Image.fromarray((array * scale).astype(np.float32))  # float32 -> mode "F"
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
     """Items are (index, (height, width)) from `SizedBatchSampler`; returns (image, mask, index)
     with the image ImageNet-normalised (3, h, w) and the mask (1, h, w) in [0, 1]."""
@@ -141,6 +167,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.warned_size = False
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -148,13 +175,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def load(self, index: int, size: tuple[int, int]):
         image_path, mask_path = self.pairs[index]
         image = read_image(image_path).convert("RGB")
-        mask = read_image(mask_path).convert("L")
+        mask = read_mask(mask_path)
+        if image.size != mask.size and not self.warned_size:
+            self.warned_size = True
+            _report(f"mask {mask_path} is {mask.size[0]}x{mask.size[1]}, its image {image.size[0]}x{image.size[1]}: "
+                    "it is stretched to the training size like its image (reported for the first such pair only)")
         h, w = size
         image, mask = image.resize((w, h), Image.BILINEAR), mask.resize((w, h), Image.BILINEAR)
         if self.augment is not None:
             image, mask = self.augment(image, mask, np.random.default_rng([self.seed, self.epoch, index]))
         x = to_rgb_tensor(image)
-        y = torch.from_numpy(np.array(mask)).float().div(255)[None]
+        y = torch.from_numpy(np.array(mask)).float().div(255).clamp(0, 1)[None]
         return normalise(x[None])[0], y
 
     def __getitem__(self, item):
@@ -165,7 +196,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 x, y = self.load(candidate, size)
                 return x, y, candidate
             except Exception as err:
-                log.warning("skipping unreadable sample %s: %s", self.pairs[candidate][0], err)
+                _report(f"skipping unreadable sample {self.pairs[candidate][0]}: {err}")
         raise DatasetError("no sample of the dataset could be read")
 
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 import birefnet
 from birefnet.inference import mask_to_image
 from birefnet.io import IMAGE_SUFFIXES, read_image, save_image
 
-from .data import find_pairs
+from .data import find_pairs, read_mask
 from .metrics import MetricSet
 
 
 def _grey(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("L"))
+    """A mask file as float [0, 1] (16-bit files keep their soft values)."""
+    return np.asarray(read_mask(path), dtype=np.float32) / 255.0
 
 
 def evaluate_folders(pred_dir, gt_dir) -> MetricSet:
@@ -27,9 +27,20 @@ def evaluate_folders(pred_dir, gt_dir) -> MetricSet:
     if missing:
         raise ValueError(f"{pred_dir}: no prediction for {len(missing)} ground truth(s): {', '.join(missing[:5])}")
     metrics = MetricSet()
-    for stem in tqdm(sorted(gts), desc="evaluate", unit="img"):
-        metrics.step(_grey(preds[stem]), _grey(gts[stem]))
+    bar = tqdm(sorted(gts), desc="evaluate", unit="img")
+    for stem in bar:
+        try:
+            pred, gt = _grey(preds[stem]), _grey(gts[stem])
+        except (OSError, ValueError) as err:  # one unreadable file must not end a long evaluation
+            _skip(bar, metrics, f"{preds[stem]} / {gts[stem]}", err)
+            continue
+        metrics.step(pred, gt)
     return metrics
+
+
+def _skip(bar, metrics: MetricSet, what: str, err: Exception) -> None:
+    metrics.skipped.append(what)
+    bar.write(f"evaluate: skipped {what}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
 
 
 def evaluate_model(weights, data, *, save_pred=None, tile_layout=None) -> MetricSet:
@@ -37,9 +48,15 @@ def evaluate_model(weights, data, *, save_pred=None, tile_layout=None) -> Metric
     at the original size, optionally keeping the predicted masks."""
     model = birefnet.load_model(weights, tile_layout=tile_layout)
     metrics = MetricSet()
-    for image_path, gt_path in tqdm(find_pairs(data), desc="segment + evaluate", unit="img"):
-        mask = birefnet.segment(model, read_image(image_path))
+    bar = tqdm(find_pairs(data), desc="segment + evaluate", unit="img")
+    for image_path, gt_path in bar:
+        try:
+            image, gt = read_image(image_path), _grey(gt_path)
+        except (OSError, ValueError) as err:
+            _skip(bar, metrics, f"{image_path} / {gt_path}", err)
+            continue
+        mask = birefnet.segment(model, image)
         if save_pred:
             save_image(mask_to_image(mask), Path(save_pred) / f"{image_path.stem}.png")
-        metrics.step(mask, _grey(gt_path))
+        metrics.step(mask, gt)
     return metrics

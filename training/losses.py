@@ -28,11 +28,12 @@ _FINETUNE_FACTORS = {
 
 def loss_weights(task: str, epoch: int, epochs: int, finetune_last_epochs: int | None = None) -> dict[str, float]:
     """λ for 1-based `epoch`: the preset, compounded by the fine-tuning factors once for every
-    epoch past `epochs + finetune_last_epochs` (the official code mutates them in place)."""
+    epoch run past `epochs + finetune_last_epochs` (the official code mutates them in place at
+    the start of each such epoch, so a run shorter than the phase has k factors at epoch k)."""
     if task not in PRESETS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(PRESETS)}")
     last = FINETUNE_LAST_EPOCHS[task] if finetune_last_epochs is None else finetune_last_epochs
-    steps = max(0, epoch - (epochs + last)) if last else 0
+    steps = max(0, epoch - max(0, epochs + last)) if last else 0
     return {k: v * _FINETUNE_FACTORS[task].get(k, 1.0) ** steps for k, v in PRESETS[task].items()}
 
 

@@ -34,6 +34,7 @@ class MetricSet:
         self.wfm, self.mae = sod.WeightedFmeasure(), sod.MAE()
         self.hce = sod.HumanCorrectionEffortMeasure() if hce else None
         self.count = 0
+        self.skipped: list[str] = []  # pairs that could not be read (reported, not scored)
 
     def step(self, pred, gt) -> None:
         pred, gt = to_uint8(pred), to_uint8(gt)

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import dataclasses
 from dataclasses import asdict, dataclass, field
@@ -119,6 +120,15 @@ def _freeze_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
+def _remove_stale_temporaries(folder: Path) -> None:
+    """A run killed while writing leaves `.NAME.XXXXXXXX.tmp.EXT` files (atomic writes); a new start
+    clears them. Only this pattern: nothing else in the run folder is touched."""
+    for stale in folder.glob(".*.tmp.*"):
+        if stale.is_file() and re.fullmatch(r"\..+\.[0-9a-f]{8}\.tmp\.[A-Za-z0-9]+", stale.name):
+            log.info("removing %s, left by an interrupted write", stale.name)
+            stale.unlink(missing_ok=True)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -126,6 +136,8 @@ class Trainer:
         self.device = _device(cfg.device, self.rank)
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            _remove_stale_temporaries(self.out)
         torch.manual_seed(cfg.seed + self.rank)
 
         pairs = find_pairs(cfg.data)
@@ -173,14 +185,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def save_resume(self, epoch: int) -> None:
+    def rng_states(self) -> list[dict]:
+        """Every rank's random-generator states (a collective under DDP: all ranks call it).
+        Ranks draw different dropout/drop-path masks, so an exact resume needs each one's own."""
+        own = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            own["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.world == 1:
+            return [own]
+        states: list = [None] * self.world
+        torch.distributed.all_gather_object(states, own)
+        return states
+
+    def save_resume(self, epoch: int, rng: list[dict]) -> None:
         state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
-            "torch_rng": torch.get_rng_state(), "config": json.dumps(asdict(self.cfg)),
+            "rng": rng, "config": json.dumps(asdict(self.cfg)),
         }
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
         with atomic_path(self.out / RESUME_FILE) as tmp:
             torch.save(state, tmp)
 
@@ -194,12 +216,30 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        rng = state.get("rng") or [{"torch": state["torch_rng"]}]  # files of earlier versions kept rank 0's only
+        if len(rng) != self.world and self.rank == 0:
+            log.warning("%s was written by %d process(es), this run has %d: the random streams restart per rank, "
+                        "so the result will differ from an uninterrupted run", path, len(rng), self.world)
+        own = rng[self.rank % len(rng)]
+        torch.set_rng_state(own["torch"])
+        if "cuda" in own and self.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda"], self.device)
         self.start_epoch = state["epoch"] + 1
+        self._trim_log(state["epoch"])
         log.info("resumed from %s after epoch %d", path, state["epoch"])
         return True
+
+    def _trim_log(self, epoch: int) -> None:
+        """Keep the log's records of epochs the resumed state has seen: a run stopped after
+        writing epoch N's record but before its resume state repeats epoch N."""
+        path = self.out / LOG_FILE
+        if self.rank != 0 or not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
+        if len(kept) != len(lines):
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------ loop
 
@@ -238,7 +278,12 @@ class Trainer:
             bar.update(1)
         bar.close()
         self.scheduler.step()
-        return {k: v / steps for k, v in sums.items()}
+        means = {k: v / steps for k, v in sums.items()}
+        if self.world > 1:  # the epoch's figures over all ranks, not rank 0's share
+            values = torch.tensor(list(means.values()), dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(values)
+            means = dict(zip(means, (values / self.world).tolist()))
+        return means
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -278,7 +323,9 @@ class Trainer:
                     save_checkpoint(self.model, self.out / f"epoch_{epoch}.safetensors", resolution=resolution)
                 if epoch == cfg.epochs:
                     save_checkpoint(self.model, final, resolution=resolution)
-                self.save_resume(epoch)
+            rng = self.rng_states()  # all ranks take part
+            if self.rank == 0:
+                self.save_resume(epoch, rng)
             if self.world > 1:
                 torch.distributed.barrier()
         return final if last == cfg.epochs else self.out / f"epoch_{last}.safetensors"
