@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import ROOT
 
-KEYS = {"Sm", "meanEm", "maxEm", "adpEm", "maxFm", "meanFm", "adpFm", "wFm", "MAE", "HCE"}
+PYSOD_KEYS = {"Sm", "meanEm", "maxEm", "adpEm", "maxFm", "meanFm", "adpFm", "wFm", "MAE", "HCE"}
+OFFICIAL_EXTRA_KEYS = {"mBA", "maxBIoU", "meanBIoU", "MSE"}
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +64,9 @@ def test_evaluate_matches_pysodmetrics(folders, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "| Sm | meanEm" in result.stdout
     ours = json.loads(out.read_text())
-    assert set(ours) == KEYS
+    assert set(ours) == PYSOD_KEYS | OFFICIAL_EXTRA_KEYS
     expected = _pysodmetrics(folders)
-    for key in KEYS:
+    for key in PYSOD_KEYS:
         assert ours[key] == pytest.approx(float(expected[key]), rel=1e-12, abs=1e-12), key
     assert 0.3 < ours["Sm"] < 1 and ours["HCE"] > 0
 
@@ -102,3 +103,56 @@ def test_unreadable_file_is_one_line_and_the_rest_is_scored(folders, tmp_path):
     assert "Traceback" not in result.stderr
     assert "evaluate: skipped" in result.stderr and "3.png" in result.stderr
     assert "5 image(s), 1 unreadable skipped" in result.stdout
+
+
+def _square(size=64, lo=16, hi=48) -> np.ndarray:
+    gt = np.zeros((size, size), np.uint8)
+    gt[lo:hi, lo:hi] = 255
+    return gt
+
+
+def test_mse_by_hand():
+    from training.boundary_metrics import MSE
+
+    metric = MSE()
+    metric.step(np.full((8, 8), 128, np.uint8), np.full((8, 8), 255, np.uint8))  # constant: not normalised
+    metric.step(_square(8, 2, 6), _square(8, 2, 6))
+    assert metric.get_results()["mse"] == pytest.approx(((1 - 128 / 255) ** 2 + 0) / 2)
+
+
+def test_mean_boundary_accuracy_by_hand():
+    """64x64, a 32x32 square: every radius is 1 ((64 + 64) / 300 < 2), the 3x3 disk is a cross;
+    the band is the outer ring without corners (128 px) plus the inner ring (124 px)."""
+    from training.boundary_metrics import BoundaryAccuracy
+
+    metric = BoundaryAccuracy()
+    metric.step(_square(), _square())
+    metric.step(np.zeros((64, 64), np.uint8), _square())  # right only on the outer ring
+    assert metric.values == [1.0, pytest.approx(128 / 252)]
+    assert metric.get_results()["mba"] == pytest.approx((1 + 128 / 252) / 2)
+
+
+def test_boundary_iou_by_hand():
+    """d = round(0.02 * 64 * sqrt 2) = 2: the square's boundary is a 2-pixel band, 1024 - 28² = 240 px.
+    A perfect prediction has IoU 1 at every threshold but t = 0, where all 4096 pixels count."""
+    from training.boundary_metrics import BoundaryIoU
+
+    metric = BoundaryIoU()
+    metric.step(_square(), _square())
+    curve = metric.get_results()["biou"]["curve"]
+    assert curve.shape == (256,) and np.all(curve[:255] == 1.0) and curve[255] == pytest.approx(240 / 4096)
+    empty = BoundaryIoU()
+    empty.step(np.zeros((64, 64), np.uint8), _square())  # nothing predicted: IoU 0 down to t = 1
+    assert np.all(empty.curves[0][:255] == 0.0)
+
+
+def test_parallel_scores_equal_one_process_and_metrics_select(folders):
+    from training.evaluate import evaluate_folders
+
+    one = evaluate_folders(folders / "pred", folders / "gt", workers=1).results()
+    two = evaluate_folders(folders / "pred", folders / "gt", workers=2).results()
+    assert one == two  # identical numbers, not approximately equal
+    subset = evaluate_folders(folders / "pred", folders / "gt", metrics=["s", "BIoU"], workers=2).results()
+    assert set(subset) == {"Sm", "maxBIoU", "meanBIoU"} and subset["Sm"] == one["Sm"]
+    with pytest.raises(ValueError, match="unknown metric"):
+        evaluate_folders(folders / "pred", folders / "gt", metrics=["IoU"])

@@ -339,3 +339,24 @@ def test_unavailable_training_device_is_one_line(dataset, tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "device 'cuda' is not available" in result.stderr.strip().splitlines()[-1]
+
+
+def test_best_epoch_is_kept_and_can_be_picked_again(dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    from training.trainer import best_epoch
+
+    out = tmp_path / "run"
+    train(tiny_config(dataset, out, epochs=3, val_split=0.25, best_metric="MAE"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"val_Sm", "val_MAE", "val_mBA", "val_maxBIoU", "val_MSE"} <= set(records[-1])
+    by_mae = min(records, key=lambda r: r["val_MAE"])["epoch"]
+    assert best_epoch(out / "metrics.jsonl", "MAE") == by_mae
+    same = lambda a, b: all(torch.equal(x, y) for x, y in zip(load_file(str(a)).values(), load_file(str(b)).values()))
+    assert same(out / "best.safetensors", out / f"epoch_{by_mae}.safetensors")
+    result = subprocess.run([sys.executable, "-m", "training", "best", str(out), "--metric", "Sm"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    by_sm = max(records, key=lambda r: r["val_Sm"])["epoch"]
+    assert f"epoch {by_sm} is the best by val_Sm" in result.stdout
+    assert same(out / "best.safetensors", out / f"epoch_{by_sm}.safetensors")

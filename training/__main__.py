@@ -79,9 +79,10 @@ def cmd_evaluate(args) -> int:
     from .metrics import format_table
 
     if args.pred:
-        metrics = evaluate_folders(args.pred, args.gt)
+        metrics = evaluate_folders(args.pred, args.gt, metrics=args.metrics, workers=args.workers)
     else:
-        metrics = evaluate_model(args.weights, args.data, save_pred=args.save_pred, tile_layout=args.tile_layout)
+        metrics = evaluate_model(args.weights, args.data, save_pred=args.save_pred, tile_layout=args.tile_layout,
+                                 metrics=args.metrics)
     results = metrics.results()
     skipped = f", {len(metrics.skipped)} unreadable skipped" if metrics.skipped else ""
     print(format_table(results, f"{metrics.count} image(s){skipped}"))
@@ -99,6 +100,26 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_best(args) -> int:
+    """Pick the best epoch of a run again, by another metric: copy its checkpoint to best.safetensors."""
+    import shutil
+
+    from .trainer import BEST_FILE, LOG_FILE, best_epoch
+
+    run = Path(args.run)
+    epoch = best_epoch(run / LOG_FILE, args.metric)
+    if epoch is None:
+        raise ValueError(f"{run / LOG_FILE}: no epoch has val_{args.metric} (train with --val or --val-split)")
+    source = run / f"epoch_{epoch}.safetensors"
+    if not source.is_file():
+        raise ValueError(f"epoch {epoch} is the best by val_{args.metric}, but {source.name} was not kept "
+                         "(--save-every); train with --save-every 1 to choose among all epochs")
+    with atomic_path(run / BEST_FILE) as tmp:
+        shutil.copyfile(source, tmp)
+    print(f"training: epoch {epoch} is the best by val_{args.metric}: copied {source.name} to {run / BEST_FILE}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -111,14 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="fine-tune (or train) BiRefNet on im/ + gt/ folders")
-    from .trainer import TrainConfig
+    from .trainer import BEST_METRICS, TrainConfig
 
     add_config_flags(t, TrainConfig)
     t.add_argument("--restart", action="store_true", help="ignore an existing resume.pt in --out")
     t.add_argument("--stop-after-epoch", type=int, default=None, help="stop early (resumable) after this epoch")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="S/E/F-measures, weighted F, MAE, HCE")
+    e = sub.add_parser("evaluate", help="S/E/F-measures, weighted F, MAE, HCE, mBA, BIoU, MSE")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--pred", help="folder of predicted masks (matched to --gt by file name)")
     src.add_argument("--weights", help="segment --data with this model, then score")
@@ -127,7 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--save-pred", help="also write the predicted masks here (with --weights)")
     e.add_argument("--tile-layout", default=None, choices=("current", "legacy"))
     e.add_argument("--json", help="write the scores as JSON")
+    e.add_argument("--metrics", nargs="+", metavar="NAME",
+                   help="a subset, by the official names: S E F WF MAE HCE MBA BIoU MSE (default: all)")
+    e.add_argument("--workers", type=int, default=None,
+                   help="processes scoring --pred folders (default: one per core, at most 8; same numbers as 1)")
     e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("best", help="copy a run's best epoch (by a validation metric) to best.safetensors")
+    b.add_argument("run", help="the run folder (--out of train)")
+    b.add_argument("--metric", default="Sm", choices=BEST_METRICS, help="validation score to rank epochs by")
+    b.set_defaults(func=cmd_best)
 
     s = sub.add_parser("synth", help="write a synthetic dataset (im/ + gt/)")
     s.add_argument("--out", required=True)

@@ -1,8 +1,12 @@
 """Score predictions: from a folder of masks, or by running a model over a dataset folder."""
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
+import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -11,7 +15,7 @@ from birefnet.inference import mask_to_image
 from birefnet.io import IMAGE_SUFFIXES, read_image, save_image
 
 from .data import find_pairs, read_mask
-from .metrics import MetricSet
+from .metrics import MetricSet, parse_metrics
 
 
 def _grey(path) -> np.ndarray:
@@ -19,35 +23,80 @@ def _grey(path) -> np.ndarray:
     return np.asarray(read_mask(path), dtype=np.float32) / 255.0
 
 
-def evaluate_folders(pred_dir, gt_dir) -> MetricSet:
-    """Predictions matched to ground truths by file stem; every ground truth needs one."""
+def evaluate_folders(pred_dir, gt_dir, *, metrics=None, workers: int | None = None) -> MetricSet:
+    """Predictions matched to ground truths by file stem; every ground truth needs one.
+
+    The images are scored by `workers` processes (default: one per CPU core, at most 8), each
+    over consecutive parts of the sorted list, joined in order: the numbers equal one process's.
+    """
     files = lambda d: {p.stem: p for p in sorted(Path(d).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     preds, gts = files(pred_dir), files(gt_dir)
     missing = sorted(gts.keys() - preds.keys())
     if missing:
         raise ValueError(f"{pred_dir}: no prediction for {len(missing)} ground truth(s): {', '.join(missing[:5])}")
-    metrics = MetricSet()
-    bar = tqdm(sorted(gts), desc="evaluate", unit="img")
-    for stem in bar:
+    names = parse_metrics(metrics)
+    pairs = [(preds[stem], gts[stem]) for stem in sorted(gts)]
+    workers = min(os.cpu_count() or 1, 8) if workers is None else max(1, workers)
+    bar = tqdm(total=len(pairs), desc="evaluate", unit="img")
+    if workers == 1 or len(pairs) < 4:
+        result = _score(pairs, names, bar)
+    else:
+        size = max(1, min(32, len(pairs) // (4 * workers)))  # small parts: balanced load, steady progress
+        parts = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+        result = MetricSet(names)
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for part in pool.map(_score_part, parts, [names] * len(parts)):
+                for what, message in part.skipped:
+                    bar.write(f"evaluate: skipped {what}: {message}")
+                part.skipped = [what for what, _ in part.skipped]
+                result.join(part)
+                bar.update(part.count + len(part.skipped))
+    bar.close()
+    return result
+
+
+def _score_part(pairs, names) -> MetricSet:
+    """One process's share: scored in order; unreadable pairs kept with their message for the parent."""
+    cv2.setNumThreads(1)  # the processes are the parallelism
+    metrics = MetricSet(names)
+    for pred_path, gt_path in pairs:
         try:
-            pred, gt = _grey(preds[stem]), _grey(gts[stem])
-        except (OSError, ValueError) as err:  # one unreadable file must not end a long evaluation
-            _skip(bar, metrics, f"{preds[stem]} / {gts[stem]}", err)
+            pred, gt = _grey(pred_path), _grey(gt_path)
+        except (OSError, ValueError) as err:
+            metrics.skipped.append((f"{pred_path} / {gt_path}", _first_line(err)))
             continue
         metrics.step(pred, gt)
     return metrics
 
 
+def _score(pairs, names, bar) -> MetricSet:
+    metrics = MetricSet(names)
+    for pred_path, gt_path in pairs:
+        try:
+            pred, gt = _grey(pred_path), _grey(gt_path)
+        except (OSError, ValueError) as err:  # one unreadable file must not end a long evaluation
+            _skip(bar, metrics, f"{pred_path} / {gt_path}", err)
+        else:
+            metrics.step(pred, gt)
+        bar.update(1)
+    return metrics
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def _skip(bar, metrics: MetricSet, what: str, err: Exception) -> None:
     metrics.skipped.append(what)
-    bar.write(f"evaluate: skipped {what}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+    bar.write(f"evaluate: skipped {what}: {_first_line(err)}")
 
 
-def evaluate_model(weights, data, *, save_pred=None, tile_layout=None) -> MetricSet:
+def evaluate_model(weights, data, *, save_pred=None, tile_layout=None, metrics=None) -> MetricSet:
     """Segment every image of dataset folder(s) `data` at the checkpoint's working size, score
     at the original size, optionally keeping the predicted masks."""
     model = birefnet.load_model(weights, tile_layout=tile_layout)
-    metrics = MetricSet()
+    metrics = MetricSet(metrics)
     bar = tqdm(find_pairs(data), desc="segment + evaluate", unit="img")
     for image_path, gt_path in bar:
         try:

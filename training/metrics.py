@@ -1,5 +1,6 @@
 """DIS/SOD evaluation: S-measure, E-measure, F-measure, weighted F, MAE (pysodmetrics, the
-reference implementation the official code ports line for line) and HCE (DIS paper)."""
+reference implementation the official code ports line for line), HCE (DIS paper) and the
+official evaluator's mBA, BIoU and MSE (`boundary_metrics`)."""
 from __future__ import annotations
 
 import warnings
@@ -9,7 +10,33 @@ import numpy as np
 import py_sod_metrics as sod
 import torch
 
-KEYS = ("Sm", "meanEm", "maxEm", "adpEm", "maxFm", "meanFm", "adpFm", "wFm", "MAE", "HCE")
+from .boundary_metrics import MSE, BoundaryAccuracy, BoundaryIoU
+
+# The official evaluator's metric names, and the report keys each one gives.
+METRICS = {
+    "S": ("Sm",), "E": ("meanEm", "maxEm", "adpEm"), "F": ("maxFm", "meanFm", "adpFm"), "WF": ("wFm",),
+    "MAE": ("MAE",), "HCE": ("HCE",), "MBA": ("mBA",), "BIoU": ("maxBIoU", "meanBIoU"), "MSE": ("MSE",),
+}
+KEYS = tuple(key for keys in METRICS.values() for key in keys)
+
+
+def _measure(name: str):
+    with warnings.catch_warnings():  # Fmeasure is the one the official evaluation ports; keep it
+        warnings.simplefilter("ignore", UserWarning)
+        return {"S": sod.Smeasure, "E": sod.Emeasure, "F": sod.Fmeasure, "WF": sod.WeightedFmeasure, "MAE": sod.MAE,
+                "HCE": sod.HumanCorrectionEffortMeasure, "MBA": BoundaryAccuracy, "BIoU": BoundaryIoU,
+                "MSE": MSE}[name]()
+
+
+def parse_metrics(names) -> tuple[str, ...]:
+    """Official names (S, E, F, WF, MAE, HCE, MBA, BIoU, MSE; any case) -> a checked tuple; None: all."""
+    if names is None:
+        return tuple(METRICS)
+    by_lower = {name.lower(): name for name in METRICS}
+    unknown = [n for n in names if n.lower() not in by_lower]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {' '.join(METRICS)}")
+    return tuple(dict.fromkeys(by_lower[n.lower()] for n in names))
 
 
 def to_uint8(image) -> np.ndarray:
@@ -25,14 +52,12 @@ def to_uint8(image) -> np.ndarray:
 
 
 class MetricSet:
-    """Accumulates one prediction/ground-truth pair at a time; `results()` gives the KEYS."""
+    """Accumulates one prediction/ground-truth pair at a time; `results()` gives the KEYS of the
+    chosen `metrics` (official names; default all). Sets filled by separate processes over
+    consecutive parts of a data set `join` into exactly the set one process would have."""
 
-    def __init__(self, hce: bool = True):
-        with warnings.catch_warnings():  # Fmeasure is the one the official evaluation ports; keep it
-            warnings.simplefilter("ignore", UserWarning)
-            self.sm, self.em, self.fm = sod.Smeasure(), sod.Emeasure(), sod.Fmeasure()
-        self.wfm, self.mae = sod.WeightedFmeasure(), sod.MAE()
-        self.hce = sod.HumanCorrectionEffortMeasure() if hce else None
+    def __init__(self, metrics=None):
+        self.measures = {name: _measure(name) for name in parse_metrics(metrics)}
         self.count = 0
         self.skipped: list[str] = []  # pairs that could not be read (reported, not scored)
 
@@ -40,22 +65,45 @@ class MetricSet:
         pred, gt = to_uint8(pred), to_uint8(gt)
         if pred.shape != gt.shape:  # the official evaluation resizes predictions to the GT (bilinear)
             pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-        for metric in (self.sm, self.em, self.fm, self.wfm, self.mae, self.hce):
-            if metric is not None:
-                metric.step(pred=pred, gt=gt)
+        for measure in self.measures.values():
+            measure.step(pred=pred, gt=gt)
         self.count += 1
+
+    def join(self, other: "MetricSet") -> None:
+        """Append `other`'s images after this set's (every measure keeps per-image lists)."""
+        for name, measure in self.measures.items():
+            for attr, value in vars(measure).items():
+                if isinstance(value, list):
+                    value.extend(getattr(other.measures[name], attr))
+        self.count += other.count
+        self.skipped += other.skipped
 
     def results(self) -> dict[str, float]:
         if not self.count:
             raise ValueError("no prediction/ground-truth pairs were evaluated")
-        em, fm = self.em.get_results()["em"], self.fm.get_results()["fm"]
-        out = {
-            "Sm": self.sm.get_results()["sm"], "meanEm": em["curve"].mean(), "maxEm": em["curve"].max(),
-            "adpEm": em["adp"], "maxFm": fm["curve"].max(), "meanFm": fm["curve"].mean(), "adpFm": fm["adp"],
-            "wFm": self.wfm.get_results()["wfm"], "MAE": self.mae.get_results()["mae"],
-        }
-        if self.hce is not None:
-            out["HCE"] = self.hce.get_results()["hce"]
+        m = {name: measure.get_results() for name, measure in self.measures.items()}
+        out = {}
+        if "S" in m:
+            out["Sm"] = m["S"]["sm"]
+        if "E" in m:
+            em = m["E"]["em"]
+            out.update(meanEm=em["curve"].mean(), maxEm=em["curve"].max(), adpEm=em["adp"])
+        if "F" in m:
+            fm = m["F"]["fm"]
+            out.update(maxFm=fm["curve"].max(), meanFm=fm["curve"].mean(), adpFm=fm["adp"])
+        if "WF" in m:
+            out["wFm"] = m["WF"]["wfm"]
+        if "MAE" in m:
+            out["MAE"] = m["MAE"]["mae"]
+        if "HCE" in m:
+            out["HCE"] = m["HCE"]["hce"]
+        if "MBA" in m:
+            out["mBA"] = m["MBA"]["mba"]
+        if "BIoU" in m:
+            curve = m["BIoU"]["biou"]["curve"]
+            out.update(maxBIoU=curve.max(), meanBIoU=curve.mean())
+        if "MSE" in m:
+            out["MSE"] = m["MSE"]["mse"]
         return {k: float(v) for k, v in out.items()}
 
 

@@ -23,10 +23,15 @@ from birefnet.io import atomic_path
 
 from .data import Augment, SegmentationDataset, SizedBatchSampler, collate, find_pairs
 from .losses import FINETUNE_LAST_EPOCHS, birefnet_loss, loss_weights
-from .metrics import MetricSet
+from .metrics import METRICS, MetricSet
 
 log = logging.getLogger(__name__)
 RESUME_FILE = "resume.pt"
+BEST_FILE = "best.safetensors"
+# Validation scores training can choose the best epoch by (MetricSet keys without HCE, which validation skips).
+BEST_METRICS = ("Sm", "meanEm", "maxEm", "adpEm", "maxFm", "meanFm", "adpFm", "wFm", "MAE", "mBA", "maxBIoU",
+                "meanBIoU", "MSE")
+LOWER_IS_BETTER = ("MAE", "HCE", "MSE")
 LOG_FILE = "metrics.jsonl"
 
 
@@ -45,6 +50,8 @@ class TrainConfig:
                             "after `birefnet download`), or 'scratch' (with --backbone)")
     val: list[str] = option(list, help="validation dataset folder(s)", nargs="*")
     val_split: float = option(0.0, help="hold out this fraction of --data for validation when no --val")
+    best_metric: str = option("Sm", help="validation score that picks best.safetensors (MAE, HCE, MSE: lower is "
+                                         "better; the others higher)", choices=BEST_METRICS)
     backbone: str = option("swin_v1_l", help="backbone for --init scratch (swin_v1_t/s/b/l, pvt_v2_b0/b1/b2/b5)")
     backbone_weights: str | None = option(None, help="ImageNet weights for the --init scratch backbone: a file "
                                                      "(timm or original layout) or 'timm' to download them")
@@ -288,7 +295,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         self.model.eval()
-        metrics = MetricSet(hce=False)
+        metrics = MetricSet([name for name in METRICS if name != "HCE"])
         sampler = SizedBatchSampler(len(self.val_set), self.cfg.batch_size, self.cfg.size, None, shuffle=False,
                                     drop_last=False)
         for images, masks, _ in self._loader(self.val_set, sampler):
@@ -323,12 +330,26 @@ class Trainer:
                     save_checkpoint(self.model, self.out / f"epoch_{epoch}.safetensors", resolution=resolution)
                 if epoch == cfg.epochs:
                     save_checkpoint(self.model, final, resolution=resolution)
+                if best_epoch(self.out / LOG_FILE, cfg.best_metric) == epoch:
+                    save_checkpoint(self.model, self.out / BEST_FILE, resolution=resolution)
+                    log.info("epoch %d is the best so far by val_%s: wrote %s", epoch, cfg.best_metric, BEST_FILE)
             rng = self.rng_states()  # all ranks take part
             if self.rank == 0:
                 self.save_resume(epoch, rng)
             if self.world > 1:
                 torch.distributed.barrier()
         return final if last == cfg.epochs else self.out / f"epoch_{last}.safetensors"
+
+
+def best_epoch(log_file, metric: str = "Sm") -> int | None:
+    """The epoch of metrics.jsonl with the best `val_<metric>` (the earliest among equals), or None."""
+    key, sign = f"val_{metric}", (-1 if metric in LOWER_IS_BETTER else 1)
+    best = None
+    for line in Path(log_file).read_text().splitlines() if Path(log_file).is_file() else []:
+        record = json.loads(line)
+        if key in record and (best is None or sign * record[key] > sign * best[1]):
+            best = (record["epoch"], record[key])
+    return None if best is None else best[0]
 
 
 def summary(record: dict) -> str:
