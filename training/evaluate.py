@@ -4,6 +4,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -48,7 +49,7 @@ def evaluate_folders(pred_dir, gt_dir, *, metrics=None, workers: int | None = No
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
             for part in pool.map(_score_part, parts, [names] * len(parts)):
                 for what, message in part.skipped:
-                    bar.write(f"evaluate: skipped {what}: {message}")
+                    bar.write(f"evaluate: skipped {what}: {message}", file=sys.stderr)
                 part.skipped = [what for what, _ in part.skipped]
                 result.join(part)
                 bar.update(part.count + len(part.skipped))
@@ -89,7 +90,7 @@ def _first_line(err: Exception) -> str:
 
 def _skip(bar, metrics: MetricSet, what: str, err: Exception) -> None:
     metrics.skipped.append(what)
-    bar.write(f"evaluate: skipped {what}: {_first_line(err)}")
+    bar.write(f"evaluate: skipped {what}: {_first_line(err)}", file=sys.stderr)
 
 
 def evaluate_model(weights, data, *, save_pred=None, tile_layout=None, metrics=None) -> MetricSet:
