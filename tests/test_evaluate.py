@@ -156,3 +156,17 @@ def test_parallel_scores_equal_one_process_and_metrics_select(folders):
     assert set(subset) == {"Sm", "maxBIoU", "meanBIoU"} and subset["Sm"] == one["Sm"]
     with pytest.raises(ValueError, match="unknown metric"):
         evaluate_folders(folders / "pred", folders / "gt", metrics=["IoU"])
+
+
+def test_hce_conventions_differ_on_a_faint_prediction():
+    """A correct but faint prediction (object at 100 of 255): PySOD normalises it to a perfect
+    map (HCE 0); the DIS convention thresholds raw values at 128 and misses the whole object."""
+    from training.metrics import MetricSet
+
+    gt, faint = _square(), np.where(_square() > 0, 100, 0).astype(np.uint8)
+    pysod, dis = MetricSet(["HCE"]), MetricSet(["HCE"], hce_convention="dis")
+    pysod.step(faint, gt), dis.step(faint, gt)
+    assert pysod.results()["HCE"] == 0.0 and dis.results()["HCE"] > 0
+    same = MetricSet(["HCE"], hce_convention="dis")
+    same.step(np.zeros_like(gt), gt)  # DIS on the faint map = PySOD on an empty prediction
+    assert dis.results()["HCE"] == same.results()["HCE"]

@@ -79,10 +79,11 @@ def cmd_evaluate(args) -> int:
     from .metrics import format_table
 
     if args.pred:
-        metrics = evaluate_folders(args.pred, args.gt, metrics=args.metrics, workers=args.workers)
+        metrics = evaluate_folders(args.pred, args.gt, metrics=args.metrics, workers=args.workers,
+                                   hce_convention=args.hce_convention)
     else:
         metrics = evaluate_model(args.weights, args.data, save_pred=args.save_pred, tile_layout=args.tile_layout,
-                                 metrics=args.metrics)
+                                 metrics=args.metrics, hce_convention=args.hce_convention)
     results = metrics.results()
     skipped = f", {len(metrics.skipped)} unreadable skipped" if metrics.skipped else ""
     print(format_table(results, f"{metrics.count} image(s){skipped}"))
@@ -150,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="write the scores as JSON")
     e.add_argument("--metrics", nargs="+", metavar="NAME",
                    help="a subset, by the official names: S E F WF MAE HCE MBA BIoU MSE (default: all)")
+    e.add_argument("--hce-convention", choices=("pysod", "dis"), default="pysod",
+                   help="pysod: min-max normalise each prediction, then > 0.5 (default); dis: raw values > 128 "
+                        "(the DIS benchmark's and the official evaluator's HCE)")
     e.add_argument("--workers", type=int, default=None,
                    help="processes scoring --pred folders (default: one per core, at most 8; same numbers as 1)")
     e.set_defaults(func=cmd_evaluate)

@@ -24,7 +24,8 @@ def _grey(path) -> np.ndarray:
     return np.asarray(read_mask(path), dtype=np.float32) / 255.0
 
 
-def evaluate_folders(pred_dir, gt_dir, *, metrics=None, workers: int | None = None) -> MetricSet:
+def evaluate_folders(pred_dir, gt_dir, *, metrics=None, workers: int | None = None,
+                     hce_convention: str = "pysod") -> MetricSet:
     """Predictions matched to ground truths by file stem; every ground truth needs one.
 
     The images are scored by `workers` processes (default: one per CPU core, at most 8), each
@@ -40,14 +41,14 @@ def evaluate_folders(pred_dir, gt_dir, *, metrics=None, workers: int | None = No
     workers = min(os.cpu_count() or 1, 8) if workers is None else max(1, workers)
     bar = tqdm(total=len(pairs), desc="evaluate", unit="img")
     if workers == 1 or len(pairs) < 4:
-        result = _score(pairs, names, bar)
+        result = _score(pairs, names, hce_convention, bar)
     else:
         size = max(1, min(32, len(pairs) // (4 * workers)))  # small parts: balanced load, steady progress
         parts = [pairs[i : i + size] for i in range(0, len(pairs), size)]
-        result = MetricSet(names)
+        result = MetricSet(names, hce_convention)
         context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for part in pool.map(_score_part, parts, [names] * len(parts)):
+            for part in pool.map(_score_part, parts, [names] * len(parts), [hce_convention] * len(parts)):
                 for what, message in part.skipped:
                     bar.write(f"evaluate: skipped {what}: {message}", file=sys.stderr)
                 part.skipped = [what for what, _ in part.skipped]
@@ -57,10 +58,10 @@ def evaluate_folders(pred_dir, gt_dir, *, metrics=None, workers: int | None = No
     return result
 
 
-def _score_part(pairs, names) -> MetricSet:
+def _score_part(pairs, names, hce_convention) -> MetricSet:
     """One process's share: scored in order; unreadable pairs kept with their message for the parent."""
     cv2.setNumThreads(1)  # the processes are the parallelism
-    metrics = MetricSet(names)
+    metrics = MetricSet(names, hce_convention)
     for pred_path, gt_path in pairs:
         try:
             pred, gt = _grey(pred_path), _grey(gt_path)
@@ -71,8 +72,8 @@ def _score_part(pairs, names) -> MetricSet:
     return metrics
 
 
-def _score(pairs, names, bar) -> MetricSet:
-    metrics = MetricSet(names)
+def _score(pairs, names, hce_convention, bar) -> MetricSet:
+    metrics = MetricSet(names, hce_convention)
     for pred_path, gt_path in pairs:
         try:
             pred, gt = _grey(pred_path), _grey(gt_path)
@@ -93,11 +94,12 @@ def _skip(bar, metrics: MetricSet, what: str, err: Exception) -> None:
     bar.write(f"evaluate: skipped {what}: {_first_line(err)}", file=sys.stderr)
 
 
-def evaluate_model(weights, data, *, save_pred=None, tile_layout=None, metrics=None) -> MetricSet:
+def evaluate_model(weights, data, *, save_pred=None, tile_layout=None, metrics=None,
+                   hce_convention: str = "pysod") -> MetricSet:
     """Segment every image of dataset folder(s) `data` at the checkpoint's working size, score
     at the original size, optionally keeping the predicted masks."""
     model = birefnet.load_model(weights, tile_layout=tile_layout)
-    metrics = MetricSet(metrics)
+    metrics = MetricSet(metrics, hce_convention)
     bar = tqdm(find_pairs(data), desc="segment + evaluate", unit="img")
     for image_path, gt_path in bar:
         try:

@@ -18,6 +18,7 @@ METRICS = {
     "MAE": ("MAE",), "HCE": ("HCE",), "MBA": ("mBA",), "BIoU": ("maxBIoU", "meanBIoU"), "MSE": ("MSE",),
 }
 KEYS = tuple(key for keys in METRICS.values() for key in keys)
+HCE_CONVENTIONS = ("pysod", "dis")
 
 
 def _measure(name: str):
@@ -56,8 +57,14 @@ class MetricSet:
     chosen `metrics` (official names; default all). Sets filled by separate processes over
     consecutive parts of a data set `join` into exactly the set one process would have."""
 
-    def __init__(self, metrics=None):
+    def __init__(self, metrics=None, hce_convention: str = "pysod"):
+        """hce_convention: "pysod" (each prediction min-max normalised, then > 0.5: PySOD's and this
+        package's default) or "dis" (raw values > 128, as the DIS benchmark and the official
+        evaluator: a faint prediction that never reaches 129 counts as background)."""
+        if hce_convention not in HCE_CONVENTIONS:
+            raise ValueError(f"unknown HCE convention {hce_convention!r}; use {' or '.join(HCE_CONVENTIONS)}")
         self.measures = {name: _measure(name) for name in parse_metrics(metrics)}
+        self.hce_convention = hce_convention
         self.count = 0
         self.skipped: list[str] = []  # pairs that could not be read (reported, not scored)
 
@@ -65,8 +72,11 @@ class MetricSet:
         pred, gt = to_uint8(pred), to_uint8(gt)
         if pred.shape != gt.shape:  # the official evaluation resizes predictions to the GT (bilinear)
             pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-        for measure in self.measures.values():
-            measure.step(pred=pred, gt=gt)
+        for name, measure in self.measures.items():
+            if name == "HCE" and self.hce_convention == "dis":  # binary 0/255: PySOD's normalisation keeps it
+                measure.step(pred=np.where(pred > 128, 255, 0).astype(np.uint8), gt=gt)
+            else:
+                measure.step(pred=pred, gt=gt)
         self.count += 1
 
     def join(self, other: "MetricSet") -> None:
