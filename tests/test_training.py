@@ -251,6 +251,7 @@ def test_torchrun_distributed_training(dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "final.safetensors").is_file()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert "Grad strides do not match" not in result.stderr
 
 
 def test_fine_tuning_keeps_the_checkpoint_tile_layout(tmp_path, b0_model):
