@@ -20,8 +20,12 @@ from .metrics import MetricSet, parse_metrics
 
 
 def _grey(path) -> np.ndarray:
-    """A mask file as float [0, 1] (16-bit files keep their soft values)."""
-    return np.asarray(read_mask(path), dtype=np.float32) / 255.0
+    """A mask file as the metrics read it: 8-bit files as they are (uint8), deeper ones as float
+    [0, 1] so that 16-bit soft values are rounded once, not clipped."""
+    mask = read_mask(path)
+    if mask.mode == "L":
+        return np.asarray(mask)
+    return np.asarray(mask, dtype=np.float32) / 255.0
 
 
 def evaluate_folders(pred_dir, gt_dir, *, metrics=None, workers: int | None = None,
