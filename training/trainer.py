@@ -142,6 +142,8 @@ class Trainer:
         self.cfg = cfg
         self.rank, self.world = _distributed()
         self.device = _device(cfg.device, self.rank)
+        if self.world > 1 and self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL collectives of objects (the RNG states) use the current GPU
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
