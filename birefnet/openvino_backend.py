@@ -57,6 +57,8 @@ class OpenVINOModel(nn.Module):
     convert new working sizes.
     """
 
+    outside_torch_devices = True  # compiled for the CPU by OpenVINO: device moves and memory managers skip it
+
     def __init__(self, model: nn.Module, precision: torch.dtype = torch.float32, cache: str | os.PathLike | None = None,
                  threads: int | None = None):
         ov = require("openvino", "openvino")

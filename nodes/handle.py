@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 
 import birefnet
-from birefnet.openvino_backend import OpenVINOModel
 
 from . import host
 
@@ -15,8 +14,8 @@ class BiRefNetHandle:
         self.info = model.info
         self.model = model.to(dtype=dtype)
         # An OpenVINO model lives outside torch's devices: ComfyUI's memory manager has nothing to move.
-        on_openvino = isinstance(model, OpenVINOModel)
-        self.patcher = None if on_openvino else host.make_patcher(self.model, device, host.offload_device())
+        outside = getattr(model, "outside_torch_devices", False)
+        self.patcher = None if outside else host.make_patcher(self.model, device, host.offload_device())
 
     def ready(self) -> birefnet.BiRefNet:
         """The model on its compute device (through ComfyUI's loader when there is one)."""

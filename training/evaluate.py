@@ -50,7 +50,7 @@ def evaluate_folders(pred_dir, gt_dir, *, metrics=None, workers: int | None = No
         size = max(1, min(32, len(pairs) // (4 * workers)))  # small parts: balanced load, steady progress
         parts = [pairs[i : i + size] for i in range(0, len(pairs), size)]
         result = MetricSet(names, hce_convention)
-        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
+        context = multiprocessing.get_context(_START_METHOD)
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
             for part in pool.map(_score_part, parts, [names] * len(parts), [hce_convention] * len(parts)):
                 for what, message in part.skipped:
@@ -60,6 +60,13 @@ def evaluate_folders(pred_dir, gt_dir, *, metrics=None, workers: int | None = No
                 bar.update(part.count + len(part.skipped))
     bar.close()
     return result
+
+
+# Linux: fork (the workers inherit the loaded modules, no import of torch per worker, and no second
+# import of the packages by path, which picks the wrong `birefnet` when a checkout of that name sits
+# on sys.path's parent); the workers use numpy, PIL and cv2 only, never torch's thread pool.
+# Elsewhere the platform's default (spawn).
+_START_METHOD = "fork" if sys.platform.startswith("linux") else None
 
 
 def _score_part(pairs, names, hce_convention) -> MetricSet:
