@@ -382,3 +382,67 @@ def test_compiled_training_traces_the_whole_step_and_matches_eager(dataset, tmp_
     # derivative is right, and the decomposed backward picks by rounding). Count those, do not bound them.
     moved = sum(int(((a[k].float() - b[k].float()).abs() > 1e-5).sum()) for k in a)
     assert moved < 0.01 * sum(t.numel() for t in a.values())
+
+
+def _cutout_folders(root):
+    """The same three objects as RGBA files, as fg/ + alpha/ with a flat bg/, and as im/ + alpha/."""
+    for sub in ("rgba", "fgset/fg", "fgset/alpha", "fgset/bg", "matting/im", "matting/alpha"):
+        (root / sub).mkdir(parents=True)
+    for i in range(3):
+        image, mask = make_sample(9, i, (48, 64))
+        Image.fromarray(np.dstack([np.asarray(image), np.asarray(mask)])).save(root / "rgba" / f"{i}.png")
+        image.save(root / "fgset" / "fg" / f"{i}.png")
+        mask.save(root / "fgset" / "alpha" / f"{i}.png")
+        image.save(root / "matting" / "im" / f"{i}.jpg")
+        mask.save(root / "matting" / "alpha" / f"{i}.png")
+    Image.new("RGB", (80, 80), (10, 200, 30)).save(root / "fgset" / "bg" / "green.png")
+    Image.new("RGB", (48, 64)).save(root / "rgba" / "no_alpha.png")
+
+
+def test_cutouts_and_matting_alphas_are_datasets(tmp_path, caplog):
+    from birefnet.inference import normalise
+    from training.data import SegmentationDataset, find_backgrounds
+
+    _cutout_folders(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        rgba = find_pairs(tmp_path / "rgba")
+    assert [(s.image.name, s.cutout) for s in rgba] == [("0.png", True), ("1.png", True), ("2.png", True)]
+    assert "no_alpha.png" in caplog.text  # reported and left out
+    size = (48, 64)
+    alpha = torch.from_numpy(np.asarray(make_sample(9, 1, size)[1], np.float32) / 255)
+
+    # RGBA: the alpha is the target; the colours land on a new synthesised backdrop every epoch
+    data = SegmentationDataset(rgba, None, seed=1)
+    image_0, mask, _ = data[1, size]
+    assert torch.allclose(mask[0], alpha, atol=1 / 255)
+    data.epoch = 1
+    image_1, again, _ = data[1, size]
+    assert torch.equal(mask, again)
+    outside = alpha < 1e-3
+    assert (image_0 - image_1).abs()[:, outside].mean() > 0.05  # the background changed
+    assert (image_0 - image_1).abs()[:, alpha > 0.999].max() < 1e-5  # the object did not
+
+    # fg/ + alpha/ with bg/: the backdrop is a crop of the background file (flat green here)
+    samples, backgrounds = find_pairs(tmp_path / "fgset"), find_backgrounds(tmp_path / "fgset")
+    assert all(s.cutout for s in samples) and [b.name for b in backgrounds] == ["green.png"]
+    image, _, _ = SegmentationDataset(samples, None, backgrounds=backgrounds)[1, size]
+    green = normalise(torch.tensor([10, 200, 30], dtype=torch.float32).view(1, 3, 1, 1) / 255)[0, :, 0, 0]
+    assert torch.allclose(image[:, outside], green[:, None].expand(3, int(outside.sum())), atol=0.02)
+
+    # im/ + alpha/ (matting): soft targets kept soft
+    matting = find_pairs(tmp_path / "matting")
+    assert not any(s.cutout for s in matting)
+    _, soft, _ = SegmentationDataset(matting, None)[1, size]
+    assert ((soft > 0.02) & (soft < 0.98)).float().mean() > 0.005
+
+    with pytest.raises(DatasetError, match="no image has an alpha channel"):
+        only_rgb = tmp_path / "rgb"
+        only_rgb.mkdir()
+        Image.new("RGB", (8, 8)).save(only_rgb / "a.png")
+        find_pairs(only_rgb)
+
+
+def test_training_on_a_folder_of_cutouts(tmp_path):
+    _cutout_folders(tmp_path)
+    final = train(tiny_config(tmp_path / "rgba", tmp_path / "run", epochs=1, max_steps_per_epoch=1))
+    assert final.is_file()

@@ -1,5 +1,14 @@
-"""Training data: folders of images (`im/`) and masks (`gt/`) matched by file stem, the
-official augmentations (spec §8.4), optional dynamic sizes and background synthesis.
+"""Training data as users have it, the official augmentations, optional dynamic sizes and
+background synthesis.
+
+A dataset folder holds one of these layouts (files matched by stem):
+- `im/` + `gt/` (or `mask/`): images and masks, binary or soft;
+- `im/` + `alpha/` (or `matte/`): images and matting alphas, soft targets;
+- `fg/` + `alpha/`: foreground colours and alphas (matting sets), composited over a background;
+- `rgba/`, or RGBA files directly in the folder: cut-outs, the alpha is the target and the
+  colours are composited over a background.
+Cut-outs get a new background every epoch: a random image of `bg/` when the folder has one,
+otherwise a synthesised texture.
 
 All randomness of a sample is drawn from numpy's generator seeded by (seed, epoch, index)
 and the batch sizes from (seed, epoch, batch), so an interrupted run resumes identically
@@ -11,17 +20,35 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageOps
 
 from birefnet.inference import normalise, to_rgb_tensor
 from birefnet.io import IMAGE_SUFFIXES, read_image
 
+from .synthetic import background
+
 log = logging.getLogger(__name__)
 IMAGE_DIRS = ("im", "image", "images")
-MASK_DIRS = ("gt", "mask", "masks")
+MASK_DIRS = ("gt", "mask", "masks", "alpha", "alphas", "matte")
+FOREGROUND_DIRS = ("fg", "foreground")
+ALPHA_DIRS = ("alpha", "alphas", "matte")
+CUTOUT_DIRS = ("rgba", "cutouts")
+BACKGROUND_DIRS = ("bg", "backgrounds")
+LAYOUTS = ("im/ + gt/ (images and masks), im/ + alpha/ (matting alphas), fg/ + alpha/ (foregrounds and "
+           "alphas), rgba/ or RGBA files in the folder (cut-outs)")
+
+
+class Sample(NamedTuple):
+    """One training example: `image` and its `mask`; a `cutout` is composited over a background
+    when read (`image` holds its colours, `mask` its alpha: the same file for RGBA)."""
+
+    image: Path
+    mask: Path
+    cutout: bool = False
 
 
 class DatasetError(ValueError):
@@ -42,31 +69,73 @@ def _listing(items, limit: int = 5) -> str:
     return ", ".join(items[:limit]) + more
 
 
-def find_pairs(folders) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs from each folder's im/ and gt/ (matched by stem). Unmatched files
-    are reported and left out; a folder without any pair is an error."""
-    pairs = []
-    for folder in map(Path, [folders] if isinstance(folders, (str, Path)) else folders):
+def _folders(folders) -> list[Path]:
+    return list(map(Path, [folders] if isinstance(folders, (str, Path)) else folders))
+
+
+def _matched(folder: Path, first: Path, second: Path, what: str, cutout: bool) -> list[Sample]:
+    images, masks = _files_by_stem(first), _files_by_stem(second)
+    common = sorted(images.keys() & masks.keys())
+    lonely = sorted(images.keys() - masks.keys())
+    orphan = sorted(masks.keys() - images.keys())
+    if lonely:
+        log.warning("%s: %d %s(s) without a %s left out: %s", folder, len(lonely), what[0], what[1], _listing(lonely))
+    if orphan:
+        log.warning("%s: %d %s(s) without a %s left out: %s", folder, len(orphan), what[1], what[0], _listing(orphan))
+    if not common:
+        raise DatasetError(f"{folder}: no {what[0]} in {first.name}/ has a {what[1]} of the same name in {second.name}/ "
+                           f"({len(images)} {what[0]}s, {len(masks)} {what[1]}s)")
+    return [Sample(images[stem], masks[stem], cutout) for stem in common]
+
+
+def _has_alpha(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    except OSError:
+        return False
+
+
+def _cutouts(folder: Path, files: dict[str, Path]) -> list[Sample]:
+    with_alpha = [path for path in files.values() if _has_alpha(path)]
+    without = sorted(path.name for path in files.values() if path not in with_alpha)
+    if with_alpha and without:
+        log.warning("%s: %d file(s) without an alpha channel left out: %s", folder, len(without), _listing(without))
+    return [Sample(path, path, True) for path in with_alpha]
+
+
+def find_pairs(folders) -> list[Sample]:
+    """The samples of each dataset folder, in any layout of the module docstring. Unmatched files
+    are reported and left out; a folder without any sample is an error naming the layouts."""
+    samples = []
+    for folder in _folders(folders):
         if not folder.is_dir():
             raise DatasetError(f"{folder}: dataset folder not found")
         im_dir, gt_dir = _sub(folder, IMAGE_DIRS), _sub(folder, MASK_DIRS)
-        if im_dir is None or gt_dir is None:
-            raise DatasetError(f"{folder}: expected sub-folders im/ (images) and gt/ (masks) matched by file name")
-        images, masks = _files_by_stem(im_dir), _files_by_stem(gt_dir)
-        common = sorted(images.keys() & masks.keys())
-        lonely = sorted(images.keys() - masks.keys())
-        orphan = sorted(masks.keys() - images.keys())
-        if lonely:
-            log.warning("%s: %d image(s) without a mask left out: %s", folder, len(lonely), _listing(lonely))
-        if orphan:
-            log.warning("%s: %d mask(s) without an image left out: %s", folder, len(orphan), _listing(orphan))
-        if not common:
-            raise DatasetError(
-                f"{folder}: no image in {im_dir.name}/ has a mask of the same name in {gt_dir.name}/ "
-                f"({len(images)} images, {len(masks)} masks)"
-            )
-        pairs += [(images[s], masks[s]) for s in common]
-    return pairs
+        fg_dir, alpha_dir, rgba_dir = _sub(folder, FOREGROUND_DIRS), _sub(folder, ALPHA_DIRS), _sub(folder, CUTOUT_DIRS)
+        if im_dir and gt_dir:
+            samples += _matched(folder, im_dir, gt_dir, ("image", "mask"), cutout=False)
+        elif fg_dir and alpha_dir:
+            samples += _matched(folder, fg_dir, alpha_dir, ("foreground", "alpha"), cutout=True)
+        elif rgba_dir or _files_by_stem(folder):
+            found = _cutouts(folder, _files_by_stem(rgba_dir or folder))
+            if not found:
+                raise DatasetError(f"{rgba_dir or folder}: no image has an alpha channel; a dataset folder holds "
+                                   f"{LAYOUTS}")
+            samples += found
+        else:
+            raise DatasetError(f"{folder}: expected sub-folders im/ (images) and gt/ (masks) matched by file name, "
+                               f"or another layout: {LAYOUTS}")
+    return samples
+
+
+def find_backgrounds(folders) -> list[Path]:
+    """Background images for cut-outs: the files of each dataset folder's bg/ (or backgrounds/)."""
+    found = []
+    for folder in _folders(folders):
+        bg_dir = _sub(folder, BACKGROUND_DIRS) if folder.is_dir() else None
+        found += list(_files_by_stem(bg_dir).values()) if bg_dir else []
+    return found
 
 
 @dataclass(frozen=True)
@@ -158,14 +227,48 @@ def read_mask(path) -> Image.Image:
     return Image.fromarray((array * scale).astype(np.float32))  # float32 -> mode "F"
 
 
+def _read(sample: Sample) -> tuple[Image.Image, Image.Image]:
+    """(RGB image, mask) of a sample; for a cut-out, (its colours, its alpha)."""
+    if sample.cutout and sample.image == sample.mask:  # one RGBA file
+        image = read_image(sample.image)
+        return image.convert("RGB"), image.convert("RGBA").getchannel("A")
+    return read_image(sample.image).convert("RGB"), read_mask(sample.mask)
+
+
+def _composite(colours: Image.Image, alpha: Image.Image, backdrop: np.ndarray) -> Image.Image:
+    """colours·α + backdrop·(1−α), rounded to 8 bits like a photograph of the scene."""
+    a = np.asarray(alpha, np.float32)[..., None] / 255
+    mixed = np.asarray(colours.resize(alpha.size, Image.BILINEAR), np.float32) / 255 * a + backdrop * (1 - a)
+    return Image.fromarray((np.clip(mixed, 0, 1) * 255 + 0.5).astype(np.uint8))
+
+
+def _backdrop(backgrounds, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A random file of `backgrounds` cropped to h x w at a random place, else a synthesised texture."""
+    if not backgrounds:
+        return background(rng, h, w)
+    path = backgrounds[int(rng.integers(len(backgrounds)))]
+    image = ImageOps.fit(read_image(path).convert("RGB"), (w, h), Image.BILINEAR, centering=tuple(rng.random(2)))
+    return np.asarray(image, np.float32) / 255
+
+
+def read_sample(sample: Sample, rng: np.random.Generator, backgrounds=()) -> tuple[Image.Image, Image.Image]:
+    """(RGB image, mask) of a sample at its size; a cut-out is composited over a backdrop drawn from `rng`."""
+    image, mask = _read(sample)
+    if sample.cutout:
+        image = _composite(image, mask, _backdrop(backgrounds, rng, mask.size[1], mask.size[0]))
+    return image, mask
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
     """Items are (index, (height, width)) from `SizedBatchSampler`; returns (image, mask, index)
-    with the image ImageNet-normalised (3, h, w) and the mask (1, h, w) in [0, 1]."""
+    with the image ImageNet-normalised (3, h, w) and the mask (1, h, w) in [0, 1]. Cut-outs are
+    composited over one of `backgrounds` (image files), or a synthesised texture when none."""
 
-    def __init__(self, pairs, augment: Augment | None, seed: int = 0):
-        self.pairs = list(pairs)
+    def __init__(self, pairs, augment: Augment | None, seed: int = 0, backgrounds=()):
+        self.pairs = [Sample(*pair) for pair in pairs]
         self.augment = augment
         self.seed = seed
+        self.backgrounds = list(backgrounds)
         self.epoch = 0
         self.warned_size = False
 
@@ -173,17 +276,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return len(self.pairs)
 
     def load(self, index: int, size: tuple[int, int]):
-        image_path, mask_path = self.pairs[index]
-        image = read_image(image_path).convert("RGB")
-        mask = read_mask(mask_path)
+        sample = self.pairs[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])  # cut-outs: a new backdrop every epoch
+        image, mask = read_sample(sample, rng, self.backgrounds)
         if image.size != mask.size and not self.warned_size:
             self.warned_size = True
-            _report(f"mask {mask_path} is {mask.size[0]}x{mask.size[1]}, its image {image.size[0]}x{image.size[1]}: "
+            _report(f"mask {sample.mask} is {mask.size[0]}x{mask.size[1]}, its image {image.size[0]}x{image.size[1]}: "
                     "it is stretched to the training size like its image (reported for the first such pair only)")
         h, w = size
         image, mask = image.resize((w, h), Image.BILINEAR), mask.resize((w, h), Image.BILINEAR)
         if self.augment is not None:
-            image, mask = self.augment(image, mask, np.random.default_rng([self.seed, self.epoch, index]))
+            image, mask = self.augment(image, mask, rng)
         x = to_rgb_tensor(image)
         y = torch.from_numpy(np.array(mask)).float().div(255).clamp(0, 1)[None]
         return normalise(x[None])[0], y

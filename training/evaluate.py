@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -15,17 +16,18 @@ import birefnet
 from birefnet.inference import mask_to_image
 from birefnet.io import IMAGE_SUFFIXES, read_image, save_image
 
-from .data import find_pairs, read_mask
+from .data import find_backgrounds, find_pairs, read_mask, read_sample
 from .metrics import MetricSet, parse_metrics
 
 
 def _grey(path) -> np.ndarray:
     """A mask file as the metrics read it: 8-bit files as they are (uint8), deeper ones as float
     [0, 1] so that 16-bit soft values are rounded once, not clipped."""
-    mask = read_mask(path)
-    if mask.mode == "L":
-        return np.asarray(mask)
-    return np.asarray(mask, dtype=np.float32) / 255.0
+    return _array(read_mask(path))
+
+
+def _array(mask) -> np.ndarray:
+    return np.asarray(mask) if mask.mode == "L" else np.asarray(mask, dtype=np.float32) / 255.0
 
 
 def evaluate_folders(pred_dir, gt_dir, *, metrics=None, workers: int | None = None,
@@ -43,34 +45,35 @@ def evaluate_folders(pred_dir, gt_dir, *, metrics=None, workers: int | None = No
     names = parse_metrics(metrics)
     pairs = [(preds[stem], gts[stem]) for stem in sorted(gts)]
     workers = min(os.cpu_count() or 1, 8) if workers is None else max(1, workers)
-    bar = tqdm(total=len(pairs), desc="evaluate", unit="img")
-    if workers == 1 or len(pairs) < 4:
-        result = _score(pairs, names, hce_convention, bar)
-    else:
-        size = max(1, min(32, len(pairs) // (4 * workers)))  # small parts: balanced load, steady progress
-        parts = [pairs[i : i + size] for i in range(0, len(pairs), size)]
-        result = MetricSet(names, hce_convention)
-        context = multiprocessing.get_context(_START_METHOD)
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for part in pool.map(_score_part, parts, [names] * len(parts), [hce_convention] * len(parts)):
-                for what, message in part.skipped:
-                    bar.write(f"evaluate: skipped {what}: {message}", file=sys.stderr)
-                part.skipped = [what for what, _ in part.skipped]
-                result.join(part)
-                bar.update(part.count + len(part.skipped))
-    bar.close()
+    size = max(1, min(32, len(pairs) // (4 * workers)))  # small parts: balanced load, steady progress
+    parts = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+    args = (parts, [names] * len(parts), [hce_convention] * len(parts))
+    result = MetricSet(names, hce_convention)
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=len(pairs), desc="evaluate", unit="img"))
+        if workers == 1 or len(parts) == 1:
+            scored = map(_score_part, *args)
+        else:
+            context = multiprocessing.get_context(_START_METHOD)
+            scored = stack.enter_context(concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)).map(_score_part, *args)
+        for part in scored:  # in order: the numbers equal one process's
+            for what, message in part.skipped:  # one unreadable file must not end a long evaluation
+                bar.write(f"evaluate: skipped {what}: {message}", file=sys.stderr)
+            part.skipped = [what for what, _ in part.skipped]
+            result.join(part)
+            bar.update(part.count + len(part.skipped))
     return result
 
 
 # Linux: fork (the workers inherit the loaded modules, no import of torch per worker, and no second
 # import of the packages by path, which picks the wrong `birefnet` when a checkout of that name sits
-# on sys.path's parent); the workers use numpy, PIL and cv2 only, never torch's thread pool.
-# Elsewhere the platform's default (spawn).
+# on sys.path's parent); the workers use numpy, PIL and cv2 only, never torch's OpenMP pool (the
+# one pool that cannot be used after a fork). Elsewhere the platform's default (spawn).
 _START_METHOD = "fork" if sys.platform.startswith("linux") else None
 
 
 def _score_part(pairs, names, hce_convention) -> MetricSet:
-    """One process's share: scored in order; unreadable pairs kept with their message for the parent."""
+    """A share of the pairs, scored in order; unreadable pairs kept with their message for the caller."""
     cv2.setNumThreads(1)  # the processes are the parallelism
     metrics = MetricSet(names, hce_convention)
     for pred_path, gt_path in pairs:
@@ -80,19 +83,6 @@ def _score_part(pairs, names, hce_convention) -> MetricSet:
             metrics.skipped.append((f"{pred_path} / {gt_path}", _first_line(err)))
             continue
         metrics.step(pred, gt)
-    return metrics
-
-
-def _score(pairs, names, hce_convention, bar) -> MetricSet:
-    metrics = MetricSet(names, hce_convention)
-    for pred_path, gt_path in pairs:
-        try:
-            pred, gt = _grey(pred_path), _grey(gt_path)
-        except (OSError, ValueError) as err:  # one unreadable file must not end a long evaluation
-            _skip(bar, metrics, f"{pred_path} / {gt_path}", err)
-        else:
-            metrics.step(pred, gt)
-        bar.update(1)
     return metrics
 
 
@@ -111,15 +101,20 @@ def evaluate_model(weights, data, *, save_pred=None, tile_layout=None, metrics=N
     at the original size, optionally keeping the predicted masks."""
     model = birefnet.load_model(weights, tile_layout=tile_layout)
     metrics = MetricSet(metrics, hce_convention)
+    backgrounds = find_backgrounds(data)
     bar = tqdm(find_pairs(data), desc="segment + evaluate", unit="img")
-    for image_path, gt_path in bar:
+    for index, sample in enumerate(bar):
         try:
-            image, gt = read_image(image_path), _grey(gt_path)
+            if sample.cutout:  # the same backdrop every time this set is evaluated
+                image, alpha = read_sample(sample, np.random.default_rng([0, index]), backgrounds)
+                gt = _array(alpha)
+            else:
+                image, gt = read_image(sample.image), _grey(sample.mask)
         except (OSError, ValueError) as err:
-            _skip(bar, metrics, f"{image_path} / {gt_path}", err)
+            _skip(bar, metrics, f"{sample.image} / {sample.mask}", err)
             continue
         mask = birefnet.segment(model, image)
         if save_pred:
-            save_image(mask_to_image(mask), Path(save_pred) / f"{image_path.stem}.png")
+            save_image(mask_to_image(mask), Path(save_pred) / f"{sample.image.stem}.png")
         metrics.step(mask, gt)
     return metrics

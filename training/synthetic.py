@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFilter
 SUPERSAMPLE = 3  # shapes are drawn larger and downsampled: antialiased, soft edges
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Smooth colour noise plus one of stripes, checkers or a gradient."""
     coarse = rng.random((max(2, h // 48), max(2, w // 48), 3)).astype(np.float32)
     coarse = 0.5 * coarse + 0.5 * coarse.mean(axis=2, keepdims=True)  # less saturated
@@ -99,7 +99,7 @@ def make_sample(seed: int, index: int, size: tuple[int, int] | None = None) -> t
     rng = np.random.default_rng([seed, index])
     h, w = size or (int(rng.integers(224, 417)), int(rng.integers(224, 417)))
     alpha = _object_mask(rng, h, w)
-    image = _foreground(rng, h, w) * alpha[..., None] + _background(rng, h, w) * (1 - alpha[..., None])
+    image = _foreground(rng, h, w) * alpha[..., None] + background(rng, h, w) * (1 - alpha[..., None])
     to8 = lambda a: (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
     return Image.fromarray(to8(image)), Image.fromarray(to8(alpha))
 

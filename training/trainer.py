@@ -22,7 +22,7 @@ from birefnet import BiRefNet, build_model, load_model, save_checkpoint
 from birefnet.device import resolve_device
 from birefnet.io import atomic_path
 
-from .data import Augment, SegmentationDataset, SizedBatchSampler, collate, find_pairs
+from .data import Augment, SegmentationDataset, SizedBatchSampler, collate, find_backgrounds, find_pairs
 from .losses import FINETUNE_LAST_EPOCHS, birefnet_loss, loss_weights
 from .metrics import METRICS, MetricSet
 
@@ -159,8 +159,9 @@ class Trainer:
             cut = max(1, int(len(pairs) * cfg.val_split))
             pairs, val_pairs = pairs[:-cut], pairs[-cut:]
         augment = Augment(crop=cfg.crop, background_synthesis=cfg.background_synthesis) if cfg.augment else None
-        self.train_set = SegmentationDataset(pairs, augment, cfg.seed)
-        self.val_set = SegmentationDataset(val_pairs, None, cfg.seed) if val_pairs else None
+        backgrounds = find_backgrounds(cfg.data)
+        self.train_set = SegmentationDataset(pairs, augment, cfg.seed, backgrounds)
+        self.val_set = SegmentationDataset(val_pairs, None, cfg.seed, find_backgrounds(cfg.val) or backgrounds) if val_pairs else None
         self.sampler = SizedBatchSampler(len(pairs), cfg.batch_size, cfg.size, cfg.dynamic_size, cfg.seed,
                                          rank=self.rank, world=self.world)
         if len(self.sampler) == 0:
