@@ -446,3 +446,15 @@ def test_training_on_a_folder_of_cutouts(tmp_path):
     _cutout_folders(tmp_path)
     final = train(tiny_config(tmp_path / "rgba", tmp_path / "run", epochs=1, max_steps_per_epoch=1))
     assert final.is_file()
+
+
+def test_recipe_scores_before_and_after_each_variant(tmp_path):
+    """`python -m training recipe` in miniature: a new object set (RGBA cut-outs), the embedded
+    model's scores, a fine-tune per variant from it, the scores again, all kept in scores.json."""
+    from training.recipe import run_recipe
+
+    scores = run_recipe(tmp_path, counts=(8, 4, 4), epochs=1, max_steps_per_epoch=2, finetune_last_epochs=0)
+    assert all(s.cutout for s in find_pairs(tmp_path / "train"))
+    before = scores.pop("before (embedded model)")
+    assert len(scores) == 2 and all(after["Sm"] != before["Sm"] for after in scores.values())
+    assert json.loads((tmp_path / "scores.json").read_text())["scores"]["before (embedded model)"] == before

@@ -1,4 +1,5 @@
-"""python -m training {train, evaluate, synth, demo}: fine-tune, score, make data, ship the demo model."""
+"""python -m training {train, evaluate, best, synth, demo, recipe}: fine-tune, score, make data, ship the demo
+model, measure the small-set fine-tuning recipe."""
 from __future__ import annotations
 
 import argparse
@@ -128,6 +129,13 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_recipe(args) -> int:
+    from .recipe import run_recipe
+
+    run_recipe(args.work)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--work", default="out/demo")
     d.add_argument("--install", action="store_true", help="copy the result to birefnet/weights/default.safetensors")
     d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("recipe", help="measure the small-set fine-tuning recipe on a new object set (README table)")
+    r.add_argument("--work", default="out/recipe")
+    r.set_defaults(func=cmd_recipe)
     return parser
 
 
