@@ -84,23 +84,37 @@ def _gradient_head(channels: int, norm: NormFactory) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(channels, 16, 3, padding=1), norm(16), nn.ReLU(inplace=True))
 
 
+# The decoder widths behind a pyramid neck: the official code fixes them to Swin-L's (doubled by
+# the multi-scale concatenation), whatever the ViT's width.
+NECK_CHANNELS = (3072, 1536, 768, 384)
+
+
 class Decoder(nn.Module):
-    def __init__(self, channels: list[int], norm: NormFactory, tile_layout: str = "current"):
-        """channels: [c0, c1, c2, c3], deepest first, after the multi-scale concatenation."""
+    def __init__(self, channels: list[int], norm: NormFactory, tile_layout: str = "current",
+                 pyramid_neck: bool = False):
+        """channels: [c0, c1, c2, c3], deepest first, after the multi-scale concatenation.
+        pyramid_neck: the features all have one stride (a ViT); `pyramid_neck_x1..x4` resample
+        them to strides 4, 8, 16, 32 and project them to `NECK_CHANNELS`."""
         super().__init__()
+        self.pyramid_neck = pyramid_neck
+        i0, i1, i2, i3 = (c // 8 for c in channels)  # inward-reference widths follow the backbone's channels
+        if pyramid_neck:
+            for k, (given, wanted) in enumerate(zip(channels, NECK_CHANNELS)):
+                self.add_module(f"pyramid_neck_x{4 - k}", BasicLatBlk(given, wanted))
+            channels = NECK_CHANNELS
         c0, c1, c2, c3 = channels
         self.tile_layout = tile_layout
         patches = [3 * 32 * 32, 3 * 16 * 16, 3 * 8 * 8, 3 * 4 * 4, 3]
-        self.ipt_blk5 = SimpleConvs(patches[0], c0 // 8)
-        self.ipt_blk4 = SimpleConvs(patches[1], c0 // 8)
-        self.ipt_blk3 = SimpleConvs(patches[2], c1 // 8)
-        self.ipt_blk2 = SimpleConvs(patches[3], c2 // 8)
-        self.ipt_blk1 = SimpleConvs(patches[4], c3 // 8)
-        self.decoder_block4 = BasicDecBlk(c0 + c0 // 8, c1, norm)
-        self.decoder_block3 = BasicDecBlk(c1 + c0 // 8, c2, norm)
-        self.decoder_block2 = BasicDecBlk(c2 + c1 // 8, c3, norm)
-        self.decoder_block1 = BasicDecBlk(c3 + c2 // 8, c3 // 2, norm)
-        self.conv_out1 = nn.Sequential(nn.Conv2d(c3 // 2 + c3 // 8, 1, 1))
+        self.ipt_blk5 = SimpleConvs(patches[0], i0)
+        self.ipt_blk4 = SimpleConvs(patches[1], i0)
+        self.ipt_blk3 = SimpleConvs(patches[2], i1)
+        self.ipt_blk2 = SimpleConvs(patches[3], i2)
+        self.ipt_blk1 = SimpleConvs(patches[4], i3)
+        self.decoder_block4 = BasicDecBlk(c0 + i0, c1, norm)
+        self.decoder_block3 = BasicDecBlk(c1 + i0, c2, norm)
+        self.decoder_block2 = BasicDecBlk(c2 + i1, c3, norm)
+        self.decoder_block1 = BasicDecBlk(c3 + i2, c3 // 2, norm)
+        self.conv_out1 = nn.Sequential(nn.Conv2d(c3 // 2 + i3, 1, 1))
         self.lateral_block4 = BasicLatBlk(c1, c1)
         self.lateral_block3 = BasicLatBlk(c2, c2)
         self.lateral_block2 = BasicLatBlk(c3, c3)
@@ -133,6 +147,10 @@ class Decoder(nn.Module):
 
     def forward(self, image: torch.Tensor, x1, x2, x3, x4, details: bool = False) -> DecoderOutput:
         out = DecoderOutput(logits=None)
+        if self.pyramid_neck:
+            h, w = image.shape[-2:]
+            x1, x2, x3, x4 = (getattr(self, f"pyramid_neck_x{k}")(interp(x, (h // 2 ** (k + 1), w // 2 ** (k + 1))))
+                              for k, x in zip((1, 2, 3, 4), (x1, x2, x3, x4)))
         p4 = self.decoder_block4(torch.cat([x4, self._inward(self.ipt_blk5, image, x4.shape[-2:])], dim=1))
         p4 = self._stage(4, p4, out, details)
         p3 = interp(p4, x3.shape[-2:]) + self.lateral_block4(x3)

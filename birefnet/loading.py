@@ -17,9 +17,9 @@ import torch
 
 from .device import resolve_device
 from .io import atomic_path
+from . import backbones
+from .errors import CheckpointError
 from .model import BiRefNet, BiRefNetConfig
-from .pvt import official_to_timm_key, timm_to_official_key
-from .swin import SWIN_SPECS
 from .zoo import EMBEDDED_WEIGHTS, KnownCheckpoint, find_checkpoint, match_checkpoint
 
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt")
@@ -36,10 +36,6 @@ DEMO_NOTICE = (
     "note: this is the embedded demo model, a small BiRefNet trained on synthetic shapes, not for photos; "
     "get real weights with `birefnet download general` (or `birefnet list`)"
 )
-
-
-class CheckpointError(ValueError):
-    """A file that cannot be used as BiRefNet weights; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -274,47 +270,14 @@ def inspect_checkpoint(source) -> BiRefNetConfig:
 # Detection
 
 
-def _count(state_dict, pattern: str) -> int:
-    regex = re.compile(pattern)
-    return len({m.group(1) for k in state_dict if (m := regex.match(k))})
-
-
 def detect_backbone(state_dict: Mapping[str, torch.Tensor], where: str = "<state dict>") -> str:
-    """Backbone name from key names and shapes (spec §10)."""
+    """Backbone name from key names and shapes (each family of `birefnet.backbones` recognises its own)."""
     if not any(k.startswith(("bb.", "decoder.", "squeeze_module.")) for k in state_dict):
         sample = ", ".join(list(state_dict)[:3])
         raise CheckpointError(
             f"{where}: not a BiRefNet checkpoint (no bb./squeeze_module./decoder. keys; first keys: {sample})"
         )
-    if "bb.layers.0.blocks.0.attn.relative_position_bias_table" in state_dict:
-        embed = state_dict["bb.patch_embed.proj.weight"].shape[0]
-        rows = state_dict["bb.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]
-        window = (round(rows**0.5) + 1) // 2
-        depth3 = _count(state_dict, r"bb\.layers\.2\.blocks\.(\d+)\.")
-        for name, spec in SWIN_SPECS.items():
-            if (spec.embed_dim, spec.window_size, spec.depths[2]) == (embed, window, depth3):
-                return name
-        raise CheckpointError(
-            f"{where}: Swin backbone with embed {embed}, window {window}, {depth3} blocks in stage 3 "
-            "is not a released BiRefNet configuration (supported: swin_v1_t/s/b/l)"
-        )
-    if "bb.patch_embed1.proj.weight" in state_dict:
-        dim = state_dict["bb.patch_embed1.proj.weight"].shape[0]
-        depth3 = _count(state_dict, r"bb\.block3\.(\d+)\.")
-        if dim == 32 and depth3 == 2:
-            return "pvt_v2_b0"
-        found = {2: "pvt_v2_b1", 6: "pvt_v2_b2", 40: "pvt_v2_b5"}.get(depth3) if dim == 64 else None
-        if found:
-            return found
-        raise CheckpointError(
-            f"{where}: PVT v2 backbone with width {dim} and {depth3} blocks in stage 3 is not supported "
-            "(supported: pvt_v2_b0, b1, b2, b5)"
-        )
-    if any(k.startswith("bb.conv1") for k in state_dict):
-        raise CheckpointError(f"{where}: BiRefNet with a VGG/ResNet backbone is not supported (no released model uses it)")
-    if any(k.startswith("decoder.pyramid_neck") for k in state_dict):
-        raise CheckpointError(f"{where}: BiRefNet with a ViT/DINOv3 backbone is not supported yet")
-    raise CheckpointError(f"{where}: BiRefNet-like keys but no recognisable backbone under bb.")
+    return backbones.recognise(state_dict, where)
 
 
 def detect_config(state_dict: Mapping[str, torch.Tensor], where: str = "<state dict>") -> BiRefNetConfig:
@@ -341,16 +304,12 @@ def detect_config(state_dict: Mapping[str, torch.Tensor], where: str = "<state d
 
 
 def official_to_model_keys(state_dict: Mapping[str, torch.Tensor], backbone: str) -> dict[str, torch.Tensor]:
-    if not backbone.startswith("pvt"):
-        return dict(state_dict)
-    return {("bb." + official_to_timm_key(k[3:]) if k.startswith("bb.") else k): v for k, v in state_dict.items()}
+    return backbones.to_model_keys(state_dict, backbone)
 
 
 def model_to_official_keys(state_dict: Mapping[str, torch.Tensor], backbone: str) -> dict[str, torch.Tensor]:
     """The official key layout, as the official code, our loader and ComfyUI's node read it."""
-    if not backbone.startswith("pvt"):
-        return dict(state_dict)
-    return {("bb." + timm_to_official_key(k[3:]) if k.startswith("bb.") else k): v for k, v in state_dict.items()}
+    return backbones.to_official_keys(state_dict, backbone)
 
 
 def _file_dtype(state_dict) -> torch.dtype | None:
@@ -449,11 +408,21 @@ def load_model(
             "the file is incomplete or from a modified architecture"
         )
     model.load_state_dict(state_dict, strict=True, assign=True)
+    _compute_unsaved_buffers(model)
     model.to(device=device, dtype=dtype)
     model.info = CheckpointInfo(where, config, known, reason, _resolution_from(metadata, known), file_dtype)
     if model.info.is_demo:
         log.warning(DEMO_NOTICE)
     return model.eval()
+
+
+def _compute_unsaved_buffers(model: torch.nn.Module) -> None:
+    """Buffers that are not in a checkpoint (DINOv3's rotary-embedding periods) are still on the meta
+    device after loading into a meta-built model: allocate them and let their module compute them."""
+    for module in model.modules():
+        if any(b is not None and b.is_meta for b in module.buffers(recurse=False)):
+            module.to_empty(device="cpu", recurse=False)
+            module.reset_parameters()  # timm's modules recompute their derived buffers here
 
 
 def save_checkpoint(model: BiRefNet, path, *, resolution: tuple[int, int] | None | str = "keep", name: str = "") -> None:

@@ -11,12 +11,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from . import backbones
 from .blocks import BasicDecBlk, interp
 from .decoder import TILE_LAYOUTS, Decoder, DecoderOutput
-from .pvt import PVT_VARIANTS, PVTv2
-from .swin import SWIN_SPECS, SwinTransformer
 
-BACKBONES = tuple(SWIN_SPECS) + PVT_VARIANTS
+BACKBONES = backbones.NAMES
 MIN_SIZE = 64  # the half-size pass must leave PVT's first stage as large as its 8x8 reduction conv
 
 
@@ -34,8 +33,7 @@ class BiRefNetConfig:
     batch_norm: bool = True
 
     def __post_init__(self):
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; expected one of {', '.join(BACKBONES)}")
+        backbones.variant(self.backbone)  # a clear error for an unknown name
         if self.tile_layout not in TILE_LAYOUTS:
             raise ValueError(f"tile_layout must be one of {TILE_LAYOUTS}, got {self.tile_layout!r}")
 
@@ -55,15 +53,13 @@ class BiRefNet(nn.Module):
     def __init__(self, config: BiRefNetConfig = BiRefNetConfig()):
         super().__init__()
         self.config = config
-        if config.backbone in SWIN_SPECS:
-            self.bb = SwinTransformer(SWIN_SPECS[config.backbone])
-        else:
-            self.bb = PVTv2(config.backbone)
+        self.variant = backbones.variant(config.backbone)
+        self.bb = backbones.build(config.backbone)
         norm = _norm_factory(config.batch_norm)
-        channels = [2 * d for d in reversed(self.bb.dims)]  # 'cat' multi-scale input doubles them
+        channels = [2 * d for d in reversed(self.variant.channels)]  # 'cat' multi-scale input doubles them
         context = sum(channels[1:])  # x1, x2, x3 pooled into x4
         self.squeeze_module = nn.Sequential(BasicDecBlk(channels[0] + context, channels[0], norm))
-        self.decoder = Decoder(channels, norm, config.tile_layout)
+        self.decoder = Decoder(channels, norm, config.tile_layout, pyramid_neck=self.variant.pyramid_neck)
 
     @property
     def tile_layout(self) -> str:
@@ -89,10 +85,11 @@ class BiRefNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"BiRefNet expects a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
-        if h % 32 or w % 32 or h < MIN_SIZE or w < MIN_SIZE:
+        multiple = self.variant.size_multiple
+        if h % multiple or w % multiple or h < MIN_SIZE or w < MIN_SIZE:
             raise ValueError(
-                f"BiRefNet needs H and W to be multiples of 32 and at least {MIN_SIZE}, got {h}x{w}; "
-                "resize first (birefnet.segment does this for you)"
+                f"BiRefNet ({self.variant.name}) needs H and W to be multiples of {multiple} ({self.variant.size_rule}) "
+                f"and at least {MIN_SIZE}, got {h}x{w}; resize first (birefnet.segment does this for you)"
             )
 
     def forward_details(self, x: torch.Tensor) -> DecoderOutput:

@@ -25,9 +25,16 @@ if DEVICE.type == "cuda":
 cpu_only = pytest.mark.skipif(DEVICE.type != "cpu", reason="checks CPU-only behaviour (BIREFNET_DEVICE is set)")
 
 
+# Swin and PVT (the released checkpoints' backbones) in parity/, the other official backbones
+# (VGG, ResNet, DINOv3) in parity/other_backbones/: same layout.
+PARITY_FOLDERS = (PARITY, PARITY / "other_backbones")
+MANIFESTS = {p.stem: p for folder in PARITY_FOLDERS for p in sorted((folder / "manifests").glob("*.json"))}
+REFERENCES = {p.name: p for folder in PARITY_FOLDERS for p in sorted((folder / "reference").glob("*.safetensors"))}
+
+
 @lru_cache(maxsize=None)
 def manifest(variant: str) -> dict:
-    with open(PARITY / "manifests" / f"{variant}.json") as f:
+    with open(MANIFESTS[variant]) as f:
         return json.load(f)
 
 

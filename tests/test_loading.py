@@ -8,9 +8,9 @@ from safetensors.torch import save_file
 
 from birefnet import CheckpointError, detect_config, load_model, save_checkpoint, strip_prefixes
 from birefnet.zoo import KNOWN_CHECKPOINTS, find_checkpoint, match_checkpoint
-from conftest import DEVICE, PARITY, cpu_only, manifest, meta_state_dict, random_input, random_state_dict, relative_error
+from conftest import MANIFESTS, DEVICE, PARITY, cpu_only, manifest, meta_state_dict, random_input, random_state_dict, relative_error
 
-VARIANTS = sorted(p.stem for p in (PARITY / "manifests").glob("*.json"))
+VARIANTS = sorted(MANIFESTS)  # every official backbone, dino_v3_h_plus and dino_v3_7b from their manifests
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -195,10 +195,18 @@ def test_legacy_architecture_is_named():
 
 
 def test_unsupported_backbones_are_named():
-    assert "VGG/ResNet" in _error({"bb.conv1.weight": torch.zeros(1), "decoder.x": torch.zeros(1)})
+    """Each family names what it found and what it supports; unknown layouts list every backbone."""
+    assert "no recognisable backbone under bb. (supported: swin_v1_t" in _error(
+        {"bb.stem.weight": torch.zeros(1), "decoder.x": torch.zeros(1)})
     sd = meta_state_dict("swin_v1_t")
     sd["bb.patch_embed.proj.weight"] = torch.empty(64, 3, 4, 4, device="meta")
-    assert "not a released BiRefNet configuration" in _error(sd)
+    assert "Swin backbone with embed 64, window 7, 6 blocks in stage 3 is not an official" in _error(sd)
+    vgg19 = {**meta_state_dict("vgg16"), "bb.conv4.30.weight": torch.empty(512, 512, 3, 3, device="meta")}
+    assert "VGG backbone with 4 convolutions in its last stage" in _error(vgg19)
+    resnet101 = {**meta_state_dict("resnet50"), "bb.conv3.22.conv1.weight": torch.empty(256, 1024, 1, 1, device="meta")}
+    assert "ResNet backbone with 7 blocks in layer3" in _error(resnet101)
+    vit = {**meta_state_dict("dino_v3_s"), "bb.model.patch_embed.proj.weight": torch.empty(512, 3, 16, 16, device="meta")}
+    assert "ViT backbone with width 512, 12 blocks is not an official" in _error(vit)
 
 
 def test_incomplete_weights_give_one_line_not_a_wall(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from birefnet import BiRefNet, build_model, load_model, save_checkpoint
+from birefnet import BiRefNet, backbones, build_model, load_model, save_checkpoint
 from birefnet.device import resolve_device
 from birefnet.io import atomic_path
 
@@ -53,9 +53,10 @@ class TrainConfig:
     val_split: float = option(0.0, help="hold out this fraction of --data for validation when no --val")
     best_metric: str = option("Sm", help="validation score that picks best.safetensors (MAE, HCE, MSE: lower is "
                                          "better; the others higher)", choices=BEST_METRICS)
-    backbone: str = option("swin_v1_l", help="backbone for --init scratch (swin_v1_t/s/b/l, pvt_v2_b0/b1/b2/b5)")
-    backbone_weights: str | None = option(None, help="ImageNet weights for the --init scratch backbone: a file "
-                                                     "(timm or original layout) or 'timm' to download them")
+    backbone: str = option("swin_v1_l", help="backbone for --init scratch", choices=backbones.NAMES)
+    backbone_weights: str | None = option(None, help="pretrained weights for the --init scratch backbone: a file "
+                                                     "(timm's, torchvision's or the original release's layout) or "
+                                                     "'download' to fetch the official recipe's ImageNet/DINOv3 weights")
     tile_layout: str | None = option(None, help="inward-reference tile layout; default: the --init checkpoint's own "
                                                 "(current from scratch)", choices=("current", "legacy"))
     task: str = option("general", help="loss preset of the official recipe", choices=("DIS", "general", "matting"))
@@ -70,7 +71,8 @@ class TrainConfig:
     weight_decay: float = option(1e-2, help="AdamW weight decay")
     lr_decay_epochs: list[int] = option(list, help="epochs after which the learning rate is divided by 10", nargs="*")
     precision: str = option("fp32", help="autocast precision (fp16 with loss scaling)", choices=("fp32", "bf16", "fp16"))
-    freeze_backbone: bool = option(False, help="train the decoder only")
+    freeze_backbone: bool | None = option(None, help="train the decoder only; default: as the official recipe "
+                                                     "(frozen for DINOv3, trained for the others)")
     freeze_batchnorm: bool | None = option(None, help="use BatchNorm running statistics; default: when batch size is 1")
     grad_checkpointing: bool = option(False, help="recompute backbone activations in backward (less memory)")
     compile: str | None = option(None, help="torch.compile the training forward with this backend: inductor (the "
@@ -170,7 +172,8 @@ class Trainer:
         self.model = build_initial_model(cfg).to(self.device)
         if cfg.grad_checkpointing:
             self.model.bb.set_grad_checkpointing(True)
-        if cfg.freeze_backbone:
+        self.frozen_backbone = cfg.freeze_backbone if cfg.freeze_backbone is not None else self.model.variant.frozen
+        if self.frozen_backbone:
             self.model.bb.requires_grad_(False)
         self.freeze_bn = cfg.freeze_batchnorm if cfg.freeze_batchnorm is not None else cfg.batch_size == 1
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -187,7 +190,7 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=cfg.freeze_backbone)
+                find_unused_parameters=self.frozen_backbone)
         if cfg.compile:  # around DDP, so that its hooks stay outside the compiled graph
             self.net = torch.compile(self.net, backend=cfg.compile)
         self.start_epoch = 1

@@ -10,6 +10,7 @@ PyTorch's scaled_dot_product_attention.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +18,10 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
 
-from .fastpath import shortcuts
-from .ops import linear
+from ..errors import CheckpointError
+from ..fastpath import shortcuts
+from ..ops import linear
+from .base import Variant, count
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,17 @@ SWIN_SPECS = {
     "swin_v1_s": SwinSpec(96, (2, 2, 18, 2), (3, 6, 12, 24), 7),
     "swin_v1_b": SwinSpec(128, (2, 2, 18, 2), (4, 8, 16, 32), 12),
     "swin_v1_l": SwinSpec(192, (2, 2, 18, 2), (6, 12, 24, 48), 12),
+}
+_PRETRAINED = {  # the ImageNet-22k weights the released models started from, in timm
+    "swin_v1_t": "swin_tiny_patch4_window7_224.ms_in22k_ft_in1k",
+    "swin_v1_s": "swin_small_patch4_window7_224.ms_in22k_ft_in1k",
+    "swin_v1_b": "swin_base_patch4_window12_384.ms_in22k_ft_in1k",
+    "swin_v1_l": "swin_large_patch4_window12_384.ms_in22k_ft_in1k",
+}
+VARIANTS = {
+    name: Variant(name, "swin", tuple(spec.embed_dim * 2**i for i in range(4)), pretrained=_PRETRAINED[name],
+                  size_rule="the decoder's inward reference cuts the image into stride-32 tiles")
+    for name, spec in SWIN_SPECS.items()
 }
 
 
@@ -254,7 +268,6 @@ class SwinTransformer(nn.Module):
         super().__init__()
         self.spec = spec
         dims = [spec.embed_dim * 2**i for i in range(4)]
-        self.dims = dims
         self.patch_embed = PatchEmbed(spec.embed_dim)
         total = sum(spec.depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear, as timm/official
@@ -283,3 +296,51 @@ class SwinTransformer(nn.Module):
                 x = layer.downsample(x, h, w)
                 h, w = (h + 1) // 2, (w + 1) // 2
         return outs
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry interface (birefnet.backbones)
+
+
+def build(variant: Variant) -> SwinTransformer:
+    return SwinTransformer(SWIN_SPECS[variant.name])
+
+
+def recognise(state_dict, where: str) -> str | None:
+    """The Swin variant from embed width, window (bias-table rows) and stage-3 depth."""
+    if "bb.layers.0.blocks.0.attn.relative_position_bias_table" not in state_dict:
+        return None
+    embed = state_dict["bb.patch_embed.proj.weight"].shape[0]
+    rows = state_dict["bb.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]
+    window = (round(rows**0.5) + 1) // 2
+    depth3 = count(state_dict, r"bb\.layers\.2\.blocks\.(\d+)\.")
+    for name, spec in SWIN_SPECS.items():
+        if (spec.embed_dim, spec.window_size, spec.depths[2]) == (embed, window, depth3):
+            return name
+    raise CheckpointError(f"{where}: Swin backbone with embed {embed}, window {window}, {depth3} blocks in stage 3 "
+                          "is not an official BiRefNet configuration (supported: swin_v1_t/s/b/l)")
+
+
+def to_model_key(key: str) -> str:
+    return key  # the official names by construction
+
+
+to_official_key = to_model_key
+OPTIONAL_PRETRAINED = r"norm\d\.(weight|bias)|.*relative_position_index"  # BiRefNet's own additions
+
+
+def pretrained_state_dict(variant: Variant) -> dict:
+    import timm
+
+    return timm.create_model(variant.pretrained, pretrained=True).state_dict()
+
+
+def convert_pretrained(state_dict: dict, variant: Variant) -> dict:
+    """ImageNet weights in the original Swin release's or timm's layout -> this module's keys."""
+    state_dict = {k: v for k, v in state_dict.items()
+                  if not k.startswith(("head", "norm.", "fc_norm")) and not k.endswith(("relative_position_index", "attn_mask"))}
+    if "layers.0.downsample.reduction.weight" in state_dict:  # the original release merges at the stage end, like ours
+        return state_dict
+    # timm merges at the start of the next stage
+    return {re.sub(r"^layers\.(\d)\.downsample\.", lambda m: f"layers.{int(m.group(1)) - 1}.downsample.", k): v
+            for k, v in state_dict.items()}

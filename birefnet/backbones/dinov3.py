@@ -1,0 +1,98 @@
+"""DINOv3 ViTs (timm) as the official code uses them: four intermediate blocks, all at stride 16.
+
+The official backbone is `timm.create_model(name, features_only=True, dynamic_img_size=True,
+out_indices=...)`, whose weights sit under `model.` (`bb.model.blocks.0...` in a checkpoint):
+this module keeps that attribute, so the keys are the official ones by construction. The
+decoder's pyramid neck (`decoder.pyramid_neck_x1..x4`) resamples the four stride-16 maps to
+strides 4..32. The official recipe trains these backbones frozen.
+"""
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .base import Variant, count
+
+_SPECS = {  # name: (timm model, blocks tapped, embed width, depth, SwiGLU MLP)
+    "dino_v3_s": ("vit_small_patch16_dinov3.lvd1689m", (3, 5, 7, 11), 384, 12, False),
+    "dino_v3_s_plus": ("vit_small_plus_patch16_dinov3.lvd1689m", (3, 5, 7, 11), 384, 12, True),
+    "dino_v3_b": ("vit_base_patch16_dinov3.lvd1689m", (3, 5, 7, 11), 768, 12, False),
+    "dino_v3_l": ("vit_large_patch16_dinov3.lvd1689m", (5, 11, 17, 23), 1024, 24, False),
+    "dino_v3_h_plus": ("vit_huge_plus_patch16_dinov3.lvd1689m", (7, 15, 23, 31), 1280, 32, True),
+    "dino_v3_7b": ("vit_7b_patch16_dinov3.lvd1689m", (9, 19, 29, 39), 4096, 40, True),
+}
+VARIANTS = {
+    name: Variant(name, "dinov3", (width,) * 4, strides=(16,) * 4, pretrained=model, frozen=True,
+                  size_rule="the half-size pass must be whole 16-pixel patches")
+    for name, (model, _, width, _, _) in _SPECS.items()
+}
+
+
+class DINOv3(nn.Module):
+    """Returns the outputs of four blocks as (B, C, H/16, W/16) maps (no final norm)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        model, indices = _SPECS[name][:2]
+        net = timm.create_model(model, pretrained=False, features_only=True, dynamic_img_size=True, out_indices=indices)
+        self.model = net.model  # pruned after the last tapped block, final norm and head removed
+        self.indices = net.out_indices
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(x, indices=self.indices, norm=False, output_fmt="NCHW",
+                                                intermediates_only=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry interface (birefnet.backbones)
+
+
+def build(variant: Variant) -> DINOv3:
+    return DINOv3(variant.name)
+
+
+def recognise(state_dict, where: str) -> str | None:
+    """The DINOv3 variant from embed width, depth and the MLP kind (SwiGLU for s_plus, h_plus, 7b)."""
+    embed = state_dict.get("bb.model.patch_embed.proj.weight")
+    if embed is None:
+        return None
+    depth = count(state_dict, r"bb\.model\.blocks\.(\d+)\.")
+    swiglu = "bb.model.blocks.0.mlp.fc1_g.weight" in state_dict
+    for name, (_, _, width, blocks, gated) in _SPECS.items():
+        if (width, blocks, gated) == (embed.shape[0], depth, swiglu):
+            return name
+    raise CheckpointError(f"{where}: ViT backbone with width {embed.shape[0]}, {depth} blocks"
+                          f"{', SwiGLU' if swiglu else ''} is not an official BiRefNet configuration "
+                          f"(supported: {', '.join(_SPECS)})")
+
+
+def to_model_key(key: str) -> str:
+    return key  # the official names by construction
+
+
+to_official_key = to_model_key
+OPTIONAL_PRETRAINED = r"$^"
+
+
+def pretrained_state_dict(variant: Variant) -> dict:
+    """timm's DINOv3 weights (downloaded by timm from the Hugging Face hub: an explicit request)."""
+    return timm.create_model(variant.pretrained, pretrained=True).state_dict()
+
+
+def convert_pretrained(state_dict: dict, variant: Variant) -> dict:
+    """DINOv3 weights in timm's layout or Meta's release layout (converted by timm's own
+    `checkpoint_filter_fn`) -> this module's keys; the final norm and any head are dropped."""
+    from timm.models.eva import checkpoint_filter_fn
+
+    with torch.device("meta"):
+        model = timm.create_model(variant.pretrained, pretrained=False)
+    state_dict = checkpoint_filter_fn(state_dict, model)
+    depth = _SPECS[variant.name][3]
+    kept = {k: v for k, v in state_dict.items() if not k.startswith(("norm.", "head.", "fc_norm.", "head_drop"))}
+    return {f"model.{k}": v for k, v in kept.items()
+            if not k.startswith("blocks.") or int(k.split(".")[1]) < depth}
