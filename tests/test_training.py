@@ -458,3 +458,50 @@ def test_recipe_scores_before_and_after_each_variant(tmp_path):
     before = scores.pop("before (embedded model)")
     assert len(scores) == 2 and all(after["Sm"] != before["Sm"] for after in scores.values())
     assert json.loads((tmp_path / "scores.json").read_text())["scores"]["before (embedded model)"] == before
+
+
+def test_torchvision_and_dinov3_pretrained_weights_convert(tmp_path):
+    """torchvision's VGG/ResNet layout and timm's DINOv3 layout fill the official backbone modules."""
+    import timm
+    import torchvision
+    from safetensors.torch import save_file
+
+    from training.backbones import load_backbone_weights
+
+    cases = {
+        "vgg16bn": (torchvision.models.vgg16_bn().state_dict(), "features.34.weight", "conv4.34.weight"),
+        "resnet50": (torchvision.models.resnet50().state_dict(), "layer3.5.conv2.weight", "conv3.5.conv2.weight"),
+        "dino_v3_s": (timm.create_model("vit_small_patch16_dinov3", pretrained=False).state_dict(),
+                      "blocks.11.mlp.fc2.weight", "model.blocks.11.mlp.fc2.weight"),
+    }
+    for name, (source, theirs, ours) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in source.items()}, str(path))
+        model = birefnet.build_model(name)
+        load_backbone_weights(model, path)
+        assert torch.equal(model.bb.state_dict()[ours], source[theirs]), name
+    with pytest.raises(ValueError, match="not resnet50 backbone weights"):
+        load_backbone_weights(birefnet.build_model("resnet50"), tmp_path / "vgg16bn.safetensors")
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "resnet50", "dino_v3_s"])
+def test_each_backbone_family_trains(dataset, tmp_path, backbone):
+    """The smallest of each new family trains from scratch and its checkpoint loads as that backbone;
+    DINOv3 keeps its backbone frozen by default (the official recipe), the CNNs train theirs."""
+    from safetensors.torch import load_file
+
+    cfg = tiny_config(dataset, tmp_path / "run", backbone=backbone, epochs=1, max_steps_per_epoch=1)
+    torch.manual_seed(cfg.seed)  # what the trainer does before building the model
+    initial = birefnet.model_to_official_keys(birefnet.build_model(backbone).state_dict(), backbone)
+    final = train(cfg)
+    assert birefnet.load_model(final).config.backbone == backbone
+    trained = load_file(str(final))
+    moved = lambda prefix: any(not torch.equal(trained[k], initial[k].to(trained[k].dtype))
+                               for k in trained if k.startswith(prefix) and trained[k].is_floating_point())
+    assert moved("decoder.")
+    assert moved("bb.") == (backbone != "dino_v3_s")
+    if backbone == "dino_v3_s":
+        unfrozen = train(tiny_config(dataset, tmp_path / "unfrozen", backbone=backbone, epochs=1,
+                                     max_steps_per_epoch=1, freeze_backbone=False))
+        key = "bb.model.blocks.0.attn.qkv.weight"
+        assert not torch.equal(load_file(str(unfrozen))[key], initial[key])
