@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, backbones
 from .device import auto_dtype, resolve_device
 from .distributed import local_device, rank_and_world, shard, summed
 from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
@@ -152,7 +152,17 @@ def cmd_list(args) -> int:
         licence = known.license + (" (gated)" if known.gated else "")
         print(LIST_ROW.format(known.short, known.name, known.backbone, known.size_text, known.tile_layout, licence, known.url))
     print("get one with `birefnet download SHORT_NAME`, then use it with --weights SHORT_NAME")
+    print()
+    print(BACKBONE_ROW.format("backbone", "family", "feature channels", "strides", "size multiple", "official checkpoints"))
+    for name, variant in backbones.VARIANTS.items():
+        released = sum(known.backbone == name for known in listed())
+        print(BACKBONE_ROW.format(name, variant.family, ",".join(map(str, variant.channels)),
+                                  ",".join(map(str, variant.strides)), str(variant.size_multiple),
+                                  f"{released} above" if released else "none released; your fine-tunes load"))
     return 0
+
+
+BACKBONE_ROW = "{:16} {:16} {:22} {:12} {:14} {}"
 
 
 def cmd_download(args) -> int:

@@ -6,7 +6,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
+
+import birefnet
 
 
 def run_cli(*args, env=None):
@@ -103,6 +107,9 @@ def test_info_list_and_version(b0_weights):
     assert any("BiRefNet_HR" in line for line in lines) and any("RMBG-2.0" in line and "gated" in line for line in lines)
     assert any("background_removal/birefnet.safetensors" in line for line in lines)
     assert any("background_removal/lucida.safetensors" in line for line in lines)
+    rows = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in birefnet.backbones.NAMES}
+    assert set(rows) == set(birefnet.backbones.NAMES)  # every official backbone, with what was released for it
+    assert "16 above" in rows["swin_v1_l"] and "none released; your fine-tunes load" in rows["dino_v3_7b"]
     from birefnet import __version__
 
     assert run_cli("--version").stdout.strip() == f"birefnet {__version__}"
@@ -207,3 +214,32 @@ def test_torchrun_shards_the_inputs_and_writes_what_one_process_writes(tmp_path,
     assert one == two and len(one) == 10  # masks and cut-outs, a_jpg.png beside a.png
     for rel in one:
         assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel
+
+
+def test_other_backbones_segment_like_any_checkpoint(tmp_path):
+    """A VGG16 and a DINOv3-S fine-tune (random weights in the official layout) through the CLI:
+    detected, segmented at their working size, coarse-to-fine too."""
+    from safetensors.torch import save_file
+
+    from conftest import random_state_dict
+
+    image = tmp_path / "in.png"
+    Image.new("RGB", (640, 384), (200, 30, 30)).save(image)
+    for backbone in ("vgg16", "dino_v3_s"):
+        weights = tmp_path / f"{backbone}.safetensors"
+        save_file(random_state_dict(backbone), str(weights))
+        info = run_cli("info", weights)
+        assert info.returncode == 0 and backbone in info.stdout
+        for mode in (("--resolution", "256x160"), ("--resolution", "128x96", "--highres", "--fine-megapixels", "0.03")):
+            out = tmp_path / backbone / mode[-1]
+            result = run_cli("segment", image, "--weights", weights, "--out", out, *mode)
+            assert result.returncode == 0, result.stderr
+            mask = Image.open(out / "in.png")
+            assert mask.size == (640, 384) and mask.mode == "L"
+
+
+def test_size_rule_is_named_per_backbone():
+    model = birefnet.build_model("dino_v3_s").eval()
+    with pytest.raises(ValueError, match=r"dino_v3_s\) needs H and W to be multiples of 32 \(the half-size pass "
+                                         r"must be whole 16-pixel patches\)"):
+        model(torch.zeros(1, 3, 80, 96))

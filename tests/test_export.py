@@ -116,3 +116,21 @@ def test_openvino_backend_says_it_runs_on_the_cpu(b0_weights):
         load_model(b0_weights, backend="openvino", device="meta")
     with pytest.raises(ValueError, match="^unknown backend 'tensorrt'"):
         load_model(b0_weights, backend="tensorrt")
+
+
+@pytest.mark.parametrize("variant", ["vgg16", "dino_v3_s"])
+def test_other_backbone_families_export_exactly(variant, tmp_path):
+    """A CNN and a ViT backbone through both exporters reproduce the official outputs."""
+    from birefnet.export import export
+    from conftest import REFERENCES
+
+    weights = tmp_path / f"{variant}.safetensors"
+    save_file(random_state_dict(variant, 0), str(weights))
+    model = load_model(weights, tile_layout="current")
+    x, expected = random_input(1, 256, 256), load_file(str(REFERENCES[f"{variant}_seed0_256x256.safetensors"]))["logits"]
+    onnx_path = export(model, tmp_path / "model.onnx", "onnx", (256, 256))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert relative_error(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), expected) < 1e-4
+    ir = export(model, tmp_path / "model.xml", "openvino", (256, 256))
+    compiled = ov.Core().compile_model(str(ir), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert relative_error(torch.from_numpy(compiled(x.numpy())[0]), expected) < 1e-4
