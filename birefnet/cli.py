@@ -3,10 +3,13 @@ list and download the known checkpoints, export to ONNX / OpenVINO."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from . import __version__, backbones
 from .device import auto_dtype, resolve_device
@@ -41,6 +44,17 @@ def export_size(text: str):
     if not isinstance(size, tuple):
         raise argparse.ArgumentTypeError(f"size {text!r}: use 1024 or WIDTHxHEIGHT (multiples of 32)")
     return size
+
+
+def fraction(text: str) -> float:
+    """A number from 0 to 1 (a strength)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
+    return value
 
 
 def positive(kind):
@@ -81,6 +95,11 @@ def cmd_segment(args) -> int:
     missing = [item for item in args.inputs if not Path(item).exists()]
     if missing:
         raise ValueError(f"input not found: {', '.join(missing)}")
+    from .video import VIDEO_SUFFIXES
+
+    videos = [Path(item) for item in args.inputs if Path(item).is_file() and Path(item).suffix.lower() in VIDEO_SUFFIXES]
+    if videos:
+        return _segment_videos(args, videos, [item for item in args.inputs if Path(item) not in videos])
     files = list_images(args.inputs)
     if not files:
         raise ValueError("no images found in the given inputs (" + ", ".join(args.inputs) + ")")
@@ -133,6 +152,70 @@ def cmd_segment(args) -> int:
         print(f"birefnet: wrote {done} mask(s) to {out_dir}" + (f", skipped {skipped}" if skipped else "")
               + (f" ({world} processes)" if world > 1 else ""), file=sys.stderr)
     return 1 if skipped else 0
+
+
+def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
+    """Each clip as a stream: OUT/<clip>/000001.png ..., with --video OUT/<clip>_mask.mp4 and, with
+    --cutout too, OUT/<clip>_cutout.mov (ProRes 4444, alpha); frames decoded and written one batch at a time."""
+    from tqdm import tqdm
+
+    from .video import VideoSource, VideoWriter, segment_frames
+
+    if others:
+        raise ValueError("give videos and images in separate runs (videos: " + ", ".join(map(str, videos)) + ")")
+    if args.highres:
+        raise ValueError("--highres is for single large images; for video use --resolution / --max-megapixels")
+    model = _load(args)
+    print(model.info.describe(), file=sys.stderr)
+    out_dir = Path(args.out)
+    for path in videos:
+        with VideoSource(path) as source, contextlib.ExitStack() as outputs:
+            folder = out_dir / path.stem
+            if folder.exists() and any(folder.iterdir()):
+                raise FileExistsError(f"{folder} already holds files; choose another --out (outputs are never overwritten)")
+            writers = []
+            if args.video:
+                writers.append(outputs.enter_context(VideoWriter(out_dir / f"{path.stem}_mask.mp4", source.fps, source.size, "mask")))
+                if args.cutout:
+                    writers.append(outputs.enter_context(VideoWriter(out_dir / f"{path.stem}_cutout.mov", source.fps, source.size, "rgba")))
+            bar = tqdm(total=source.count or None, unit="frame", disable=args.quiet, desc=path.name)
+            frames = _remember(source.frames())
+            masks = segment_frames(model, frames, temporal=args.temporal, resolution=args.resolution,
+                                   max_megapixels=args.max_megapixels, batch_size=args.batch_size)
+            for number, mask in enumerate(masks, start=1):
+                grey = np.asarray(mask_to_image(mask))
+                save_image(Image.fromarray(grey), folder / f"{number:06d}.png")
+                if args.video:
+                    writers[0].write(grey)
+                    if args.cutout:
+                        writers[1].write(np.asarray(cutout(frames.last(number), mask)))
+                bar.update(1)
+            bar.close()
+        print(f"birefnet: {path.name}: wrote {number} mask(s) to {folder} at {float(source.fps):.3g} fps"
+              + (f", {path.stem}_mask.mp4" if args.video else "") + (f", {path.stem}_cutout.mov" if args.video and args.cutout else ""),
+              file=sys.stderr)
+    return 0
+
+
+class _remember:
+    """An iterator that keeps the frames of the batch being segmented, so a cut-out can pair frame and mask."""
+
+    def __init__(self, frames):
+        self.frames, self.kept, self.count = frames, {}, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        frame = next(self.frames)
+        self.count += 1
+        self.kept[self.count] = frame
+        for old in [k for k in self.kept if k < self.count - 64]:
+            del self.kept[old]
+        return frame
+
+    def last(self, number: int):
+        return self.kept.pop(number)
 
 
 def cmd_info(args) -> int:
@@ -224,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "(and one more per new working size); for long batch jobs")
     seg.add_argument("--cutout", action="store_true", help="also write <name>_cutout.png with the mask as alpha")
     seg.add_argument("--batch-size", type=positive(int), default=1)
+    seg.add_argument("--video", action="store_true",
+                     help="video inputs: also write OUT/<clip>_mask.mp4 (with --cutout also <clip>_cutout.mov, ProRes 4444 with alpha)")
+    seg.add_argument("--temporal", type=fraction, default=0.0, metavar="S",
+                     help="video inputs: temporal stability from 0 (off, default) to 1 (strongest); smooths only where "
+                          "the image does not change")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
 
@@ -270,7 +358,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, ValueError) as err:
+    except (CheckpointError, ValueError, FileExistsError) as err:
         print(f"birefnet: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .extras import require
 from .fastpath import plain_graph
 from .inference import IMAGENET_MEAN, IMAGENET_STD
 from .io import current_umask
@@ -27,16 +28,6 @@ from .io import current_umask
 FORMATS = ("onnx", "openvino")
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
 OPSET = 19  # the first with DeformConv
-
-
-def require(module: str, extra: str):
-    """Import an optional dependency, or say in one line which extra installs it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ValueError(f"{module} is not installed; install the extra: pip install 'birefnet-toolkit[{extra}]'") from None
 
 
 def metadata(model, size: tuple[int, int], dtype: torch.dtype) -> dict[str, str]:

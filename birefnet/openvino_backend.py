@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from . import __version__
-from .export import metadata, require, save_openvino, to_openvino
+from .export import metadata, save_openvino, to_openvino
+from .extras import require
 
 log = logging.getLogger("birefnet")
 

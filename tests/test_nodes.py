@@ -70,6 +70,19 @@ def test_chunking_equals_one_call(pack, handle):
     assert torch.allclose(one, chunked, atol=1e-5)
 
 
+def test_temporal_option_steadies_a_still_clip_across_chunks(pack, handle):
+    """A still scene under sensor noise: temporal 1 cuts the frame-to-frame change of the masks;
+    the smoothing runs across chunks (batch_size 2 equals one call of 6)."""
+    torch.manual_seed(0)
+    clip = (torch.rand(1, 64, 64, 3) + 0.02 * torch.randn(6, 64, 64, 3)).clamp(0, 1)
+    change = lambda masks: (masks[1:] - masks[:-1]).abs().mean().item()
+    plain = pack.nodes.segment.segment_frames(handle, clip, (64, 64), 0.0, batch_size=2)
+    steady = pack.nodes.segment.segment_frames(handle, clip, (64, 64), 0.0, batch_size=2, temporal=1.0)
+    assert change(steady) < 0.5 * change(plain)
+    one_call = pack.nodes.segment.segment_frames(handle, clip, (64, 64), 0.0, batch_size=6, temporal=1.0)
+    assert torch.allclose(steady, one_call, atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1, 3), (1, 37, 4099, 3), (2, 30, 20, 4), (1, 25, 25, 1)])
 def test_odd_sizes_rgba_and_grey(pack, handle, shape):
     mask, cutout, rgba = pack.nodes.segment.segment(handle, torch.rand(shape), resolution="custom", width=64, height=64)
