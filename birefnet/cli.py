@@ -14,6 +14,7 @@ from PIL import Image
 from . import __version__, backbones
 from .device import auto_dtype, resolve_device
 from .distributed import local_device, rank_and_world, shard, summed
+from .guided import parse_box, segment_regions
 from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
 from .inference import cutout, mask_to_image, parse_size, segment, working_size
 from .io import list_images, output_paths, read_image, save_image
@@ -44,6 +45,13 @@ def export_size(text: str):
     if not isinstance(size, tuple):
         raise argparse.ArgumentTypeError(f"size {text!r}: use 1024 or WIDTHxHEIGHT (multiples of 32)")
     return size
+
+
+def box_argument(text: str):
+    try:
+        return parse_box(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def fraction(text: str) -> float:
@@ -133,7 +141,14 @@ def cmd_segment(args) -> int:
                 bar.update(1)
         if not chunk:
             continue
-        if args.highres:
+        if args.box:
+            guided = [segment_regions(model, image, boxes=args.box, resolution=args.resolution,
+                                      max_megapixels=args.max_megapixels) for image, _ in chunk]
+            masks = [combined for combined, _ in guided]
+            for (_, (mask_path, _)), (_, objects) in zip(chunk, guided):
+                for number, single in enumerate(objects if len(objects) > 1 else [], start=1):
+                    save_image(mask_to_image(single), out_dir / mask_path.with_name(f"{mask_path.stem}_object{number}.png"))
+        elif args.highres:
             masks = [segment_highres(model, image, resolution=args.resolution, max_megapixels=args.max_megapixels,
                                      fine_megapixels=args.fine_megapixels) for image, _ in chunk]
         else:
@@ -163,8 +178,8 @@ def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
 
     if others:
         raise ValueError("give videos and images in separate runs (videos: " + ", ".join(map(str, videos)) + ")")
-    if args.highres:
-        raise ValueError("--highres is for single large images; for video use --resolution / --max-megapixels")
+    if args.highres or args.box:
+        raise ValueError("--highres and --box are for images; for video use --resolution / --max-megapixels")
     model = _load(args)
     print(model.info.describe(), file=sys.stderr)
     out_dir = Path(args.out)
@@ -307,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(and one more per new working size); for long batch jobs")
     seg.add_argument("--cutout", action="store_true", help="also write <name>_cutout.png with the mask as alpha")
     seg.add_argument("--batch-size", type=positive(int), default=1)
+    seg.add_argument("--box", action="append", type=box_argument, metavar="X,Y,W,H",
+                     help="segment only the object in this box (pixels; repeat for several objects: the mask holds "
+                          "them all and <name>_objectN.png each one); outside the boxes the mask is 0")
     seg.add_argument("--video", action="store_true",
                      help="video inputs: also write OUT/<clip>_mask.mp4 (with --cutout also <clip>_cutout.mov, ProRes 4444 with alpha)")
     seg.add_argument("--temporal", type=fraction, default=0.0, metavar="S",

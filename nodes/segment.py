@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 import birefnet
+from birefnet.guided import parse_box, segment_regions
 from birefnet.highres import DEFAULT_FINE_MEGAPIXELS
 from birefnet.refine import composite, parse_colour
 from birefnet.temporal import TemporalSmoother
@@ -54,15 +55,43 @@ def segment_frames(handle, frames: torch.Tensor, resolution, max_megapixels: flo
     return torch.stack(masks).to(host.intermediate_device())
 
 
+def parse_boxes(text: str) -> list[tuple[int, int, int, int]]:
+    """'x,y,w,h; x,y,w,h' (or one per line) -> boxes; empty text -> none."""
+    return [parse_box(part) for part in text.replace("\n", ";").split(";") if part.strip()]
+
+
+def segment_guided(handle, frames: torch.Tensor, boxes, region, resolution, max_megapixels: float):
+    """(masks (B, H, W), objects (B*N, H, W)): each frame's objects in its boxes and region mask
+    (one region mask for all frames, or one per frame)."""
+    masks, objects = [], []
+    progress = host.Progress(frames.shape[0])
+    for i in range(frames.shape[0]):
+        host.check_interrupt()
+        own_region = None if region is None else region[min(i, region.shape[0] - 1)]
+        combined, singles = segment_regions(handle.ready(), frames[i].permute(2, 0, 1), boxes=boxes, region=own_region,
+                                            resolution=resolution, max_megapixels=max_megapixels or None)
+        masks.append(combined)
+        objects.append(singles)
+        progress.update(i + 1)
+    device = host.intermediate_device()
+    return torch.stack(masks).to(device), torch.cat(objects).to(device)
+
+
 def segment(birefnet_model, image, resolution="native", width=1024, height=1024, max_megapixels=0.0,
             batch_size=1, background="#FFFFFF", coarse_to_fine=False, fine_megapixels=DEFAULT_FINE_MEGAPIXELS,
-            temporal=0.0):
-    mask = segment_frames(birefnet_model, image, resolution_for(resolution, width, height), max_megapixels, batch_size,
-                          coarse_to_fine, fine_megapixels, temporal)
+            temporal=0.0, boxes="", region=None):
+    chosen = resolution_for(resolution, width, height)
+    box_list = parse_boxes(boxes)
+    if box_list or region is not None:
+        mask, objects = segment_guided(birefnet_model, image, box_list, region, chosen, max_megapixels)
+    else:
+        mask = segment_frames(birefnet_model, image, chosen, max_megapixels, batch_size, coarse_to_fine,
+                              fine_megapixels, temporal)
+        objects = mask
     rgb = host.rgb_channels_first(image).to(mask.device)
     cutout = composite(rgb, mask, parse_colour(background)).permute(0, 2, 3, 1)
     rgba = torch.cat([rgb, mask[:, None]], dim=1).permute(0, 2, 3, 1)
-    return mask, cutout, rgba
+    return mask, cutout, rgba, objects
 
 
 SPEC = NodeSpec(
@@ -96,11 +125,18 @@ SPEC = NodeSpec(
         In("temporal", "FLOAT", "Video: temporal stability across the batch's frames, in order (0 = off, each frame "
            "alone; 1 = strongest). Smooths soft edges only where the image does not change, so moving objects "
            "do not lag; 0.5 halves the flicker.", default=0.0, min=0.0, max=1.0, step=0.05),
+        In("boxes", "STRING", "Guided: segment only the objects in these boxes, 'x,y,w,h' in pixels, several "
+           "separated by ';'. Each box (with context around it) is segmented alone; outside, the mask is 0. "
+           "Empty: the whole image.", default="", optional=True),
+        In("region", "MASK", "Guided: segment only the objects in this mask's connected regions (e.g. from a SAM "
+           "node or painted), one object per region; combines with boxes.", optional=True),
     ),
     outputs=(
         Out("mask", "MASK", "Foreground = 1.0, at the input size."),
         Out("cutout", "IMAGE", "RGB image composited on the background colour."),
         Out("rgba", "IMAGE", "RGBA image, alpha = mask (4 channels: not every node accepts it)."),
+        Out("objects", "MASK", "Guided: one mask per box/region (all of the first image's objects, then the "
+            "next image's); without guidance the same as mask."),
     ),
     run=segment,
 )

@@ -243,3 +243,19 @@ def test_size_rule_is_named_per_backbone():
     with pytest.raises(ValueError, match=r"dino_v3_s\) needs H and W to be multiples of 32 \(the half-size pass "
                                          r"must be whole 16-pixel patches\)"):
         model(torch.zeros(1, 3, 80, 96))
+
+
+def test_boxes_segment_one_object_each(tmp_path, b0_weights):
+    image = tmp_path / "scene.png"
+    Image.fromarray((np.random.default_rng(0).random((160, 240, 3)) * 255).astype(np.uint8)).save(image)
+    out = tmp_path / "out"
+    result = run_cli("segment", image, "--weights", b0_weights, "--out", out, "--resolution", "64",
+                     "--box", "10,10,40,40", "--box", "150,90,60,50")
+    assert result.returncode == 0, result.stderr
+    combined = np.asarray(Image.open(out / "scene.png"))
+    first, second = (np.asarray(Image.open(out / f"scene_object{i}.png")) for i in (1, 2))
+    assert combined.shape == first.shape == (160, 240)
+    assert np.array_equal(combined, np.maximum(first, second))
+    assert first[:, 120:].max() == 0 and second[:, :100].max() == 0  # each object only around its box
+    bad = run_cli("segment", image, "--out", out, "--box", "1,2,3")
+    assert bad.returncode == 2 and "use x,y,w,h in pixels" in bad.stderr

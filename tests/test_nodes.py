@@ -55,10 +55,10 @@ def test_loader_reports_the_variant(handle):
 
 def test_segment_shapes_ranges_and_outputs(pack, handle):
     image = torch.rand(3, 48, 80, 3)
-    mask, cutout, rgba = pack.nodes.segment.segment(handle, image, resolution="custom", width=64, height=64)
+    mask, cutout, rgba, objects = pack.nodes.segment.segment(handle, image, resolution="custom", width=64, height=64)
     assert mask.shape == (3, 48, 80) and cutout.shape == (3, 48, 80, 3) and rgba.shape == (3, 48, 80, 4)
     assert mask.min() >= 0 and mask.max() <= 1
-    assert torch.allclose(rgba[..., 3], mask) and torch.equal(rgba[..., :3], image)
+    assert torch.allclose(rgba[..., 3], mask) and torch.equal(rgba[..., :3], image) and torch.equal(objects, mask)
     white = torch.ones(3)
     assert torch.allclose(cutout, image * mask[..., None] + white * (1 - mask[..., None]), atol=1e-6)
 
@@ -68,6 +68,19 @@ def test_chunking_equals_one_call(pack, handle):
     one = pack.nodes.segment.segment_frames(handle, image, (64, 64), 0.0, batch_size=5)
     chunked = pack.nodes.segment.segment_frames(handle, image, (64, 64), 0.0, batch_size=2)
     assert torch.allclose(one, chunked, atol=1e-5)
+
+
+def test_guided_boxes_and_region_give_one_mask_per_object(pack, handle):
+    image = torch.rand(2, 120, 160, 3)
+    region = torch.zeros(1, 120, 160)
+    region[0, 70:110, 100:150] = 1
+    mask, cutout, rgba, objects = pack.nodes.segment.segment(handle, image, resolution="custom", width=64, height=64,
+                                                             boxes="5,5,30,30; 40,10,20,20", region=region)
+    assert mask.shape == (2, 120, 160) and objects.shape == (6, 120, 160)  # 3 objects in each of 2 images
+    assert torch.equal(mask[1], objects[3:].amax(0))
+    assert objects[0, 80:, :].abs().sum() == 0  # the first box's object stays in its (grown) box
+    with pytest.raises(ValueError, match="use x,y,w,h in pixels"):
+        pack.nodes.segment.segment(handle, image, boxes="5,5,30")
 
 
 def test_temporal_option_steadies_a_still_clip_across_chunks(pack, handle):
@@ -85,13 +98,13 @@ def test_temporal_option_steadies_a_still_clip_across_chunks(pack, handle):
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 3), (1, 37, 4099, 3), (2, 30, 20, 4), (1, 25, 25, 1)])
 def test_odd_sizes_rgba_and_grey(pack, handle, shape):
-    mask, cutout, rgba = pack.nodes.segment.segment(handle, torch.rand(shape), resolution="custom", width=64, height=64)
+    mask, cutout, rgba, _ = pack.nodes.segment.segment(handle, torch.rand(shape), resolution="custom", width=64, height=64)
     assert mask.shape == shape[:3] and cutout.shape == (*shape[:3], 3) and rgba.shape == (*shape[:3], 4)
 
 
 def test_aspect_and_native_modes(pack, handle):
     image = torch.rand(1, 60, 120, 3)
-    mask, _, _ = pack.nodes.segment.segment(handle, image, resolution="aspect", max_megapixels=0.01)
+    mask, _, _, _ = pack.nodes.segment.segment(handle, image, resolution="aspect", max_megapixels=0.01)
     assert mask.shape == (1, 60, 120)
     assert pack.nodes.segment.resolution_for("native", 1, 1) is None
 
@@ -166,8 +179,8 @@ def test_compose(pack):
 
 def test_coarse_to_fine_option(pack, handle):
     image = torch.rand(2, 300, 420, 3)
-    plain, _, _ = pack.nodes.segment.segment(handle, image, resolution="custom", width=128, height=96)
-    fine, cutout, _ = pack.nodes.segment.segment(handle, image, resolution="custom", width=128, height=96,
+    plain, _, _, _ = pack.nodes.segment.segment(handle, image, resolution="custom", width=128, height=96)
+    fine, cutout, _, _ = pack.nodes.segment.segment(handle, image, resolution="custom", width=128, height=96,
                                                  coarse_to_fine=True, fine_megapixels=0.1)
     assert fine.shape == plain.shape == (2, 300, 420) and cutout.shape == (2, 300, 420, 3)
     assert 0 <= fine.min() and fine.max() <= 1
@@ -181,8 +194,8 @@ def test_openvino_device_gives_the_torch_masks(pack, handle, b0_weights, tmp_pat
     on_openvino = pack.nodes.loader.load(str(b0_weights), device="cpu (OpenVINO)", dtype="auto", tile_layout="current")[0]
     assert on_openvino.patcher is None
     image = torch.rand(3, 80, 120, 3, generator=torch.Generator().manual_seed(4))
-    expected, _, _ = pack.nodes.segment.segment(handle, image, resolution="custom", width=96, height=64)
-    mask, _, rgba = pack.nodes.segment.segment(on_openvino, image, resolution="custom", width=96, height=64)
+    expected, _, _, _ = pack.nodes.segment.segment(handle, image, resolution="custom", width=96, height=64)
+    mask, _, rgba, _ = pack.nodes.segment.segment(on_openvino, image, resolution="custom", width=96, height=64)
     assert (mask - expected).abs().max() < 1e-4 and rgba.shape == (3, 80, 120, 4)
     preview = pack.nodes.gradient_preview.preview(on_openvino, image[:1])[0]
     assert preview.shape[1:3] == (80, 120)

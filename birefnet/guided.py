@@ -1,0 +1,82 @@
+"""Guided segmentation: cut out what the user points at (boxes, or a region mask), one object each.
+
+BiRefNet always answers "the salient object" of what it sees. Shown only a region around the
+wanted object, at the checkpoint's working size (like the fine pass of coarse-to-fine), it
+answers for that object, in more detail than a whole-image pass gives a small object. Each
+box, and each connected region of a region mask (e.g. a SAM mask or a painted one), is grown
+by a margin, segmented alone and pasted back; outside the regions the mask is 0. The network
+needs context around the object: the default margin of half the box on each side scored best
+on a small object in a 4K frame (IoU 0.22 at 0.1, 0.63 at 0.25, 0.80 at 0.5, 0.71 at 1.0).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .inference import segment, to_rgb_tensor
+
+LABEL_SIDE = 128  # region masks are labelled at this size at most (connected components are iterative)
+
+
+def parse_box(text: str) -> tuple[int, int, int, int]:
+    """'x,y,w,h' in pixels -> (x, y, w, h)."""
+    try:
+        x, y, w, h = (int(round(float(v))) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise ValueError(f"box {text!r}: use x,y,w,h in pixels, e.g. 120,80,400,300") from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f"box {text!r}: width and height must be positive")
+    return x, y, w, h
+
+
+def mask_regions(region: torch.Tensor) -> list[tuple[int, int, int, int]]:
+    """Boxes (x, y, w, h) of the connected regions (> 0.5) of a (H, W) mask, largest first."""
+    from kornia.contrib import connected_components
+
+    h, w = region.shape
+    scale = max(1, -(-max(h, w) // LABEL_SIDE))
+    small = F.max_pool2d((region.float() > 0.5).float()[None, None], scale, ceil_mode=True)  # thin parts survive
+    labels = connected_components(small, num_iterations=sum(small.shape[-2:]))[0, 0]
+    boxes = []
+    for label in labels.unique():
+        if label == 0:
+            continue
+        ys, xs = torch.nonzero(labels == label, as_tuple=True)
+        x0, y0 = int(xs.min()) * scale, int(ys.min()) * scale
+        x1, y1 = min(w, (int(xs.max()) + 1) * scale), min(h, (int(ys.max()) + 1) * scale)
+        boxes.append((x0, y0, x1 - x0, y1 - y0))
+    return sorted(boxes, key=lambda b: -b[2] * b[3])
+
+
+def _grown(box, margin: float, height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the box grown by `margin` of its size on each side, inside the image."""
+    x, y, w, h = box
+    dx, dy = max(8, round(w * margin)), max(8, round(h * margin))
+    top, left = max(0, y - dy), max(0, x - dx)
+    bottom, right = min(height, y + h + dy), min(width, x + w + dx)
+    if bottom <= top or right <= left:
+        raise ValueError(f"box {x},{y},{w},{h} lies outside the {width}x{height} image")
+    return top, left, bottom, right
+
+
+def segment_regions(model, image, *, boxes=(), region: torch.Tensor | None = None, margin: float = 0.5,
+                    resolution=None, max_megapixels: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(combined (H, W), objects (N, H, W)) masks in [0, 1] for the objects in `boxes` ((x, y, w, h)
+    in pixels) and in the connected regions of `region` ((H, W), > 0.5 inside). Each is segmented
+    alone in its box grown by `margin` (a fraction of its size); outside, the masks are 0."""
+    rgb = to_rgb_tensor(image)
+    height, width = rgb.shape[1:]
+    if region is not None:
+        region = region.squeeze()
+        if region.shape != (height, width):
+            region = F.interpolate(region.float()[None, None], size=(height, width), mode="bilinear",
+                                   align_corners=False)[0, 0]
+    found = list(boxes) + (mask_regions(region) if region is not None else [])
+    if not found:
+        raise ValueError("guided segmentation needs at least one box or a region mask with something in it")
+    objects = torch.zeros(len(found), height, width)
+    for i, box in enumerate(found):
+        top, left, bottom, right = _grown(box, margin, height, width)
+        crop = rgb[:, top:bottom, left:right]
+        objects[i, top:bottom, left:right] = segment(model, crop, resolution=resolution, max_megapixels=max_megapixels)
+    return objects.amax(dim=0), objects
