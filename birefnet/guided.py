@@ -15,9 +15,6 @@ import torch.nn.functional as F
 
 from .inference import segment, to_rgb_tensor
 
-LABEL_SIDE = 128  # region masks are labelled at this size at most (connected components are iterative)
-
-
 def parse_box(text: str) -> tuple[int, int, int, int]:
     """'x,y,w,h' in pixels -> (x, y, w, h)."""
     try:
@@ -30,21 +27,12 @@ def parse_box(text: str) -> tuple[int, int, int, int]:
 
 
 def mask_regions(region: torch.Tensor) -> list[tuple[int, int, int, int]]:
-    """Boxes (x, y, w, h) of the connected regions (> 0.5) of a (H, W) mask, largest first."""
-    from kornia.contrib import connected_components
+    """Boxes (x, y, w, h) of the connected regions (> 0.5, 8-connected) of a (H, W) mask, largest first."""
+    from scipy import ndimage
 
-    h, w = region.shape
-    scale = max(1, -(-max(h, w) // LABEL_SIDE))
-    small = F.max_pool2d((region.float() > 0.5).float()[None, None], scale, ceil_mode=True)  # thin parts survive
-    labels = connected_components(small, num_iterations=sum(small.shape[-2:]))[0, 0]
-    boxes = []
-    for label in labels.unique():
-        if label == 0:
-            continue
-        ys, xs = torch.nonzero(labels == label, as_tuple=True)
-        x0, y0 = int(xs.min()) * scale, int(ys.min()) * scale
-        x1, y1 = min(w, (int(xs.max()) + 1) * scale), min(h, (int(ys.max()) + 1) * scale)
-        boxes.append((x0, y0, x1 - x0, y1 - y0))
+    labels, _ = ndimage.label(region.float().cpu().numpy() > 0.5, structure=[[1, 1, 1]] * 3)
+    boxes = [(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+             for rows, cols in ndimage.find_objects(labels)]
     return sorted(boxes, key=lambda b: -b[2] * b[3])
 
 

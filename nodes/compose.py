@@ -47,5 +47,6 @@ SPEC = NodeSpec(
         Out("composite", "IMAGE", "RGB result."),
         Out("rgba", "IMAGE", "RGBA (alpha = mask)."),
     ),
+    search_aliases=("composite", "replace background", "background swap", "cutout on image", "alpha over"),
     run=compose,
 )

@@ -36,5 +36,6 @@ SPEC = NodeSpec(
         In("colormap", "COMBO", "Colour map of the previews.", default="turbo", options=COLORMAPS),
     ),
     outputs=(Out("previews", "IMAGE", "4 colour-mapped maps per input image, at its size."),),
+    search_aliases=("edge map", "outward reference", "attention preview", "birefnet debug"),
     run=preview,
 )

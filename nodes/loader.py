@@ -58,5 +58,6 @@ SPEC = NodeSpec(
            default="auto", options=("auto", "current", "legacy"), advanced=True),
     ),
     outputs=(Out("birefnet", "BIREFNET", "The loaded model for the BiRefNet nodes."),),
+    search_aliases=("birefnet", "rmbg", "rmbg 2.0", "load background removal model", "matting model"),
     run=load,
 )

@@ -98,5 +98,6 @@ SPEC = NodeSpec(
         Out("foreground", "IMAGE", "Foreground composited on the background colour (RGB)."),
         Out("rgba", "IMAGE", "Foreground colours with the mask as alpha (4 channels)."),
     ),
+    search_aliases=("refine mask", "matte", "alpha matting", "guided filter", "hair edges", "feather mask"),
     run=refine_edges,
 )

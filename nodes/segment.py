@@ -138,5 +138,7 @@ SPEC = NodeSpec(
         Out("objects", "MASK", "Guided: one mask per box/region (all of the first image's objects, then the "
             "next image's); without guidance the same as mask."),
     ),
+    search_aliases=("remove background", "rmbg", "background removal", "matte", "cutout", "cut out",
+                    "mask foreground", "salient object", "dichotomous segmentation", "video matting"),
     run=segment,
 )

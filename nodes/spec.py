@@ -37,6 +37,7 @@ class NodeSpec:
     outputs: tuple[Out, ...]
     run: Callable[..., tuple]
     output_node: bool = False
+    search_aliases: tuple[str, ...] = ()  # what users type in the node search ("remove background", "rmbg")
     extra: dict = field(default_factory=dict)
 
 
@@ -70,6 +71,7 @@ def v1_class(spec: NodeSpec) -> type:
         "CATEGORY": spec.category,
         "DESCRIPTION": spec.description,
         "OUTPUT_NODE": spec.output_node,
+        "SEARCH_ALIASES": list(spec.search_aliases),
         "run": run,
     })
 
@@ -101,12 +103,16 @@ def v3_class(spec: NodeSpec, io) -> type:
             return kind(inp.type).Input(inp.name, **kwargs)
 
     def define_schema(cls):
-        return io.Schema(
+        fields = dict(
             node_id=spec.node_id, display_name=spec.display_name, category=spec.category,
             description=spec.description, is_output_node=spec.output_node,
             inputs=[make_input(i) for i in spec.inputs],
             outputs=[kind(o.type).Output(o.name, display_name=o.name, tooltip=o.tooltip) for o in spec.outputs],
         )
+        try:
+            return io.Schema(**fields, search_aliases=list(spec.search_aliases))
+        except TypeError:  # hosts before search aliases
+            return io.Schema(**fields)
 
     def execute(cls, **kwargs):
         return io.NodeOutput(*spec.run(**kwargs))

@@ -36,6 +36,9 @@ def test_v1_registration_without_comfy_api(pack):
             for name, (kind, opts) in group.items():
                 assert opts.get("tooltip"), f"{node_id}.{name} has no tooltip"
         assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
+    segment_aliases = pack.NODE_CLASS_MAPPINGS["BiRefNetSegment"].SEARCH_ALIASES
+    assert {"remove background", "rmbg", "matte", "cutout"} <= set(segment_aliases)
+    assert all(cls.SEARCH_ALIASES for cls in pack.NODE_CLASS_MAPPINGS.values())
     weights = pack.NODE_CLASS_MAPPINGS["BiRefNetLoader"].INPUT_TYPES()["required"]["weights"][0]
     assert weights[-1] == pack.nodes.host.EMBEDDED
 
@@ -199,3 +202,24 @@ def test_openvino_device_gives_the_torch_masks(pack, handle, b0_weights, tmp_pat
     assert (mask - expected).abs().max() < 1e-4 and rgba.shape == (3, 80, 120, 4)
     preview = pack.nodes.gradient_preview.preview(on_openvino, image[:1])[0]
     assert preview.shape[1:3] == (80, 120)
+
+
+def test_registry_metadata_is_complete():
+    """What the Comfy registry reads from pyproject.toml: a valid node id, semantic version,
+    publisher, display name, an icon that exists in the repository, no 'ComfyUI' in the name."""
+    import re
+    import tomllib
+
+    from PIL import Image
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project, comfy = meta["project"], meta["tool"]["comfy"]
+    assert re.fullmatch(r"[A-Za-z][A-Za-z0-9]*([-_.][A-Za-z0-9]+)*", project["name"]) and len(project["name"]) < 100
+    assert "comfyui" not in project["name"].lower()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"]) and project["description"]
+    assert project["urls"]["Repository"].startswith("https://github.com/")
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    icon = comfy["Icon"].split("/main/", 1)
+    assert icon[0] == project["urls"]["Repository"].replace("github.com", "raw.githubusercontent.com")
+    assert Image.open(ROOT / icon[1]).size == (400, 400)
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
