@@ -265,3 +265,86 @@ def test_bad_model_files_report_clearly_and_server_keeps_serving(server, weights
 def test_missing_model_file_is_rejected_before_running(server):
     status, answer = server.submit(_load("gradient_preview.json", server, weights="not_there.safetensors"))
     assert status == 400 and "not_there.safetensors" in json.dumps(answer)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same server's own web UI in a real browser (headless Chromium driven by Playwright)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = os.environ.get("BIREFNET_SCREENSHOTS")  # a folder to keep the screenshots in (README)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    playwright = pytest.importorskip("playwright.sync_api")
+    if CHROMIUM is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run installs it)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1600, "height": 900})
+        page.errors = []
+        page.on("pageerror", lambda err: page.errors.append(str(err)))
+        page.goto(server.url)
+        page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=60000)
+        yield page
+        browser.close()
+
+
+def _history_ids(server) -> set[str]:
+    return set(_get(f"{server.url}/history"))
+
+
+@pytest.mark.parametrize("workflow", [p.name for p in WORKFLOWS])
+def test_workflow_loads_and_runs_in_the_web_ui(page, server, workflow, tmp_path):
+    """Loaded through the UI's own file input: no missing-node dialog, every widget value where the
+    file put it (no shifted widgets), nothing overlapping; queued from the UI, it runs to success."""
+    path = ROOT / "example_workflows" / workflow
+    saved = json.loads(path.read_text())
+    page.set_input_files("#comfy-file-input", str(path))
+    page.wait_for_function(f"app.graph._nodes.length === {len(saved['nodes'])}", timeout=30000)
+    page.wait_for_timeout(1500)  # LoadImage fetches its preview and grows
+    assert "node types were not found" not in page.content()
+    state = page.evaluate("""() => ({
+        nodes: app.graph._nodes.map(n => ({
+            id: n.id, type: n.type, pos: [...n.pos], size: [...n.size],
+            widgets: (n.widgets || []).filter(w => w.type !== 'button' && w.name !== 'upload')
+                                       .map(w => ({name: w.name, value: w.value, type: w.type,
+                                                   options: w.options && w.options.values})),
+        })),
+        title: LiteGraph.NODE_TITLE_HEIGHT,
+    })""")
+    by_id = {n["id"]: n for n in state["nodes"]}
+    for node in saved["nodes"]:
+        live = by_id[node["id"]]
+        values = [w["value"] for w in live["widgets"]][: len(node.get("widgets_values", []))]
+        assert values == node.get("widgets_values", [])[: len(values)], f"{workflow}: {node['type']} widgets shifted"
+        for widget in live["widgets"]:
+            if widget["type"] == "combo" and not (node["type"] == "BiRefNetLoader" and widget["name"] == "weights"):
+                assert widget["value"] in widget["options"], f"{workflow}: {node['type']}.{widget['name']}"
+    boxes = [(n["pos"][0], n["pos"][1] - state["title"], n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in state["nodes"]]
+    for i, a in enumerate(boxes):
+        for j, b in enumerate(boxes[:i]):
+            overlap = a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+            assert not overlap, f"{workflow}: {state['nodes'][i]['type']} overlaps {state['nodes'][j]['type']}"
+    for folder in filter(None, (tmp_path, SCREENSHOTS)):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"webui_{path.stem}.png"))
+
+    # a user picks the test weights in the loader, then presses Queue
+    page.evaluate(f"""() => {{
+        const loader = app.graph._nodes.find(n => n.type === 'BiRefNetLoader');
+        loader.widgets.find(w => w.name === 'weights').value = {json.dumps(TEST_WEIGHTS)};
+    }}""")
+    before = _history_ids(server)
+    page.evaluate("() => app.queuePrompt(0, 1)")
+    assert page.evaluate("() => app.lastNodeErrors && Object.keys(app.lastNodeErrors).length") in (0, None)
+    deadline = time.time() + 300
+    while not (new := _history_ids(server) - before) and time.time() < deadline:
+        time.sleep(0.5)
+    assert new, f"{workflow}: nothing ran after queueing from the UI"
+    entry = _get(f"{server.url}/history/{new.pop()}")
+    (record,) = entry.values()
+    assert record["status"]["status_str"] == "success", record["status"]
+    assert record["outputs"], f"{workflow}: no outputs"
+    assert not page.errors, page.errors
