@@ -95,11 +95,13 @@ class TrainConfig:
         return (1e-4 if self.task == "DIS" else 1e-5) * math.sqrt(self.batch_size / 4)
 
 
-def _distributed() -> tuple[int, int]:
+def _distributed(device: str) -> tuple[int, int]:
+    """(rank, world) under torchrun. NCCL only when the run uses CUDA: CPU tensors (--device cpu on a
+    GPU machine) need gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
+        on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        torch.distributed.init_process_group("nccl" if on_cuda else "gloo")
     return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
 
 
@@ -145,7 +147,7 @@ def _remove_stale_temporaries(folder: Path) -> None:
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.rank, self.world = _distributed()
+        self.rank, self.world = _distributed(cfg.device)
         self.device = _device(cfg.device, self.rank)
         if self.world > 1 and self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # NCCL collectives of objects (the RNG states) use the current GPU
