@@ -22,6 +22,8 @@ if __package__:  # imported as a package (ComfyUI does so); pytest collecting th
     from .nodes import NODE_SPECS
     from .nodes.spec import v1_class, v3_class
 
+    WEB_DIRECTORY = "./web"  # web/docs/<node id>.md: the node pages the frontend shows (nodes/docs.py)
+
     try:
         from comfy_api.latest import ComfyExtension
         from comfy_api.latest import io as _io

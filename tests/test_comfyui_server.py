@@ -348,3 +348,9 @@ def test_workflow_loads_and_runs_in_the_web_ui(page, server, workflow, tmp_path)
     assert record["status"]["status_str"] == "success", record["status"]
     assert record["outputs"], f"{workflow}: no outputs"
     assert not page.errors, page.errors
+
+
+def test_node_pages_are_served(server):
+    """The frontend fetches node pages from the pack's WEB_DIRECTORY."""
+    with urllib.request.urlopen(f"{server.url}/extensions/birefnet_toolkit/docs/BiRefNetSegment.md", timeout=30) as r:
+        assert r.read().decode().startswith("# BiRefNet Segment")

@@ -223,3 +223,13 @@ def test_registry_metadata_is_complete():
     assert icon[0] == project["urls"]["Repository"].replace("github.com", "raw.githubusercontent.com")
     assert Image.open(ROOT / icon[1]).size == (400, 400)
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_node_pages_are_current(pack):
+    """web/docs/<node id>.md (what the frontend's node documentation panel shows) is generated
+    from the specs; regenerate with `python -m nodes.docs` after changing a node."""
+    from nodes.docs import DOCS, markdown
+
+    for spec in pack.nodes.NODE_SPECS:
+        assert (DOCS / f"{spec.node_id}.md").read_text() == markdown(spec), f"run python -m nodes.docs ({spec.node_id})"
+    assert pack.WEB_DIRECTORY == "./web"
