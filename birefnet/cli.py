@@ -170,8 +170,9 @@ def cmd_segment(args) -> int:
 
 
 def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
-    """Each clip as a stream: OUT/<clip>/000001.png ..., with --video OUT/<clip>_mask.mp4 and, with
-    --cutout too, OUT/<clip>_cutout.mov (ProRes 4444, alpha); frames decoded and written one batch at a time."""
+    """Each clip as a stream: OUT/<clip>/000001.png ...; --cutout adds OUT/<clip>/000001_cutout.png ...
+    (RGBA), or with --video OUT/<clip>_cutout.mov (ProRes 4444, alpha) beside OUT/<clip>_mask.mp4;
+    frames decoded and written one batch at a time."""
     from tqdm import tqdm
 
     from .video import VideoSource, VideoWriter, segment_frames
@@ -194,43 +195,24 @@ def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
                 if args.cutout:
                     writers.append(outputs.enter_context(VideoWriter(out_dir / f"{path.stem}_cutout.mov", source.fps, source.size, "rgba")))
             bar = tqdm(total=source.count or None, unit="frame", disable=args.quiet, desc=path.name)
-            frames = _remember(source.frames())
-            masks = segment_frames(model, frames, temporal=args.temporal, resolution=args.resolution,
-                                   max_megapixels=args.max_megapixels, batch_size=args.batch_size)
-            for number, mask in enumerate(masks, start=1):
+            number = 0
+            pairs = segment_frames(model, source.frames(), temporal=args.temporal, resolution=args.resolution,
+                                   max_megapixels=args.max_megapixels, batch_size=args.batch_size, with_frames=True)
+            for number, (frame, mask) in enumerate(pairs, start=1):
                 grey = np.asarray(mask_to_image(mask))
                 save_image(Image.fromarray(grey), folder / f"{number:06d}.png")
                 if args.video:
                     writers[0].write(grey)
                     if args.cutout:
-                        writers[1].write(np.asarray(cutout(frames.last(number), mask)))
+                        writers[1].write(np.asarray(cutout(frame, mask)))
+                elif args.cutout:  # without --video: an RGBA PNG sequence beside the masks
+                    save_image(cutout(frame, mask), folder / f"{number:06d}_cutout.png")
                 bar.update(1)
             bar.close()
         print(f"birefnet: {path.name}: wrote {number} mask(s) to {folder} at {float(source.fps):.3g} fps"
               + (f", {path.stem}_mask.mp4" if args.video else "") + (f", {path.stem}_cutout.mov" if args.video and args.cutout else ""),
               file=sys.stderr)
     return 0
-
-
-class _remember:
-    """An iterator that keeps the frames of the batch being segmented, so a cut-out can pair frame and mask."""
-
-    def __init__(self, frames):
-        self.frames, self.kept, self.count = frames, {}, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        frame = next(self.frames)
-        self.count += 1
-        self.kept[self.count] = frame
-        for old in [k for k in self.kept if k < self.count - 64]:
-            del self.kept[old]
-        return frame
-
-    def last(self, number: int):
-        return self.kept.pop(number)
 
 
 def cmd_info(args) -> int:

@@ -25,15 +25,18 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpe
 
 
 def segment_frames(model, frames: Iterable, *, temporal: float = 0.0, resolution=None,
-                   max_megapixels: float | None = None, batch_size: int = 1) -> Iterator[torch.Tensor]:
+                   max_megapixels: float | None = None, batch_size: int = 1,
+                   with_frames: bool = False) -> Iterator[torch.Tensor]:
     """Masks (H, W) float32 in [0, 1] for `frames` (PIL, numpy or tensors), in order, one batch in
-    memory at a time. temporal: 0 (off) to 1, the strength of the temporal stabilisation."""
+    memory at a time. temporal: 0 (off) to 1, the strength of the temporal stabilisation.
+    with_frames: yield (frame, mask) pairs (for cut-outs of a stream)."""
     smoother = TemporalSmoother(temporal)
     frames = iter(frames)
     while chunk := list(itertools.islice(frames, batch_size)):
         masks = segment(model, chunk, resolution=resolution, max_megapixels=max_megapixels, batch_size=batch_size)
         for frame, mask in zip(chunk, masks):
-            yield smoother(to_rgb_tensor(frame), mask)
+            mask = smoother(to_rgb_tensor(frame), mask)
+            yield (frame, mask) if with_frames else mask
 
 
 def _av():

@@ -111,5 +111,9 @@ def test_cli_segments_a_clip_to_frames_and_videos(tmp_path):
         assert frame.shape == (SIZE, SIZE, 4) and frame[..., 3].min() < 128 < frame[..., 3].max()
     # outputs are never overwritten
     assert main(["segment", str(clip), "--out", str(out), "--quiet"]) == 2
+    sequence = tmp_path / "seq"
+    assert main(["segment", str(clip), "--out", str(sequence), "--cutout", "--quiet"]) == 0
+    assert len(list((sequence / "clip").glob("*_cutout.png"))) == 6
+    assert Image.open(sequence / "clip" / "000003_cutout.png").mode == "RGBA"
     with pytest.raises(SystemExit):  # argparse's one-line usage error
         main(["segment", str(clip), "--out", str(tmp_path / "o2"), "--temporal", "2"])
