@@ -59,10 +59,13 @@ def test_generator_is_bit_identical(variant):
 
 @lru_cache(maxsize=1)
 def _files(variant: str, seed: int, folder: str):
-    """Write the three user-style files once per variant (the largest is 885 MB)."""
+    """Write the three user-style files once per variant (up to 1.3 GB each for dino_v3_l), after
+    removing the previous variant's: kept, all variants' files would take 25 GB of disk."""
     from pathlib import Path
 
     folder = Path(folder)
+    for old in folder.iterdir():
+        old.unlink()
     sd = random_state_dict(variant, seed)
     fp32 = folder / f"{variant}_seed{seed}.safetensors"
     save_file(sd, str(fp32))
