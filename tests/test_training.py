@@ -505,3 +505,18 @@ def test_each_backbone_family_trains(dataset, tmp_path, backbone):
                                      max_steps_per_epoch=1, freeze_backbone=False))
         key = "bb.model.blocks.0.attn.qkv.weight"
         assert not torch.equal(load_file(str(unfrozen))[key], initial[key])
+
+
+def test_cnn_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = birefnet.build_model("resnet50").train()
+    x = torch.randn(2, 3, 128, 128)
+
+    def grad(checkpointing: bool):
+        torch.manual_seed(1)  # the decoder's dropout draws the same masks
+        model.zero_grad()
+        model.bb.set_grad_checkpointing(checkpointing)
+        model(x).logits.mean().backward()
+        return model.bb.conv2[0].conv1.weight.grad.clone()
+
+    assert torch.equal(grad(False), grad(True))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ..errors import CheckpointError
@@ -26,15 +27,20 @@ _VGG_STAGES = {"vgg16": (10, 17, 24, 31), "vgg16bn": (14, 24, 34, 44)}  # end of
 class StagedCNN(nn.Sequential):
     """`conv1`..`conv4` run in turn; returns the four stage outputs (NCHW)."""
 
+    grad_checkpointing = False
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = []
         for stage in self:
-            x = stage(x)
+            if self.grad_checkpointing and torch.is_grad_enabled():  # recompute in backward: less memory
+                x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
             outs.append(x)
         return outs
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable  # small enough to train without; accepted for a uniform interface
+        self.grad_checkpointing = enable
 
 
 def _torchvision_model(variant: Variant, weights=None) -> nn.Module:
