@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import __version__, backbones
 from .device import auto_dtype, resolve_device
@@ -199,10 +198,10 @@ def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
             pairs = segment_frames(model, source.frames(), temporal=args.temporal, resolution=args.resolution,
                                    max_megapixels=args.max_megapixels, batch_size=args.batch_size, with_frames=True)
             for number, (frame, mask) in enumerate(pairs, start=1):
-                grey = np.asarray(mask_to_image(mask))
-                save_image(Image.fromarray(grey), folder / f"{number:06d}.png")
+                grey = mask_to_image(mask)
+                save_image(grey, folder / f"{number:06d}.png")
                 if args.video:
-                    writers[0].write(grey)
+                    writers[0].write(np.asarray(grey))
                     if args.cutout:
                         writers[1].write(np.asarray(cutout(frame, mask)))
                 elif args.cutout:  # without --video: an RGBA PNG sequence beside the masks

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .inference import segment, to_rgb_tensor
 from .extras import require
+from .inference import segment, to_rgb_tensor
 from .io import atomic_path
 from .temporal import TemporalSmoother
 
@@ -79,7 +79,7 @@ class VideoWriter:
     as H.264, or "rgba" frames (H, W, 4) uint8 as ProRes 4444 with alpha (.mov)."""
 
     def __init__(self, path, fps, size: tuple[int, int], kind: str):
-        av = _av()
+        self.av = av = _av()
         self.path, self.kind = Path(path), kind
         if self.path.exists():
             raise FileExistsError(f"{self.path} exists; choose another --out or remove it (outputs are never overwritten)")
@@ -97,11 +97,10 @@ class VideoWriter:
         self.stream.width, self.stream.height = width, height
 
     def write(self, array: np.ndarray) -> None:
-        av = _av()
         if self.kind == "rgba":
-            frame = av.VideoFrame.from_ndarray(array, format="rgba")
+            frame = self.av.VideoFrame.from_ndarray(array, format="rgba")
         else:
-            frame = av.VideoFrame.from_ndarray(np.repeat(array[..., None], 3, axis=2), format="rgb24")
+            frame = self.av.VideoFrame.from_ndarray(np.repeat(array[..., None], 3, axis=2), format="rgb24")
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
 

@@ -33,9 +33,9 @@ from .synthetic import background
 
 log = logging.getLogger(__name__)
 IMAGE_DIRS = ("im", "image", "images")
-MASK_DIRS = ("gt", "mask", "masks", "alpha", "alphas", "matte")
-FOREGROUND_DIRS = ("fg", "foreground")
 ALPHA_DIRS = ("alpha", "alphas", "matte")
+MASK_DIRS = ("gt", "mask", "masks") + ALPHA_DIRS  # a matting alpha is a soft mask
+FOREGROUND_DIRS = ("fg", "foreground")
 CUTOUT_DIRS = ("rgba", "cutouts")
 BACKGROUND_DIRS = ("bg", "backgrounds")
 LAYOUTS = ("im/ + gt/ (images and masks), im/ + alpha/ (matting alphas), fg/ + alpha/ (foregrounds and "

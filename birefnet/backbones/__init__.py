@@ -48,14 +48,16 @@ def recognise(state_dict: Mapping, where: str = "<state dict>") -> str:
                           f"(supported: {', '.join(NAMES)})")
 
 
-def to_model_keys(state_dict: Mapping, name: str) -> dict:
-    convert = family(name).to_model_key
+def _renamed_backbone_keys(state_dict: Mapping, convert) -> dict:
     return {("bb." + convert(k[3:]) if k.startswith("bb.") else k): v for k, v in state_dict.items()}
+
+
+def to_model_keys(state_dict: Mapping, name: str) -> dict:
+    return _renamed_backbone_keys(state_dict, family(name).to_model_key)
 
 
 def to_official_keys(state_dict: Mapping, name: str) -> dict:
-    convert = family(name).to_official_key
-    return {("bb." + convert(k[3:]) if k.startswith("bb.") else k): v for k, v in state_dict.items()}
+    return _renamed_backbone_keys(state_dict, family(name).to_official_key)
 
 
 __all__ = ["FAMILIES", "NAMES", "VARIANTS", "Variant", "build", "family", "recognise", "to_model_keys",
