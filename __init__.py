@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 
 if __package__:  # imported as a package (ComfyUI does so); pytest collecting the folder is not
-    if "birefnet" not in sys.modules:  # the library ships inside the pack; no pip install needed
+    if __name__ == "birefnet":
+        # The 2024 ComfyUI names a pack's module after its folder: in a folder named `birefnet` this
+        # module holds the library's name, so it serves as the library too (library modules first).
+        _here = Path(__file__).parent / "birefnet"
+        __path__.insert(0, str(_here))
+        exec(compile((_here / "__init__.py").read_text(encoding="utf-8"), str(_here / "__init__.py"), "exec"))
+    elif "birefnet" not in sys.modules:  # the library ships inside the pack; no pip install needed
         _spec = importlib.util.find_spec("birefnet")
         if _spec is None:
             _here = Path(__file__).parent / "birefnet"

@@ -25,8 +25,8 @@ timeout 300 python3 -m pytest -v -ra -p no:cacheprovider -n 8 --dist loadfile --
 grep -E "FAILED|ERROR|passed|failed|pytest rc" "$OUT/tests.log" | tail -30
 fi
 if [[ $STEPS == *train* && -d .official ]]; then
-timeout 120 python3 -m training.bench_train --official .official --variant pvt_v2_b0 swin_v1_t --size 256 512 \
+timeout 120 python3 -m birefnet_training.bench_train --official .official --variant pvt_v2_b0 swin_v1_t --size 256 512 \
   --dtype fp32 bf16 --batch 4 --steps 10 --warmup 3 --threads 8 2>&1 | tee "$OUT/bench_train.md"
-timeout 120 python3 -m training.bench_train --official .official --variant swin_v1_t --size 512 --dtype bf16 \
+timeout 120 python3 -m birefnet_training.bench_train --official .official --variant swin_v1_t --size 512 --dtype bf16 \
   --batch 4 --steps 10 --warmup 3 --threads 8 --compile 2>&1 | tee "$OUT/bench_train_compile.md"
 fi

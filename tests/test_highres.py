@@ -10,7 +10,7 @@ from birefnet import load_model, segment, segment_highres
 from birefnet.cli import main
 from birefnet.loading import default_weights
 from birefnet.highres import plan_highres
-from training.synthetic import make_sample
+from birefnet_training.synthetic import make_sample
 from conftest import DEVICE
 
 

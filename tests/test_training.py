@@ -15,11 +15,11 @@ from safetensors import safe_open
 
 import birefnet
 from conftest import DEVICE, ROOT, cpu_only, manifest
-from training.data import DatasetError, find_pairs
-from training.losses import birefnet_loss, loss_weights, ssim_loss
-from training.synthetic import make_sample, write_dataset
+from birefnet_training.data import DatasetError, find_pairs
+from birefnet_training.losses import birefnet_loss, loss_weights, ssim_loss
+from birefnet_training.synthetic import make_sample, write_dataset
 from birefnet.io import current_umask
-from training.trainer import TrainConfig, train
+from birefnet_training.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_resume_continues_identically(dataset, tmp_path):
 
 
 def test_batch_size_one_freezes_batchnorm_statistics(dataset, tmp_path):
-    from training.trainer import Trainer
+    from birefnet_training.trainer import Trainer
 
     trainer = Trainer(tiny_config(dataset, tmp_path, batch_size=1, epochs=1, max_steps_per_epoch=1))
     before = trainer.model.squeeze_module[0].bn_in.running_mean.clone()
@@ -155,8 +155,8 @@ def test_unreadable_sample_is_skipped_not_fatal(dataset, tmp_path, capsys):
 
 def test_sixteen_bit_masks_keep_their_soft_edges(tmp_path):
     """convert("L") turns every non-zero 16-bit value into 255; the soft edge must survive."""
-    from training.data import SegmentationDataset
-    from training.evaluate import _grey
+    from birefnet_training.data import SegmentationDataset
+    from birefnet_training.evaluate import _grey
 
     ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))
     Image.fromarray(ramp).save(tmp_path / "m.png")
@@ -169,7 +169,7 @@ def test_sixteen_bit_masks_keep_their_soft_edges(tmp_path):
 
 
 def test_mask_of_another_size_is_reported_once(tmp_path, capsys):
-    from training.data import SegmentationDataset
+    from birefnet_training.data import SegmentationDataset
 
     for name in "ab":
         Image.new("RGB", (64, 48)).save(tmp_path / f"{name}.jpg")
@@ -203,7 +203,7 @@ def test_torchrun_resume_is_exact_per_rank(dataset, tmp_path):
 
     def run(out, *extra):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29737",
-               "-m", "training", "train", "--data", str(dataset), "--out", str(out), "--init", "scratch",
+               "-m", "birefnet_training", "train", "--data", str(dataset), "--out", str(out), "--init", "scratch",
                "--backbone", "pvt_v2_b0", "--epochs", "2", "--batch-size", "2", "--size", "64",
                "--max-steps-per-epoch", "1", "--finetune-last-epochs", "0", "--device", "cpu", "--seed", "5", *extra]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -224,7 +224,7 @@ def test_timm_backbone_weights_convert(tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    from training.backbones import load_backbone_weights
+    from birefnet_training.pretrained import load_backbone_weights
 
     for name, timm_name in (("pvt_v2_b0", "pvt_v2_b0"), ("swin_v1_t", "swin_tiny_patch4_window7_224")):
         source = timm.create_model(timm_name, pretrained=False).state_dict()
@@ -245,7 +245,7 @@ def test_torchrun_distributed_training(dataset, tmp_path):
     """Two CPU processes (gloo) through torchrun: one log, one set of checkpoints."""
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
-           "-m", "training", "train", "--data", str(dataset), "--out", str(out), "--init", "scratch",
+           "-m", "birefnet_training", "train", "--data", str(dataset), "--out", str(out), "--init", "scratch",
            "--backbone", "pvt_v2_b0", "--epochs", "1", "--batch-size", "2", "--size", "64",
            "--max-steps-per-epoch", "1", "--finetune-last-epochs", "0", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -257,7 +257,7 @@ def test_torchrun_distributed_training(dataset, tmp_path):
 
 
 def test_fine_tuning_keeps_the_checkpoint_tile_layout(tmp_path, b0_model):
-    from training.trainer import build_initial_model
+    from birefnet_training.trainer import build_initial_model
 
     b0_model.tile_layout = "legacy"
     try:
@@ -274,7 +274,7 @@ def test_fine_tuning_keeps_the_checkpoint_tile_layout(tmp_path, b0_model):
 def test_augmentations_keep_image_and_mask_aligned():
     import numpy as np
 
-    from training.data import Augment
+    from birefnet_training.data import Augment
 
     image, mask = make_sample(1, 3, (96, 128))
     rng = lambda: np.random.default_rng(5)
@@ -292,7 +292,7 @@ def test_augmentations_keep_image_and_mask_aligned():
 def test_every_config_field_has_a_documented_flag_with_its_default():
     import dataclasses
 
-    from training.__main__ import build_parser
+    from birefnet_training.__main__ import build_parser
 
     parser = build_parser()
     train_parser = parser._subparsers._group_actions[0].choices["train"]
@@ -305,7 +305,7 @@ def test_every_config_field_has_a_documented_flag_with_its_default():
     args = parser.parse_args(["train", "--data", "d", "--out", "o", "--init", "scratch", "--weight-decay", "0.5",
                               "--lr-decay-epochs", "3", "5", "--no-freeze-batchnorm", "--size", "96x64",
                               "--dynamic-size", "64,128"])
-    from training.__main__ import cmd_train  # noqa: F401  (the same mapping cmd_train uses)
+    from birefnet_training.__main__ import cmd_train  # noqa: F401  (the same mapping cmd_train uses)
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     assert (cfg.weight_decay, cfg.lr_decay_epochs, cfg.freeze_batchnorm) == (0.5, [3, 5], False)
@@ -316,13 +316,13 @@ def test_every_config_field_has_a_documented_flag_with_its_default():
 
 
 def test_train_needs_a_starting_point(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "training", "train", "--data", str(tmp_path), "--out", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "birefnet_training", "train", "--data", str(tmp_path), "--out", str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--init" in result.stderr
 
 
 def test_epoch_summary_is_readable_and_scratch_backbones_warn(dataset, tmp_path, caplog):
-    from training.trainer import summary
+    from birefnet_training.trainer import summary
 
     assert summary({"epoch": 3, "loss": 0.412345, "lr": 7.0711e-06}) == "loss 0.4123, lr 7.071e-06"
     with caplog.at_level("INFO"):
@@ -337,7 +337,7 @@ def test_epoch_summary_is_readable_and_scratch_backbones_warn(dataset, tmp_path,
 def test_unavailable_training_device_is_one_line(dataset, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    result = subprocess.run([sys.executable, "-m", "training", "train", "--data", str(dataset), "--out", str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "birefnet_training", "train", "--data", str(dataset), "--out", str(tmp_path),
                              "--init", "scratch", "--backbone", "pvt_v2_b0", "--device", "cuda"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -347,7 +347,7 @@ def test_unavailable_training_device_is_one_line(dataset, tmp_path):
 def test_best_epoch_is_kept_and_can_be_picked_again(dataset, tmp_path):
     from safetensors.torch import load_file
 
-    from training.trainer import best_epoch
+    from birefnet_training.trainer import best_epoch
 
     out = tmp_path / "run"
     train(tiny_config(dataset, out, epochs=3, val_split=0.25, best_metric="MAE"))
@@ -357,7 +357,7 @@ def test_best_epoch_is_kept_and_can_be_picked_again(dataset, tmp_path):
     assert best_epoch(out / "metrics.jsonl", "MAE") == by_mae
     same = lambda a, b: all(torch.equal(x, y) for x, y in zip(load_file(str(a)).values(), load_file(str(b)).values()))
     assert same(out / "best.safetensors", out / f"epoch_{by_mae}.safetensors")
-    result = subprocess.run([sys.executable, "-m", "training", "best", str(out), "--metric", "Sm"],
+    result = subprocess.run([sys.executable, "-m", "birefnet_training", "best", str(out), "--metric", "Sm"],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     by_sm = max(records, key=lambda r: r["val_Sm"])["epoch"]
@@ -401,7 +401,7 @@ def _cutout_folders(root):
 
 def test_cutouts_and_matting_alphas_are_datasets(tmp_path, caplog):
     from birefnet.inference import normalise
-    from training.data import SegmentationDataset, find_backgrounds
+    from birefnet_training.data import SegmentationDataset, find_backgrounds
 
     _cutout_folders(tmp_path)
     with caplog.at_level(logging.WARNING):
@@ -449,9 +449,9 @@ def test_training_on_a_folder_of_cutouts(tmp_path):
 
 
 def test_recipe_scores_before_and_after_each_variant(tmp_path):
-    """`python -m training recipe` in miniature: a new object set (RGBA cut-outs), the embedded
+    """`python -m birefnet_training recipe` in miniature: a new object set (RGBA cut-outs), the embedded
     model's scores, a fine-tune per variant from it, the scores again, all kept in scores.json."""
-    from training.recipe import run_recipe
+    from birefnet_training.recipe import run_recipe
 
     scores = run_recipe(tmp_path, counts=(8, 4, 4), epochs=1, max_steps_per_epoch=2, finetune_last_epochs=0)
     assert all(s.cutout for s in find_pairs(tmp_path / "train"))
@@ -466,7 +466,7 @@ def test_torchvision_and_dinov3_pretrained_weights_convert(tmp_path):
     import torchvision
     from safetensors.torch import save_file
 
-    from training.backbones import load_backbone_weights
+    from birefnet_training.pretrained import load_backbone_weights
 
     cases = {
         "vgg16bn": (torchvision.models.vgg16_bn().state_dict(), "features.34.weight", "conv4.34.weight"),

@@ -10,7 +10,7 @@ from PIL import Image
 import birefnet
 from birefnet.temporal import TemporalSmoother
 from birefnet.video import segment_frames
-from training.synthetic import _foreground, _object_mask, background
+from birefnet_training.synthetic import _foreground, _object_mask, background
 
 av = pytest.importorskip("av")
 SIZE = 224  # the embedded model's working size

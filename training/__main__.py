@@ -1,4 +1,4 @@
-"""python -m training {train, evaluate, best, synth, demo, recipe}: fine-tune, score, make data, ship the demo
+"""python -m birefnet_training {train, evaluate, best, synth, demo, recipe}: fine-tune, score, make data, ship the demo
 model, measure the small-set fine-tuning recipe."""
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def cmd_recipe(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m birefnet_training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="fine-tune (or train) BiRefNet on im/ + gt/ folders")

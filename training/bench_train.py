@@ -1,6 +1,6 @@
 """Benchmark: one training step of this package against the official code's, same weights and batch.
 
-    python -m training.bench_train --official PATH/TO/BiRefNet --variant pvt_v2_b0 swin_v1_t --size 256 512
+    python -m birefnet_training.bench_train --official PATH/TO/BiRefNet --variant pvt_v2_b0 swin_v1_t --size 256 512
 
 A step is forward, the official objective (pixel losses on every output plus the outward
 reference's gradient loss, the official `DIS5K` preset = this package's `DIS`), backward and
@@ -125,7 +125,7 @@ def _worker(args) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.bench_train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m birefnet_training.bench_train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--official", required=True, metavar="DIR", help="a checkout of ZhengPeng7/BiRefNet")
     parser.add_argument("--variant", nargs="+", default=["pvt_v2_b0", "swin_v1_t"])
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
                 for code in codes:
                     if code == "official" and dtype != "fp32":
                         continue  # the official code has no bf16 deformable convolution
-                    cmd = [sys.executable, "-m", "training.bench_train", "--official", args.official, "--batch",
+                    cmd = [sys.executable, "-m", "birefnet_training.bench_train", "--official", args.official, "--batch",
                            str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads",
                            str(args.threads), "--device", args.device, "--worker", code.split()[0], variant, str(size), dtype]
                     result = subprocess.run(cmd, capture_output=True, text=True)

@@ -1,6 +1,6 @@
 """The fine-tuning recipe for a small custom object set, measured end to end.
 
-`python -m training recipe --work out/recipe` writes an object family the embedded demo model
+`python -m birefnet_training recipe --work out/recipe` writes an object family the embedded demo model
 never saw (gears, stars and rings with spokes and stroke lettering, as RGBA cut-outs: the layout
 users have), scores the embedded model on its held-out part, fine-tunes it with each variant
 of the recipe and scores again. The README's before/after table comes from this command.

@@ -117,7 +117,7 @@ def build_initial_model(cfg: TrainConfig) -> BiRefNet:
     if cfg.init == "scratch":
         model = build_model(cfg.backbone, tile_layout=cfg.tile_layout or "current")
         if cfg.backbone_weights:
-            from .backbones import load_backbone_weights
+            from .pretrained import load_backbone_weights
 
             load_backbone_weights(model, cfg.backbone_weights)
         else:
