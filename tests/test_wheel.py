@@ -1,0 +1,97 @@
+"""The package as a user installs it: the wheel built from this tree, installed into a fresh virtual
+environment, run from a folder outside the clone. Its dependencies come from the test environment's
+site-packages (added as a plain path, so that environment's editable install of this tree is not)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.wheel
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT), "-w", str(out)],
+                            capture_output=True, text=True, timeout=600, cwd=out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = out.glob("birefnet_toolkit-*.whl")
+    return path
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> dict:
+    """A fresh venv holding only the wheel; returns the environment to run its commands in."""
+    venv = tmp_path_factory.mktemp("venv") / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    result = subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                             str(wheel)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    site = Path(subprocess.check_output([venv / "bin" / "python", "-c",
+                                         "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip())
+    (site / "test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    work = tmp_path_factory.mktemp("elsewhere")
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(work), "PYTHONNOUSERSITE": "1",
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    return {"venv": venv, "site": site, "cwd": work, "env": env}
+
+
+def run(installed, *command, timeout=600) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=installed["cwd"], env=installed["env"], capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, f"{command}: {result.stderr[-3000:]}"
+    return result
+
+
+def test_wheel_holds_every_package_and_its_data(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    packages = {str(Path(n).parent) for n in names if n.endswith("/__init__.py")}
+    assert {"birefnet", "birefnet/backbones", "birefnet_training"} <= packages
+    assert "birefnet/weights/default.safetensors" in names
+    assert not any(n.startswith(("training/", "tests/", "nodes/")) for n in names), "generic top-level names"
+    assert not any("__pycache__" in n for n in names)
+
+
+def test_library_imports_from_site_packages_with_every_backbone_family(installed):
+    code = """
+import json, birefnet, birefnet_training
+from birefnet import backbones
+families = {}
+for name in ("swin_v1_t", "pvt_v2_b0", "vgg16", "resnet50", "dino_v3_s"):
+    families[backbones.variant(name).family] = type(birefnet.build_model(name).bb).__name__
+print(json.dumps({"library": birefnet.__file__, "training": birefnet_training.__file__, "families": families}))
+"""
+    found = json.loads(run(installed, "python", "-c", code).stdout)
+    site = str(installed["site"])
+    assert found["library"].startswith(site) and found["training"].startswith(site)
+    assert len(found["families"]) == 4  # Swin, PVT v2, torchvision CNNs, DINOv3
+    missing = subprocess.run(["python", "-c", "import training"], cwd=installed["cwd"], env=installed["env"],
+                             capture_output=True, text=True)
+    assert missing.returncode != 0, "a generic top-level `training` module was installed"
+
+
+def test_segment_command_with_the_embedded_model(installed):
+    image = ROOT / "examples" / "images" / "synthetic_0.jpg"
+    run(installed, "birefnet", "segment", str(image), "--out", "masks", "--cutout", "--quiet")
+    out = installed["cwd"] / "masks"
+    assert (out / "synthetic_0.png").is_file() and (out / "synthetic_0_cutout.png").is_file()
+
+
+def test_training_command_help_and_one_step_fine_tune(installed):
+    assert "train" in run(installed, "python", "-m", "birefnet_training", "--help").stdout
+    assert "--init" in run(installed, "python", "-m", "birefnet_training", "train", "--help").stdout
+    run(installed, "python", "-m", "birefnet_training", "synth", "--out", "data", "--count", "4")
+    weights = installed["site"] / "birefnet" / "weights" / "default.safetensors"
+    run(installed, "python", "-m", "birefnet_training", "train", "--data", "data", "--out", "run", "--init",
+        str(weights), "--epochs", "1", "--batch-size", "2", "--size", "64", "--max-steps-per-epoch", "1",
+        "--finetune-last-epochs", "0", "--device", "cpu")
+    assert (installed["cwd"] / "run" / "final.safetensors").is_file()
