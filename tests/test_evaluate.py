@@ -1,7 +1,10 @@
 """`python -m training evaluate` equals pysodmetrics on the same files."""
 from __future__ import annotations
 
+import concurrent.futures
+import importlib
 import json
+import multiprocessing
 import subprocess
 import sys
 
@@ -170,3 +173,29 @@ def test_hce_conventions_differ_on_a_faint_prediction():
     same = MetricSet(["HCE"], hce_convention="dis")
     same.step(np.zeros_like(gt), gt)  # DIS on the faint map = PySOD on an empty prediction
     assert dis.results()["HCE"] == same.results()["HCE"]
+
+
+@pytest.mark.parametrize("package", ["training", "birefnet_training"])
+def test_spawned_workers_give_exactly_the_sequential_numbers(folders, package, monkeypatch):
+    """Workers are spawned, never forked (a fork after OpenCV/torch started their threads can hang), and
+    import the worker module by the name the caller imported the package under (multiprocessing sends
+    functions by module name): the repository folder's `training` or the installed `birefnet_training`."""
+    evaluate = importlib.import_module(f"{package}.evaluate")
+    start_methods, get_context = [], multiprocessing.get_context
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method=None: start_methods.append(method) or
+                        get_context(method))
+    sequential = evaluate.evaluate_folders(folders / "pred", folders / "gt", workers=1).results()
+    assert start_methods == []
+    parallel = evaluate.evaluate_folders(folders / "pred", folders / "gt", workers=3).results()
+    assert start_methods == ["spawn"]
+    assert parallel == sequential and set(parallel) == PYSOD_KEYS | OFFICIAL_EXTRA_KEYS
+
+
+@pytest.mark.parametrize("package", ["training", "birefnet_training"])
+def test_worker_module_imports_neither_torch_nor_the_library(package):
+    """A spawned worker starts fast, and cannot find another `birefnet` (a checkout folder of that name
+    holds the ComfyUI pack) when it never imports the library: checked in a real spawned process."""
+    report = (f"__import__('importlib').import_module('{package}.scoring') and "
+              "sorted(m for m in __import__('sys').modules if m.split('.')[0] in ('torch', 'birefnet'))")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert pool.submit(eval, report).result(timeout=120) == []

@@ -8,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -16,18 +15,9 @@ import birefnet
 from birefnet.inference import mask_to_image
 from birefnet.io import IMAGE_SUFFIXES, read_image, save_image
 
-from .data import find_backgrounds, find_pairs, read_mask, read_sample
+from .data import find_backgrounds, find_pairs, read_sample
 from .metrics import MetricSet, parse_metrics
-
-
-def _grey(path) -> np.ndarray:
-    """A mask file as the metrics read it: 8-bit files as they are (uint8), deeper ones as float
-    [0, 1] so that 16-bit soft values are rounded once, not clipped."""
-    return _array(read_mask(path))
-
-
-def _array(mask) -> np.ndarray:
-    return np.asarray(mask) if mask.mode == "L" else np.asarray(mask, dtype=np.float32) / 255.0
+from .scoring import mask_array, read_mask_array, score_files, skip
 
 
 def evaluate_folders(pred_dir, gt_dir, *, metrics=None, workers: int | None = None,
@@ -52,47 +42,21 @@ def evaluate_folders(pred_dir, gt_dir, *, metrics=None, workers: int | None = No
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(tqdm(total=len(pairs), desc="evaluate", unit="img"))
         if workers == 1 or len(parts) == 1:
-            scored = map(_score_part, *args)
+            scored = map(score_files, *args)
         else:
-            context = multiprocessing.get_context(_START_METHOD)
-            scored = stack.enter_context(concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)).map(_score_part, *args)
+            # Spawned, not forked: a fork of a process holding OpenCV's or torch's threads can hang.
+            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            scored = stack.enter_context(pool).map(score_files, *args)
         for part in scored:  # in order: the numbers equal one process's
-            for what, message in part.skipped:  # one unreadable file must not end a long evaluation
-                bar.write(f"evaluate: skipped {what}: {message}", file=sys.stderr)
-            part.skipped = [what for what, _ in part.skipped]
+            _report_skipped(bar, part.skipped)
             result.join(part)
             bar.update(part.count + len(part.skipped))
     return result
 
 
-# Linux: fork (the workers inherit the loaded modules, no import of torch per worker, and no second
-# import of the packages by path, which picks the wrong `birefnet` when a checkout of that name sits
-# on sys.path's parent); the workers use numpy, PIL and cv2 only, never torch's OpenMP pool (the
-# one pool that cannot be used after a fork). Elsewhere the platform's default (spawn).
-_START_METHOD = "fork" if sys.platform.startswith("linux") else None
-
-
-def _score_part(pairs, names, hce_convention) -> MetricSet:
-    """A share of the pairs, scored in order; unreadable pairs kept with their message for the caller."""
-    cv2.setNumThreads(1)  # the processes are the parallelism
-    metrics = MetricSet(names, hce_convention)
-    for pred_path, gt_path in pairs:
-        try:
-            pred, gt = _grey(pred_path), _grey(gt_path)
-        except (OSError, ValueError) as err:
-            metrics.skipped.append((f"{pred_path} / {gt_path}", _first_line(err)))
-            continue
-        metrics.step(pred, gt)
-    return metrics
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
-def _skip(bar, metrics: MetricSet, what: str, err: Exception) -> None:
-    metrics.skipped.append(what)
-    bar.write(f"evaluate: skipped {what}: {_first_line(err)}", file=sys.stderr)
+def _report_skipped(bar, skipped) -> None:
+    for what, reason in skipped:
+        bar.write(f"evaluate: skipped {what}: {reason}", file=sys.stderr)
 
 
 def evaluate_model(weights, data, *, save_pred=None, tile_layout=None, metrics=None,
@@ -107,11 +71,12 @@ def evaluate_model(weights, data, *, save_pred=None, tile_layout=None, metrics=N
         try:
             if sample.cutout:  # the same backdrop every time this set is evaluated
                 image, alpha = read_sample(sample, np.random.default_rng([0, index]), backgrounds)
-                gt = _array(alpha)
+                gt = mask_array(alpha)
             else:
-                image, gt = read_image(sample.image), _grey(sample.mask)
+                image, gt = read_image(sample.image), read_mask_array(sample.mask)
         except (OSError, ValueError) as err:
-            _skip(bar, metrics, f"{sample.image} / {sample.mask}", err)
+            skip(metrics, f"{sample.image} / {sample.mask}", err)
+            _report_skipped(bar, metrics.skipped[-1:])
             continue
         mask = birefnet.segment(model, image)
         if save_pred:

@@ -3,12 +3,12 @@ reference implementation the official code ports line for line), HCE (DIS paper)
 official evaluator's mBA, BIoU and MSE (`boundary_metrics`)."""
 from __future__ import annotations
 
+import sys
 import warnings
 
 import cv2
 import numpy as np
 import py_sod_metrics as sod
-import torch
 
 from .boundary_metrics import MSE, BoundaryAccuracy, BoundaryIoU
 
@@ -42,7 +42,8 @@ def parse_metrics(names) -> tuple[str, ...]:
 
 def to_uint8(image) -> np.ndarray:
     """Float in [0, 1] (tensor or array) or uint8 -> (H, W) uint8, as the metrics read PNGs."""
-    if isinstance(image, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only where torch is loaded: scoring workers never load it
+    if torch is not None and isinstance(image, torch.Tensor):
         image = image.detach().float().cpu().numpy()
     image = np.asarray(image)
     if image.ndim == 3:
@@ -66,7 +67,7 @@ class MetricSet:
         self.measures = {name: _measure(name) for name in parse_metrics(metrics)}
         self.hce_convention = hce_convention
         self.count = 0
-        self.skipped: list[str] = []  # pairs that could not be read (reported, not scored)
+        self.skipped: list[tuple[str, str]] = []  # (pair, reason): could not be read, reported, not scored
 
     def step(self, pred, gt) -> None:
         pred, gt = to_uint8(pred), to_uint8(gt)

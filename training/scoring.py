@@ -1,0 +1,72 @@
+"""Mask files read and scored as the metrics expect, in this process or in spawned worker processes.
+
+This is the module `evaluate_folders` runs in its workers, which are spawned (never forked: a fork
+of a process that has loaded OpenCV's or torch's thread pools can hang, on macOS and with some BLAS
+builds). A spawned worker imports this module by its package-qualified name, so it imports only
+what scoring needs (numpy, Pillow, OpenCV, pysodmetrics): never torch and never the `birefnet`
+library, whose name can resolve to another package in a fresh process (a checkout folder named
+`birefnet` holds the ComfyUI pack). Keep it that way: the tests check that it loads no torch.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from .metrics import MetricSet
+
+HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def read_mask(path) -> Image.Image:
+    """A mask as an 8-bit 'L' image, or, when the file has more than 8 bits (16-bit PNG/TIFF, float
+    TIFF), as an 'F' image of 0..255 floats: `convert("L")` would clip a 16-bit mask's soft edge to
+    255. Scaled like the inference input: 16-bit by 65535, float files read as [0, 1]. The file is
+    opened as `birefnet.io.read_image` opens images (EXIF orientation applied), without importing
+    the library (and torch with it)."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        image.load()
+    if image.mode not in HIGH_BIT_MODES:
+        return image.convert("L")
+    array = np.asarray(image, dtype=np.float32)
+    if image.mode == "F":
+        scale = 255.0 if array.max() <= 1.0 else 1.0
+    else:
+        scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 1.0
+    return Image.fromarray((array * scale).astype(np.float32))  # float32 -> mode "F"
+
+
+def mask_array(mask: Image.Image) -> np.ndarray:
+    """A mask image as the metrics read it: 8-bit masks as they are (uint8), deeper ones as float
+    [0, 1] so that 16-bit soft values are rounded once, not clipped."""
+    return np.asarray(mask) if mask.mode == "L" else np.asarray(mask, dtype=np.float32) / 255.0
+
+
+def read_mask_array(path) -> np.ndarray:
+    return mask_array(read_mask(path))
+
+
+def first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def skip(metrics: MetricSet, what: str, err: Exception) -> None:
+    """Record a pair that could not be read, with the error's first line: one unreadable file must
+    not end a long evaluation; the caller reports it."""
+    metrics.skipped.append((what, first_line(err)))
+
+
+def score_files(pairs, names, hce_convention) -> MetricSet:
+    """(prediction file, ground-truth file) pairs scored in order, by one process; sets of
+    consecutive parts `join` into exactly the set of the whole list."""
+    cv2.setNumThreads(1)  # the processes are the parallelism
+    metrics = MetricSet(names, hce_convention)
+    for pred_path, gt_path in pairs:
+        try:
+            pred, gt = read_mask_array(pred_path), read_mask_array(gt_path)
+        except (OSError, ValueError) as err:
+            skip(metrics, f"{pred_path} / {gt_path}", err)
+            continue
+        metrics.step(pred, gt)
+    return metrics
