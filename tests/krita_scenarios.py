@@ -1,0 +1,273 @@
+"""Runs inside real Krita as a throw-away Python plug-in (tests/test_krita_plugin.py installs it as
+`birefnet_krita_test`): drives the BiRefNet plug-in's actions the way a script would
+(`Krita.instance().action(id).trigger()`), then writes what landed in the documents (layer, mask and
+selection bytes) under $BIREFNET_KRITA_TEST/results for the test to compare with the library's output.
+
+Every scenario runs in this one Krita session; `done.json` lists them, with a traceback for any that
+broke, and Krita is left with os._exit (closing modified documents would ask to save them)."""
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+from krita import Extension, Krita, Selection
+
+from birefnet_krita import extension as birefnet
+from birefnet_krita.qt import QT_MAJOR
+
+if QT_MAJOR >= 6:
+    from PyQt6.QtCore import QByteArray, QEventLoop, QTimer
+    from PyQt6.QtWidgets import QApplication, QMessageBox
+else:
+    from PyQt5.QtCore import QByteArray, QEventLoop, QTimer
+    from PyQt5.QtWidgets import QApplication, QMessageBox
+
+WORK = Path(os.environ["BIREFNET_KRITA_TEST"])
+RESULTS = WORK / "results"
+PLAN = json.loads((WORK / "plan.json").read_text())
+
+
+def wait(seconds: float) -> None:
+    loop = QEventLoop()
+    QTimer.singleShot(int(seconds * 1000), loop.quit)
+    loop.exec()
+
+
+def trigger(action_id: str, cancel_after: float | None = None, timeout: float = 600) -> dict:
+    """Trigger an action like a script or a shortcut does; wait for the plug-in's `finished` signal."""
+    ext = birefnet.current()
+    result = {}
+    loop = QEventLoop()
+
+    def finished(action, ok, message):
+        result.update(action=action, ok=ok, message=message)
+        loop.quit()
+
+    ext.finished.connect(finished)
+    QTimer.singleShot(int(timeout * 1000), loop.quit)
+    start = time.perf_counter()
+    Krita.instance().action(action_id).trigger()
+    if cancel_after is not None:
+        QTimer.singleShot(int(cancel_after * 1000), ext.cancel)
+    if not result:
+        loop.exec()
+    ext.finished.disconnect(finished)
+    result["seconds"] = time.perf_counter() - start
+    if not result.get("action"):
+        raise TimeoutError(f"{action_id}: no result within {timeout} s")
+    return result
+
+
+def show(doc):
+    window = Krita.instance().activeWindow()
+    window.addView(doc)
+    doc.waitForDone()
+    return doc
+
+
+def open_image(name: str):
+    doc = Krita.instance().openDocument(PLAN["images"][name])
+    show(doc)
+    doc.setActiveNode(doc.topLevelNodes()[0])
+    return doc
+
+
+def new_document(width: int, height: int, model: str, depth: str, name: str):
+    doc = Krita.instance().createDocument(width, height, name, model, depth, "", 72.0)
+    show(doc)
+    layer = doc.createNode("picture", "paintlayer")
+    doc.rootNode().addChildNode(layer, None)
+    doc.setActiveNode(layer)
+    return doc, layer
+
+
+def save(name: str, data: bytes) -> str:
+    (RESULTS / name).write_bytes(bytes(data))
+    return name
+
+
+def masks_of(node):
+    return [child for child in node.childNodes() if child.type() == "transparencymask"]
+
+
+def record(name: str, doc, node, result: dict, **extra) -> None:
+    """The layer's input pixels on the canvas, and the mask the action added to it."""
+    x, y, w, h = region(doc, node)
+    masks = masks_of(node)
+    out = dict(result, x=x, y=y, width=w, height=h, model=node.colorModel(), depth=node.colorDepth(),
+               input=save(f"{name}_input.raw", node.pixelData(x, y, w, h).data()),
+               masks=[m.name() for m in masks], **extra)
+    if masks:
+        out["mask"] = save(f"{name}_mask.raw", masks[-1].pixelData(x, y, w, h).data())
+        bounds = node.bounds()
+        out["layer_bounds"] = [bounds.x(), bounds.y(), bounds.width(), bounds.height()]
+        out["mask_over_layer"] = save(f"{name}_mask_over_layer.raw", masks[-1].pixelData(
+            bounds.x(), bounds.y(), bounds.width(), bounds.height()).data())
+    (RESULTS / f"{name}.json").write_text(json.dumps(out))
+
+
+def region(doc, node):
+    bounds = node.bounds().intersected(doc.bounds())
+    return bounds.x(), bounds.y(), bounds.width(), bounds.height()
+
+
+def scenario_shortcuts():
+    shortcuts = {a: Krita.instance().action(a).shortcut().toString() for a in birefnet.ACTIONS}
+    (RESULTS / "shortcuts.json").write_text(json.dumps(shortcuts))
+
+
+def scenario_remove_background():
+    doc = open_image("rgba")
+    node = doc.activeNode()
+    record("remove_background", doc, node, trigger(birefnet.REMOVE_BACKGROUND),
+           selection_after=doc.selection() is not None)
+    QApplication.processEvents()
+    window = Krita.instance().activeWindow().qwindow()
+    window.grab().save(str(RESULTS / "screenshot.png"))
+
+
+def scenario_select_subject():
+    doc = open_image("rgba")
+    node = doc.activeNode()
+    result = trigger(birefnet.SELECT_SUBJECT)
+    x, y, w, h = region(doc, node)
+    selection = doc.selection()
+    record("select_subject", doc, node, result,
+           selection=save("select_subject_selection.raw", selection.pixelData(x, y, w, h).data()) if selection else None)
+
+
+def scenario_cut_out():
+    doc = open_image("rgba")
+    node = doc.activeNode()
+    result = trigger(birefnet.CUT_OUT)
+    x, y, w, h = region(doc, node)
+    names = [n.name() for n in doc.topLevelNodes()]
+    new = doc.activeNode()
+    record("cut_out", doc, node, result, layers=names, active=new.name(),
+           cut_out=save("cut_out_layer.raw", new.pixelData(x, y, w, h).data()))
+
+
+def scenario_box():
+    """A rectangular selection as the guiding box: remove background and select subject."""
+    doc = open_image("rgba")
+    node = doc.activeNode()
+    bx, by, bw, bh = PLAN["box"]
+    selection = Selection()
+    selection.select(bx, by, bw, bh, 255)
+    doc.setSelection(selection)
+    x, y, w, h = region(doc, node)
+    before = doc.selection().pixelData(x, y, w, h).data()
+    result = trigger(birefnet.REMOVE_BACKGROUND)
+    after = doc.selection()
+    record("box", doc, node, result, selection_kept=after is not None and after.pixelData(x, y, w, h).data() == before)
+    subject = trigger(birefnet.SELECT_SUBJECT)
+    record("box_select", doc, node, subject,
+           selection=save("box_select_selection.raw", doc.selection().pixelData(x, y, w, h).data()))
+
+
+def scenario_offset():
+    """A layer moved so that part of it lies beyond the canvas."""
+    width, height = PLAN["canvas"]
+    doc, layer = new_document(width, height, "RGBA", "U8", "offset")
+    source = Krita.instance().openDocument(PLAN["images"]["rgba"])
+    picture = source.topLevelNodes()[0]
+    b = picture.bounds()
+    layer.setPixelData(QByteArray(picture.pixelData(0, 0, b.width(), b.height()).data()), 0, 0, b.width(), b.height())
+    source.close()
+    dx, dy = PLAN["offset"]
+    layer.move(dx, dy)
+    doc.waitForDone()
+    doc.refreshProjection()
+    position = layer.position()
+    record("offset", doc, layer, trigger(birefnet.REMOVE_BACKGROUND), position=[position.x(), position.y()])
+
+
+def scenario_large():
+    doc = open_image("large")
+    record("large", doc, doc.activeNode(), trigger(birefnet.REMOVE_BACKGROUND))
+
+
+def scenario_grey():
+    doc = open_image("grey")
+    record("grey", doc, doc.activeNode(), trigger(birefnet.REMOVE_BACKGROUND))
+
+
+def scenario_sixteen_bit():
+    """A 16-bit RGBA layer holding the 8-bit picture times 257 (B,G,R,A little-endian ushorts)."""
+    source = Krita.instance().openDocument(PLAN["images"]["rgba"])
+    picture = source.topLevelNodes()[0]
+    b = picture.bounds()
+    eight = picture.pixelData(0, 0, b.width(), b.height()).data()
+    source.close()
+    doc, layer = new_document(b.width(), b.height(), "RGBA", "U16", "sixteen")
+    sixteen = bytearray(len(eight) * 2)
+    sixteen[0::2] = eight
+    sixteen[1::2] = eight
+    layer.setPixelData(QByteArray(bytes(sixteen)), 0, 0, b.width(), b.height())
+    result = trigger(birefnet.REMOVE_BACKGROUND)
+    record("sixteen_bit", doc, layer, result, eight_bit=save("sixteen_bit_eight.raw", eight))
+
+
+def scenario_float():
+    doc, layer = new_document(64, 48, "RGBA", "F32", "float")
+    record("float", doc, layer, trigger(birefnet.REMOVE_BACKGROUND), message_box=message_box_text())
+
+
+def scenario_no_server():
+    doc = open_image("rgba")
+    os.environ["BIREFNET_SERVER"] = PLAN["dead_server"]
+    try:
+        result = trigger(birefnet.REMOVE_BACKGROUND)
+    finally:
+        del os.environ["BIREFNET_SERVER"]
+    record("no_server", doc, doc.activeNode(), result, message_box=message_box_text())
+
+
+def scenario_cancel():
+    doc = open_image("large")
+    result = trigger(birefnet.REMOVE_BACKGROUND, cancel_after=0.5)
+    wait(1.0)
+    record("cancel", doc, doc.activeNode(), result, busy_after=birefnet.current().busy)
+
+
+def message_box_text():
+    """The text of the plug-in's (non-modal) message box, closing it."""
+    for widget in QApplication.topLevelWidgets():
+        if isinstance(widget, QMessageBox) and widget.objectName() == "birefnet_message" and widget.isVisible():
+            widget.close()
+            return widget.text()
+    return None
+
+
+SCENARIOS = [scenario_shortcuts, scenario_remove_background, scenario_select_subject, scenario_cut_out,
+             scenario_box, scenario_offset, scenario_large, scenario_grey, scenario_sixteen_bit, scenario_float,
+             scenario_no_server, scenario_cancel]
+
+
+def run_all():
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    report = {}
+    wanted = PLAN.get("only")
+    for scenario in SCENARIOS:
+        name = scenario.__name__.removeprefix("scenario_")
+        if wanted and name not in wanted:
+            continue
+        try:
+            scenario()
+            report[name] = "ok"
+        except Exception:
+            report[name] = traceback.format_exc()
+    (WORK / "done.json").write_text(json.dumps(report, indent=1))
+    os._exit(0)
+
+
+class ScenarioRunner(Extension):
+    def setup(self):
+        Krita.instance().notifier().windowCreated.connect(lambda: QTimer.singleShot(2000, run_all))
+
+    def createActions(self, window):
+        pass
+
+
+Krita.instance().addExtension(ScenarioRunner(Krita.instance()))
