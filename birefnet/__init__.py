@@ -13,16 +13,10 @@ from .decoder import DecoderOutput, image_tiles
 from .highres import segment_highres
 from .hub import download
 from .inference import cutout, mask_to_image, segment, to_rgb_tensor, working_size
-from .loading import (
-    CheckpointError,
-    CheckpointInfo,
-    detect_config,
-    load_model,
-    model_to_official_keys,
-    read_checkpoint,
-    save_checkpoint,
-    strip_prefixes,
-)
+from .checkpoint_files import model_to_official_keys, read_checkpoint, save_checkpoint, strip_prefixes
+from .detection import detect_config
+from .errors import CheckpointError
+from .loading import CheckpointInfo, load_model
 from .model import BACKBONES, BiRefNet, BiRefNetConfig, build_model
 from .zoo import KNOWN_CHECKPOINTS, KnownCheckpoint, find_checkpoint
 

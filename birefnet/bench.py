@@ -62,7 +62,8 @@ def official_model(directory: str | os.PathLike, variant: str) -> torch.nn.Modul
 
 
 def _worker(args) -> dict:
-    from .loading import model_to_official_keys, parse_dtype
+    from .checkpoint_files import model_to_official_keys
+    from .device import parse_dtype
     from .model import build_model
 
     torch.set_num_threads(args.threads)

@@ -11,13 +11,14 @@ import numpy as np
 import torch
 
 from . import __version__, backbones
-from .device import auto_dtype, resolve_device
+from .device import auto_dtype, parse_dtype, resolve_device
 from .distributed import local_device, rank_and_world, shard, summed
 from .guided import parse_box, segment_regions
 from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
 from .inference import cutout, mask_to_image, parse_size, segment, working_size
 from .io import list_images, output_paths, read_image, save_image
-from .loading import CheckpointError, load_model, parse_dtype
+from .errors import CheckpointError
+from .loading import load_model
 from .zoo import listed
 
 

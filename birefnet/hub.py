@@ -11,20 +11,17 @@ import os
 import shutil
 from pathlib import Path
 
-from .loading import CheckpointError, inspect_checkpoint
+from .checkpoint_files import WEIGHT_SUFFIXES
+from .detection import inspect_checkpoint
+from .errors import CheckpointError, first_line
+from .extras import require
 from .zoo import KnownCheckpoint, find_checkpoint
 
 LOGIN_HINT = "log in with `hf auth login` (or set HF_TOKEN) after accepting its terms on"
 
 
 def _hub():
-    try:
-        import huggingface_hub
-    except ImportError:
-        raise CheckpointError(
-            "known checkpoints by name need huggingface_hub: pip install 'birefnet-toolkit[hub]' (or pass a file path)"
-        ) from None
-    return huggingface_hub
+    return require("huggingface_hub", "hub")
 
 
 def resolve(name: str) -> KnownCheckpoint:
@@ -32,6 +29,23 @@ def resolve(name: str) -> KnownCheckpoint:
         return find_checkpoint(name)
     except KeyError as err:
         raise CheckpointError(str(err.args[0])) from None
+
+
+def locate(source) -> Path:
+    """A path as given, or for a known checkpoint's name (`hr`, `BiRefNet_HR`) its downloaded file."""
+    path = Path(source).expanduser()
+    if path.exists() or path.suffix.lower() in WEIGHT_SUFFIXES or os.sep in str(source):
+        return path
+    try:
+        known = find_checkpoint(str(source))
+    except KeyError:
+        raise CheckpointError(
+            f"{source}: no such file, and not a known checkpoint name (`birefnet list` shows them)"
+        ) from None
+    cached = cached_file(known)
+    if cached is None:
+        raise not_downloaded_error(known)
+    return cached
 
 
 def cached_file(known: KnownCheckpoint) -> Path | None:
@@ -126,7 +140,7 @@ def _fetch(hub, known: KnownCheckpoint, staging: Path | None, tqdm_class, target
 def _reason(err: BaseException) -> str:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
         return "offline mode (HF_HUB_OFFLINE) is on"
-    return _first_line(err)
+    return first_line(err, 160)
 
 
 def _failed(known: KnownCheckpoint, target: Path | None, why: str) -> CheckpointError:
@@ -137,7 +151,3 @@ def _failed(known: KnownCheckpoint, target: Path | None, why: str) -> Checkpoint
         f"{place / known.file_name}, then pass that file as the weights"
     )
 
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:160] if lines else type(err).__name__

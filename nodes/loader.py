@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 
 import birefnet
+from birefnet.device import parse_dtype
 
 from . import host
+from .weights import weight_choices, weight_path
 from .handle import BiRefNetHandle
 from .spec import In, NodeSpec, Out
 
@@ -17,15 +19,15 @@ DEVICES = ("auto", "cpu", OPENVINO)
 
 
 def load(weights: str, device: str = "auto", dtype: str = "auto", tile_layout: str = "auto"):
-    path = host.weight_path(weights)
+    path = weight_path(weights)
     layout = None if tile_layout == "auto" else tile_layout
     if device == OPENVINO:  # compiled for the CPU by OpenVINO; fp32 unless bf16/fp16 is asked for
-        torch_dtype = torch.float32 if dtype == "auto" else birefnet.loading.parse_dtype(dtype)
+        torch_dtype = torch.float32 if dtype == "auto" else parse_dtype(dtype)
         model = birefnet.load_model(path, tile_layout=layout, backend="openvino", dtype=torch_dtype)
         host.log.info("BiRefNet: %s, on OpenVINO (%s)", model.info.describe(), torch_dtype)
         return (BiRefNetHandle(model, torch.device("cpu"), torch.float32, path.name),)
     torch_device = host.torch_device(device)
-    torch_dtype = host.auto_dtype(torch_device) if dtype == "auto" else birefnet.loading.parse_dtype(dtype)
+    torch_dtype = host.auto_dtype(torch_device) if dtype == "auto" else parse_dtype(dtype)
     model = birefnet.load_model(path, tile_layout=layout)
     host.log.info("BiRefNet: %s", model.info.describe())
     return (BiRefNetHandle(model, torch_device, torch_dtype, path.name),)
@@ -46,7 +48,7 @@ SPEC = NodeSpec(
         In("weights", "COMBO", "Weight file in models/birefnet (or extra_model_paths.yaml). 'download: NAME' entries "
            "fetch that official checkpoint into models/birefnet the first time the workflow runs (with progress), "
            "then use the file; nothing is downloaded unless such an entry is chosen.",
-           options=host.weight_choices),
+           options=weight_choices),
         In("device", "COMBO", "auto: ComfyUI's GPU with memory management; cpu: always the CPU; cpu (OpenVINO): the "
            "fastest CPU runtime (pip install openvino), converted once per working size (minutes for large models), "
            "then cached on disk.",

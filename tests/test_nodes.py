@@ -40,7 +40,7 @@ def test_v1_registration_without_comfy_api(pack):
     assert {"remove background", "rmbg", "matte", "cutout"} <= set(segment_aliases)
     assert all(cls.SEARCH_ALIASES for cls in pack.NODE_CLASS_MAPPINGS.values())
     weights = pack.NODE_CLASS_MAPPINGS["BiRefNetLoader"].INPUT_TYPES()["required"]["weights"][0]
-    assert weights[-1] == pack.nodes.host.EMBEDDED
+    assert weights[-1] == pack.nodes.weights.EMBEDDED
 
 
 def test_specs_satisfy_the_v3_schema_rules(pack):

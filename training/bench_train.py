@@ -54,7 +54,7 @@ def _without_randomness(model: torch.nn.Module) -> torch.nn.Module:
 def _official_step(args, state_dict, images, masks):
     """The official objective around the official model (its own PixLoss; BCE of the gradient maps)."""
     from birefnet.bench import official_model
-    from birefnet.loading import model_to_official_keys
+    from birefnet import model_to_official_keys
 
     model = official_model(args.official, args.variant)
     model.load_state_dict(model_to_official_keys(state_dict, args.variant))
