@@ -15,28 +15,21 @@ from .device import auto_dtype, parse_dtype, resolve_device
 from .distributed import local_device, rank_and_world, shard, summed
 from .guided import parse_box, segment_regions
 from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
-from .inference import cutout, mask_to_image, parse_size, segment, working_size
+from .inference import cutout, mask_to_image, segment
 from .io import list_images, output_paths, read_image, save_image
 from .errors import CheckpointError
 from .loading import load_model
+from .pipeline import cutout_image, finish, model_device, parse_resolution as resolution_option
+from .refine import Refinement
 from .zoo import listed
 
 
 def parse_resolution(text: str | None):
-    """'native' -> None; 'aspect'; '1024' -> 1024; 'WIDTHxHEIGHT' -> (height, width)."""
-    if text is None or text == "native":
-        return None
-    if text == "aspect":
-        return "aspect"
+    """'native' -> None; 'aspect'; '1024' -> 1024; 'WIDTHxHEIGHT' -> (height, width), checked before loading."""
     try:
-        height, width = parse_size(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"resolution {text!r}: use native, aspect, 1024 or WIDTHxHEIGHT") from None
-    try:
-        working_size(height, width, (height, width))  # the library's own size rules, checked before loading
+        return resolution_option(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-    return (height, width)
 
 
 def export_size(text: str):
@@ -97,6 +90,14 @@ def _load(args) -> torch.nn.Module:
     return load_model(source, device=device, dtype=dtype, tile_layout=args.tile_layout, backend=args.backend)
 
 
+def refinement_of(args) -> Refinement:
+    """The Refine Edges options given as flags (checked before the model loads)."""
+    return Refinement(black_point=args.black_point, white_point=args.white_point, threshold=args.threshold,
+                      fill_holes=args.fill_holes, grow=args.grow, guided_radius=args.guided_radius,
+                      guided_eps=args.guided_eps, feather=args.feather, foreground=args.foreground,
+                      foreground_radius=args.foreground_radius)
+
+
 def cmd_segment(args) -> int:
     from tqdm import tqdm
 
@@ -106,7 +107,10 @@ def cmd_segment(args) -> int:
     from .video import VIDEO_SUFFIXES
 
     videos = [Path(item) for item in args.inputs if Path(item).is_file() and Path(item).suffix.lower() in VIDEO_SUFFIXES]
+    refinement = refinement_of(args)
     if videos:
+        if refinement != Refinement():
+            raise ValueError("the refinement flags are for images; refine video masks with the Refine Edges node")
         return _segment_videos(args, videos, [item for item in args.inputs if Path(item) not in videos])
     files = list_images(args.inputs)
     if not files:
@@ -145,8 +149,9 @@ def cmd_segment(args) -> int:
             guided = [segment_regions(model, image, boxes=args.box, resolution=args.resolution,
                                       max_megapixels=args.max_megapixels) for image, _ in chunk]
             masks = [combined for combined, _ in guided]
-            for (_, (mask_path, _)), (_, objects) in zip(chunk, guided):
-                for number, single in enumerate(objects if len(objects) > 1 else [], start=1):
+            for (image, (mask_path, _)), (_, objects) in zip(chunk, guided):
+                for number, (box, single) in enumerate(zip(args.box, objects) if len(objects) > 1 else [], start=1):
+                    single, _ = finish(image, single, refinement, boxes=[box], device=model_device(model))
                     save_image(mask_to_image(single), out_dir / mask_path.with_name(f"{mask_path.stem}_object{number}.png"))
         elif args.highres:
             masks = [segment_highres(model, image, resolution=args.resolution, max_megapixels=args.max_megapixels,
@@ -157,9 +162,10 @@ def cmd_segment(args) -> int:
                 max_megapixels=args.max_megapixels, batch_size=args.batch_size,
             )
         for (image, (mask_path, cutout_path)), mask in zip(chunk, masks):
+            mask, colours = finish(image, mask, refinement, boxes=args.box or (), device=model_device(model))
             save_image(mask_to_image(mask), out_dir / mask_path)
             if args.cutout:
-                save_image(cutout(image, mask), out_dir / cutout_path)
+                save_image(cutout_image(image, mask, colours), out_dir / cutout_path)
             bar.update(1)
     bar.close()
     done, skipped = summed([len(files) - skipped, skipped])
@@ -277,6 +283,71 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .extras import require
+
+    for module in ("fastapi", "uvicorn", "python_multipart"):
+        require(module, "server")
+    from .server import serve
+
+    return serve(args)
+
+
+def cmd_krita_plugin(args) -> int:
+    from .krita_plugin import build_zip
+
+    path = build_zip(args.out)
+    print(f"birefnet: wrote {path}; in Krita: Tools > Scripts > Import Python Plugin from File, then restart Krita",
+          file=sys.stderr)
+    return 0
+
+
+def add_refinement_flags(parser: argparse.ArgumentParser) -> None:
+    """The Refine Edges node's options (same names, meaning and defaults: all off)."""
+    group = parser.add_argument_group("refinement (the Refine Edges node's options, in this order; all off by default)")
+    group.add_argument("--black-point", type=float, default=0.0, help="mask values below become 0")
+    group.add_argument("--white-point", type=float, default=1.0, help="mask values above become 1")
+    group.add_argument("--threshold", type=float, default=0.0, help="binarise at this value (0 = keep soft)")
+    group.add_argument("--fill-holes", action="store_true", help="fill background regions enclosed by the foreground")
+    group.add_argument("--grow", type=int, default=0, help="grow (+) or shrink (-) the mask by this many pixels")
+    group.add_argument("--guided-radius", type=int, default=0,
+                       help="guided filter radius in pixels (0 = off); 4-16 snaps the mask's edges to the image's")
+    group.add_argument("--guided-eps", type=float, default=1e-3,
+                       help="guided filter smoothness: higher keeps the mask, lower follows the image")
+    group.add_argument("--feather", type=float, default=0.0, help="soften the edge over about this many pixels")
+    group.add_argument("--foreground", action="store_true",
+                       help="cut-outs: re-estimate the edge colours (removes the old background's halo)")
+    group.add_argument("--foreground-radius", type=int, default=90,
+                       help="blur size of the foreground estimation's first pass")
+
+
+def add_serve_parser(sub) -> None:
+    srv = sub.add_parser("serve", help="a local HTTP server: POST an image, get its mask or cut-out PNG back "
+                                       "(image editors, scripts; extra `server`)")
+    srv.add_argument("--weights", help="weights to serve: a file or a known name (downloaded); default: "
+                                       "$BIREFNET_WEIGHTS or the embedded demo model")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default %(default)s; any other needs --allow-remote and a token)")
+    srv.add_argument("--port", type=int, default=7853, help="default %(default)s")
+    srv.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    srv.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16")
+    srv.add_argument("--token", help="require `Authorization: Bearer TOKEN` on every request "
+                                     "(default: $BIREFNET_SERVER_TOKEN)")
+    srv.add_argument("--allow-remote", action="store_true",
+                     help="allow --host to be a non-loopback address (other machines can connect; needs a token)")
+    srv.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
+                     help="let web pages of this origin (e.g. https://example.com) call the server; repeatable")
+    srv.add_argument("--max-upload-mb", type=positive(float), default=100.0, help="largest upload (default %(default)g)")
+    srv.add_argument("--max-megapixels-in", type=positive(float), default=100.0,
+                     help="largest image accepted, in decoded megapixels (default %(default)g)")
+    srv.add_argument("--max-queue", type=positive(int), default=64,
+                     help="requests waiting for the model at most; more get 503 (default %(default)s)")
+    srv.add_argument("--allow-weights", action="append", default=[], metavar="FILE_DIR_OR_NAME",
+                     help="weights clients may pick with the `weights` field: a file, a folder of files, or a "
+                          "known name (downloaded); repeatable")
+    srv.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="birefnet", description=__doc__)
     parser.add_argument("--version", action="version", version=f"birefnet {__version__}")
@@ -313,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="video inputs: temporal stability from 0 (off, default) to 1 (strongest); smooths only where "
                           "the image does not change")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_refinement_flags(seg)
     seg.set_defaults(func=cmd_segment)
 
     info = sub.add_parser("info", help="print what a weight file is (variant, layout, resolution)")
@@ -342,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--download", action="store_true", help="download a known name first if needed")
     exp.add_argument("--accept-license", metavar="LICENCE", help="with --download: accept a non-commercial licence")
     exp.set_defaults(func=cmd_export)
+
+    add_serve_parser(sub)
+
+    krita = sub.add_parser("krita-plugin", help="write the Krita plug-in as a zip for Krita's "
+                                                "Tools > Scripts > Import Python Plugin from File")
+    krita.add_argument("--out", required=True, help="the zip file to write (never overwritten)")
+    krita.set_defaults(func=cmd_krita_plugin)
 
     for p in (seg, info, exp):
         p.add_argument("--tile-layout", choices=("current", "legacy"), default=None,

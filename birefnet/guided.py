@@ -4,7 +4,8 @@ BiRefNet always answers "the salient object" of what it sees. Shown only a regio
 wanted object, at the checkpoint's working size (like the fine pass of coarse-to-fine), it
 answers for that object, in more detail than a whole-image pass gives a small object. Each
 box, and each connected region of a region mask (e.g. a SAM mask or a painted one), is grown
-by a margin, segmented alone and pasted back; outside the regions the mask is 0. The network
+by a margin, segmented alone and pasted back inside its box only: the margin is context for the
+network's input, and outside the boxes (a region's box: its bounding box) the mask is 0. The network
 needs context around the object: the default margin of half the box on each side scored best
 on a small object in a 4K frame (IoU 0.22 at 0.1, 0.63 at 0.25, 0.80 at 0.5, 0.71 at 1.0).
 """
@@ -36,22 +37,40 @@ def mask_regions(region: torch.Tensor) -> list[tuple[int, int, int, int]]:
     return sorted(boxes, key=lambda b: -b[2] * b[3])
 
 
+def clip_box(box, height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the box's part inside the image; a box wholly outside is an error."""
+    x, y, w, h = box
+    top, left = max(0, y), max(0, x)
+    bottom, right = min(height, y + h), min(width, x + w)
+    if bottom <= top or right <= left:
+        raise ValueError(f"box {x},{y},{w},{h} lies outside the {width}x{height} image; boxes are x,y,w,h in "
+                         "pixels of the image")
+    return top, left, bottom, right
+
+
 def _grown(box, margin: float, height: int, width: int) -> tuple[int, int, int, int]:
     """(top, left, bottom, right) of the box grown by `margin` of its size on each side, inside the image."""
     x, y, w, h = box
     dx, dy = max(8, round(w * margin)), max(8, round(h * margin))
-    top, left = max(0, y - dy), max(0, x - dx)
-    bottom, right = min(height, y + h + dy), min(width, x + w + dx)
-    if bottom <= top or right <= left:
-        raise ValueError(f"box {x},{y},{w},{h} lies outside the {width}x{height} image")
-    return top, left, bottom, right
+    return max(0, y - dy), max(0, x - dx), min(height, y + h + dy), min(width, x + w + dx)
+
+
+def inside_boxes(boxes, height: int, width: int) -> torch.Tensor:
+    """(H, W) mask: 1 inside any of the boxes (clipped to the image), 0 elsewhere."""
+    inside = torch.zeros(height, width)
+    for box in boxes:
+        top, left, bottom, right = clip_box(box, height, width)
+        inside[top:bottom, left:right] = 1
+    return inside
 
 
 def segment_regions(model, image, *, boxes=(), region: torch.Tensor | None = None, margin: float = 0.5,
                     resolution=None, max_megapixels: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(combined (H, W), objects (N, H, W)) masks in [0, 1] for the objects in `boxes` ((x, y, w, h)
     in pixels) and in the connected regions of `region` ((H, W), > 0.5 inside). Each is segmented
-    alone in its box grown by `margin` (a fraction of its size); outside, the masks are 0."""
+    alone in its box grown by `margin` (a fraction of its size) and kept inside its box only: outside
+    its box an object's mask is 0, outside every box the combined mask is 0. A box reaching over the
+    image's border is clipped to it; one wholly outside is a ValueError."""
     rgb = to_rgb_tensor(image)
     height, width = rgb.shape[1:]
     if region is not None:
@@ -63,8 +82,10 @@ def segment_regions(model, image, *, boxes=(), region: torch.Tensor | None = Non
     if not found:
         raise ValueError("guided segmentation needs at least one box or a region mask with something in it")
     objects = torch.zeros(len(found), height, width)
-    for i, box in enumerate(found):
-        top, left, bottom, right = _grown(box, margin, height, width)
-        crop = rgb[:, top:bottom, left:right]
-        objects[i, top:bottom, left:right] = segment(model, crop, resolution=resolution, max_megapixels=max_megapixels)
+    kept = [clip_box(box, height, width) for box in found]  # every box checked before the first forward pass
+    for i, (box, (top, left, bottom, right)) in enumerate(zip(found, kept)):
+        ctop, cleft, cbottom, cright = _grown(box, margin, height, width)
+        context = segment(model, rgb[:, ctop:cbottom, cleft:cright], resolution=resolution,
+                          max_megapixels=max_megapixels)
+        objects[i, top:bottom, left:right] = context[top - ctop : bottom - ctop, left - cleft : right - cleft]
     return objects.amax(dim=0), objects

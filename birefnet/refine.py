@@ -2,10 +2,13 @@
 
 Everything runs on the tensors' device (GPU when there is one). The guided filter snaps a
 mask's edges to the image's edges (kornia); `estimate_foreground` is the fast blur-fusion
-foreground estimation the official repo ships (spec §7), which removes colour halos when a
-cut-out is composited on a new background.
+foreground estimation the official repo ships, which removes colour halos when a cut-out is
+composited on a new background. `refine_mask` is the whole pipeline, in one fixed order, shared
+by the Refine Edges node, `birefnet segment` and `birefnet serve`.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import kornia
 import numpy as np
@@ -108,3 +111,54 @@ def parse_colour(text: str) -> tuple[float, float, float]:
     if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
         raise ValueError(f"colour {text!r}: use #RRGGBB or r,g,b with values 0-255")
     return tuple(v / 255 for v in rgb)
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """The Refine Edges options; the defaults change nothing (so a default run keeps the network's mask)."""
+
+    black_point: float = 0.0  # mask values below become 0
+    white_point: float = 1.0  # mask values above become 1
+    threshold: float = 0.0  # binarise at this value (0 = keep soft)
+    fill_holes: bool = False  # fill background regions enclosed by the foreground
+    grow: int = 0  # grow (+) or shrink (-) by this many pixels
+    guided_radius: int = 0  # guided filter radius in pixels (0 = off)
+    guided_eps: float = 1e-3  # guided filter smoothness
+    feather: float = 0.0  # soften the edge over about this many pixels (0 = off)
+    foreground: bool = False  # re-estimate the edge colours (removes halos in cut-outs)
+    foreground_radius: int = 90  # blur size of the foreground estimation's first pass
+
+    def __post_init__(self):
+        problems = []
+        if not 0 <= self.black_point < self.white_point <= 1:
+            problems.append(f"black_point {self.black_point} and white_point {self.white_point} need "
+                            "0 <= black_point < white_point <= 1")
+        if not 0 <= self.threshold < 1:
+            problems.append(f"threshold {self.threshold} must be from 0 (off) to below 1")
+        if self.guided_radius < 0 or self.feather < 0:
+            problems.append("guided_radius and feather must not be negative")
+        if not self.guided_eps > 0:
+            problems.append(f"guided_eps {self.guided_eps} must be positive")
+        if self.foreground_radius < 1:
+            problems.append(f"foreground_radius {self.foreground_radius} must be at least 1")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def refine_mask(rgb: torch.Tensor, mask: torch.Tensor, options: Refinement = Refinement()):
+    """(mask (B, H, W), colours (B, 3, H, W)) for images `rgb` (B, 3, H, W) and masks (B, H, W) in [0, 1].
+
+    In order: levels, threshold, fill holes, grow/shrink, guided filter, feather; the colours are
+    the re-estimated foreground with `options.foreground`, else `rgb` itself.
+    """
+    mask = levels(mask, options.black_point, options.white_point)
+    if options.threshold > 0:
+        mask = threshold(mask, options.threshold)
+    if options.fill_holes:
+        mask = fill_holes(mask)
+    mask = grow(mask, options.grow)
+    if options.guided_radius > 0:
+        mask = guided_filter(rgb, mask, options.guided_radius, options.guided_eps)
+    mask = feather(mask, options.feather)
+    colours = estimate_foreground(rgb, mask, options.foreground_radius) if options.foreground else rgb
+    return mask, colours

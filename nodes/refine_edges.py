@@ -10,22 +10,6 @@ from . import host
 from .spec import In, NodeSpec, Out
 
 
-def refine_one(rgb, mask, *, black_point, white_point, threshold, grow, fill_holes, guided_radius, guided_eps,
-               feather, estimate_foreground, foreground_radius):
-    """One frame: rgb (1, 3, H, W), mask (1, H, W) on the compute device."""
-    mask = refine.levels(mask, black_point, white_point)
-    if threshold > 0:
-        mask = refine.threshold(mask, threshold)
-    if fill_holes:
-        mask = refine.fill_holes(mask)
-    mask = refine.grow(mask, grow)
-    if guided_radius > 0:
-        mask = refine.guided_filter(rgb, mask, guided_radius, guided_eps)
-    mask = refine.feather(mask, feather)
-    fg = refine.estimate_foreground(rgb, mask, foreground_radius) if estimate_foreground else rgb
-    return mask, fg
-
-
 def refine_edges(image, mask, black_point=0.0, white_point=1.0, threshold=0.0, grow=0, fill_holes=False,
                  guided_radius=0, guided_eps=0.001, feather=0.0, estimate_foreground=True, foreground_radius=90,
                  background="#FFFFFF", invert_mask=False):
@@ -36,6 +20,9 @@ def refine_edges(image, mask, black_point=0.0, white_point=1.0, threshold=0.0, g
     if mask.shape[0] not in (1, image.shape[0]):
         raise ValueError(f"mask batch ({mask.shape[0]}) must be 1 or match the image batch ({image.shape[0]})")
     colour = refine.parse_colour(background)
+    options = refine.Refinement(black_point=black_point, white_point=white_point, threshold=threshold, grow=grow,
+                                fill_holes=fill_holes, guided_radius=guided_radius, guided_eps=guided_eps,
+                                feather=feather, foreground=estimate_foreground, foreground_radius=foreground_radius)
     device = host.torch_device("auto")
     out = host.intermediate_device()
     progress = host.Progress(image.shape[0])
@@ -48,10 +35,7 @@ def refine_edges(image, mask, black_point=0.0, white_point=1.0, threshold=0.0, g
             m = 1 - m
         if m.shape[-2:] != rgb.shape[-2:]:  # e.g. a mask made at another size
             m = F.interpolate(m[None], size=rgb.shape[-2:], mode="bilinear", align_corners=False)[0]
-        m, fg = refine_one(rgb, m, black_point=black_point, white_point=white_point, threshold=threshold,
-                           grow=grow, fill_holes=fill_holes, guided_radius=guided_radius, guided_eps=guided_eps,
-                           feather=feather, estimate_foreground=estimate_foreground,
-                           foreground_radius=foreground_radius)
+        m, fg = refine.refine_mask(rgb, m, options)
         masks.append(m.to(out))
         foregrounds.append(fg.to(out))
         progress.update(i + 1)

@@ -8,7 +8,7 @@ import torch
 
 import birefnet
 from birefnet.guided import mask_regions, parse_box, segment_regions
-from training.synthetic import _foreground, _object_mask, background
+from birefnet_training.synthetic import _foreground, _object_mask, background
 
 TARGET, DISTRACTORS = 16, (5, 9, 19)  # held-out synthetic objects the demo model segments well alone
 PLACES = {16: (2400, 1300), 5: (400, 300), 9: (1500, 500), 19: (3000, 200)}  # (x, y) of each 512² square
@@ -66,3 +66,45 @@ def test_regions_boxes_and_objects():
         parse_box("10,10,40")
     with pytest.raises(ValueError, match="outside the 400x300 image"):
         segment_regions(model, image, boxes=[(900, 900, 10, 10)])
+
+
+@pytest.mark.parametrize("weights", ["demo", "random"])
+def test_the_mask_is_zero_outside_every_box(weights, b0_model):
+    """The grown context margin is for the network's input only: no pixel outside the boxes (or outside
+    an object's own box) may be non-zero, with boxes overlapping, touching and crossing the border."""
+    model = birefnet.load_model(device="cpu") if weights == "demo" else b0_model
+    rng = np.random.default_rng(3)
+    image = torch.from_numpy(rng.random((3, 240, 320), dtype=np.float32))
+    image[:, 60:180, 80:240] = torch.tensor([0.9, 0.2, 0.1]).view(3, 1, 1)  # an object the boxes cut through
+    boxes = [(100, 70, 60, 50), (0, 0, 40, 30), (290, 200, 60, 80), (140, 90, 50, 60)]  # last two: border, overlap
+    combined, objects = segment_regions(model, image, boxes=boxes)
+    inside = torch.zeros(240, 320, dtype=torch.bool)
+    for (x, y, w, h), single in zip(boxes, objects):
+        own = torch.zeros(240, 320, dtype=torch.bool)
+        own[max(y, 0) : y + h, max(x, 0) : x + w] = True
+        assert single[~own].abs().max() == 0, f"box {x},{y},{w},{h}: non-zero outside it"
+        assert single[own].max() > 0  # the network's answer is kept inside
+        inside |= own
+    assert combined[~inside].abs().max() == 0
+    assert torch.equal(combined, objects.amax(0))
+
+
+def test_region_masks_are_zero_outside_their_boxes():
+    model = birefnet.load_model(device="cpu")
+    image = torch.rand(3, 200, 200)
+    region = torch.zeros(200, 200)
+    region[50:90, 60:120] = 1
+    combined, _ = segment_regions(model, image, region=region)
+    outside = torch.ones(200, 200, dtype=torch.bool)
+    outside[50:90, 60:120] = False
+    assert combined[outside].abs().max() == 0
+
+
+def test_boxes_over_the_border_are_clipped_and_boxes_outside_are_errors():
+    model = birefnet.load_model(device="cpu")
+    image = torch.rand(3, 100, 120)
+    combined, _ = segment_regions(model, image, boxes=[(-20, -20, 60, 60)])
+    assert combined[40:, :].abs().max() == 0 and combined[:, 40:].abs().max() == 0
+    for box in [(120, 0, 10, 10), (0, 100, 10, 10), (-30, 10, 30, 10)]:
+        with pytest.raises(ValueError, match="lies outside the 120x100 image"):
+            segment_regions(model, image, boxes=[(10, 10, 20, 20), box])

@@ -1,0 +1,68 @@
+"""From one image to the mask and cut-out that `birefnet segment` writes and `birefnet serve` sends.
+
+Both call these functions with the same options, so a script talking to the server gets the
+pixels the command line would have written: the network's mask (whole image, or guided by
+boxes), refined with the Refine Edges options, kept at 0 outside the boxes, and a cut-out with
+the input's colours or the re-estimated foreground colours.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .guided import inside_boxes, segment_regions
+from .inference import cutout, parse_size, segment, to_rgb_tensor, working_size
+from .refine import Refinement, refine_mask
+
+
+def parse_resolution(text: str | None):
+    """'native' (or None) -> None; 'aspect'; '1024' -> 1024x1024; 'WIDTHxHEIGHT' -> (height, width).
+    Sizes are checked against the library's size rules (ValueError, one line)."""
+    if text is None or text == "native":
+        return None
+    if text == "aspect":
+        return "aspect"
+    try:
+        height, width = parse_size(text)
+    except ValueError:
+        raise ValueError(f"resolution {text!r}: use native, aspect, 1024 or WIDTHxHEIGHT") from None
+    working_size(height, width, (height, width))
+    return (height, width)
+
+
+def segment_image(model, image, *, boxes=(), resolution=None, max_megapixels: float | None = None):
+    """(mask (H, W), objects: one mask per box) for one image; without boxes, the whole image's mask."""
+    if boxes:
+        combined, objects = segment_regions(model, image, boxes=boxes, resolution=resolution,
+                                            max_megapixels=max_megapixels)
+        return combined, list(objects)
+    mask = segment(model, image, resolution=resolution, max_megapixels=max_megapixels)
+    return mask, [mask]
+
+
+def finish(image, mask: torch.Tensor, refinement: Refinement, *, boxes=(), device="cpu"):
+    """(mask (H, W) on the CPU, foreground colours (3, H, W) or None): `mask` refined on `device`,
+    then 0 outside the boxes (grow, feather and the guided filter must not leak out of them);
+    colours only when the refinement re-estimates them."""
+    rgb = to_rgb_tensor(image)[None].to(device)
+    refined, colours = refine_mask(rgb, mask[None].to(device, torch.float32), refinement)
+    refined = refined[0].cpu()
+    if boxes:
+        refined = refined * inside_boxes(boxes, *refined.shape)
+    return refined, colours[0].cpu() if refinement.foreground else None
+
+
+def cutout_image(image, mask: torch.Tensor, colours: torch.Tensor | None = None) -> Image.Image:
+    """RGBA cut-out: alpha = mask x the input's own alpha; colours = the input's, or `colours` (3, H, W)."""
+    rgba = cutout(image, mask)
+    if colours is None:
+        return rgba
+    pixels = np.array(rgba)
+    pixels[..., :3] = (colours.permute(1, 2, 0).float().numpy() * 255 + 0.5).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def model_device(model) -> torch.device:
+    """Where the model's inputs go (its first parameter's device); refinement runs there too."""
+    return next(model.parameters()).device
