@@ -26,6 +26,8 @@ def evaluate_folders(pred_dir, gt_dir, *, metrics=None, workers: int | None = No
 
     The images are scored by `workers` processes (default: one per CPU core, at most 8), each
     over consecutive parts of the sorted list, joined in order: the numbers equal one process's.
+    The workers are spawned, so a script that calls this with several workers needs the usual
+    `if __name__ == "__main__":` guard (a spawned process imports the script that started it).
     """
     files = lambda d: {p.stem: p for p in sorted(Path(d).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     preds, gts = files(pred_dir), files(gt_dir)
