@@ -10,6 +10,6 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["birefnet", "birefnet.*"]), "birefnet_training", "birefnet.editors"],
     package_dir={"birefnet_training": "training", "birefnet.editors": "editors"},
-    package_data={"birefnet": ["weights/*.safetensors"], "birefnet.editors": ["**/*"]},
+    package_data={"birefnet": ["weights/*.safetensors"], "birefnet.server": ["*.html"], "birefnet.editors": ["**/*"]},
     exclude_package_data={"": ["__pycache__/*", "*.pyc"]},
 )

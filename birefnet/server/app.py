@@ -1,0 +1,169 @@
+"""The routes: /v1/segment, rembg's /api/remove, /health, /v1/models, the page at /, the Krita
+plug-in zip; every error as {"error": "<one line>"} with a 4xx status (5xx only for server faults)."""
+from __future__ import annotations
+
+import io
+from importlib import resources
+from typing import Annotated
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+
+from .. import __version__
+from ..errors import first_line
+from ..inference import mask_to_image
+from ..pipeline import cutout_image, finish, model_device, segment_image
+from ..zoo import listed
+from .errors import RequestError
+from .security import Guard
+from .settings import Settings
+from .uploads import Job, check_fields, decode_image, parse_job
+from .worker import Worker
+
+SEGMENT_FIELDS = ("image", "output", "weights", "resolution", "box", "black_point", "white_point", "threshold",
+                  "fill_holes", "grow", "guided_radius", "guided_eps", "feather", "foreground", "foreground_radius")
+REMBG_FIELDS = ("file", "model", "a", "af", "ab", "ae", "om", "ppm", "bgc", "extras")
+PNG = {200: {"content": {"image/png": {}}, "description": "the PNG"}}
+
+
+def segment_job(job: Job, model):
+    """Runs in the model's thread: the same calls `birefnet segment` makes."""
+    mask, _ = segment_image(model, job.image, boxes=job.boxes, resolution=job.resolution)
+    return finish(job.image, mask, job.refinement, boxes=job.boxes, device=model_device(model))
+
+
+def png_bytes(job: Job, mask, colours) -> bytes:
+    picture = mask_to_image(mask) if job.output == "mask" else cutout_image(job.image, mask, colours)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+
+
+def create_app(settings: Settings, worker: Worker) -> FastAPI:
+    app = FastAPI(title="BiRefNet server", version=__version__, docs_url=None, redoc_url=None,
+                  description="Background removal and object masks for image editors and scripts. "
+                              "Every error is JSON {\"error\": \"...\"}.")
+
+    async def answer(job: Job) -> Response:
+        try:
+            mask, colours = await worker.run(lambda model: segment_job(job, model), job.weights)
+        except ValueError as err:  # the library's one-line errors about this image and its options
+            raise RequestError(400, first_line(err)) from None
+        return Response(await run_in_threadpool(png_bytes, job, mask, colours), media_type="image/png")
+
+    async def read_image(upload: UploadFile):
+        return decode_image(await upload.read(), settings.max_pixels)
+
+    @app.post("/v1/segment", responses=PNG, response_class=Response)
+    async def segment(
+        request: Request,
+        image: Annotated[UploadFile, File(description="PNG, JPEG, WebP, TIFF or BMP; any mode (RGBA, grey, 16-bit)")],
+        output: Annotated[str, Form(description="mask (8-bit grey PNG) or rgba (cut-out PNG)")] = "mask",
+        weights: Annotated[str | None, Form(description="weights the server offers (/v1/models)")] = None,
+        resolution: Annotated[str, Form(description="native, 1024, WIDTHxHEIGHT or aspect")] = "native",
+        box: Annotated[list[str], Form(description="X,Y,W,H in pixels; repeat for several objects")] = [],
+        black_point: Annotated[float, Form()] = 0.0,
+        white_point: Annotated[float, Form()] = 1.0,
+        threshold: Annotated[float, Form(description="0 keeps the mask soft")] = 0.0,
+        fill_holes: Annotated[bool, Form()] = False,
+        grow: Annotated[int, Form(description="pixels; negative shrinks")] = 0,
+        guided_radius: Annotated[int, Form(description="0 = off")] = 0,
+        guided_eps: Annotated[float, Form()] = 1e-3,
+        feather: Annotated[float, Form()] = 0.0,
+        foreground: Annotated[bool, Form(description="rgba: re-estimated foreground colours")] = False,
+        foreground_radius: Annotated[int, Form()] = 90,
+    ):
+        """The mask (or cut-out) `birefnet segment` writes for this image and these options."""
+        check_fields((await request.form()).keys(), SEGMENT_FIELDS)
+        refinement = dict(black_point=black_point, white_point=white_point, threshold=threshold,
+                          fill_holes=fill_holes, grow=grow, guided_radius=guided_radius, guided_eps=guided_eps,
+                          feather=feather, foreground=foreground, foreground_radius=foreground_radius)
+        job = parse_job(await read_image(image), output=output, weights=weights, resolution=resolution, boxes=box,
+                        refinement=refinement)
+        return await answer(job)
+
+    @app.post("/api/remove", responses=PNG, response_class=Response)
+    async def remove(
+        request: Request,
+        file: Annotated[UploadFile, File(description="the image")],
+        om: Annotated[bool, Form(description="only the mask")] = False,
+        model: Annotated[str | None, Form(description="accepted and ignored: the server's model answers")] = None,
+    ):
+        """rembg's server API: the cut-out, or the mask with om=true. rembg's other fields (a, af, ab, ae,
+        ppm, bgc, extras) are accepted and ignored."""
+        check_fields((await request.form()).keys(), REMBG_FIELDS)
+        job = parse_job(await read_image(file), output="mask" if om else "rgba", weights=None, resolution="native",
+                        boxes=[], refinement={})
+        return await answer(job)
+
+    @app.get("/api/remove", include_in_schema=False)
+    async def remove_by_url():
+        raise RequestError(400, "this server never fetches URLs; POST the image as the multipart field `file`")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": worker.name, "device": str(worker.device),
+                "dtype": str(worker.dtype).removeprefix("torch."), "version": __version__, "waiting": worker.waiting}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"loaded": worker.name, "offered": worker.catalog.names(),
+                "known": [{"name": k.name, "short": k.short, "downloaded": downloaded(k)} for k in listed()]}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+
+    @app.get("/krita-plugin.zip", responses={200: {"content": {"application/zip": {}}}}, response_class=Response)
+    async def krita_plugin():
+        """The Krita plug-in, ready for Krita's Tools > Scripts > Import Python Plugin from File."""
+        from ..krita_plugin import zip_bytes
+
+        try:
+            data = zip_bytes()
+        except FileNotFoundError as err:
+            raise RequestError(404, str(err)) from None
+        return Response(data, media_type="application/zip",
+                        headers={"Content-Disposition": 'attachment; filename="birefnet_krita.zip"'})
+
+    @app.exception_handler(RequestError)
+    async def request_error(_, err: RequestError):
+        return error(err.status, err.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_field(_, err: RequestValidationError):
+        first = err.errors()[0]
+        field = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+        return error(400, f"field {field}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException):
+        message = f"no such endpoint: {request.method} {request.url.path}" if err.status_code in (404, 405) else err.detail
+        return error(err.status_code, message)
+
+    @app.exception_handler(Exception)
+    async def server_fault(_, err: Exception):
+        return error(500, f"internal error: {type(err).__name__}: {first_line(err)}")
+
+    if settings.cors:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization"])
+    app.add_middleware(Guard, settings=settings)
+    return app
+
+
+def downloaded(known) -> bool:
+    from ..hub import cached_file
+
+    try:
+        return cached_file(known) is not None
+    except ValueError:  # huggingface_hub is not installed: nothing can have been downloaded through it
+        return False

@@ -1,0 +1,85 @@
+"""What a request asks for, checked before it waits for the model: the image decoded within the
+pixel limit (only the formats an editor sends; never a URL), boxes, resolution, refinement."""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import first_line
+from ..guided import clip_box, parse_box
+from ..pipeline import parse_resolution
+from ..refine import Refinement
+from .errors import RequestError
+
+FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")  # no decoder that runs external programs (EPS) or scripts
+OUTPUTS = ("mask", "rgba")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One segmentation, as `birefnet segment` would run it."""
+
+    image: Image.Image
+    output: str = "mask"
+    weights: str | None = None
+    resolution: object = None
+    boxes: tuple = ()
+    refinement: Refinement = Refinement()
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """The uploaded file as `birefnet segment` reads a file (EXIF orientation applied), or a RequestError."""
+    if not data:
+        raise RequestError(400, "the image upload is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below decides
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise RequestError(400, "the upload is not an image this server reads (PNG, JPEG, WebP, TIFF or BMP)") from None
+    except Image.DecompressionBombError:
+        image = None
+    width, height = image.size if image is not None else (0, 0)
+    if image is None or width * height > max_pixels:
+        size = f"{width}x{height} ({width * height / 1e6:.1f} megapixels)" if image is not None else "too large"
+        raise RequestError(413, f"the image is {size}; this server accepts up to {max_pixels / 1e6:g} megapixels "
+                                "(--max-megapixels-in)")
+    try:
+        image = ImageOps.exif_transpose(image)
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise RequestError(400, f"the image could not be decoded ({first_line(err)}); the file is truncated or "
+                                "damaged") from None
+    return image
+
+
+def parse_job(image: Image.Image, *, output: str, weights: str | None, resolution: str, boxes: list[str],
+              refinement: dict) -> Job:
+    """A Job from the form's fields, each checked (RequestError 400 naming the field)."""
+    if output not in OUTPUTS:
+        raise RequestError(400, f"output {output!r}: use mask or rgba")
+    try:
+        chosen = parse_resolution(resolution)
+    except ValueError as err:
+        raise RequestError(400, str(err)) from None
+    try:
+        parsed = tuple(parse_box(text) for text in boxes)
+        for box in parsed:
+            clip_box(box, image.height, image.width)
+    except ValueError as err:
+        raise RequestError(400, str(err)) from None
+    try:
+        options = Refinement(**refinement)
+    except ValueError as err:
+        raise RequestError(400, str(err)) from None
+    return Job(image, output, weights or None, chosen, parsed, options)
+
+
+def check_fields(given, allowed) -> None:
+    """Unknown form fields are mistakes (a typo would silently change nothing): 400 naming them."""
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise RequestError(400, f"unknown field(s) {', '.join(unknown)}; this endpoint takes: {', '.join(allowed)}")

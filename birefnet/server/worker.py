@@ -1,0 +1,53 @@
+"""The one model in memory and the one thread that runs it: requests wait in line (at most
+--max-queue of them), so two forward passes never race on a GPU. Picking other weights loads
+them in that thread and replaces the model; a request that fails changes nothing."""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from ..device import auto_dtype, parse_dtype, resolve_device
+from ..errors import CheckpointError
+from ..loading import load_model
+from .errors import RequestError
+from .weights import Catalog, model_name
+
+
+class Worker:
+    def __init__(self, weights, device: str, dtype: str, catalog: Catalog, max_queue: int):
+        self.device = resolve_device(device)
+        self.dtype = auto_dtype(self.device) if dtype == "auto" else parse_dtype(dtype)
+        self.catalog, self.max_queue = catalog, max_queue
+        self.default = weights
+        self.model = load_model(weights, device=self.device, dtype=self.dtype)
+        self.model_source = weights  # what the loaded model was loaded from
+        self.waiting = 0  # changed on the event loop's thread only
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="birefnet-model")
+
+    @property
+    def name(self) -> str:
+        return model_name(self.model)
+
+    async def run(self, job: Callable, weights: str | None = None):
+        """job(model) in the model's thread, after the requests before it."""
+        source = self.default if weights is None or weights == self.name else self.catalog.source(weights)
+        if self.waiting >= self.max_queue:
+            raise RequestError(503, f"the server is busy ({self.waiting} requests waiting); try again shortly")
+        self.waiting += 1
+        try:
+            return await asyncio.wrap_future(self._thread.submit(self._call, job, source))
+        finally:
+            self.waiting -= 1
+
+    def _call(self, job: Callable, source):
+        if source != self.model_source:
+            try:
+                model = load_model(source, device=self.device, dtype=self.dtype)
+            except CheckpointError as err:
+                raise RequestError(400, f"weights could not be loaded: {err}") from None
+            self.model, self.model_source = model, source
+        return job(self.model)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,306 @@
+"""`birefnet serve` as users run it (a subprocess on a free port of 127.0.0.1, the demo model): the
+same pixels as `birefnet segment`, the rembg API, the security checks, every bad request answered
+with a one-line 4xx JSON error while the server keeps serving, concurrent requests."""
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from birefnet.cli import main as cli  # noqa: E402
+
+from conftest import ROOT  # noqa: E402
+
+EXAMPLE = ROOT / "examples" / "images" / "synthetic_0.jpg"
+TOKEN = "s3cret-token"
+
+
+class Server:
+    """A `birefnet serve` subprocess; its log in a file (a full pipe would stall it)."""
+
+    def __init__(self, folder: Path, *flags: str):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tmp = folder / "tmp"  # the server's temporary files: must stay empty
+        self.tmp.mkdir()
+        self.log_path = folder / "server.log"
+        env = dict(os.environ, TMPDIR=str(self.tmp))
+        env.pop("BIREFNET_SERVER_TOKEN", None)
+        self.process = subprocess.Popen([sys.executable, "-m", "birefnet", "serve", "--port", "0", *flags],
+                                        stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"), env=env)
+        deadline = time.time() + 120
+        while "at http://" not in self.log():
+            if self.process.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the server did not start:\n{self.log()}")
+            time.sleep(0.2)
+        line = next(line for line in self.log().splitlines() if "birefnet: serving" in line)
+        self.url = line.split(" at ")[1].split()[0]
+        self.host = self.url.removeprefix("http://")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+def multipart(fields) -> tuple[bytes, str]:
+    """(body, content type) of a form; fields: (name, value) with bytes values sent as files."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields:
+        if isinstance(value, bytes):
+            head = f'Content-Disposition: form-data; name="{name}"; filename="upload"\r\nContent-Type: application/octet-stream'
+        else:
+            head, value = f'Content-Disposition: form-data; name="{name}"', str(value).encode()
+        parts.append(f"--{boundary}\r\n{head}\r\n\r\n".encode() + value + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def call(server, path, fields=None, headers=None, method=None):
+    """(status, content type, body bytes)."""
+    body, kind = multipart(fields) if fields is not None else (None, None)
+    request = urllib.request.Request(server.url + path, data=body, method=method, headers=dict(headers or {}))
+    if kind:
+        request.add_header("Content-Type", kind)
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, response.headers.get("Content-Type"), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers.get("Content-Type"), err.read()
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def written_by_cli(tmp_path: Path, image: Image.Image | Path, *flags: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, cut-out) pixels `birefnet segment --cutout` writes for this image and these flags."""
+    folder = tmp_path / uuid.uuid4().hex
+    folder.mkdir()
+    source = image if isinstance(image, Path) else folder / "input.png"
+    if not isinstance(image, Path):
+        image.save(source)
+    assert cli(["segment", str(source), "--out", str(folder / "out"), "--cutout", "--quiet", *flags]) == 0
+    stem = source.stem
+    return (np.asarray(Image.open(folder / "out" / f"{stem}.png")),
+            np.asarray(Image.open(folder / "out" / f"{stem}_cutout.png")))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("server"), "--max-upload-mb", "2", "--max-megapixels-in", "1")
+    yield server
+    server.stop()
+
+
+def _inputs() -> dict[str, Image.Image]:
+    rgb = Image.open(EXAMPLE).convert("RGB")
+    grey16 = Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257))  # mode I;16
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgb.size))
+    palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    palette.info["transparency"] = 0
+    return {"rgb": rgb, "grey": rgb.convert("L"), "grey16": grey16, "rgba": rgba, "palette": palette}
+
+
+@pytest.mark.parametrize("mode", ["rgb", "grey", "grey16", "rgba", "palette"])
+def test_mask_and_cutout_equal_what_the_cli_writes(server, tmp_path, mode):
+    image = _inputs()[mode]
+    mask, cutout = written_by_cli(tmp_path, image)
+    status, kind, body = call(server, "/v1/segment", [("image", png(image))])
+    assert status == 200 and kind == "image/png"
+    served = Image.open(io.BytesIO(body))
+    assert served.mode == "L" and served.size == image.size
+    assert np.array_equal(pixels(body), mask)
+    status, _, body = call(server, "/v1/segment", [("image", png(image)), ("output", "rgba")])
+    assert status == 200 and np.array_equal(pixels(body), cutout)
+
+
+OPTIONS = {
+    "boxes": ([("box", "10,10,200,180"), ("box", "300,150,300,300")], ["--box", "10,10,200,180", "--box", "300,150,300,300"]),
+    "refine": ([("threshold", "0.4"), ("grow", "3"), ("fill_holes", "true"), ("guided_radius", "6"),
+                ("guided_eps", "0.01"), ("feather", "2")],
+               ["--threshold", "0.4", "--grow", "3", "--fill-holes", "--guided-radius", "6", "--guided-eps", "0.01",
+                "--feather", "2"]),
+    "levels+foreground": ([("black_point", "0.1"), ("white_point", "0.8"), ("foreground", "true"),
+                           ("foreground_radius", "31")],
+                          ["--black-point", "0.1", "--white-point", "0.8", "--foreground", "--foreground-radius", "31"]),
+    "box+grow+resolution": ([("box", "100,80,200,200"), ("grow", "40"), ("resolution", "256x192")],
+                            ["--box", "100,80,200,200", "--grow", "40", "--resolution", "256x192"]),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_options_give_the_cli_pixels(server, tmp_path, name):
+    fields, flags = OPTIONS[name]
+    mask, cutout = written_by_cli(tmp_path, EXAMPLE, *flags)
+    upload = EXAMPLE.read_bytes()
+    status, _, body = call(server, "/v1/segment", [("image", upload), *fields])
+    assert status == 200, body
+    assert np.array_equal(pixels(body), mask)
+    status, _, body = call(server, "/v1/segment", [("image", upload), ("output", "rgba"), *fields])
+    assert status == 200 and np.array_equal(pixels(body), cutout)
+    if "box" in dict(fields):  # the promise of --box, over the wire: 0 outside the boxes, grow or not
+        inside = np.zeros(mask.shape, bool)
+        for _, text in (f for f in fields if f[0] == "box"):
+            x, y, w, h = map(int, text.split(","))
+            inside[y : y + h, x : x + w] = True
+        assert pixels(body)[..., 3][~inside].max() == 0 and mask[inside].max() > 0
+
+
+def test_health_models_openapi_page_and_rembg(server):
+    status, _, body = call(server, "/health")
+    health = json.loads(body)
+    assert status == 200 and health["status"] == "ok" and health["model"] == "demo"
+    assert health["device"] == "cpu" and health["dtype"] == "float32" and health["version"]
+    models = json.loads(call(server, "/v1/models")[2])
+    assert models["loaded"] == "demo" and {"name", "short", "downloaded"} <= set(models["known"][0])
+    assert "/v1/segment" in json.loads(call(server, "/openapi.json")[2])["paths"]
+    status, kind, body = call(server, "/")
+    assert status == 200 and kind.startswith("text/html") and b"/v1/segment" in body
+    upload = EXAMPLE.read_bytes()
+    mask = call(server, "/v1/segment", [("image", upload)])[2]
+    cutout = call(server, "/v1/segment", [("image", upload), ("output", "rgba")])[2]
+    status, _, body = call(server, "/api/remove", [("file", upload), ("om", "true"), ("model", "u2net")])
+    assert status == 200 and np.array_equal(pixels(body), pixels(mask))
+    status, _, body = call(server, "/api/remove", [("file", upload), ("a", "true"), ("ppm", "true")])
+    assert status == 200 and np.array_equal(pixels(body), pixels(cutout))
+
+
+def _bad_requests():
+    good = EXAMPLE.read_bytes()
+    image = png(Image.open(EXAMPLE))
+    bomb = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(bomb, format="PNG")  # 900 megapixels in ~100 kB
+    big = png(Image.new("L", (1500, 1000)))  # 1.5 megapixels, over the test server's 1
+    return {
+        "not an image": ([("image", b"hello, this is text")], 400, "not an image"),
+        "truncated file": ([("image", image[: len(image) // 2])], 400, "truncated"),
+        "zero bytes": ([("image", b"")], 400, "empty"),
+        "missing image": ([("output", "mask")], 400, "image"),
+        "unknown weights": ([("image", good), ("weights", "../../etc/passwd")], 400, "not offered"),
+        "bad box": ([("image", good), ("box", "1,2,3")], 400, "x,y,w,h"),
+        "empty box": ([("image", good), ("box", "10,10,0,5")], 400, "positive"),
+        "box outside the image": ([("image", good), ("box", "600,10,50,50")], 400, "outside"),
+        "unknown field": ([("image", good), ("treshold", "0.5")], 400, "treshold"),
+        "wrong field type": ([("image", good), ("grow", "a lot")], 400, "grow"),
+        "bad output": ([("image", good), ("output", "jpeg")], 400, "output"),
+        "bad resolution": ([("image", good), ("resolution", "100x100")], 400, "multiples of 32"),
+        "bad refinement": ([("image", good), ("black_point", "0.6"), ("white_point", "0.2")], 400, "black_point"),
+        "too many pixels": ([("image", big)], 413, "megapixels"),
+        "decompression bomb": ([("image", bomb.getvalue())], 413, "megapixels"),
+        "a URL instead of a file": ([("image", "https://example.com/cat.png")], 400, "image"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_requests()))
+def test_bad_requests_get_one_line_4xx_and_the_server_keeps_serving(server, case):
+    fields, expected, words = _bad_requests()[case]
+    status, kind, body = call(server, "/v1/segment", fields)
+    assert status == expected, body
+    assert kind == "application/json"
+    answer = json.loads(body)
+    assert set(answer) == {"error"} and "\n" not in answer["error"] and words in answer["error"]
+    assert call(server, "/health")[0] == 200
+    assert not any(server.tmp.iterdir()), "a failed request left files behind"
+    assert "Traceback" not in server.log()
+
+
+def test_too_large_uploads_are_refused_before_they_are_read(server):
+    """The declared length decides: the 413 comes back before the client has sent a byte of the body."""
+    connection = http.client.HTTPConnection(server.host, timeout=60)
+    connection.putrequest("POST", "/v1/segment")
+    connection.putheader("Content-Type", "multipart/form-data; boundary=x")
+    connection.putheader("Content-Length", str(3 * 2**20))  # the test server takes up to 2 MB
+    connection.endheaders()
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    assert response.status == 413 and "up to 2 MB (--max-upload-mb)" in answer["error"]
+    assert call(server, "/health")[0] == 200
+
+
+def test_chunked_uploads_urls_and_unknown_routes_are_refused(server):
+    connection = http.client.HTTPConnection(server.host, timeout=60)
+    connection.request("POST", "/v1/segment", body=iter([b"--x\r\n"]), headers={"Content-Type": "multipart/form-data; boundary=x"},
+                       encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 411 and "Content-Length" in json.loads(response.read())["error"]
+    status, _, body = call(server, "/api/remove?url=http://169.254.169.254/latest")
+    assert status == 400 and "never fetches URLs" in json.loads(body)["error"]
+    status, _, body = call(server, "/v2/whatever")
+    assert status == 404 and json.loads(body) == {"error": "no such endpoint: GET /v2/whatever"}
+
+
+def test_foreign_origin_and_host_are_refused(server):
+    status, _, body = call(server, "/health", headers={"Origin": "https://evil.example"})
+    assert status == 403 and "--cors https://evil.example" in json.loads(body)["error"]
+    status, _, body = call(server, "/v1/segment", [("image", EXAMPLE.read_bytes())], headers={"Origin": "null"})
+    assert status == 403
+    status, _, body = call(server, "/health", headers={"Host": "attacker.example:80"})
+    assert status == 403 and "DNS rebinding" in json.loads(body)["error"]
+    assert call(server, "/health", headers={"Origin": server.url})[0] == 200  # the server's own page
+    assert call(server, "/health", headers={"Host": f"localhost:{server.url.rsplit(':', 1)[1]}"})[0] == 200
+
+
+def test_concurrent_requests_are_all_answered_alike(server):
+    upload = EXAMPLE.read_bytes()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: call(server, "/v1/segment", [("image", upload), ("output", "rgba")]), range(8)))
+    assert all(status == 200 for status, _, _ in answers)
+    assert len({body for _, _, body in answers}) == 1
+
+
+def test_token(tmp_path):
+    server = Server(tmp_path / "token", "--token", TOKEN, "--cors", "https://editor.example")
+    try:
+        status, _, body = call(server, "/health")
+        assert status == 401 and "Bearer" in json.loads(body)["error"]
+        assert call(server, "/health", headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert call(server, "/health", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+        status, _, _ = call(server, "/v1/segment", [("image", EXAMPLE.read_bytes())],
+                            headers={"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200
+        assert call(server, "/")[0] == 200  # the page itself asks for the token
+        status, _, _ = call(server, "/health", headers={"Authorization": f"Bearer {TOKEN}",
+                                                        "Origin": "https://editor.example"})
+        assert status == 200  # --cors lets that site in (still with the token)
+    finally:
+        server.stop()
+    assert "server stopped" in server.log()  # SIGTERM: a graceful stop
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--host", "0.0.0.0"], "--allow-remote"),
+    (["--host", "0.0.0.0", "--allow-remote"], "needs a token"),
+    (["--allow-weights", "no_such_thing"], "not a known name"),
+])
+def test_unsafe_or_impossible_setups_refuse_to_start(flags, words):
+    env = {k: v for k, v in os.environ.items() if k != "BIREFNET_SERVER_TOKEN"}
+    result = subprocess.run([sys.executable, "-m", "birefnet", "serve", "--port", "0", *flags], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("birefnet:")]
+    assert words in line
