@@ -17,10 +17,10 @@ from birefnet_krita import extension as birefnet
 from birefnet_krita.qt import QT_MAJOR
 
 if QT_MAJOR >= 6:
-    from PyQt6.QtCore import QByteArray, QEventLoop, QTimer
+    from PyQt6.QtCore import QEventLoop, QTimer
     from PyQt6.QtWidgets import QApplication, QMessageBox
 else:
-    from PyQt5.QtCore import QByteArray, QEventLoop, QTimer
+    from PyQt5.QtCore import QEventLoop, QTimer
     from PyQt5.QtWidgets import QApplication, QMessageBox
 
 WORK = Path(os.environ["BIREFNET_KRITA_TEST"])
@@ -67,19 +67,10 @@ def show(doc):
 
 
 def open_image(name: str):
+    """A PNG opened as a document: its one layer is the active one."""
     doc = Krita.instance().openDocument(PLAN["images"][name])
     show(doc)
-    doc.setActiveNode(doc.topLevelNodes()[0])
     return doc
-
-
-def new_document(width: int, height: int, model: str, depth: str, name: str):
-    doc = Krita.instance().createDocument(width, height, name, model, depth, "", 72.0)
-    show(doc)
-    layer = doc.createNode("picture", "paintlayer")
-    doc.rootNode().addChildNode(layer, None)
-    doc.setActiveNode(layer)
-    return doc, layer
 
 
 def save(name: str, data: bytes) -> str:
@@ -121,10 +112,12 @@ def scenario_remove_background():
     doc = open_image("rgba")
     node = doc.activeNode()
     record("remove_background", doc, node, trigger(birefnet.REMOVE_BACKGROUND),
-           selection_after=doc.selection() is not None)
+           selection_after=doc.selection() is not None, active_type=doc.activeNode().type())
     QApplication.processEvents()
     window = Krita.instance().activeWindow().qwindow()
     window.grab().save(str(RESULTS / "screenshot.png"))
+    # again, with the new mask active: the next mask goes on the same layer
+    record("remove_background_again", doc, node, trigger(birefnet.REMOVE_BACKGROUND))
 
 
 def scenario_select_subject():
@@ -143,8 +136,8 @@ def scenario_cut_out():
     result = trigger(birefnet.CUT_OUT)
     x, y, w, h = region(doc, node)
     names = [n.name() for n in doc.topLevelNodes()]
-    new = doc.activeNode()
-    record("cut_out", doc, node, result, layers=names, active=new.name(),
+    new = doc.topLevelNodes()[-1]
+    record("cut_out", doc, node, result, layers=names,
            cut_out=save("cut_out_layer.raw", new.pixelData(x, y, w, h).data()))
 
 
@@ -167,20 +160,19 @@ def scenario_box():
 
 
 def scenario_offset():
-    """A layer moved so that part of it lies beyond the canvas."""
+    """The layer moved on a larger canvas so that part of it lies beyond the canvas's edges."""
+    doc = open_image("rgba")
+    layer = doc.activeNode()
     width, height = PLAN["canvas"]
-    doc, layer = new_document(width, height, "RGBA", "U8", "offset")
-    source = Krita.instance().openDocument(PLAN["images"]["rgba"])
-    picture = source.topLevelNodes()[0]
-    b = picture.bounds()
-    layer.setPixelData(QByteArray(picture.pixelData(0, 0, b.width(), b.height()).data()), 0, 0, b.width(), b.height())
-    source.close()
+    doc.setWidth(width)
+    doc.setHeight(height)
+    doc.waitForDone()
     dx, dy = PLAN["offset"]
     layer.move(dx, dy)
     doc.waitForDone()
-    doc.refreshProjection()
     position = layer.position()
-    record("offset", doc, layer, trigger(birefnet.REMOVE_BACKGROUND), position=[position.x(), position.y()])
+    record("offset", doc, layer, trigger(birefnet.REMOVE_BACKGROUND), position=[position.x(), position.y()],
+           canvas=[doc.width(), doc.height()])
 
 
 def scenario_large():
@@ -194,23 +186,21 @@ def scenario_grey():
 
 
 def scenario_sixteen_bit():
-    """A 16-bit RGBA layer holding the 8-bit picture times 257 (B,G,R,A little-endian ushorts)."""
-    source = Krita.instance().openDocument(PLAN["images"]["rgba"])
-    picture = source.topLevelNodes()[0]
-    b = picture.bounds()
-    eight = picture.pixelData(0, 0, b.width(), b.height()).data()
-    source.close()
-    doc, layer = new_document(b.width(), b.height(), "RGBA", "U16", "sixteen")
-    sixteen = bytearray(len(eight) * 2)
-    sixteen[0::2] = eight
-    sixteen[1::2] = eight
-    layer.setPixelData(QByteArray(bytes(sixteen)), 0, 0, b.width(), b.height())
-    result = trigger(birefnet.REMOVE_BACKGROUND)
-    record("sixteen_bit", doc, layer, result, eight_bit=save("sixteen_bit_eight.raw", eight))
+    """The picture converted to 16-bit integer RGBA (8-bit values times 257)."""
+    doc = open_image("rgba")
+    layer = doc.activeNode()
+    b = layer.bounds()
+    eight = layer.pixelData(b.x(), b.y(), b.width(), b.height()).data()
+    doc.setColorSpace("RGBA", "U16", doc.colorProfile())
+    doc.waitForDone()
+    record("sixteen_bit", doc, layer, trigger(birefnet.REMOVE_BACKGROUND), eight_bit=save("sixteen_bit_eight.raw", eight))
 
 
 def scenario_float():
-    doc, layer = new_document(64, 48, "RGBA", "F32", "float")
+    doc = open_image("rgba")
+    doc.setColorSpace("RGBA", "F32", doc.colorProfile())
+    doc.waitForDone()
+    layer = doc.activeNode()
     record("float", doc, layer, trigger(birefnet.REMOVE_BACKGROUND), message_box=message_box_text())
 
 
@@ -226,7 +216,7 @@ def scenario_no_server():
 
 def scenario_cancel():
     doc = open_image("large")
-    result = trigger(birefnet.REMOVE_BACKGROUND, cancel_after=0.5)
+    result = trigger(birefnet.REMOVE_BACKGROUND, cancel_after=0.2)
     wait(1.0)
     record("cancel", doc, doc.activeNode(), result, busy_after=birefnet.current().busy)
 

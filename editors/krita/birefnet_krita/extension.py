@@ -194,11 +194,15 @@ class BiRefNetExtension(Extension):
             layer_mask.setPixelData(QByteArray(mask), source.x, source.y, source.width, source.height)
             node.addChildNode(layer_mask, None)
         else:  # Krita 5.1: the built-in action turns the global selection into a mask on the active layer
+            # (or, when a mask is active, on that mask's layer)
             if Krita.instance().activeDocument() != doc:
                 raise UnsupportedLayer("Switch back to the image the background removal was started on and try again.")
+            active = doc.activeNode()
+            if active is None or node.uniqueId() not in (active.uniqueId(), active.parentNode().uniqueId()):
+                raise UnsupportedLayer(f"The active layer changed while BiRefNet worked: select \"{node.name()}\" "
+                                       "and try again.")
             kept = source.selection.duplicate() if source.selection is not None else None
             before = {child.uniqueId() for child in node.childNodes()}
-            doc.setActiveNode(node)
             doc.setSelection(self._mask_selection(source, mask))
             Krita.instance().action("add_new_transparency_mask").trigger()
             doc.waitForDone()

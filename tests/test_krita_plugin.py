@@ -1,0 +1,415 @@
+"""The Krita plug-in: its zip against Krita's importer rules, and the plug-in itself in real Krita
+(under Xvfb) against a live `birefnet serve`, with the document's pixels compared with the library's
+output for the same pixels. One Krita session runs every scenario (tests/krita_scenarios.py)."""
+from __future__ import annotations
+
+import ast
+import builtins
+import configparser
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from birefnet.krita_plugin import PLUGIN_NAME, build_zip, plugin_dir, zip_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+ACTION_IDS = ("birefnet_remove_background", "birefnet_select_subject", "birefnet_cut_out")
+BOX = (96, 56, 258, 250)  # a selection drawn around the test picture's object (106, 66, 238x230)
+OFFSET, CANVAS = (260, 200), (700, 500)  # the moved layer runs past the canvas's right and bottom edges
+# What the plug-in may import inside Krita: its own modules, Krita's, Qt's and the standard library.
+ALLOWED_IMPORTS = {"krita", "pykrita", "PyQt5", "PyQt6", "json", "os"}
+
+
+def archive() -> zipfile.ZipFile:
+    return zipfile.ZipFile(io.BytesIO(zip_bytes()))
+
+
+def test_zip_follows_the_importer_rules():
+    """Krita's importer reads every .desktop (each needs X-KDE-Library and Name), finds the package by
+    its directory entry holding __init__.py, and copies <name>.action to actions/."""
+    names = archive().namelist()
+    desktops = [n for n in names if n.endswith(".desktop")]
+    assert desktops == [f"{PLUGIN_NAME}.desktop"]
+    entry = configparser.ConfigParser()
+    entry.read_string(archive().read(desktops[0]).decode("utf-8"))
+    assert entry["Desktop Entry"]["X-KDE-Library"] == PLUGIN_NAME
+    assert entry["Desktop Entry"]["ServiceTypes"] == "Krita/PythonPlugin"
+    assert entry["Desktop Entry"]["Name"]
+    assert f"{PLUGIN_NAME}/" in names and f"{PLUGIN_NAME}/__init__.py" in names
+    assert f"{PLUGIN_NAME}/{PLUGIN_NAME}.action" in names
+    manual = entry["Desktop Entry"]["X-Krita-Manual"]
+    assert f"{PLUGIN_NAME}/{manual}" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/." in n]
+    actions = archive().read(f"{PLUGIN_NAME}/{PLUGIN_NAME}.action").decode()
+    for action_id in ACTION_IDS:
+        assert f'<Action name="{action_id}">' in actions
+
+
+def test_plugin_imports_only_krita_qt_and_the_standard_library():
+    """Inside Krita there is no torch, numpy or birefnet: every import must be Krita's, Qt's, the
+    standard library's or the plug-in's own (relative)."""
+    for path in sorted((plugin_dir() / PLUGIN_NAME).glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = {node.module.split(".")[0]}
+            else:
+                continue
+            assert roots <= ALLOWED_IMPORTS | set(sys.stdlib_module_names), f"{path.name}: imports {roots}"
+
+
+def test_zip_is_written_once_and_never_overwritten(tmp_path):
+    out = tmp_path / "plugin.zip"
+    assert build_zip(out) == out
+    first = out.read_bytes()
+    assert zipfile.ZipFile(out).namelist() == archive().namelist()
+    with pytest.raises(FileExistsError, match="already exists"):
+        build_zip(out)
+    assert out.read_bytes() == first
+    assert not [p for p in tmp_path.iterdir() if p != out]  # no temporary file left behind
+
+
+def test_cli_writes_the_zip(tmp_path):
+    out = tmp_path / "birefnet_krita.zip"
+    command = [sys.executable, "-m", "birefnet", "krita-plugin", "--out", str(out)]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "Import Python Plugin from File" in first.stderr
+    assert out.read_bytes() == zip_bytes()
+    again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# Real Krita
+
+KRITA = shutil.which("krita")
+needs_krita = pytest.mark.skipif(KRITA is None or shutil.which("xvfb-run") is None,
+                                 reason="no krita/xvfb-run on PATH (Debian: apt-get install krita xvfb; .ci/run does)")
+
+
+def krita_importer_dir() -> Path:
+    """Krita's own plug-in importer (plain Python), shipped beside its other bundled plug-ins."""
+    return Path(KRITA).resolve().parents[1] / "share" / "krita" / "pykrita" / "plugin_importer"
+
+
+def import_with_krita(zip_path: Path, resources: Path) -> list[dict]:
+    """Install the zip the way Tools > Scripts > Import Python Plugin from File does, with Krita's code."""
+    sys.path.insert(0, str(krita_importer_dir()))
+    had_i18n = hasattr(builtins, "i18n")
+    builtins.i18n = lambda text: text  # Krita's translation builtin, used in its error messages
+    try:
+        from plugin_importer import PluginImporter
+
+        return PluginImporter(str(zip_path), str(resources), lambda plugin: True).import_all()
+    finally:
+        sys.path.remove(str(krita_importer_dir()))
+        sys.modules.pop("plugin_importer", None)
+        if not had_i18n:
+            del builtins.i18n
+
+
+@needs_krita
+@pytest.mark.krita
+def test_krita_importer_accepts_the_zip(tmp_path):
+    build_zip(tmp_path / "plugin.zip")
+    (tmp_path / "resources").mkdir()
+    imported = import_with_krita(tmp_path / "plugin.zip", tmp_path / "resources")
+    assert [p["name"] for p in imported] == [PLUGIN_NAME]
+    assert (tmp_path / "resources" / "pykrita" / f"{PLUGIN_NAME}.desktop").is_file()
+    assert (tmp_path / "resources" / "pykrita" / PLUGIN_NAME / "__init__.py").is_file()
+    assert (tmp_path / "resources" / "actions" / f"{PLUGIN_NAME}.action").is_file()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(port: int, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("BIREFNET_WEIGHTS", "BIREFNET_SERVER_TOKEN")}
+    server = subprocess.Popen([sys.executable, "-m", "birefnet", "serve", "--port", str(port), "--device", "cpu"],
+                              stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"birefnet serve exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return server
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError(f"birefnet serve did not answer within 180 s: {log.read_text()[-2000:]}")
+
+
+def synthetic_picture() -> Image.Image:
+    """512x384: a synthetic object the demo model segments well (its mask spans 0 to ~250) on a background."""
+    from birefnet_training.synthetic import _foreground, _object_mask, background
+
+    rng = np.random.default_rng([2, 9])
+    alpha, colours = _object_mask(rng, 384, 512), _foreground(rng, 384, 512)
+    frame = colours * alpha[..., None] + background(np.random.default_rng(5), 384, 512) * (1 - alpha[..., None])
+    return Image.fromarray((frame * 255 + 0.5).astype(np.uint8))
+
+
+def write_images(work: Path) -> dict:
+    picture = synthetic_picture().convert("RGBA")
+    alpha = np.full((picture.height, picture.width), 255, np.uint8)
+    alpha[:, :40] = np.linspace(8, 255, 40, dtype=np.uint8)  # a soft, partly transparent left edge: RGBA
+    picture.putalpha(Image.fromarray(alpha))
+    images = {"rgba": picture, "grey": synthetic_picture().convert("L"),
+              "large": synthetic_picture().resize((2048, 2048), Image.BICUBIC)}
+    for name, image in images.items():
+        image.save(work / f"{name}.png")
+    return {name: str(work / f"{name}.png") for name in images}
+
+
+@pytest.fixture(scope="module")
+def krita_session(tmp_path_factory):
+    """Krita (fresh profile, the plug-in imported from its zip by Krita's own importer, the scenario
+    plug-in beside it) against a live `birefnet serve`; returns the results folder."""
+    if KRITA is None or shutil.which("xvfb-run") is None:
+        pytest.skip("no krita/xvfb-run on PATH (Debian: apt-get install krita xvfb; .ci/run does)")
+    base = tmp_path_factory.mktemp("krita")
+    work, data, config = base / "work", base / "data", base / "config"
+    for folder in (work, data / "krita", config, base / "home", base / "cache", base / "runtime"):
+        folder.mkdir(parents=True)
+    (base / "runtime").chmod(0o700)
+    build_zip(base / "plugin.zip")
+    import_with_krita(base / "plugin.zip", data / "krita")
+    scenarios = data / "krita" / "pykrita" / "birefnet_krita_test"
+    scenarios.mkdir()
+    shutil.copyfile(Path(__file__).with_name("krita_scenarios.py"), scenarios / "__init__.py")
+    (scenarios.parent / "birefnet_krita_test.desktop").write_text(
+        "[Desktop Entry]\nType=Service\nServiceTypes=Krita/PythonPlugin\nX-KDE-Library=birefnet_krita_test\n"
+        "X-Python-2-Compatible=false\nName=BiRefNet test scenarios\n")
+    port = free_port()
+    # the server URL comes from the plug-in's setting here, and from BIREFNET_SERVER in the no-server scenario
+    (config / "kritarc").write_text("[python]\nenable_birefnet_krita=true\nenable_birefnet_krita_test=true\n\n"
+                                    f"[birefnet_krita]\nserver=http://127.0.0.1:{port}\n")
+    (work / "plan.json").write_text(json.dumps({
+        "images": write_images(work), "dead_server": f"http://127.0.0.1:{free_port()}",
+        "box": BOX, "offset": OFFSET, "canvas": CANVAS}))
+    server = start_server(port, base / "server.log")
+    env = {"PATH": os.environ["PATH"], "HOME": str(base / "home"), "XDG_DATA_HOME": str(data),
+           "XDG_CONFIG_HOME": str(config), "XDG_CACHE_HOME": str(base / "cache"),
+           "XDG_RUNTIME_DIR": str(base / "runtime"), "BIREFNET_KRITA_TEST": str(work)}
+    log = base / "krita.log"
+    krita = subprocess.Popen(["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", KRITA, "--nosplash"],
+                             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        krita.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if krita.poll() is None:
+            os.killpg(krita.pid, signal.SIGKILL)
+            krita.wait()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    done = work / "done.json"
+    assert done.is_file(), f"Krita ended without running the scenarios:\n{log.read_text()[-3000:]}"
+    return work / "results", json.loads(done.read_text())
+
+
+def scenario(session, name: str, part: str | None = None) -> dict:
+    """What scenario `name` recorded (`part`: one of several records it made)."""
+    results, report = session
+    assert report.get(name) == "ok", f"scenario {name} broke inside Krita:\n{report.get(name)}"
+    result = json.loads((results / f"{part or name}.json").read_text())
+    result["dir"] = results
+    return result
+
+
+def raw(result: dict, key: str, channels: int) -> np.ndarray:
+    data = np.frombuffer((result["dir"] / result[key]).read_bytes(), np.uint8)
+    return data.reshape(result["height"], result["width"], channels) if channels > 1 else data.reshape(
+        result["height"], result["width"])
+
+
+def layer_image(result: dict) -> Image.Image:
+    """The layer's pixels as Krita holds them (B,G,R,A or grey,alpha bytes) as the PIL image they are."""
+    if result["model"] == "GRAYA":
+        return Image.fromarray(raw(result, "input", 2)[:, :, 0], "L")
+    return Image.fromarray(raw(result, "input", 4)[:, :, [2, 1, 0, 3]].copy(), "RGBA")
+
+
+@pytest.fixture(scope="module")
+def model():
+    import birefnet
+
+    return birefnet.load_model(device="cpu")
+
+
+def library_mask(model, image: Image.Image, box=None) -> np.ndarray:
+    from birefnet import segment
+    from birefnet.guided import segment_regions
+    from birefnet.inference import mask_to_image
+
+    mask = segment_regions(model, image, boxes=[box])[0] if box else segment(model, image)
+    return np.asarray(mask_to_image(mask))
+
+
+def assert_same_mask(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert actual.shape == expected.shape
+    difference = np.abs(actual.astype(int) - expected.astype(int))
+    assert difference.max() <= 1, f"{(difference > 1).sum()} pixels differ by up to {difference.max()}"
+    assert int(expected.max()) - int(expected.min()) > 100  # an object and a background, not a blank mask
+
+
+@needs_krita
+@pytest.mark.krita
+def test_remove_background_adds_the_librarys_mask_as_a_transparency_mask(krita_session, model):
+    result = scenario(krita_session, "remove_background")
+    assert result["ok"], result["message"]
+    assert result["masks"] == ["Background removed (BiRefNet)"]
+    assert_same_mask(raw(result, "mask", 1), library_mask(model, layer_image(result)))
+    assert not result["selection_after"]  # the fallback's temporary selection is gone
+    again = scenario(krita_session, "remove_background", "remove_background_again")  # with the first mask active
+    assert again["ok"] and len(again["masks"]) == 2
+
+
+@needs_krita
+@pytest.mark.krita
+def test_select_subject_makes_the_mask_the_selection(krita_session, model):
+    result = scenario(krita_session, "select_subject")
+    assert result["ok"], result["message"]
+    assert result["masks"] == []
+    assert_same_mask(raw(result, "selection", 1), library_mask(model, layer_image(result)))
+
+
+@needs_krita
+@pytest.mark.krita
+def test_cut_out_adds_a_new_layer_above(krita_session, model):
+    result = scenario(krita_session, "cut_out")
+    assert result["ok"], result["message"]
+    assert result["layers"] == ["Background", "Background (cut out)"]  # bottom to top
+    from birefnet.pipeline import cutout_image, finish, segment_image
+    from birefnet.refine import Refinement
+
+    image = layer_image(result)
+    mask, colours = finish(image, segment_image(model, image)[0], Refinement(foreground=True))
+    expected = np.asarray(cutout_image(image, mask, colours))  # alpha = mask x the layer's own alpha
+    cut = raw(result, "cut_out", 4)[:, :, [2, 1, 0, 3]]
+    kept = expected[:, :, 3] > 0  # (where alpha is 0 the colour is not kept)
+    assert np.abs(cut[:, :, 3].astype(int) - expected[:, :, 3]).max() <= 1
+    assert np.abs(cut.astype(int) - expected)[kept].max() <= 1
+    assert (expected[:, :, 3] > 200).sum() > 10000  # an object, with its decontaminated edge colours
+
+
+@needs_krita
+@pytest.mark.krita
+def test_selection_is_the_guiding_box_and_stays(krita_session, model):
+    result = scenario(krita_session, "box")
+    assert result["ok"], result["message"]
+    expected = library_mask(model, layer_image(result), box=BOX)
+    mask = raw(result, "mask", 1)
+    assert_same_mask(mask, expected)
+    x, y, w, h = BOX
+    outside = np.ones_like(mask, bool)
+    outside[y:y + h, x:x + w] = False
+    assert mask[outside].max() == 0
+    assert result["selection_kept"]
+    subject = scenario(krita_session, "box", "box_select")
+    assert subject["ok"], subject["message"]
+    assert_same_mask(raw(subject, "selection", 1), expected)
+
+
+@needs_krita
+@pytest.mark.krita
+def test_moved_layer_partly_off_canvas(krita_session, model):
+    result = scenario(krita_session, "offset")
+    assert result["ok"], result["message"]
+    assert result["position"] == list(OFFSET)
+    assert (result["x"], result["y"]) == OFFSET
+    assert (result["width"], result["height"]) == (CANVAS[0] - OFFSET[0], CANVAS[1] - OFFSET[1])
+    assert result["canvas"] == list(CANVAS)
+    visible = np.asarray(synthetic_picture().crop((0, 0, result["width"], result["height"])))
+    pixels = layer_image(result)
+    assert np.array_equal(np.asarray(pixels)[:, 40:, :3], visible[:, 40:])  # the layer's top-left part, opaque
+    mask = raw(result, "mask", 1)
+    assert_same_mask(mask, library_mask(model, pixels))
+    bx, by, bw, bh = result["layer_bounds"]  # the mask hides what lies beyond the canvas
+    beyond = np.frombuffer((result["dir"] / result["mask_over_layer"]).read_bytes(), np.uint8).reshape(bh, bw)
+    assert beyond[:, result["width"]:].max() == 0 and beyond[result["height"]:, :].max() == 0
+
+
+@needs_krita
+@pytest.mark.krita
+def test_image_far_larger_than_the_model_resolution(krita_session, model):
+    result = scenario(krita_session, "large")
+    assert result["ok"], result["message"]
+    assert (result["width"], result["height"]) == (2048, 2048)
+    assert_same_mask(raw(result, "mask", 1), library_mask(model, layer_image(result)))
+
+
+@needs_krita
+@pytest.mark.krita
+def test_grey_layer(krita_session, model):
+    result = scenario(krita_session, "grey")
+    assert result["ok"], result["message"]
+    assert result["model"] == "GRAYA"
+    assert_same_mask(raw(result, "mask", 1), library_mask(model, layer_image(result)))
+
+
+@needs_krita
+@pytest.mark.krita
+def test_sixteen_bit_layer(krita_session, model):
+    result = scenario(krita_session, "sixteen_bit")
+    assert result["ok"], result["message"]
+    assert result["depth"] == "U16"
+    eight = raw(result, "eight_bit", 4)[:, :, [2, 1, 0, 3]].copy()
+    assert_same_mask(raw(result, "mask", 1), library_mask(model, Image.fromarray(eight, "RGBA")))
+
+
+@needs_krita
+@pytest.mark.krita
+def test_float_image_gets_a_clear_message(krita_session):
+    result = scenario(krita_session, "float")
+    assert not result["ok"] and result["masks"] == []
+    assert "F32" in result["message"] and "Convert Image Color Space" in result["message"]
+    assert result["message_box"] == result["message"]
+
+
+@needs_krita
+@pytest.mark.krita
+def test_no_server_names_the_command_to_start_it(krita_session):
+    result = scenario(krita_session, "no_server")
+    assert not result["ok"] and result["masks"] == []
+    assert "No BiRefNet server answers" in result["message"] and "birefnet serve" in result["message"]
+    assert result["message_box"] == result["message"]
+
+
+@needs_krita
+@pytest.mark.krita
+def test_cancel_leaves_the_layer_alone(krita_session):
+    result = scenario(krita_session, "cancel")
+    assert (result["ok"], result["message"]) == (False, "cancelled")
+    assert result["masks"] == [] and not result["busy_after"]
+
+
+@needs_krita
+@pytest.mark.krita
+def test_shortcuts_from_the_action_file(krita_session):
+    results, report = krita_session
+    assert report["shortcuts"] == "ok"
+    assert json.loads((results / "shortcuts.json").read_text()) == {
+        "birefnet_remove_background": "Ctrl+Alt+B", "birefnet_select_subject": "Ctrl+Alt+U",
+        "birefnet_cut_out": "Ctrl+Alt+X"}
