@@ -77,9 +77,6 @@ def default_weights() -> Path:
     )
 
 
-    return backbones.to_model_keys(state_dict, backbone)
-
-
 def _describe_mismatch(model, state_dict) -> str:
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]

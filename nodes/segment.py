@@ -25,7 +25,7 @@ def resolution_for(mode: str, width: int, height: int):
     raise ValueError(f"resolution mode must be one of {RESOLUTION_MODES}, got {mode!r}")
 
 
-def segment_frames(handle, frames: torch.Tensor, resolution, max_megapixels: float, batch_size: int,
+def segment_batch(handle, frames: torch.Tensor, resolution, max_megapixels: float, batch_size: int,
                    coarse_to_fine: bool = False, fine_megapixels: float = DEFAULT_FINE_MEGAPIXELS,
                    temporal: float = 0.0) -> torch.Tensor:
     """Masks (B, H, W) for ComfyUI images (B, H, W, C), in chunks with progress and interrupt checks;
@@ -85,7 +85,7 @@ def segment(birefnet_model, image, resolution="native", width=1024, height=1024,
     if box_list or region is not None:
         mask, objects = segment_guided(birefnet_model, image, box_list, region, chosen, max_megapixels)
     else:
-        mask = segment_frames(birefnet_model, image, chosen, max_megapixels, batch_size, coarse_to_fine,
+        mask = segment_batch(birefnet_model, image, chosen, max_megapixels, batch_size, coarse_to_fine,
                               fine_megapixels, temporal)
         objects = mask
     rgb = host.rgb_channels_first(image).to(mask.device)

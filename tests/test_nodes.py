@@ -68,8 +68,8 @@ def test_segment_shapes_ranges_and_outputs(pack, handle):
 
 def test_chunking_equals_one_call(pack, handle):
     image = torch.rand(5, 40, 40, 3)
-    one = pack.nodes.segment.segment_frames(handle, image, (64, 64), 0.0, batch_size=5)
-    chunked = pack.nodes.segment.segment_frames(handle, image, (64, 64), 0.0, batch_size=2)
+    one = pack.nodes.segment.segment_batch(handle, image, (64, 64), 0.0, batch_size=5)
+    chunked = pack.nodes.segment.segment_batch(handle, image, (64, 64), 0.0, batch_size=2)
     assert torch.allclose(one, chunked, atol=1e-5)
 
 
@@ -92,10 +92,10 @@ def test_temporal_option_steadies_a_still_clip_across_chunks(pack, handle):
     torch.manual_seed(0)
     clip = (torch.rand(1, 64, 64, 3) + 0.02 * torch.randn(6, 64, 64, 3)).clamp(0, 1)
     change = lambda masks: (masks[1:] - masks[:-1]).abs().mean().item()
-    plain = pack.nodes.segment.segment_frames(handle, clip, (64, 64), 0.0, batch_size=2)
-    steady = pack.nodes.segment.segment_frames(handle, clip, (64, 64), 0.0, batch_size=2, temporal=1.0)
+    plain = pack.nodes.segment.segment_batch(handle, clip, (64, 64), 0.0, batch_size=2)
+    steady = pack.nodes.segment.segment_batch(handle, clip, (64, 64), 0.0, batch_size=2, temporal=1.0)
     assert change(steady) < 0.5 * change(plain)
-    one_call = pack.nodes.segment.segment_frames(handle, clip, (64, 64), 0.0, batch_size=6, temporal=1.0)
+    one_call = pack.nodes.segment.segment_batch(handle, clip, (64, 64), 0.0, batch_size=6, temporal=1.0)
     assert torch.allclose(steady, one_call, atol=1e-5)
 
 

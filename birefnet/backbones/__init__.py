@@ -4,11 +4,12 @@ A family module (`swin`, `pvt`, `torchvision_cnn`, `dinov3`) declares `VARIANTS`
 `Variant`: channels, strides, input-size rule, pretrained weights) and five functions:
 `build(variant)` (an `nn.Module` returning the four feature maps x1..x4, NCHW),
 `recognise(state_dict, where)` (the variant of official-layout weights; None when they are
-another family's), `to_model_key`/`to_official_key` (backbone keys without `bb.`, converted at
-the checkpoint edge), and, for training, `pretrained_state_dict(variant)` and
+another family's), and, for training, `pretrained_state_dict(variant)` and
 `convert_pretrained(state_dict, variant)` (ImageNet/DINOv3 weights -> the module's keys), with
 `OPTIONAL_PRETRAINED` naming keys those weights may lack. Adding a backbone = one module here
-plus its fixtures.
+plus its fixtures. A family whose modules do not carry the official key names (PVT, which reuses
+timm's) also declares `to_model_key`/`to_official_key` (backbone keys without `bb.`, converted at
+the checkpoint edge); the others are official by construction.
 """
 from __future__ import annotations
 
@@ -48,16 +49,19 @@ def recognise(state_dict: Mapping, where: str = "<state dict>") -> str:
                           f"(supported: {', '.join(NAMES)})")
 
 
-def _renamed_backbone_keys(state_dict: Mapping, convert) -> dict:
+def _renamed_backbone_keys(state_dict: Mapping, name: str, direction: str) -> dict:
+    convert = getattr(family(name), direction, None)
+    if convert is None:  # the family's modules carry the official names
+        return dict(state_dict)
     return {("bb." + convert(k[3:]) if k.startswith("bb.") else k): v for k, v in state_dict.items()}
 
 
 def to_model_keys(state_dict: Mapping, name: str) -> dict:
-    return _renamed_backbone_keys(state_dict, family(name).to_model_key)
+    return _renamed_backbone_keys(state_dict, name, "to_model_key")
 
 
 def to_official_keys(state_dict: Mapping, name: str) -> dict:
-    return _renamed_backbone_keys(state_dict, family(name).to_official_key)
+    return _renamed_backbone_keys(state_dict, name, "to_official_key")
 
 
 __all__ = ["FAMILIES", "NAMES", "VARIANTS", "Variant", "build", "family", "recognise", "to_model_keys",

@@ -71,11 +71,6 @@ def recognise(state_dict, where: str) -> str | None:
                           f"(supported: {', '.join(_SPECS)})")
 
 
-def to_model_key(key: str) -> str:
-    return key  # the official names by construction
-
-
-to_official_key = to_model_key
 OPTIONAL_PRETRAINED = r"$^"
 
 

@@ -321,11 +321,6 @@ def recognise(state_dict, where: str) -> str | None:
                           "is not an official BiRefNet configuration (supported: swin_v1_t/s/b/l)")
 
 
-def to_model_key(key: str) -> str:
-    return key  # the official names by construction
-
-
-to_official_key = to_model_key
 OPTIONAL_PRETRAINED = r"norm\d\.(weight|bias)|.*relative_position_index"  # BiRefNet's own additions
 
 
