@@ -11,10 +11,9 @@ import time
 import traceback
 from pathlib import Path
 
-from krita import Extension, Krita, Selection
-
 from birefnet_krita import extension as birefnet
 from birefnet_krita.qt import QT_MAJOR
+from krita import Extension, Krita, Selection
 
 if QT_MAJOR >= 6:
     from PyQt6.QtCore import QEventLoop, QTimer
@@ -126,8 +125,9 @@ def scenario_select_subject():
     result = trigger(birefnet.SELECT_SUBJECT)
     x, y, w, h = region(doc, node)
     selection = doc.selection()
+    pixels = selection.pixelData(x, y, w, h).data() if selection else None
     record("select_subject", doc, node, result,
-           selection=save("select_subject_selection.raw", selection.pixelData(x, y, w, h).data()) if selection else None)
+           selection=save("select_subject_selection.raw", pixels) if pixels else None)
 
 
 def scenario_cut_out():
@@ -193,7 +193,8 @@ def scenario_sixteen_bit():
     eight = layer.pixelData(b.x(), b.y(), b.width(), b.height()).data()
     doc.setColorSpace("RGBA", "U16", doc.colorProfile())
     doc.waitForDone()
-    record("sixteen_bit", doc, layer, trigger(birefnet.REMOVE_BACKGROUND), eight_bit=save("sixteen_bit_eight.raw", eight))
+    record("sixteen_bit", doc, layer, trigger(birefnet.REMOVE_BACKGROUND),
+           eight_bit=save("sixteen_bit_eight.raw", eight))
 
 
 def scenario_float():
@@ -246,7 +247,7 @@ def run_all():
         try:
             scenario()
             report[name] = "ok"
-        except Exception:
+        except Exception:  # noqa: BLE001 - recorded; the test reports it
             report[name] = traceback.format_exc()
     (WORK / "done.json").write_text(json.dumps(report, indent=1))
     os._exit(0)

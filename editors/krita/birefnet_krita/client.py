@@ -3,7 +3,14 @@ interface keeps running while the server works; each call can be cancelled."""
 import json
 
 from .qt import (
-    QByteArray, QHttpMultiPart, QHttpPart, QNetworkAccessManager, QNetworkReply, QNetworkRequest, QObject, QUrl,
+    QByteArray,
+    QHttpMultiPart,
+    QHttpPart,
+    QNetworkAccessManager,
+    QNetworkReply,
+    QNetworkRequest,
+    QObject,
+    QUrl,
     pyqtSignal,
 )
 

@@ -9,7 +9,7 @@ from krita import Extension, Krita, Selection
 from . import settings
 from .client import ServerCall
 from .pixels import UnsupportedLayer, check_colour_space, decode_bgra, decode_mask, encode_png, from_bgra8, to_bgra8
-from .qt import QByteArray, QMessageBox, QObject, QProgressDialog, QRect, Qt, pyqtSignal
+from .qt import QByteArray, QMessageBox, QProgressDialog, QRect, Qt, pyqtSignal
 
 REMOVE_BACKGROUND = "birefnet_remove_background"
 SELECT_SUBJECT = "birefnet_select_subject"
@@ -124,7 +124,7 @@ class BiRefNetExtension(Extension):
         self._show_progress(action_id, source)
         try:
             call.segment(source.png, source.fields(output))
-        except Exception as err:  # never leave the plug-in busy
+        except Exception as err:  # noqa: BLE001 - whatever it is, say it and never leave the plug-in busy
             self._fail(action_id, f"Could not send the request: {err}")
 
     def cancel(self) -> None:

@@ -10,25 +10,74 @@ except (ImportError, AttributeError):  # Krita before 6 has no qt_major_version:
     QT_MAJOR = 5
 
 if QT_MAJOR >= 6:
-    from PyQt6.QtCore import QBuffer, QByteArray, QIODevice, QObject, QRect, Qt, QTimer, QUrl, pyqtSignal
+    from PyQt6.QtCore import QBuffer, QByteArray, QIODevice, QObject, QRect, Qt, QUrl, pyqtSignal
     from PyQt6.QtGui import QImage
     from PyQt6.QtNetwork import QHttpMultiPart, QHttpPart, QNetworkAccessManager, QNetworkReply, QNetworkRequest
     from PyQt6.QtWidgets import (
-        QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
-        QProgressDialog, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+        QCheckBox,
+        QComboBox,
+        QDoubleSpinBox,
+        QFormLayout,
+        QGroupBox,
+        QHBoxLayout,
+        QLabel,
+        QLineEdit,
+        QMessageBox,
+        QProgressDialog,
+        QPushButton,
+        QSpinBox,
+        QVBoxLayout,
+        QWidget,
     )
 else:
-    from PyQt5.QtCore import QBuffer, QByteArray, QIODevice, QObject, QRect, Qt, QTimer, QUrl, pyqtSignal
+    from PyQt5.QtCore import QBuffer, QByteArray, QIODevice, QObject, QRect, Qt, QUrl, pyqtSignal
     from PyQt5.QtGui import QImage
     from PyQt5.QtNetwork import QHttpMultiPart, QHttpPart, QNetworkAccessManager, QNetworkReply, QNetworkRequest
     from PyQt5.QtWidgets import (
-        QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
-        QProgressDialog, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+        QCheckBox,
+        QComboBox,
+        QDoubleSpinBox,
+        QFormLayout,
+        QGroupBox,
+        QHBoxLayout,
+        QLabel,
+        QLineEdit,
+        QMessageBox,
+        QProgressDialog,
+        QPushButton,
+        QSpinBox,
+        QVBoxLayout,
+        QWidget,
     )
 
 __all__ = [
-    "QBuffer", "QByteArray", "QCheckBox", "QComboBox", "QDoubleSpinBox", "QFormLayout", "QGroupBox", "QHBoxLayout",
-    "QHttpMultiPart", "QHttpPart", "QIODevice", "QImage", "QLabel", "QLineEdit", "QMessageBox",
-    "QNetworkAccessManager", "QNetworkReply", "QNetworkRequest", "QObject", "QProgressDialog", "QPushButton",
-    "QRect", "QSpinBox", "QT_MAJOR", "QTimer", "QUrl", "QVBoxLayout", "QWidget", "Qt", "pyqtSignal",
+    "QT_MAJOR",
+    "QBuffer",
+    "QByteArray",
+    "QCheckBox",
+    "QComboBox",
+    "QDoubleSpinBox",
+    "QFormLayout",
+    "QGroupBox",
+    "QHBoxLayout",
+    "QHttpMultiPart",
+    "QHttpPart",
+    "QIODevice",
+    "QImage",
+    "QLabel",
+    "QLineEdit",
+    "QMessageBox",
+    "QNetworkAccessManager",
+    "QNetworkReply",
+    "QNetworkRequest",
+    "QObject",
+    "QProgressDialog",
+    "QPushButton",
+    "QRect",
+    "QSpinBox",
+    "QUrl",
+    "QVBoxLayout",
+    "QWidget",
+    "Qt",
+    "pyqtSignal",
 ]
