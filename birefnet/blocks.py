@@ -1,4 +1,4 @@
-"""Decoder building blocks of BiRefNet (spec §3), with the official key names.
+"""Decoder building blocks of BiRefNet (the official repository's `models/modules/`), with the official key names.
 
 `norm` is a factory for the BatchNorm layers: the official code builds them only
 when trained with batch size > 1 (every released checkpoint has them) and uses

@@ -1,6 +1,7 @@
 """From pictures to masks: conversion, working-size choice, batching, resizing back.
 
-The pipeline, fixed so results are reproducible (spec §7 names two official variants):
+The pipeline, fixed so results are reproducible (the official repository's evaluation script
+resizes with cv2 without antialiasing and its model card with PIL; this one is documented):
 the RGB image in [0, 1] is resized to the working size with bilinear filtering and
 antialiasing (as torchvision/PIL do on the HF model card), normalised with ImageNet
 statistics, run through the model; the sigmoid probabilities are resized back to the

@@ -1,9 +1,9 @@
 """Released BiRefNet checkpoints: backbone, working resolution, licence, tile layout.
 
-The weights do not tell the working resolution or the inward-reference tile layout
-(spec §10.5, pitfall 1), so they are carried here, keyed by checkpoint. Layout
-evidence (spec §10b): models released in 2024 were trained with the legacy layout
-(RMBG-2.0's own code and ComfyUI's port use it); the 2025 releases (HR, dynamic,
+The weights do not tell the working resolution or the inward-reference tile layout (the
+official code changed the order of the image tiles on 2024-11-05 without a change of shapes),
+so they are carried here, keyed by checkpoint. Models released in 2024 were trained with the
+legacy layout (RMBG-2.0's own code and ComfyUI's port use it); the 2025 releases (HR, dynamic,
 512x512) with the current one.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ site-packages (added as a plain path, so that environment's editable install of 
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -20,8 +20,13 @@ pytestmark = pytest.mark.wheel
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """Built from a copy of the tree: an in-tree build would leave build/ behind, whose stale modules
+    a later build would ship."""
+    source = tmp_path_factory.mktemp("source") / "tree"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "out"))
     out = tmp_path_factory.mktemp("wheel")
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT), "-w", str(out)],
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(source), "-w", str(out)],
                             capture_output=True, text=True, timeout=600, cwd=out)
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = out.glob("birefnet_toolkit-*.whl")

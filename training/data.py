@@ -140,7 +140,7 @@ def find_backgrounds(folders) -> list[Path]:
 
 @dataclass(frozen=True)
 class Augment:
-    """Official augmentations (spec §8.4); the defaults are the released recipe."""
+    """The official augmentations (the official repository's `image_proc.py`); the defaults are the released recipe."""
 
     flip: bool = True
     rotate: bool = True

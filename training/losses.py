@@ -1,4 +1,5 @@
-"""The official BiRefNet training objective (spec §8): region losses on every side output,
+"""The official BiRefNet training objective (the official repository's `loss.py` and `config.py`): region
+losses on every side output,
 the outward-reference gradient loss, task presets and the late fine-tuning reweighting."""
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from birefnet import DecoderOutput
 from birefnet.decoder import gradient_reference
 
-# lambdas_pix_last per task (spec §8.1) and finetune_last_epochs (spec §8.2).
+# The official config's lambdas_pix_last per task and its finetune_last_epochs.
 PRESETS = {
     "DIS": {"bce": 30.0, "iou": 0.5, "ssim": 10.0, "mae": 0.0},
     "general": {"bce": 30.0, "iou": 0.5, "ssim": 10.0, "mae": 100.0},

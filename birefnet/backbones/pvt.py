@@ -1,4 +1,4 @@
-"""PVT v2 backbone: timm's implementation (exact, spec §6.2) behind the official key names.
+"""PVT v2 backbone: timm's implementation (numerically the official one) behind the official key names.
 
 The official checkpoints name PVT weights `patch_embed{n}`, `block{n}.{j}`, `norm{n}`
 and `mlp.dwconv.dwconv`; timm names them `patch_embed`/`stages.{n-1}.downsample`,

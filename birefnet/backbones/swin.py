@@ -1,7 +1,8 @@
 """Swin Transformer v1 backbone with the official BiRefNet semantics.
 
 Stock timm Swin differs from the detection-style Swin that BiRefNet was trained
-with (spec §6.1): the official block zero-pads the token map to a window multiple
+with (the official repository's `models/backbones/swin_v1.py`) whenever a stage's size is not a
+window multiple, i.e. at every stage at 1024²: the official block zero-pads the token map to a window multiple
 *before* the cyclic shift, never shrinks the window on small stages, and every
 stage output goes through its own LayerNorm (`norm0..norm3`). This module keeps
 those semantics and the official key names (`layers.{i}.blocks.{j}...`,
