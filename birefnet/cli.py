@@ -337,7 +337,8 @@ def add_serve_parser(sub) -> None:
                      help="allow --host to be a non-loopback address (other machines can connect; needs a token)")
     srv.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
                      help="let web pages of this origin (e.g. https://example.com) call the server; repeatable")
-    srv.add_argument("--max-upload-mb", type=positive(float), default=100.0, help="largest upload (default %(default)g)")
+    srv.add_argument("--max-upload-mb", type=positive(float), default=100.0,
+                     help="largest upload (default %(default)g)")
     srv.add_argument("--max-megapixels-in", type=positive(float), default=100.0,
                      help="largest image accepted, in decoded megapixels (default %(default)g)")
     srv.add_argument("--max-queue", type=positive(int), default=64,

@@ -66,7 +66,8 @@ def multipart(fields) -> tuple[bytes, str]:
     parts = []
     for name, value in fields:
         if isinstance(value, bytes):
-            head = f'Content-Disposition: form-data; name="{name}"; filename="upload"\r\nContent-Type: application/octet-stream'
+            head = (f'Content-Disposition: form-data; name="{name}"; filename="upload"\r\n'
+                    "Content-Type: application/octet-stream")
         else:
             head, value = f'Content-Disposition: form-data; name="{name}"', str(value).encode()
         parts.append(f"--{boundary}\r\n{head}\r\n\r\n".encode() + value + b"\r\n")
@@ -140,14 +141,16 @@ def test_mask_and_cutout_equal_what_the_cli_writes(server, tmp_path, mode):
 
 
 OPTIONS = {
-    "boxes": ([("box", "10,10,200,180"), ("box", "300,150,300,300")], ["--box", "10,10,200,180", "--box", "300,150,300,300"]),
+    "boxes": ([("box", "10,10,200,180"), ("box", "300,150,300,300")],
+              ["--box", "10,10,200,180", "--box", "300,150,300,300"]),
     "refine": ([("threshold", "0.4"), ("grow", "3"), ("fill_holes", "true"), ("guided_radius", "6"),
                 ("guided_eps", "0.01"), ("feather", "2")],
                ["--threshold", "0.4", "--grow", "3", "--fill-holes", "--guided-radius", "6", "--guided-eps", "0.01",
                 "--feather", "2"]),
     "levels+foreground": ([("black_point", "0.1"), ("white_point", "0.8"), ("foreground", "true"),
                            ("foreground_radius", "31")],
-                          ["--black-point", "0.1", "--white-point", "0.8", "--foreground", "--foreground-radius", "31"]),
+                          ["--black-point", "0.1", "--white-point", "0.8", "--foreground",
+                           "--foreground-radius", "31"]),
     "box+grow+resolution": ([("box", "100,80,200,200"), ("grow", "40"), ("resolution", "256x192")],
                             ["--box", "100,80,200,200", "--grow", "40", "--resolution", "256x192"]),
 }
@@ -244,8 +247,8 @@ def test_too_large_uploads_are_refused_before_they_are_read(server):
 
 def test_chunked_uploads_urls_and_unknown_routes_are_refused(server):
     connection = http.client.HTTPConnection(server.host, timeout=60)
-    connection.request("POST", "/v1/segment", body=iter([b"--x\r\n"]), headers={"Content-Type": "multipart/form-data; boundary=x"},
-                       encode_chunked=True)
+    connection.request("POST", "/v1/segment", body=iter([b"--x\r\n"]), encode_chunked=True,
+                       headers={"Content-Type": "multipart/form-data; boundary=x"})
     response = connection.getresponse()
     assert response.status == 411 and "Content-Length" in json.loads(response.read())["error"]
     status, _, body = call(server, "/api/remove?url=http://169.254.169.254/latest")
@@ -268,7 +271,8 @@ def test_foreign_origin_and_host_are_refused(server):
 def test_concurrent_requests_are_all_answered_alike(server):
     upload = EXAMPLE.read_bytes()
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda _: call(server, "/v1/segment", [("image", upload), ("output", "rgba")]), range(8)))
+        answers = list(pool.map(lambda _: call(server, "/v1/segment", [("image", upload), ("output", "rgba")]),
+                                range(8)))
     assert all(status == 200 for status, _, _ in answers)
     assert len({body for _, _, body in answers}) == 1
 

@@ -146,8 +146,9 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException):
-        message = f"no such endpoint: {request.method} {request.url.path}" if err.status_code in (404, 405) else err.detail
-        return error(err.status_code, message)
+        if err.status_code in (404, 405):
+            return error(err.status_code, f"no such endpoint: {request.method} {request.url.path}")
+        return error(err.status_code, err.detail)
 
     @app.exception_handler(Exception)
     async def server_fault(_, err: Exception):

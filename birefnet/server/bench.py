@@ -103,7 +103,8 @@ def main(argv=None) -> int:
     print(f"{args.weights or 'embedded demo model'}, {width}x{height} JPEG, mask output, "
           f"CPU threads {os.cpu_count()}\n")
     print("| measurement | value |\n|---|---|")
-    print(f"| direct library call (segment + PNG), median of {args.repeats} | {statistics.median(library) * 1000:.0f} ms |")
+    print(f"| direct library call (segment + PNG), median of {args.repeats} | "
+          f"{statistics.median(library) * 1000:.0f} ms |")
     print(f"| one client, request to response, median of {args.repeats} | {statistics.median(single) * 1000:.0f} ms |")
     print(f"| server overhead per request (median difference) | "
           f"{(statistics.median(single) - statistics.median(library)) * 1000:.0f} ms |")
