@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fastpath import shortcuts
-from .ops import deform_conv2d
+from .deform_conv import deform_conv2d
 
 NormFactory = Callable[[int], nn.Module]
 

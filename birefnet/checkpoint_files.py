@@ -14,7 +14,7 @@ import torch
 
 from . import backbones
 from .errors import CheckpointError, first_line
-from .io import atomic_path
+from .files import atomic_path
 
 if TYPE_CHECKING:
     from .model import BiRefNet

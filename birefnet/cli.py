@@ -13,10 +13,10 @@ import torch
 from . import __version__, backbones
 from .device import auto_dtype, parse_dtype, resolve_device
 from .distributed import local_device, rank_and_world, shard, summed
-from .guided import parse_box, segment_regions
+from .guidance import parse_box, segment_regions
 from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
 from .inference import cutout, mask_to_image, segment
-from .io import list_images, output_paths, read_image, save_image
+from .files import list_images, output_paths, read_image, save_image
 from .errors import CheckpointError
 from .loading import load_model
 from .pipeline import cutout_image, finish, model_device, parse_resolution as resolution_option

@@ -23,7 +23,7 @@ from . import __version__
 from .extras import require
 from .fastpath import plain_graph
 from .inference import IMAGENET_MEAN, IMAGENET_STD
-from .io import current_umask
+from .files import current_umask
 
 FORMATS = ("onnx", "openvino")
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}

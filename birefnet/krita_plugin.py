@@ -7,7 +7,7 @@ import io
 import zipfile
 from pathlib import Path
 
-from .io import atomic_path
+from .files import atomic_path
 
 PLUGIN_NAME = "birefnet_krita"
 _FIXED_TIME = (2024, 1, 1, 0, 0, 0)  # the same files give the same zip

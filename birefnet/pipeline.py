@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .guided import inside_boxes, segment_regions
+from .guidance import inside_boxes, segment_regions
 from .inference import cutout, parse_size, segment, to_rgb_tensor, working_size
 from .refine import Refinement, refine_mask
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from .extras import require
 from .inference import segment, to_rgb_tensor
-from .io import atomic_path
+from .files import atomic_path
 from .temporal import TemporalSmoother
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 import birefnet
-from birefnet.guided import parse_box, segment_regions
+from birefnet.guidance import parse_box, segment_regions
 from birefnet.highres import DEFAULT_FINE_MEGAPIXELS
 from birefnet.refine import composite, parse_colour
 from birefnet.temporal import TemporalSmoother

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from birefnet.zoo import KNOWN_CHECKPOINTS, find_checkpoint, listed, match_checkpoint
-from birefnet.io import current_umask
+from birefnet.files import current_umask
 from hub_server import COMMIT, HubServer
 
 

@@ -260,7 +260,7 @@ def model():
 
 def library_mask(model, image: Image.Image, box=None) -> np.ndarray:
     from birefnet import segment
-    from birefnet.guided import segment_regions
+    from birefnet.guidance import segment_regions
     from birefnet.inference import mask_to_image
 
     mask = segment_regions(model, image, boxes=[box])[0] if box else segment(model, image)

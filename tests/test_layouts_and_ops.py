@@ -7,7 +7,7 @@ from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
 
 from birefnet import image_tiles, load_model
 from birefnet.fastpath import plain_graph
-from birefnet.ops import deform_conv2d_banded, deform_conv2d_reference
+from birefnet.deform_conv import deform_conv2d_banded, deform_conv2d_reference
 from conftest import DEVICE, cpu_only, random_input, random_state_dict, relative_error
 
 

@@ -18,7 +18,7 @@ from conftest import DEVICE, ROOT, cpu_only, manifest
 from birefnet_training.data import DatasetError, find_pairs
 from birefnet_training.losses import birefnet_loss, loss_weights, ssim_loss
 from birefnet_training.synthetic import make_sample, write_dataset
-from birefnet.io import current_umask
+from birefnet.files import current_umask
 from birefnet_training.trainer import TrainConfig, train
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from birefnet.inference import parse_size
-from birefnet.io import atomic_path
+from birefnet.files import atomic_path
 
 
 def _range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -27,7 +27,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from birefnet.inference import normalise, to_rgb_tensor
-from birefnet.io import IMAGE_SUFFIXES, read_image
+from birefnet.files import IMAGE_SUFFIXES, read_image
 
 from .synthetic import background
 

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import birefnet
-from birefnet.io import atomic_path
+from birefnet.files import atomic_path
 
 from .evaluate import evaluate_model
 from .metrics import format_table

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 import birefnet
 from birefnet.inference import mask_to_image
-from birefnet.io import IMAGE_SUFFIXES, read_image, save_image
+from birefnet.files import IMAGE_SUFFIXES, read_image, save_image
 
 from .data import find_backgrounds, find_pairs, read_sample
 from .metrics import MetricSet, parse_metrics

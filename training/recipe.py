@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from birefnet.io import atomic_path
+from birefnet.files import atomic_path
 
 from .demo import INSTALLED
 from .evaluate import evaluate_model

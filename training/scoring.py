@@ -22,7 +22,7 @@ def read_mask(path) -> Image.Image:
     """A mask as an 8-bit 'L' image, or, when the file has more than 8 bits (16-bit PNG/TIFF, float
     TIFF), as an 'F' image of 0..255 floats: `convert("L")` would clip a 16-bit mask's soft edge to
     255. Scaled like the inference input: 16-bit by 65535, float files read as [0, 1]. The file is
-    opened as `birefnet.io.read_image` opens images (EXIF orientation applied), without importing
+    opened as `birefnet.files.read_image` opens images (EXIF orientation applied), without importing
     the library (and torch with it)."""
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)

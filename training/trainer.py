@@ -20,7 +20,7 @@ from torch import nn
 
 from birefnet import BiRefNet, backbones, build_model, load_model, save_checkpoint
 from birefnet.device import resolve_device
-from birefnet.io import atomic_path
+from birefnet.files import atomic_path
 
 from .data import Augment, SegmentationDataset, SizedBatchSampler, collate, find_backgrounds, find_pairs
 from .losses import FINETUNE_LAST_EPOCHS, birefnet_loss, loss_weights

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..fastpath import shortcuts
-from ..ops import linear
+from ..fused_linear import linear
 from .base import Variant, count
 
 

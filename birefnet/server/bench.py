@@ -21,7 +21,7 @@ import psutil
 from PIL import Image
 
 from ..inference import mask_to_image
-from ..io import read_image
+from ..files import read_image
 from ..loading import load_model
 from ..pipeline import finish, segment_image
 from ..refine import Refinement

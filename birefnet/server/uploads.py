@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import first_line
-from ..guided import clip_box, parse_box
+from ..guidance import clip_box, parse_box
 from ..pipeline import parse_resolution
 from ..refine import Refinement
 from .errors import RequestError

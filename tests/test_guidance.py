@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import birefnet
-from birefnet.guided import mask_regions, parse_box, segment_regions
+from birefnet.guidance import mask_regions, parse_box, segment_regions
 from birefnet_training.synthetic import _foreground, _object_mask, background
 
 TARGET, DISTRACTORS = 16, (5, 9, 19)  # held-out synthetic objects the demo model segments well alone
