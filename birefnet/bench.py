@@ -13,8 +13,10 @@ conversion/compilation or export. Each row runs in a fresh subprocess so that
 peak resident memory (CPU) or peak allocated memory (CUDA) belongs to that row alone.
 Weights are random (seeded); speed and memory do not depend on their values. The error
 column is the final logits' ‖out − ref‖ / ‖ref‖ against this library in fp32 on the same
-weights; the last column the median time over the official model's in fp32. The device defaults to $BIREFNET_DEVICE, else the CPU.
+weights; the last column the median time over the official model's in fp32. The device defaults
+to $BIREFNET_DEVICE, else the CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +50,9 @@ def official_model(directory: str | os.PathLike, variant: str) -> torch.nn.Modul
     source = (directory / "config.py").read_text()
     choice = re.search(r"self\.bb = \[(.*?)\]\[(\d+)\]", source, re.S)
     if choice is None:
-        raise SystemExit(f"{directory / 'config.py'}: no `self.bb = [...][N]` choice found; is this a BiRefNet checkout?")
+        raise SystemExit(
+            f"{directory / 'config.py'}: no `self.bb = [...][N]` choice found; is this a BiRefNet checkout?"
+        )
     names = re.findall(r"'([^']+)'", choice.group(1))
     if variant not in names:
         raise SystemExit(f"the official code at {directory} has no backbone {variant!r}")
@@ -127,7 +131,7 @@ def _worker(args) -> dict:
             out = run()
             sync()
             times.append(time.perf_counter() - start)
-    first, times = times[0], times[max(args.warmup, 1):]
+    first, times = times[0], times[max(args.warmup, 1) :]
     if device.type == "cuda":
         peak_gb = torch.cuda.max_memory_allocated() / 1e9
     else:
@@ -137,17 +141,29 @@ def _worker(args) -> dict:
         with torch.inference_mode():
             ref = reference.to(device)(x.to(device)).float()
             error = ((out.float() - ref).norm() / ref.norm()).item()
-    return {"median_s": statistics.median(times), "min_s": min(times), "first_s": first, "peak_gb": peak_gb,
-            "rel_err": error, "setup_s": setup, "label": label}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "first_s": first,
+        "peak_gb": peak_gb,
+        "rel_err": error,
+        "setup_s": setup,
+        "label": label,
+    }
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m birefnet.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m birefnet.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--variant", nargs="+", default=["swin_v1_l"])
     parser.add_argument("--resolution", nargs="+", default=["1024"], help="1024 or WIDTHxHEIGHT")
     parser.add_argument("--backend", nargs="+", default=["torch"], choices=BACKENDS)
-    parser.add_argument("--official", metavar="DIR", help="a checkout of ZhengPeng7/BiRefNet: adds the official model as the first backend")
+    parser.add_argument(
+        "--official",
+        metavar="DIR",
+        help="a checkout of ZhengPeng7/BiRefNet: adds the official model as the first backend",
+    )
     parser.add_argument("--device", default=os.environ.get("BIREFNET_DEVICE", "cpu"))
     parser.add_argument("--dtype", nargs="+", default=["fp32"])
     parser.add_argument("--batch", type=int, default=1)
@@ -155,8 +171,11 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (first call = compilation)")
-    parser.add_argument("--highres", action="store_true",
-                        help="time segment_highres on an image of each --resolution (e.g. 7680x4320) instead of one forward")
+    parser.add_argument(
+        "--highres",
+        action="store_true",
+        help="time segment_highres on an image of each --resolution (e.g. 7680x4320) instead of one forward",
+    )
     parser.add_argument("--fine-megapixels", type=float, default=4.2, help="with --highres: the fine pass's cap")
     parser.add_argument("--cache", help="OpenVINO IR cache and ONNX scratch folder (default: a fresh temporary one)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -175,37 +194,75 @@ def main(argv=None) -> int:
     if "official" in backends and not args.official:
         parser.error("--backend official needs --official DIR (a checkout of ZhengPeng7/BiRefNet)")
 
-    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else (platform.processor() or platform.machine())
-    print(f"# {name}, torch {torch.__version__}, {args.threads} threads, device {args.device}, batch {args.batch}, "
-          f"{args.runs} warm runs" + (", torch.compile" if args.compile else "")
-          + (f", segment_highres (fine pass <= {args.fine_megapixels} MP)" if args.highres else ""))
-    print("| variant | resolution | backend | dtype | median s | min s | first call s | setup s | peak GB | rel. err "
-          "| vs official fp32 |")
+    name = (
+        torch.cuda.get_device_name(args.device)
+        if args.device.startswith("cuda")
+        else (platform.processor() or platform.machine())
+    )
+    print(
+        f"# {name}, torch {torch.__version__}, {args.threads} threads, device {args.device}, batch {args.batch}, "
+        f"{args.runs} warm runs"
+        + (", torch.compile" if args.compile else "")
+        + (f", segment_highres (fine pass <= {args.fine_megapixels} MP)" if args.highres else "")
+    )
+    print(
+        "| variant | resolution | backend | dtype | median s | min s | first call s | setup s | peak GB | rel. err "
+        "| vs official fp32 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for variant in args.variant:
         for resolution in args.resolution:
             baseline = None  # the official model's fp32 time: every ratio of this variant and size is to it
             for dtype in args.dtype:
                 for backend in backends:
-                    cmd = [sys.executable, "-m", "birefnet.bench", "--worker", "--variant", variant, "--backend", backend,
-                           "--resolution", resolution, "--dtype", dtype, "--device", args.device,
-                           "--batch", str(args.batch), "--runs", str(args.runs), "--warmup", str(args.warmup),
-                           "--threads", str(args.threads), "--fine-megapixels", str(args.fine_megapixels),
-                           "--cache", args.cache]
-                    cmd += (["--official", args.official] if args.official else [])
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "birefnet.bench",
+                        "--worker",
+                        "--variant",
+                        variant,
+                        "--backend",
+                        backend,
+                        "--resolution",
+                        resolution,
+                        "--dtype",
+                        dtype,
+                        "--device",
+                        args.device,
+                        "--batch",
+                        str(args.batch),
+                        "--runs",
+                        str(args.runs),
+                        "--warmup",
+                        str(args.warmup),
+                        "--threads",
+                        str(args.threads),
+                        "--fine-megapixels",
+                        str(args.fine_megapixels),
+                        "--cache",
+                        args.cache,
+                    ]
+                    cmd += ["--official", args.official] if args.official else []
                     cmd += (["--compile"] if args.compile else []) + (["--highres"] if args.highres else [])
                     result = subprocess.run(cmd, capture_output=True, text=True)
                     if result.returncode != 0:
                         reason = (result.stderr.strip().splitlines() or ["failed"])[-1][:160]
-                        print(f"| {variant} | {resolution} | {backend} | {dtype} | failed: {reason} | | | | | | |", flush=True)
+                        print(
+                            f"| {variant} | {resolution} | {backend} | {dtype} | failed: {reason} | | | | | | |",
+                            flush=True,
+                        )
                         continue
                     r = json.loads(result.stdout.strip().splitlines()[-1])
                     if backend == "official" and dtype in ("fp32", "float32"):
                         baseline = r["median_s"]
                     ratio = f"{r['median_s'] / baseline:.2f}x" if baseline else ""
                     error = "" if r["rel_err"] is None else f"{r['rel_err']:.1e}"
-                    print(f"| {variant} | {resolution} | {r['label']} | {dtype} | {r['median_s']:.3f} | {r['min_s']:.3f} "
-                          f"| {r['first_s']:.3f} | {r['setup_s']:.1f} | {r['peak_gb']:.2f} | {error} | {ratio} |", flush=True)
+                    print(
+                        f"| {variant} | {resolution} | {r['label']} | {dtype} | {r['median_s']:.3f} | {r['min_s']:.3f} "
+                        f"| {r['first_s']:.3f} | {r['setup_s']:.1f} | {r['peak_gb']:.2f} | {error} | {ratio} |",
+                        flush=True,
+                    )
     return 0
 
 

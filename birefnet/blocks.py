@@ -11,6 +11,7 @@ never changes), runs 1x1 convolutions as matrix products (mkldnn is 3-10x slower
 in NCHW), and computes the ASPP projection branch by branch, so the five-branch
 concatenation is never built and the global-pool branch becomes a per-image bias.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -19,13 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fastpath import shortcuts
 from .deform_conv import deform_conv2d
+from .fastpath import shortcuts
 
 NormFactory = Callable[[int], nn.Module]
 
 
-def fold_norm(weight: torch.Tensor, bias: torch.Tensor | None, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+def fold_norm(
+    weight: torch.Tensor, bias: torch.Tensor | None, norm: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Weight and bias of `norm(conv(x))` as one convolution, for an eval-mode BatchNorm (or Identity)."""
     if isinstance(norm, nn.Identity):
         return weight, bias
@@ -103,7 +106,9 @@ class DeformableConv2d(nn.Module):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`weight`/`bias` replace the regular conv's (inference passes them with a norm folded in)."""
         weight = self.regular_conv.weight if weight is None else weight
         if not shortcuts(self):
@@ -111,8 +116,12 @@ class DeformableConv2d(nn.Module):
             mask = 2.0 * torch.sigmoid(self.modulator_conv(x))
         else:  # both predictors read the same input: one convolution
             taps = self.modulator_conv.out_channels
-            both = F.conv2d(x, torch.cat([self.offset_conv.weight, self.modulator_conv.weight]),
-                            torch.cat([self.offset_conv.bias, self.modulator_conv.bias]), padding=self.padding)
+            both = F.conv2d(
+                x,
+                torch.cat([self.offset_conv.weight, self.modulator_conv.weight]),
+                torch.cat([self.offset_conv.bias, self.modulator_conv.bias]),
+                padding=self.padding,
+            )
             offset, mask = both[:, : 2 * taps], torch.sigmoid(both[:, 2 * taps :]).mul_(2.0)
         return deform_conv2d(x, offset, weight, mask, self.padding, bias)
 
@@ -134,7 +143,9 @@ class ASPPModuleDeformable(nn.Module):
 class ASPPDeformable(nn.Module):
     """Branches [1x1, deformable 1x1/3x3/7x7, global pool] -> concat -> 1x1 projection."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm: NormFactory, kernel_sizes=(1, 3, 7), width: int = 256):
+    def __init__(
+        self, in_channels: int, out_channels: int, norm: NormFactory, kernel_sizes=(1, 3, 7), width: int = 256
+    ):
         super().__init__()
         self.aspp1 = ASPPModuleDeformable(in_channels, width, 1, norm)
         self.aspp_deforms = nn.ModuleList(ASPPModuleDeformable(in_channels, width, k, norm) for k in kernel_sizes)

@@ -4,6 +4,7 @@ unwrap and un-prefix their state dicts, and write our own in the official key la
 Every failure is a `CheckpointError` whose message is one line naming the file, what was found and
 what to do. Names of known checkpoints are resolved by `hub.locate` before a file is read here.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -50,7 +51,8 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
         return load_file(str(path)), metadata
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
         raise CheckpointError(
-            f"{path}: not a readable safetensors file ({first_line(err)}); it is truncated or corrupt, download it again"
+            f"{path}: not a readable safetensors file ({first_line(err)}); "
+            "it is truncated or corrupt, download it again"
         ) from None
 
 
@@ -62,7 +64,7 @@ def _read_pickle(path: Path) -> dict:
             if "mmap" not in str(err):
                 raise
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except pickle.UnpicklingError:
         objects = _pickled_globals(path)
         if objects is None:  # not even a pickle stream: random bytes or a cut download
             raise _damaged(path) from None
@@ -145,7 +147,7 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
             changed = False
             for prefix in _PREFIXES:
                 if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
+                    key, changed = key[len(prefix) :], True
         out[key] = value
     return out
 
@@ -155,7 +157,9 @@ def model_to_official_keys(state_dict: Mapping[str, torch.Tensor], backbone: str
     return backbones.to_official_keys(state_dict, backbone)
 
 
-def save_checkpoint(model: BiRefNet, path, *, resolution: tuple[int, int] | None | str = "keep", name: str = "") -> None:
+def save_checkpoint(
+    model: BiRefNet, path, *, resolution: tuple[int, int] | None | str = "keep", name: str = ""
+) -> None:
     """Write `model` as .safetensors in the official key layout, atomically, with its tile layout
     and working resolution in the metadata so `load_model` restores them."""
     from safetensors.torch import save_file

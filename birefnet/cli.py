@@ -1,5 +1,6 @@
 """`birefnet` command line: segment images into mask PNGs (and RGBA cut-outs), inspect weights,
 list and download the known checkpoints, export to ONNX / OpenVINO."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,13 +14,14 @@ import torch
 from . import __version__, backbones
 from .device import auto_dtype, parse_dtype, resolve_device
 from .distributed import local_device, rank_and_world, shard, summed
+from .errors import CheckpointError
+from .files import list_images, output_paths, read_image, save_image
 from .guidance import parse_box, segment_regions
 from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
 from .inference import cutout, mask_to_image, segment
-from .files import list_images, output_paths, read_image, save_image
-from .errors import CheckpointError
 from .loading import load_model
-from .pipeline import cutout_image, finish, model_device, parse_resolution as resolution_option
+from .pipeline import cutout_image, finish, model_device
+from .pipeline import parse_resolution as resolution_option
 from .refine import Refinement
 from .zoo import listed
 
@@ -67,6 +69,7 @@ def positive(kind):
         if value is None or not value > 0:
             raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
         return value
+
     return parse
 
 
@@ -75,7 +78,8 @@ def weights_source(name: str | None, download: bool, accept_license: str | None)
     known name is fetched first."""
     if not download or name is None or Path(name).expanduser().exists():
         return name
-    from .hub import download as fetch, resolve
+    from .hub import download as fetch
+    from .hub import resolve
 
     known = resolve(name)
     path = fetch(known, accept_license=accept_license)
@@ -84,7 +88,9 @@ def weights_source(name: str | None, download: bool, accept_license: str | None)
 
 
 def _load(args) -> torch.nn.Module:
-    device = resolve_device("cpu" if args.backend == "openvino" and args.device == "auto" else local_device(args.device))
+    device = resolve_device(
+        "cpu" if args.backend == "openvino" and args.device == "auto" else local_device(args.device)
+    )
     dtype = auto_dtype(device) if args.dtype == "auto" else parse_dtype(args.dtype)
     source = weights_source(args.weights, args.download, args.accept_license)
     return load_model(source, device=device, dtype=dtype, tile_layout=args.tile_layout, backend=args.backend)
@@ -92,10 +98,18 @@ def _load(args) -> torch.nn.Module:
 
 def refinement_of(args) -> Refinement:
     """The Refine Edges options given as flags (checked before the model loads)."""
-    return Refinement(black_point=args.black_point, white_point=args.white_point, threshold=args.threshold,
-                      fill_holes=args.fill_holes, grow=args.grow, guided_radius=args.guided_radius,
-                      guided_eps=args.guided_eps, feather=args.feather, foreground=args.foreground,
-                      foreground_radius=args.foreground_radius)
+    return Refinement(
+        black_point=args.black_point,
+        white_point=args.white_point,
+        threshold=args.threshold,
+        fill_holes=args.fill_holes,
+        grow=args.grow,
+        guided_radius=args.guided_radius,
+        guided_eps=args.guided_eps,
+        feather=args.feather,
+        foreground=args.foreground,
+        foreground_radius=args.foreground_radius,
+    )
 
 
 def cmd_segment(args) -> int:
@@ -106,7 +120,9 @@ def cmd_segment(args) -> int:
         raise ValueError(f"input not found: {', '.join(missing)}")
     from .video import VIDEO_SUFFIXES
 
-    videos = [Path(item) for item in args.inputs if Path(item).is_file() and Path(item).suffix.lower() in VIDEO_SUFFIXES]
+    videos = [
+        Path(item) for item in args.inputs if Path(item).is_file() and Path(item).suffix.lower() in VIDEO_SUFFIXES
+    ]
     refinement = refinement_of(args)
     if videos:
         if refinement != Refinement():
@@ -120,8 +136,11 @@ def cmd_segment(args) -> int:
     rank, world = rank_and_world()
     renamed = sum(mask.stem != rel.stem for (_, rel), (mask, _) in zip(files, outputs))
     if renamed and rank == 0:
-        print(f"birefnet: {renamed} input(s) share a name with another input; their outputs keep the "
-              "extension in the name (e.g. photo_jpg.png)", file=sys.stderr)
+        print(
+            f"birefnet: {renamed} input(s) share a name with another input; their outputs keep the "
+            "extension in the name (e.g. photo_jpg.png)",
+            file=sys.stderr,
+        )
     total = len(files)
     files, outputs = shard(files, rank, world), shard(outputs, rank, world)  # names chosen before sharding
     model = _load(args)
@@ -132,8 +151,13 @@ def cmd_segment(args) -> int:
     if args.compile and args.backend == "torch":  # pays off on long runs at one working size; the first image compiles
         model = torch.compile(model)
     skipped = 0
-    bar = tqdm(total=len(files), unit="img", disable=args.quiet, desc=f"rank {rank}" if world > 1 else None,
-               position=rank if world > 1 else None)
+    bar = tqdm(
+        total=len(files),
+        unit="img",
+        disable=args.quiet,
+        desc=f"rank {rank}" if world > 1 else None,
+        position=rank if world > 1 else None,
+    )
     for start in range(0, len(files), args.batch_size):
         chunk = []
         for (file, _), paths in zip(files[start : start + args.batch_size], outputs[start : start + args.batch_size]):
@@ -146,20 +170,37 @@ def cmd_segment(args) -> int:
         if not chunk:
             continue
         if args.box:
-            guided = [segment_regions(model, image, boxes=args.box, resolution=args.resolution,
-                                      max_megapixels=args.max_megapixels) for image, _ in chunk]
+            guided = [
+                segment_regions(
+                    model, image, boxes=args.box, resolution=args.resolution, max_megapixels=args.max_megapixels
+                )
+                for image, _ in chunk
+            ]
             masks = [combined for combined, _ in guided]
             for (image, (mask_path, _)), (_, objects) in zip(chunk, guided):
                 for number, (box, single) in enumerate(zip(args.box, objects) if len(objects) > 1 else [], start=1):
                     single, _ = finish(image, single, refinement, boxes=[box], device=model_device(model))
-                    save_image(mask_to_image(single), out_dir / mask_path.with_name(f"{mask_path.stem}_object{number}.png"))
+                    save_image(
+                        mask_to_image(single), out_dir / mask_path.with_name(f"{mask_path.stem}_object{number}.png")
+                    )
         elif args.highres:
-            masks = [segment_highres(model, image, resolution=args.resolution, max_megapixels=args.max_megapixels,
-                                     fine_megapixels=args.fine_megapixels) for image, _ in chunk]
+            masks = [
+                segment_highres(
+                    model,
+                    image,
+                    resolution=args.resolution,
+                    max_megapixels=args.max_megapixels,
+                    fine_megapixels=args.fine_megapixels,
+                )
+                for image, _ in chunk
+            ]
         else:
             masks = segment(
-                model, [image for image, _ in chunk], resolution=args.resolution,
-                max_megapixels=args.max_megapixels, batch_size=args.batch_size,
+                model,
+                [image for image, _ in chunk],
+                resolution=args.resolution,
+                max_megapixels=args.max_megapixels,
+                batch_size=args.batch_size,
             )
         for (image, (mask_path, cutout_path)), mask in zip(chunk, masks):
             mask, colours = finish(image, mask, refinement, boxes=args.box or (), device=model_device(model))
@@ -170,8 +211,12 @@ def cmd_segment(args) -> int:
     bar.close()
     done, skipped = summed([len(files) - skipped, skipped])
     if rank == 0:
-        print(f"birefnet: wrote {done} mask(s) to {out_dir}" + (f", skipped {skipped}" if skipped else "")
-              + (f" ({world} processes)" if world > 1 else ""), file=sys.stderr)
+        print(
+            f"birefnet: wrote {done} mask(s) to {out_dir}"
+            + (f", skipped {skipped}" if skipped else "")
+            + (f" ({world} processes)" if world > 1 else ""),
+            file=sys.stderr,
+        )
     return 1 if skipped else 0
 
 
@@ -194,16 +239,33 @@ def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
         with VideoSource(path) as source, contextlib.ExitStack() as outputs:
             folder = out_dir / path.stem
             if folder.exists() and any(folder.iterdir()):
-                raise FileExistsError(f"{folder} already holds files; choose another --out (outputs are never overwritten)")
+                raise FileExistsError(
+                    f"{folder} already holds files; choose another --out (outputs are never overwritten)"
+                )
             writers = []
             if args.video:
-                writers.append(outputs.enter_context(VideoWriter(out_dir / f"{path.stem}_mask.mp4", source.fps, source.size, "mask")))
+                writers.append(
+                    outputs.enter_context(
+                        VideoWriter(out_dir / f"{path.stem}_mask.mp4", source.fps, source.size, "mask")
+                    )
+                )
                 if args.cutout:
-                    writers.append(outputs.enter_context(VideoWriter(out_dir / f"{path.stem}_cutout.mov", source.fps, source.size, "rgba")))
+                    writers.append(
+                        outputs.enter_context(
+                            VideoWriter(out_dir / f"{path.stem}_cutout.mov", source.fps, source.size, "rgba")
+                        )
+                    )
             bar = tqdm(total=source.count or None, unit="frame", disable=args.quiet, desc=path.name)
             number = 0
-            pairs = segment_frames(model, source.frames(), temporal=args.temporal, resolution=args.resolution,
-                                   max_megapixels=args.max_megapixels, batch_size=args.batch_size, with_frames=True)
+            pairs = segment_frames(
+                model,
+                source.frames(),
+                temporal=args.temporal,
+                resolution=args.resolution,
+                max_megapixels=args.max_megapixels,
+                batch_size=args.batch_size,
+                with_frames=True,
+            )
             for number, (frame, mask) in enumerate(pairs, start=1):
                 grey = mask_to_image(mask)
                 save_image(grey, folder / f"{number:06d}.png")
@@ -215,9 +277,12 @@ def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
                     save_image(cutout(frame, mask), folder / f"{number:06d}_cutout.png")
                 bar.update(1)
             bar.close()
-        print(f"birefnet: {path.name}: wrote {number} mask(s) to {folder} at {float(source.fps):.3g} fps"
-              + (f", {path.stem}_mask.mp4" if args.video else "") + (f", {path.stem}_cutout.mov" if args.video and args.cutout else ""),
-              file=sys.stderr)
+        print(
+            f"birefnet: {path.name}: wrote {number} mask(s) to {folder} at {float(source.fps):.3g} fps"
+            + (f", {path.stem}_mask.mp4" if args.video else "")
+            + (f", {path.stem}_cutout.mov" if args.video and args.cutout else ""),
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -236,15 +301,30 @@ def cmd_list(args) -> int:
     print(LIST_ROW.format("short name", "checkpoint", "backbone", "size (WxH)", "layout", "licence", "download"))
     for known in listed():
         licence = known.license + (" (gated)" if known.gated else "")
-        print(LIST_ROW.format(known.short, known.name, known.backbone, known.size_text, known.tile_layout, licence, known.url))
+        print(
+            LIST_ROW.format(
+                known.short, known.name, known.backbone, known.size_text, known.tile_layout, licence, known.url
+            )
+        )
     print("get one with `birefnet download SHORT_NAME`, then use it with --weights SHORT_NAME")
     print()
-    print(BACKBONE_ROW.format("backbone", "family", "feature channels", "strides", "size multiple", "official checkpoints"))
+    print(
+        BACKBONE_ROW.format(
+            "backbone", "family", "feature channels", "strides", "size multiple", "official checkpoints"
+        )
+    )
     for name, variant in backbones.VARIANTS.items():
         released = sum(known.backbone == name for known in listed())
-        print(BACKBONE_ROW.format(name, variant.family, ",".join(map(str, variant.channels)),
-                                  ",".join(map(str, variant.strides)), str(variant.size_multiple),
-                                  f"{released} above" if released else "none released; your fine-tunes load"))
+        print(
+            BACKBONE_ROW.format(
+                name,
+                variant.family,
+                ",".join(map(str, variant.channels)),
+                ",".join(map(str, variant.strides)),
+                str(variant.size_multiple),
+                f"{released} above" if released else "none released; your fine-tunes load",
+            )
+        )
     return 0
 
 
@@ -274,8 +354,10 @@ def cmd_export(args) -> int:
     dtype = parse_dtype(args.dtype)
     model = load_model(weights_source(args.weights, args.download, args.accept_license), tile_layout=args.tile_layout)
     size = args.size or model.info.resolution or (1024, 1024)
-    print(f"{model.info.describe()}\nbirefnet: exporting to {fmt} at {size[1]}x{size[0]} (minutes for large backbones)",
-          file=sys.stderr)
+    print(
+        f"{model.info.describe()}\nbirefnet: exporting to {fmt} at {size[1]}x{size[0]} (minutes for large backbones)",
+        file=sys.stderr,
+    )
     start = time.perf_counter()
     path = export(model, args.out, fmt, size, dtype=dtype, dynamic_size=args.dynamic_size)
     print(f"birefnet: wrote {path} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
@@ -297,8 +379,10 @@ def cmd_krita_plugin(args) -> int:
     from .krita_plugin import build_zip
 
     path = build_zip(args.out)
-    print(f"birefnet: wrote {path}; in Krita: Tools > Scripts > Import Python Plugin from File, then restart Krita",
-          file=sys.stderr)
+    print(
+        f"birefnet: wrote {path}; in Krita: Tools > Scripts > Import Python Plugin from File, then restart Krita",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -310,42 +394,86 @@ def add_refinement_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threshold", type=float, default=0.0, help="binarise at this value (0 = keep soft)")
     group.add_argument("--fill-holes", action="store_true", help="fill background regions enclosed by the foreground")
     group.add_argument("--grow", type=int, default=0, help="grow (+) or shrink (-) the mask by this many pixels")
-    group.add_argument("--guided-radius", type=int, default=0,
-                       help="guided filter radius in pixels (0 = off); 4-16 snaps the mask's edges to the image's")
-    group.add_argument("--guided-eps", type=float, default=1e-3,
-                       help="guided filter smoothness: higher keeps the mask, lower follows the image")
+    group.add_argument(
+        "--guided-radius",
+        type=int,
+        default=0,
+        help="guided filter radius in pixels (0 = off); 4-16 snaps the mask's edges to the image's",
+    )
+    group.add_argument(
+        "--guided-eps",
+        type=float,
+        default=1e-3,
+        help="guided filter smoothness: higher keeps the mask, lower follows the image",
+    )
     group.add_argument("--feather", type=float, default=0.0, help="soften the edge over about this many pixels")
-    group.add_argument("--foreground", action="store_true",
-                       help="cut-outs: re-estimate the edge colours (removes the old background's halo)")
-    group.add_argument("--foreground-radius", type=int, default=90,
-                       help="blur size of the foreground estimation's first pass")
+    group.add_argument(
+        "--foreground",
+        action="store_true",
+        help="cut-outs: re-estimate the edge colours (removes the old background's halo)",
+    )
+    group.add_argument(
+        "--foreground-radius", type=int, default=90, help="blur size of the foreground estimation's first pass"
+    )
 
 
 def add_serve_parser(sub) -> None:
-    srv = sub.add_parser("serve", help="a local HTTP server: POST an image, get its mask or cut-out PNG back "
-                                       "(image editors, scripts; extra `server`)")
-    srv.add_argument("--weights", help="weights to serve: a file or a known name (downloaded); default: "
-                                       "$BIREFNET_WEIGHTS or the embedded demo model")
-    srv.add_argument("--host", default="127.0.0.1",
-                     help="address to listen on (default %(default)s; any other needs --allow-remote and a token)")
+    srv = sub.add_parser(
+        "serve",
+        help="a local HTTP server: POST an image, get its mask or cut-out PNG back "
+        "(image editors, scripts; extra `server`)",
+    )
+    srv.add_argument(
+        "--weights",
+        help="weights to serve: a file or a known name (downloaded); default: "
+        "$BIREFNET_WEIGHTS or the embedded demo model",
+    )
+    srv.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default %(default)s; any other needs --allow-remote and a token)",
+    )
     srv.add_argument("--port", type=int, default=7853, help="default %(default)s")
     srv.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     srv.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16")
-    srv.add_argument("--token", help="require `Authorization: Bearer TOKEN` on every request "
-                                     "(default: $BIREFNET_SERVER_TOKEN)")
-    srv.add_argument("--allow-remote", action="store_true",
-                     help="allow --host to be a non-loopback address (other machines can connect; needs a token)")
-    srv.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
-                     help="let web pages of this origin (e.g. https://example.com) call the server; repeatable")
-    srv.add_argument("--max-upload-mb", type=positive(float), default=100.0,
-                     help="largest upload (default %(default)g)")
-    srv.add_argument("--max-megapixels-in", type=positive(float), default=100.0,
-                     help="largest image accepted, in decoded megapixels (default %(default)g)")
-    srv.add_argument("--max-queue", type=positive(int), default=64,
-                     help="requests waiting for the model at most; more get 503 (default %(default)s)")
-    srv.add_argument("--allow-weights", action="append", default=[], metavar="FILE_DIR_OR_NAME",
-                     help="weights clients may pick with the `weights` field: a file, a folder of files, or a "
-                          "known name (downloaded); repeatable")
+    srv.add_argument(
+        "--token", help="require `Authorization: Bearer TOKEN` on every request (default: $BIREFNET_SERVER_TOKEN)"
+    )
+    srv.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow --host to be a non-loopback address (other machines can connect; needs a token)",
+    )
+    srv.add_argument(
+        "--cors",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let web pages of this origin (e.g. https://example.com) call the server; repeatable",
+    )
+    srv.add_argument(
+        "--max-upload-mb", type=positive(float), default=100.0, help="largest upload (default %(default)g)"
+    )
+    srv.add_argument(
+        "--max-megapixels-in",
+        type=positive(float),
+        default=100.0,
+        help="largest image accepted, in decoded megapixels (default %(default)g)",
+    )
+    srv.add_argument(
+        "--max-queue",
+        type=positive(int),
+        default=64,
+        help="requests waiting for the model at most; more get 503 (default %(default)s)",
+    )
+    srv.add_argument(
+        "--allow-weights",
+        action="append",
+        default=[],
+        metavar="FILE_DIR_OR_NAME",
+        help="weights clients may pick with the `weights` field: a file, a folder of files, or a "
+        "known name (downloaded); repeatable",
+    )
     srv.set_defaults(func=cmd_serve)
 
 
@@ -357,33 +485,72 @@ def build_parser() -> argparse.ArgumentParser:
     seg = sub.add_parser("segment", help="write a mask PNG (and optionally an RGBA cut-out) per image")
     seg.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
     seg.add_argument("--out", required=True, help="output folder (mirrors the input folders)")
-    seg.add_argument("--weights", help="weight file (.safetensors/.pth) or a known name from `birefnet list` (e.g. "
-                     "general, hr, lite); default: $BIREFNET_WEIGHTS or the embedded demo model")
-    seg.add_argument("--download", action="store_true",
-                     help="download --weights NAME now if it is not downloaded yet (Hugging Face cache)")
-    seg.add_argument("--accept-license", metavar="LICENCE",
-                     help="with --download: accept a non-commercial licence by its id (RMBG-2.0: CC-BY-NC-4.0)")
-    seg.add_argument("--resolution", type=parse_resolution, default=None,
-                     help="native (checkpoint default), aspect, 1024, or WIDTHxHEIGHT (multiples of 32)")
-    seg.add_argument("--max-megapixels", type=positive(float), default=None, help="cap on the working size (aspect mode: its area)")
-    seg.add_argument("--highres", action="store_true",
-                     help="coarse to fine for large images (4K+): a pass on the whole image finds the object, "
-                          "a second pass re-segments its region at up to --fine-megapixels")
-    seg.add_argument("--fine-megapixels", type=positive(float), default=DEFAULT_FINE_MEGAPIXELS,
-                     help="memory cap of the --highres fine pass (working area; default %(default).1f)")
-    seg.add_argument("--compile", action="store_true",
-                     help="torch.compile the model: a few %% faster per image after a warm-up of minutes "
-                          "(and one more per new working size); for long batch jobs")
+    seg.add_argument(
+        "--weights",
+        help="weight file (.safetensors/.pth) or a known name from `birefnet list` (e.g. "
+        "general, hr, lite); default: $BIREFNET_WEIGHTS or the embedded demo model",
+    )
+    seg.add_argument(
+        "--download",
+        action="store_true",
+        help="download --weights NAME now if it is not downloaded yet (Hugging Face cache)",
+    )
+    seg.add_argument(
+        "--accept-license",
+        metavar="LICENCE",
+        help="with --download: accept a non-commercial licence by its id (RMBG-2.0: CC-BY-NC-4.0)",
+    )
+    seg.add_argument(
+        "--resolution",
+        type=parse_resolution,
+        default=None,
+        help="native (checkpoint default), aspect, 1024, or WIDTHxHEIGHT (multiples of 32)",
+    )
+    seg.add_argument(
+        "--max-megapixels", type=positive(float), default=None, help="cap on the working size (aspect mode: its area)"
+    )
+    seg.add_argument(
+        "--highres",
+        action="store_true",
+        help="coarse to fine for large images (4K+): a pass on the whole image finds the object, "
+        "a second pass re-segments its region at up to --fine-megapixels",
+    )
+    seg.add_argument(
+        "--fine-megapixels",
+        type=positive(float),
+        default=DEFAULT_FINE_MEGAPIXELS,
+        help="memory cap of the --highres fine pass (working area; default %(default).1f)",
+    )
+    seg.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model: a few %% faster per image after a warm-up of minutes "
+        "(and one more per new working size); for long batch jobs",
+    )
     seg.add_argument("--cutout", action="store_true", help="also write <name>_cutout.png with the mask as alpha")
     seg.add_argument("--batch-size", type=positive(int), default=1)
-    seg.add_argument("--box", action="append", type=box_argument, metavar="X,Y,W,H",
-                     help="segment only the object in this box (pixels; repeat for several objects: the mask holds "
-                          "them all and <name>_objectN.png each one); outside the boxes the mask is 0")
-    seg.add_argument("--video", action="store_true",
-                     help="video inputs: also write OUT/<clip>_mask.mp4 (with --cutout also <clip>_cutout.mov, ProRes 4444 with alpha)")
-    seg.add_argument("--temporal", type=fraction, default=0.0, metavar="S",
-                     help="video inputs: temporal stability from 0 (off, default) to 1 (strongest); smooths only where "
-                          "the image does not change")
+    seg.add_argument(
+        "--box",
+        action="append",
+        type=box_argument,
+        metavar="X,Y,W,H",
+        help="segment only the object in this box (pixels; repeat for several objects: the mask holds "
+        "them all and <name>_objectN.png each one); outside the boxes the mask is 0",
+    )
+    seg.add_argument(
+        "--video",
+        action="store_true",
+        help="video inputs: also write OUT/<clip>_mask.mp4 "
+        "(with --cutout also <clip>_cutout.mov, ProRes 4444 with alpha)",
+    )
+    seg.add_argument(
+        "--temporal",
+        type=fraction,
+        default=0.0,
+        metavar="S",
+        help="video inputs: temporal stability from 0 (off, default) to 1 (strongest); smooths only where "
+        "the image does not change",
+    )
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     add_refinement_flags(seg)
     seg.set_defaults(func=cmd_segment)
@@ -397,40 +564,60 @@ def build_parser() -> argparse.ArgumentParser:
 
     down = sub.add_parser("download", help="download known checkpoints (resumable; Hugging Face cache or --dir)")
     down.add_argument("names", nargs="+", help="short names from `birefnet list` (general, lite, hr, ...)")
-    down.add_argument("--dir", help="put the file here as <name>.safetensors instead of the Hugging Face cache "
-                                    "(e.g. ComfyUI/models/birefnet)")
-    down.add_argument("--accept-license", metavar="LICENCE",
-                      help="accept a non-commercial licence by its id (RMBG-2.0: CC-BY-NC-4.0)")
+    down.add_argument(
+        "--dir",
+        help="put the file here as <name>.safetensors instead of the Hugging Face cache (e.g. ComfyUI/models/birefnet)",
+    )
+    down.add_argument(
+        "--accept-license", metavar="LICENCE", help="accept a non-commercial licence by its id (RMBG-2.0: CC-BY-NC-4.0)"
+    )
     down.set_defaults(func=cmd_download)
 
     exp = sub.add_parser("export", help="write an ONNX file or OpenVINO IR for deployment (batch size free)")
     exp.add_argument("weights", help="weight file or a known name (downloaded)")
     exp.add_argument("--out", required=True, help="model.onnx, or model.xml for OpenVINO IR (never overwritten)")
     exp.add_argument("--format", choices=("onnx", "openvino"), help="default: from --out's extension")
-    exp.add_argument("--size", type=export_size, default=None,
-                     help="working size WIDTHxHEIGHT or 1024 (multiples of 32); default: the checkpoint's")
+    exp.add_argument(
+        "--size",
+        type=export_size,
+        default=None,
+        help="working size WIDTHxHEIGHT or 1024 (multiples of 32); default: the checkpoint's",
+    )
     exp.add_argument("--dtype", default="fp32", help="fp32, or fp16 (ONNX: for GPU runtimes; OpenVINO: fp16 weights)")
-    exp.add_argument("--dynamic-size", action="store_true",
-                     help="ONNX: leave height and width free too (any multiple of 32; a fixed size runs faster)")
+    exp.add_argument(
+        "--dynamic-size",
+        action="store_true",
+        help="ONNX: leave height and width free too (any multiple of 32; a fixed size runs faster)",
+    )
     exp.add_argument("--download", action="store_true", help="download a known name first if needed")
     exp.add_argument("--accept-license", metavar="LICENCE", help="with --download: accept a non-commercial licence")
     exp.set_defaults(func=cmd_export)
 
     add_serve_parser(sub)
 
-    krita = sub.add_parser("krita-plugin", help="write the Krita plug-in as a zip for Krita's "
-                                                "Tools > Scripts > Import Python Plugin from File")
+    krita = sub.add_parser(
+        "krita-plugin",
+        help="write the Krita plug-in as a zip for Krita's Tools > Scripts > Import Python Plugin from File",
+    )
     krita.add_argument("--out", required=True, help="the zip file to write (never overwritten)")
     krita.set_defaults(func=cmd_krita_plugin)
 
     for p in (seg, info, exp):
-        p.add_argument("--tile-layout", choices=("current", "legacy"), default=None,
-                       help="override the inward-reference tile layout (default: chosen per checkpoint)")
+        p.add_argument(
+            "--tile-layout",
+            choices=("current", "legacy"),
+            default=None,
+            help="override the inward-reference tile layout (default: chosen per checkpoint)",
+        )
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     seg.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16")
-    seg.add_argument("--backend", choices=("torch", "openvino"), default="torch",
-                     help="openvino: the fastest CPU runtime (extra `openvino`); converts once per working size "
-                          "(minutes), cached for later runs")
+    seg.add_argument(
+        "--backend",
+        choices=("torch", "openvino"),
+        default="torch",
+        help="openvino: the fastest CPU runtime (extra `openvino`); converts once per working size "
+        "(minutes), cached for later runs",
+    )
     return parser
 
 

@@ -6,6 +6,7 @@ stage's size, stacked on channels and encoded by `ipt_blk*`. Outward reference:
 gates the stage output; in training `gdt_convs_pred_k` is supervised with the image
 Laplacian times the stage's side output.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -90,8 +91,9 @@ NECK_CHANNELS = (3072, 1536, 768, 384)
 
 
 class Decoder(nn.Module):
-    def __init__(self, channels: list[int], norm: NormFactory, tile_layout: str = "current",
-                 pyramid_neck: bool = False):
+    def __init__(
+        self, channels: list[int], norm: NormFactory, tile_layout: str = "current", pyramid_neck: bool = False
+    ):
         """channels: [c0, c1, c2, c3], deepest first, after the multi-scale concatenation.
         pyramid_neck: the features all have one stride (a ViT); `pyramid_neck_x1..x4` resample
         them to strides 4, 8, 16, 32 and project them to `NECK_CHANNELS`."""
@@ -149,8 +151,10 @@ class Decoder(nn.Module):
         out = DecoderOutput(logits=None)
         if self.pyramid_neck:
             h, w = image.shape[-2:]
-            x1, x2, x3, x4 = (getattr(self, f"pyramid_neck_x{k}")(interp(x, (h // 2 ** (k + 1), w // 2 ** (k + 1))))
-                              for k, x in zip((1, 2, 3, 4), (x1, x2, x3, x4)))
+            x1, x2, x3, x4 = (
+                getattr(self, f"pyramid_neck_x{k}")(interp(x, (h // 2 ** (k + 1), w // 2 ** (k + 1))))
+                for k, x in zip((1, 2, 3, 4), (x1, x2, x3, x4))
+            )
         p4 = self.decoder_block4(torch.cat([x4, self._inward(self.ipt_blk5, image, x4.shape[-2:])], dim=1))
         p4 = self._stage(4, p4, out, details)
         p3 = interp(p4, x3.shape[-2:]) + self.lateral_block4(x3)

@@ -8,6 +8,7 @@ then a GEMM. `deform_conv2d_banded` samples all taps of a band of output rows wi
 2.5-3x faster on the CPU. `deform_conv2d_reference` (one `grid_sample` + 1x1 conv per tap)
 has the cheapest backward and serves CPU training.
 """
+
 from __future__ import annotations
 
 import torch
@@ -65,8 +66,13 @@ def deform_conv2d_reference(
     source = x.float()
     out = None
     for tap in range(kh * kw):
-        sampled = F.grid_sample(source, grid[:, tap].view(batch, out_h, out_w, 2), mode="bilinear",
-                                padding_mode="zeros", align_corners=False)
+        sampled = F.grid_sample(
+            source,
+            grid[:, tap].view(batch, out_h, out_w, 2),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=False,
+        )
         if mask is not None:
             sampled = sampled * mask[:, tap : tap + 1]
         ky, kx = divmod(tap, kw)
@@ -103,8 +109,9 @@ def deform_conv2d_banded(
         rows = slice(start, min(start + band, out_h))
         grid = _sample_grid(offset, kh, kw, padding, height, width, rows)
         for i in range(batch):
-            cols = F.grid_sample(source[i : i + 1], grid[i : i + 1], mode="bilinear", padding_mode="zeros",
-                                 align_corners=False)  # (1, C, taps, pixels)
+            cols = F.grid_sample(
+                source[i : i + 1], grid[i : i + 1], mode="bilinear", padding_mode="zeros", align_corners=False
+            )  # (1, C, taps, pixels)
             if mask is not None:
                 cols = cols * mask[i, :, rows].reshape(taps, -1)
             cols = cols.view(channels * taps, -1).to(weight.dtype)
@@ -144,9 +151,14 @@ def deform_conv2d(
         if upcast not in _TORCHVISION_UNSUPPORTED:
             # No kernel for this dtype (bf16 on CUDA): the float32 kernel beats the grid_sample forms on GPUs.
             try:
-                out = _tv_deform_conv2d(x.float(), offset.float(), weight.float(), padding=(padding, padding),
-                                        mask=None if mask is None else mask.float(),
-                                        bias=None if bias is None else bias.float())
+                out = _tv_deform_conv2d(
+                    x.float(),
+                    offset.float(),
+                    weight.float(),
+                    padding=(padding, padding),
+                    mask=None if mask is None else mask.float(),
+                    bias=None if bias is None else bias.float(),
+                )
                 return out.to(x.dtype)
             except (RuntimeError, NotImplementedError):
                 _TORCHVISION_UNSUPPORTED.add(upcast)

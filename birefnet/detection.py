@@ -1,6 +1,7 @@
 """Which BiRefNet a set of weights is: backbone, BatchNorm, tile layout and working size, from the
 weights themselves (key names and shapes), a file's metadata and the known-checkpoint table; never
 from a file name alone. Variants this library cannot run exactly are refused in one line."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,12 @@ import torch
 
 from . import backbones
 from .checkpoint_files import (
-    METADATA_LAYOUT, METADATA_RESOLUTION, SAFETENSORS_SUFFIXES, read_checkpoint, strip_prefixes, weight_file,
+    METADATA_LAYOUT,
+    METADATA_RESOLUTION,
+    SAFETENSORS_SUFFIXES,
+    read_checkpoint,
+    strip_prefixes,
+    weight_file,
 )
 from .errors import CheckpointError
 from .model import BiRefNetConfig
@@ -28,12 +34,15 @@ def inspect_checkpoint(source) -> BiRefNetConfig:
     try:
         with safe_open(str(path), framework="pt") as f:
             slices = {k: f.get_slice(k) for k in f.keys()}
-            meta = {k: torch.empty(v.get_shape(), dtype=dtypes.get(v.get_dtype(), torch.float32), device="meta")
-                    for k, v in slices.items()}
+            meta = {
+                k: torch.empty(v.get_shape(), dtype=dtypes.get(v.get_dtype(), torch.float32), device="meta")
+                for k, v in slices.items()
+            }
     except Exception:
-        raise CheckpointError(f"{path}: not a readable safetensors file; it is truncated or corrupt, download it again") from None
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file; it is truncated or corrupt, download it again"
+        ) from None
     return detect_config(strip_prefixes(meta), str(path))
-
 
 
 def detect_backbone(state_dict: Mapping[str, torch.Tensor], where: str = "<state dict>") -> str:
@@ -63,7 +72,6 @@ def detect_config(state_dict: Mapping[str, torch.Tensor], where: str = "<state d
         raise CheckpointError(f"{where}: inward reference without image tiles (dec_ipt_split=False) is not supported")
     batch_norm = "squeeze_module.0.bn_in.running_mean" in state_dict
     return BiRefNetConfig(backbone=backbone, batch_norm=batch_norm)
-
 
 
 def file_dtype(state_dict) -> torch.dtype | None:

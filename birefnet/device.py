@@ -1,5 +1,6 @@
 """Device and precision choice, checked before anything is loaded: an unavailable device is one line
 of error, not a traceback from deep inside torch."""
+
 from __future__ import annotations
 
 import torch
@@ -42,9 +43,16 @@ def parse_dtype(dtype) -> torch.dtype:
     """torch.dtype or a name: fp32/float32, fp16/float16/half, bf16/bfloat16."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-             "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    names = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "float": torch.float32,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+    }
     try:
         return names[str(dtype).lower()]
     except KeyError:

@@ -5,6 +5,7 @@ inputs are listed and their output names chosen before sharding, so every input 
 exactly once and lands where a single process would write it. Counts are summed over the
 processes (gloo: CPU-only machines too) for one summary at the end.
 """
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ after a sigmoid. The file's metadata says all of that (`birefnet.*` keys), so a 
 needs nothing else. onnxruntime/onnx/onnxscript (extra `onnx`) and openvino (extra
 `openvino`) are imported only here, when asked for.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,8 @@ import torch
 from . import __version__
 from .extras import require
 from .fastpath import plain_graph
-from .inference import IMAGENET_MEAN, IMAGENET_STD
 from .files import current_umask
+from .inference import IMAGENET_MEAN, IMAGENET_STD
 
 FORMATS = ("onnx", "openvino")
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
@@ -59,7 +60,9 @@ def check_target(path, fmt: str) -> Path:
     """The output path, if it has the format's extension and does not exist yet (checked before any work)."""
     path = Path(path)
     if path.suffix.lower() != SUFFIXES[fmt]:
-        raise ValueError(f"{path}: a {fmt} export is written as a {SUFFIXES[fmt]} file; choose --out NAME{SUFFIXES[fmt]}")
+        raise ValueError(
+            f"{path}: a {fmt} export is written as a {SUFFIXES[fmt]} file; choose --out NAME{SUFFIXES[fmt]}"
+        )
     for existing in (path, path.with_suffix(".bin") if fmt == "openvino" else path):
         if existing.exists():
             raise ValueError(f"{existing} exists; choose another --out or delete it (exports never overwrite a file)")
@@ -78,7 +81,9 @@ def _check_size(model, size) -> tuple[int, int]:
 @contextmanager
 def _quiet():
     """Exporters report every traced shape guard and ambiguous attribute; only errors matter here."""
-    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo")]
+    loggers = [
+        logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo")
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -95,11 +100,34 @@ def _deform_conv_translation():
     """torchvision::deform_conv2d as ONNX DeformConv (same argument order but for offset/weight)."""
     from onnxscript import opset19 as op
 
-    def deform_conv2d(input, weight, offset, mask, bias, stride_h: int, stride_w: int, pad_h: int, pad_w: int,
-                      dil_h: int, dil_w: int, n_weight_grps: int, n_offset_grps: int, use_mask: bool):
-        return op.DeformConv(input, weight, offset, bias, mask, strides=[stride_h, stride_w],
-                             pads=[pad_h, pad_w, pad_h, pad_w], dilations=[dil_h, dil_w],
-                             group=n_weight_grps, offset_group=n_offset_grps)
+    def deform_conv2d(
+        input,
+        weight,
+        offset,
+        mask,
+        bias,
+        stride_h: int,
+        stride_w: int,
+        pad_h: int,
+        pad_w: int,
+        dil_h: int,
+        dil_w: int,
+        n_weight_grps: int,
+        n_offset_grps: int,
+        use_mask: bool,
+    ):
+        return op.DeformConv(
+            input,
+            weight,
+            offset,
+            bias,
+            mask,
+            strides=[stride_h, stride_w],
+            pads=[pad_h, pad_w, pad_h, pad_w],
+            dilations=[dil_h, dil_w],
+            group=n_weight_grps,
+            offset_group=n_offset_grps,
+        )
 
     return {torch.ops.torchvision.deform_conv2d.default: deform_conv2d}
 
@@ -115,21 +143,33 @@ def export_onnx(model, path, size: tuple[int, int], *, dynamic_size: bool = Fals
     height, width = _check_size(model, size)
     dims = {0: torch.export.Dim("batch")}
     if dynamic_size:
-        dims.update({2: 32 * torch.export.Dim("height32", min=2, max=512), 3: 32 * torch.export.Dim("width32", min=2, max=512)})
+        dims.update(
+            {2: 32 * torch.export.Dim("height32", min=2, max=512), 3: 32 * torch.export.Dim("width32", min=2, max=512)}
+        )
     model = model.eval()
     try:
         with torch.no_grad(), plain_graph(), _quiet():
             # A free size is traced at 352x480, whose 11 and 15 stride-32 cells cannot be mistaken for the
             # batch of 2 (equal example sizes get merged into one symbol).
             example = _example(model, (352, 480) if dynamic_size else (height, width))
-            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET,
-                                        input_names=["image"], output_names=["logits"], dynamic_shapes={"x": dims},
-                                        custom_translation_table=_deform_conv_translation(), verbose=False,
-                                        report=False)
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_shapes={"x": dims},
+                custom_translation_table=_deform_conv_translation(),
+                verbose=False,
+                report=False,
+            )
     except Exception as err:
         if dynamic_size:
-            raise ValueError(f"{model.config.backbone} does not export with a free height and width "
-                             f"({type(err).__name__}); export without --dynamic-size (one file per working size)") from None
+            raise ValueError(
+                f"{model.config.backbone} does not export with a free height and width "
+                f"({type(err).__name__}); export without --dynamic-size (one file per working size)"
+            ) from None
         raise
     program.model.metadata_props.update(metadata(model, (height, width), next(model.parameters()).dtype))
     # height/width: the working size the checkpoint was made for; with a free size, any multiple of 32 runs.
@@ -182,12 +222,17 @@ def export_openvino(model, path, size: tuple[int, int], *, compress_to_fp16: boo
     compress_to_fp16 stores the weights in fp16 (half the file; computed in the runtime's precision)."""
     path = check_target(path, "openvino")
     converted = to_openvino(model, size)
-    return save_openvino(converted, path, metadata(model, size, torch.float16 if compress_to_fp16 else torch.float32),
-                         compress_to_fp16=compress_to_fp16)
+    return save_openvino(
+        converted,
+        path,
+        metadata(model, size, torch.float16 if compress_to_fp16 else torch.float32),
+        compress_to_fp16=compress_to_fp16,
+    )
 
 
-def export(model, path, fmt: str, size: tuple[int, int], *, dtype: torch.dtype = torch.float32,
-           dynamic_size: bool = False) -> Path:
+def export(
+    model, path, fmt: str, size: tuple[int, int], *, dtype: torch.dtype = torch.float32, dynamic_size: bool = False
+) -> Path:
     """`export_onnx` or `export_openvino` by `fmt` ("onnx" or "openvino").
 
     dtype: float32, or float16 (ONNX: an fp16 graph for GPU runtimes such as onnxruntime's CUDA
@@ -196,7 +241,9 @@ def export(model, path, fmt: str, size: tuple[int, int], *, dtype: torch.dtype =
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use {' or '.join(FORMATS)}")
     if dtype not in (torch.float32, torch.float16):
-        raise ValueError(f"export dtype {dtype}: use fp32 or fp16 (bf16 is a runtime choice: OpenVINO's precision hint)")
+        raise ValueError(
+            f"export dtype {dtype}: use fp32 or fp16 (bf16 is a runtime choice: OpenVINO's precision hint)"
+        )
     if fmt == "onnx":
         return export_onnx(model.to(dtype=dtype), path, size, dynamic_size=dynamic_size)
     if dynamic_size:

@@ -1,4 +1,5 @@
 """Optional dependencies: imported only by the feature that needs them, named in one line when missing."""
+
 from __future__ import annotations
 
 import importlib
@@ -9,4 +10,6 @@ def require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ValueError(f"{module} is not installed; install the extra: pip install 'birefnet-toolkit[{extra}]'") from None
+        raise ValueError(
+            f"{module} is not installed; install the extra: pip install 'birefnet-toolkit[{extra}]'"
+        ) from None

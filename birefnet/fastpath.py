@@ -8,6 +8,7 @@ and exporters should not see. The plain graph is the official module graph built
 standard ops and `torchvision.ops.deform_conv2d`: training always runs it, and
 `with plain_graph():` asks for it in eval mode too (ONNX/OpenVINO export, equivalence tests).
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager

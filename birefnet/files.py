@@ -1,4 +1,5 @@
 """File helpers: atomic writes and image reading that never leaves half-written files."""
+
 from __future__ import annotations
 
 import os
@@ -66,6 +67,7 @@ def output_paths(relatives: list[Path], cutouts: bool) -> list[tuple[Path, Path]
     `x.png`, or `a_cutout.jpg` beside `a.jpg` with cut-outs) keep their extension in the name
     (`x_jpg.png`), and a counter settles anything left.
     """
+
     def pair(rel: Path, stem: str) -> tuple[Path, Path]:
         return rel.parent / f"{stem}.png", rel.parent / f"{stem}_cutout.png"
 
@@ -77,8 +79,10 @@ def output_paths(relatives: list[Path], cutouts: bool) -> list[tuple[Path, Path]
     for p in plan:
         for name in names(p):
             counts[name] = counts.get(name, 0) + 1
-    plan = [pair(rel, f"{rel.stem}_{rel.suffix.lstrip('.').lower()}") if any(counts[n] > 1 for n in names(p)) else p
-            for rel, p in zip(relatives, plan)]
+    plan = [
+        pair(rel, f"{rel.stem}_{rel.suffix.lstrip('.').lower()}") if any(counts[n] > 1 for n in names(p)) else p
+        for rel, p in zip(relatives, plan)
+    ]
     taken: set[str] = set()
     for i, (rel, p) in enumerate(zip(relatives, plan)):
         number = 1

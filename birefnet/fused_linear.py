@@ -1,4 +1,5 @@
 """Linear layers with their GELU or residual add fused in, on the CPU's oneDNN (the Swin blocks' hot path)."""
+
 from __future__ import annotations
 
 import torch
@@ -6,11 +7,12 @@ import torch.nn.functional as F
 
 from .fastpath import shortcuts
 
-
 _ONEDNN_LINEAR_FAILED: set[tuple[str, torch.dtype]] = set()
 
 
-def linear(x: torch.Tensor, layer: torch.nn.Linear, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+def linear(
+    x: torch.Tensor, layer: torch.nn.Linear, gelu: bool = False, residual: torch.Tensor | None = None
+) -> torch.Tensor:
     """`layer(x)`, then optionally exact GELU, or `residual +` it.
 
     With the inference shortcuts on (`fastpath.shortcuts`), the CPU runs it as one oneDNN

@@ -9,12 +9,14 @@ network's input, and outside the boxes (a region's box: its bounding box) the ma
 needs context around the object: the default margin of half the box on each side scored best
 on a small object in a 4K frame (IoU 0.22 at 0.1, 0.63 at 0.25, 0.80 at 0.5, 0.71 at 1.0).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from .inference import segment, to_rgb_tensor
+
 
 def parse_box(text: str) -> tuple[int, int, int, int]:
     """'x,y,w,h' in pixels -> (x, y, w, h)."""
@@ -32,8 +34,10 @@ def mask_regions(region: torch.Tensor) -> list[tuple[int, int, int, int]]:
     from scipy import ndimage
 
     labels, _ = ndimage.label(region.float().cpu().numpy() > 0.5, structure=[[1, 1, 1]] * 3)
-    boxes = [(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
-             for rows, cols in ndimage.find_objects(labels)]
+    boxes = [
+        (cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+        for rows, cols in ndimage.find_objects(labels)
+    ]
     return sorted(boxes, key=lambda b: -b[2] * b[3])
 
 
@@ -43,8 +47,9 @@ def clip_box(box, height: int, width: int) -> tuple[int, int, int, int]:
     top, left = max(0, y), max(0, x)
     bottom, right = min(height, y + h), min(width, x + w)
     if bottom <= top or right <= left:
-        raise ValueError(f"box {x},{y},{w},{h} lies outside the {width}x{height} image; boxes are x,y,w,h in "
-                         "pixels of the image")
+        raise ValueError(
+            f"box {x},{y},{w},{h} lies outside the {width}x{height} image; boxes are x,y,w,h in pixels of the image"
+        )
     return top, left, bottom, right
 
 
@@ -64,8 +69,16 @@ def inside_boxes(boxes, height: int, width: int) -> torch.Tensor:
     return inside
 
 
-def segment_regions(model, image, *, boxes=(), region: torch.Tensor | None = None, margin: float = 0.5,
-                    resolution=None, max_megapixels: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def segment_regions(
+    model,
+    image,
+    *,
+    boxes=(),
+    region: torch.Tensor | None = None,
+    margin: float = 0.5,
+    resolution=None,
+    max_megapixels: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(combined (H, W), objects (N, H, W)) masks in [0, 1] for the objects in `boxes` ((x, y, w, h)
     in pixels) and in the connected regions of `region` ((H, W), > 0.5 inside). Each is segmented
     alone in its box grown by `margin` (a fraction of its size) and kept inside its box only: outside
@@ -76,8 +89,9 @@ def segment_regions(model, image, *, boxes=(), region: torch.Tensor | None = Non
     if region is not None:
         region = region.squeeze()
         if region.shape != (height, width):
-            region = F.interpolate(region.float()[None, None], size=(height, width), mode="bilinear",
-                                   align_corners=False)[0, 0]
+            region = F.interpolate(
+                region.float()[None, None], size=(height, width), mode="bilinear", align_corners=False
+            )[0, 0]
     found = list(boxes) + (mask_regions(region) if region is not None else [])
     if not found:
         raise ValueError("guided segmentation needs at least one box or a region mask with something in it")
@@ -85,7 +99,8 @@ def segment_regions(model, image, *, boxes=(), region: torch.Tensor | None = Non
     kept = [clip_box(box, height, width) for box in found]  # every box checked before the first forward pass
     for i, (box, (top, left, bottom, right)) in enumerate(zip(found, kept)):
         ctop, cleft, cbottom, cright = _grown(box, margin, height, width)
-        context = segment(model, rgb[:, ctop:cbottom, cleft:cright], resolution=resolution,
-                          max_megapixels=max_megapixels)
+        context = segment(
+            model, rgb[:, ctop:cbottom, cleft:cright], resolution=resolution, max_megapixels=max_megapixels
+        )
         objects[i, top:bottom, left:right] = context[top - ctop : bottom - ctop, left - cleft : right - cleft]
     return objects.amax(dim=0), objects

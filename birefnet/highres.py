@@ -8,6 +8,7 @@ replaces the coarse one inside the region, feathered over the margin so there is
 Memory is that of one pass at the capped size plus a few float maps of the image, whatever
 the image size.
 """
+
 from __future__ import annotations
 
 import math
@@ -112,8 +113,10 @@ def segment_highres(
         crop = rgb[None, :, top:bottom, left:right]
         fine = resize(predict(model, resize(crop, plan.fine_size)).cpu(), (bottom - top, right - left))[0, 0]
         feather = max(8, round(margin * max(height, width)))
-        weight = (_ramp(bottom - top, feather, top > 0, bottom < height)[:, None]
-                  * _ramp(right - left, feather, left > 0, right < width)[None, :])
+        weight = (
+            _ramp(bottom - top, feather, top > 0, bottom < height)[:, None]
+            * _ramp(right - left, feather, left > 0, right < width)[None, :]
+        )
         region = mask[top:bottom, left:right]
         region += weight * (fine.clamp(0, 1) - region)
     if callback is not None:

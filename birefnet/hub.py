@@ -5,6 +5,7 @@ Hub's own cache (or copied into a folder of the caller's), and checked by readin
 header and detecting its variant before it is used. Nothing is downloaded unless `download`
 is called; `cached_file` only looks.
 """
+
 from __future__ import annotations
 
 import os
@@ -124,7 +125,11 @@ def _fetch(hub, known: KnownCheckpoint, staging: Path | None, tqdm_class, target
     import inspect
 
     # huggingface_hub < 1.2 (older ComfyUI installs) has no tqdm_class: its own bar is shown instead
-    bar = {"tqdm_class": tqdm_class} if tqdm_class and "tqdm_class" in inspect.signature(hub.hf_hub_download).parameters else {}
+    bar = (
+        {"tqdm_class": tqdm_class}
+        if tqdm_class and "tqdm_class" in inspect.signature(hub.hf_hub_download).parameters
+        else {}
+    )
     try:
         return Path(hub.hf_hub_download(known.repo, known.filename, revision=known.revision, local_dir=staging, **bar))
     except hub.errors.GatedRepoError:
@@ -150,4 +155,3 @@ def _failed(known: KnownCheckpoint, target: Path | None, why: str) -> Checkpoint
         f"cannot download {known.name} ({why}); get {known.url} by other means and save it as "
         f"{place / known.file_name}, then pass that file as the weights"
     )
-

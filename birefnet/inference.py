@@ -7,10 +7,11 @@ antialiasing (as torchvision/PIL do on the HF model card), normalised with Image
 statistics, run through the model; the sigmoid probabilities are resized back to the
 original size with bilinear filtering (antialiased when shrinking) and kept as floats.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -62,9 +63,7 @@ def to_rgb_tensor(image) -> torch.Tensor:
     return colour.clamp(0, 1)
 
 
-def working_size(
-    height: int, width: int, resolution=None, max_megapixels: float | None = None
-) -> tuple[int, int]:
+def working_size(height: int, width: int, resolution=None, max_megapixels: float | None = None) -> tuple[int, int]:
     """Network input size (multiples of 32) for an image of `height` x `width`.
 
     resolution: int or (height, width) for a fixed size; "aspect" to keep the aspect ratio
@@ -81,7 +80,9 @@ def working_size(
     h, w = (int(v) for v in resolution)
     if h < MIN_SIZE or w < MIN_SIZE or h % 32 or w % 32:
         nearest = lambda v: max(MIN_SIZE, round(v / 32) * 32)
-        raise ValueError(f"resolution {w}x{h} (WxH) must be multiples of 32, at least {MIN_SIZE}, e.g. {nearest(w)}x{nearest(h)}")
+        raise ValueError(
+            f"resolution {w}x{h} (WxH) must be multiples of 32, at least {MIN_SIZE}, e.g. {nearest(w)}x{nearest(h)}"
+        )
     if max_megapixels and h * w > max_megapixels * 1e6:
         scale = math.sqrt(max_megapixels * 1e6 / (h * w))
         h, w = max(MIN_SIZE, int(h * scale) // 32 * 32), max(MIN_SIZE, int(w * scale) // 32 * 32)
@@ -157,12 +158,18 @@ def segment(
     start = 0
     while start < len(order):
         group = [order[start]]
-        while len(group) < batch_size and start + len(group) < len(order) and sizes[order[start + len(group)]] == sizes[group[0]]:
+        while (
+            len(group) < batch_size
+            and start + len(group) < len(order)
+            and sizes[order[start + len(group)]] == sizes[group[0]]
+        ):
             group.append(order[start + len(group)])
         batch = torch.stack([resize(tensors[i][None], sizes[i])[0] for i in group])
         probs = predict(model, batch).cpu()
         for row, i in enumerate(group):
-            masks[i] = resize(probs[row : row + 1], tensors[i].shape[1:])[0, 0].clamp(0, 1)  # a normal tensor, not an inference one
+            masks[i] = resize(probs[row : row + 1], tensors[i].shape[1:])[0, 0].clamp(
+                0, 1
+            )  # a normal tensor, not an inference one
         start += len(group)
         done += len(group)
         if callback is not None:

@@ -1,6 +1,7 @@
 """The Krita plug-in (editors/krita) as the zip Krita's "Tools > Scripts > Import Python Plugin from File"
 takes: `birefnet_krita.desktop` beside the `birefnet_krita/` package, with a directory entry for every
 folder (Krita's importer finds the package by its directory entry) and no compiled files."""
+
 from __future__ import annotations
 
 import io
@@ -19,8 +20,10 @@ def plugin_dir() -> Path:
     for candidate in (package / "editors" / "krita", package.parent / "editors" / "krita"):
         if (candidate / f"{PLUGIN_NAME}.desktop").is_file() and (candidate / PLUGIN_NAME / "__init__.py").is_file():
             return candidate
-    raise FileNotFoundError(f"the Krita plug-in files (editors/krita/{PLUGIN_NAME}) are missing from this "
-                            "installation; reinstall birefnet-toolkit or run from a clone of the repository")
+    raise FileNotFoundError(
+        f"the Krita plug-in files (editors/krita/{PLUGIN_NAME}) are missing from this "
+        "installation; reinstall birefnet-toolkit or run from a clone of the repository"
+    )
 
 
 def _wanted(path: Path) -> bool:
@@ -34,8 +37,11 @@ def zip_bytes() -> bytes:
     entries = [package] + sorted(p for p in package.rglob("*") if _wanted(p.relative_to(root)))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(zipfile.ZipInfo(f"{PLUGIN_NAME}.desktop", _FIXED_TIME),
-                         (root / f"{PLUGIN_NAME}.desktop").read_bytes(), zipfile.ZIP_DEFLATED)
+        archive.writestr(
+            zipfile.ZipInfo(f"{PLUGIN_NAME}.desktop", _FIXED_TIME),
+            (root / f"{PLUGIN_NAME}.desktop").read_bytes(),
+            zipfile.ZIP_DEFLATED,
+        )
         for path in entries:
             name = path.relative_to(root).as_posix()
             if path.is_dir():

@@ -4,6 +4,7 @@ A source is a file, a snapshot folder, a state dict or a known checkpoint's name
 the variant comes from `detection`, the tensors from `checkpoint_files`. Every failure is a
 `CheckpointError` whose message is one line naming the file, what was found and what to do.
 """
+
 from __future__ import annotations
 
 import logging
@@ -81,8 +82,11 @@ def _describe_mismatch(model, state_dict) -> str:
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-              for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
@@ -118,7 +122,9 @@ def load_model(
     device = resolve_device(device)
     if backend == "openvino":
         if device.type != "cpu":
-            raise ValueError(f"the OpenVINO backend runs on the CPU, not {device}; use device cpu (or the torch backend)")
+            raise ValueError(
+                f"the OpenVINO backend runs on the CPU, not {device}; use device cpu (or the torch backend)"
+            )
         from .openvino_backend import OpenVINOModel
 
         return OpenVINOModel(load_model(source, tile_layout=tile_layout), precision=dtype)

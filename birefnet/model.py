@@ -4,6 +4,7 @@ fusion, squeeze block) followed by the reconstruction module (`decoder.Decoder`)
 One `BiRefNetConfig` describes every released model; `build_model` makes one. The
 module names (`bb`, `squeeze_module`, `decoder`) are the official state-dict prefixes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -88,8 +89,9 @@ class BiRefNet(nn.Module):
         multiple = self.variant.size_multiple
         if h % multiple or w % multiple or h < MIN_SIZE or w < MIN_SIZE:
             raise ValueError(
-                f"BiRefNet ({self.variant.name}) needs H and W to be multiples of {multiple} ({self.variant.size_rule}) "
-                f"and at least {MIN_SIZE}, got {h}x{w}; resize first (birefnet.segment does this for you)"
+                f"BiRefNet ({self.variant.name}) needs H and W to be multiples of {multiple} "
+                f"({self.variant.size_rule}) and at least {MIN_SIZE}, got {h}x{w}; "
+                "resize first (birefnet.segment does this for you)"
             )
 
     def forward_details(self, x: torch.Tensor) -> DecoderOutput:

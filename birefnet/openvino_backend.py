@@ -10,6 +10,7 @@ Converting the graph takes minutes for the large backbones, once per working siz
 converted IR is cached on disk under a key of the weights' content, the tile layout and the
 size (and OpenVINO compiles from its own blob cache next to it), so later loads take seconds.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +35,10 @@ _CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
 
 def cache_dir() -> Path:
     """$BIREFNET_CACHE/openvino, else the user cache folder (~/.cache/birefnet/openvino)."""
-    root = os.environ.get("BIREFNET_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "birefnet"
+    root = (
+        os.environ.get("BIREFNET_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "birefnet"
+    )
     return Path(root) / "openvino"
 
 
@@ -60,8 +64,13 @@ class OpenVINOModel(nn.Module):
 
     outside_torch_devices = True  # compiled for the CPU by OpenVINO: device moves and memory managers skip it
 
-    def __init__(self, model: nn.Module, precision: torch.dtype = torch.float32, cache: str | os.PathLike | None = None,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        precision: torch.dtype = torch.float32,
+        cache: str | os.PathLike | None = None,
+        threads: int | None = None,
+    ):
         ov = require("openvino", "openvino")
         super().__init__()
         if precision not in PRECISIONS:
@@ -92,8 +101,14 @@ class OpenVINOModel(nn.Module):
         path = self.ir_path(size)
         if not path.exists():
             height, width = size
-            log.warning("birefnet: OpenVINO: converting %s for %dx%d, once for this working size (minutes for large "
-                        "backbones; cached in %s)", self.config.backbone, width, height, self.cache)
+            log.warning(
+                "birefnet: OpenVINO: converting %s for %dx%d, once for this working size (minutes for large "
+                "backbones; cached in %s)",
+                self.config.backbone,
+                width,
+                height,
+                self.cache,
+            )
             start = time.perf_counter()
             self.cache.mkdir(parents=True, exist_ok=True)
             save_openvino(to_openvino(self.torch_model, size), path, metadata(self.torch_model, size, torch.float32))

@@ -5,6 +5,7 @@ pixels the command line would have written: the network's mask (whole image, or 
 boxes), refined with the Refine Edges options, kept at 0 outside the boxes, and a cut-out with
 the input's colours or the re-estimated foreground colours.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,9 @@ def parse_resolution(text: str | None):
 def segment_image(model, image, *, boxes=(), resolution=None, max_megapixels: float | None = None):
     """(mask (H, W), objects: one mask per box) for one image; without boxes, the whole image's mask."""
     if boxes:
-        combined, objects = segment_regions(model, image, boxes=boxes, resolution=resolution,
-                                            max_megapixels=max_megapixels)
+        combined, objects = segment_regions(
+            model, image, boxes=boxes, resolution=resolution, max_megapixels=max_megapixels
+        )
         return combined, list(objects)
     mask = segment(model, image, resolution=resolution, max_megapixels=max_megapixels)
     return mask, [mask]

@@ -4,6 +4,7 @@
 reference (|Laplacian| of the channel mean, the target the gradient heads are trained
 towards) and the model's gradient attention at decoder stages 4, 3 and 2.
 """
+
 from __future__ import annotations
 
 import kornia

@@ -6,6 +6,7 @@ foreground estimation the official repo ships, which removes colour halos when a
 composited on a new background. `refine_mask` is the whole pipeline, in one fixed order, shared
 by the Refine Edges node, `birefnet segment` and `birefnet serve`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -131,8 +132,10 @@ class Refinement:
     def __post_init__(self):
         problems = []
         if not 0 <= self.black_point < self.white_point <= 1:
-            problems.append(f"black_point {self.black_point} and white_point {self.white_point} need "
-                            "0 <= black_point < white_point <= 1")
+            problems.append(
+                f"black_point {self.black_point} and white_point {self.white_point} need "
+                "0 <= black_point < white_point <= 1"
+            )
         if not 0 <= self.threshold < 1:
             problems.append(f"threshold {self.threshold} must be from 0 (off) to below 1")
         if self.guided_radius < 0 or self.feather < 0:

@@ -16,6 +16,7 @@ static:
 Where both say static, the output is an exponential moving average whose weight on the
 past is `0.9 * strength`; elsewhere it is the new mask.
 """
+
 from __future__ import annotations
 
 import torch

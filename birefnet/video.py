@@ -5,6 +5,7 @@ sits in memory; `temporal` turns on `temporal.TemporalSmoother`. Reading and wri
 PyAV (FFmpeg): any container and codec it decodes; mask videos as H.264, cut-outs with alpha
 as ProRes 4444.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -17,16 +18,23 @@ import torch
 from PIL import Image
 
 from .extras import require
-from .inference import segment, to_rgb_tensor
 from .files import atomic_path
+from .inference import segment, to_rgb_tensor
 from .temporal import TemporalSmoother
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 
 
-def segment_frames(model, frames: Iterable, *, temporal: float = 0.0, resolution=None,
-                   max_megapixels: float | None = None, batch_size: int = 1,
-                   with_frames: bool = False) -> Iterator[torch.Tensor]:
+def segment_frames(
+    model,
+    frames: Iterable,
+    *,
+    temporal: float = 0.0,
+    resolution=None,
+    max_megapixels: float | None = None,
+    batch_size: int = 1,
+    with_frames: bool = False,
+) -> Iterator[torch.Tensor]:
     """Masks (H, W) float32 in [0, 1] for `frames` (PIL, numpy or tensors), in order, one batch in
     memory at a time. temporal: 0 (off) to 1, the strength of the temporal stabilisation.
     with_frames: yield (frame, mask) pairs (for cut-outs of a stream)."""
@@ -54,7 +62,9 @@ class VideoSource:
             self.container = av.open(str(path))
             self.stream = self.container.streams.video[0]
         except (av.error.FFmpegError, IndexError) as err:
-            raise ValueError(f"{path}: not a readable video ({str(err).splitlines()[0] if str(err) else 'no video stream'})") from None
+            raise ValueError(
+                f"{path}: not a readable video ({str(err).splitlines()[0] if str(err) else 'no video stream'})"
+            ) from None
         self.stream.thread_type = "AUTO"
         self.fps = self.stream.average_rate or self.stream.guessed_rate or Fraction(25)
         self.count = self.stream.frames or 0
@@ -82,7 +92,9 @@ class VideoWriter:
         self.av = av = _av()
         self.path, self.kind = Path(path), kind
         if self.path.exists():
-            raise FileExistsError(f"{self.path} exists; choose another --out or remove it (outputs are never overwritten)")
+            raise FileExistsError(
+                f"{self.path} exists; choose another --out or remove it (outputs are never overwritten)"
+            )
         self._atomic = atomic_path(self.path)
         self._tmp = self._atomic.__enter__()
         self.container = av.open(str(self._tmp), mode="w", format="mov" if kind == "rgba" else "mp4")

@@ -6,12 +6,12 @@ so they are carried here, keyed by checkpoint. Models released in 2024 were trai
 legacy layout (RMBG-2.0's own code and ComfyUI's port use it); the 2025 releases (HR, dynamic,
 512x512) with the current one.
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
 
 EMBEDDED_WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
 
@@ -48,8 +48,9 @@ class KnownCheckpoint:
 
 
 def _zp(name, short, backbone, resolution, layout, task, pattern):
-    return KnownCheckpoint(name, f"ZhengPeng7/{name}", "model.safetensors", backbone, resolution, "MIT", layout, task,
-                           pattern, short=short)
+    return KnownCheckpoint(
+        name, f"ZhengPeng7/{name}", "model.safetensors", backbone, resolution, "MIT", layout, task, pattern, short=short
+    )
 
 
 # Most specific patterns first: the first match whose backbone agrees with the weights wins.
@@ -69,18 +70,45 @@ KNOWN_CHECKPOINTS: tuple[KnownCheckpoint, ...] = (
     _zp("BiRefNet-COD", "cod", "swin_v1_l", (1024, 1024), "legacy", "COD", r"(^|-)cod($|-)"),
     _zp("BiRefNet-legacy", "legacy", "swin_v1_l", (1024, 1024), "legacy", "general", r"massive|birefnet-legacy"),
     KnownCheckpoint(
-        "RMBG-2.0", "briaai/RMBG-2.0", "model.safetensors", "swin_v1_l", (1024, 1024),
-        "CC BY-NC 4.0 (non-commercial)", "legacy", "background removal", r"rmbg",
-        short="rmbg-2.0", accept="CC-BY-NC-4.0", gated=True,
+        "RMBG-2.0",
+        "briaai/RMBG-2.0",
+        "model.safetensors",
+        "swin_v1_l",
+        (1024, 1024),
+        "CC BY-NC 4.0 (non-commercial)",
+        "legacy",
+        "background removal",
+        r"rmbg",
+        short="rmbg-2.0",
+        accept="CC-BY-NC-4.0",
+        gated=True,
     ),
     KnownCheckpoint(
-        "Lucida (Comfy-Org)", "Comfy-Org/BiRefNet", "background_removal/lucida.safetensors", "swin_v1_l",
-        (1024, 1024), "MIT", "legacy", "background removal", r"lucida", short="lucida", local_name="lucida.safetensors",
+        "Lucida (Comfy-Org)",
+        "Comfy-Org/BiRefNet",
+        "background_removal/lucida.safetensors",
+        "swin_v1_l",
+        (1024, 1024),
+        "MIT",
+        "legacy",
+        "background removal",
+        r"lucida",
+        short="lucida",
+        local_name="lucida.safetensors",
     ),
     # Comfy-Org's copy of the general model, as ComfyUI's own node ships it; by file name it is the general model.
     KnownCheckpoint(
-        "BiRefNet (Comfy-Org)", "Comfy-Org/BiRefNet", "background_removal/birefnet.safetensors", "swin_v1_l",
-        (1024, 1024), "MIT", "legacy", "general", r"(?!)", short="comfy-general", local_name="birefnet.safetensors",
+        "BiRefNet (Comfy-Org)",
+        "Comfy-Org/BiRefNet",
+        "background_removal/birefnet.safetensors",
+        "swin_v1_l",
+        (1024, 1024),
+        "MIT",
+        "legacy",
+        "general",
+        r"(?!)",
+        short="comfy-general",
+        local_name="birefnet.safetensors",
     ),
     _zp("BiRefNet", "general", "swin_v1_l", (1024, 1024), "legacy", "general", r"birefnet|general"),
 )
@@ -100,8 +128,8 @@ def _hub_cache_entry(path: Path) -> KnownCheckpoint | None:
     parts = path.parts
     for i, part in enumerate(parts[:-3]):
         if part.startswith("models--") and parts[i + 1] == "snapshots":
-            repo = part[len("models--"):].replace("--", "/", 1)
-            filename = "/".join(parts[i + 3:])
+            repo = part[len("models--") :].replace("--", "/", 1)
+            filename = "/".join(parts[i + 3 :])
             return next((k for k in KNOWN_CHECKPOINTS if k.repo == repo and k.filename == filename), None)
     return None
 
@@ -125,4 +153,6 @@ def find_checkpoint(name: str) -> KnownCheckpoint:
     for known in KNOWN_CHECKPOINTS:
         if wanted in (known.short.lower(), known.name.lower()):
             return known
-    raise KeyError(f"no known checkpoint named {name!r}; `birefnet list` shows them ({', '.join(k.short for k in listed())})")
+    raise KeyError(
+        f"no known checkpoint named {name!r}; `birefnet list` shows them ({', '.join(k.short for k in listed())})"
+    )

@@ -1,4 +1,5 @@
 """ComfyUI nodes of the BiRefNet toolkit: thin screens over the `birefnet` library."""
+
 from . import compose, gradient_preview, host, loader, refine_edges, segment
 
 host.register_folder()

@@ -1,4 +1,5 @@
 """BiRefNetCompose: IMAGE + MASK -> RGBA, or composited on a colour or a background image."""
+
 from __future__ import annotations
 
 import torch
@@ -35,7 +36,7 @@ SPEC = NodeSpec(
     display_name="BiRefNet Compose",
     category="BiRefNet",
     description="Puts an image over a colour or a background image using a mask (foreground = 1.0), and builds "
-                "the RGBA image. For masks in LoadImage's 1 - alpha convention, turn on invert_mask.",
+    "the RGBA image. For masks in LoadImage's 1 - alpha convention, turn on invert_mask.",
     inputs=(
         In("image", "IMAGE", "Foreground image(s)."),
         In("mask", "MASK", "Alpha, foreground = 1.0; resized to the image if needed."),

@@ -3,6 +3,7 @@ node specs so that the page, the tooltips and the node cannot disagree.
 
     python -m nodes.docs    # rewrite web/docs from the specs (a test checks they are current)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,16 @@ def _default(inp: In) -> str:
 
 def markdown(spec: NodeSpec) -> str:
     cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")
-    lines = [f"# {spec.display_name}", "", spec.description, "", "## Inputs", "",
-             "| input | type | default | what it does |", "|---|---|---|---|"]
+    lines = [
+        f"# {spec.display_name}",
+        "",
+        spec.description,
+        "",
+        "## Inputs",
+        "",
+        "| input | type | default | what it does |",
+        "|---|---|---|---|",
+    ]
     for inp in spec.inputs:
         kind = inp.type.lower() + (", optional" if inp.optional else "")
         lines.append(f"| `{inp.name}` | {kind} | {cell(_default(inp))} | {cell(inp.tooltip)} |")

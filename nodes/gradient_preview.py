@@ -1,4 +1,5 @@
 """BiRefNetGradientPreview: BIREFNET + IMAGE -> the outward-reference maps as an IMAGE batch."""
+
 from __future__ import annotations
 
 import torch

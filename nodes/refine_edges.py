@@ -1,4 +1,5 @@
 """BiRefNetRefineEdges: IMAGE + MASK -> refined MASK, foreground IMAGE, RGBA IMAGE."""
+
 from __future__ import annotations
 
 import torch
@@ -10,9 +11,22 @@ from . import host
 from .spec import In, NodeSpec, Out
 
 
-def refine_edges(image, mask, black_point=0.0, white_point=1.0, threshold=0.0, grow=0, fill_holes=False,
-                 guided_radius=0, guided_eps=0.001, feather=0.0, estimate_foreground=True, foreground_radius=90,
-                 background="#FFFFFF", invert_mask=False):
+def refine_edges(
+    image,
+    mask,
+    black_point=0.0,
+    white_point=1.0,
+    threshold=0.0,
+    grow=0,
+    fill_holes=False,
+    guided_radius=0,
+    guided_eps=0.001,
+    feather=0.0,
+    estimate_foreground=True,
+    foreground_radius=90,
+    background="#FFFFFF",
+    invert_mask=False,
+):
     if image.shape[0] == 0:
         raise ValueError("RefineEdges got an empty IMAGE batch")
     if mask.ndim == 2:
@@ -20,9 +34,18 @@ def refine_edges(image, mask, black_point=0.0, white_point=1.0, threshold=0.0, g
     if mask.shape[0] not in (1, image.shape[0]):
         raise ValueError(f"mask batch ({mask.shape[0]}) must be 1 or match the image batch ({image.shape[0]})")
     colour = refine.parse_colour(background)
-    options = refine.Refinement(black_point=black_point, white_point=white_point, threshold=threshold, grow=grow,
-                                fill_holes=fill_holes, guided_radius=guided_radius, guided_eps=guided_eps,
-                                feather=feather, foreground=estimate_foreground, foreground_radius=foreground_radius)
+    options = refine.Refinement(
+        black_point=black_point,
+        white_point=white_point,
+        threshold=threshold,
+        grow=grow,
+        fill_holes=fill_holes,
+        guided_radius=guided_radius,
+        guided_eps=guided_eps,
+        feather=feather,
+        foreground=estimate_foreground,
+        foreground_radius=foreground_radius,
+    )
     device = host.torch_device("auto")
     out = host.intermediate_device()
     progress = host.Progress(image.shape[0])
@@ -63,19 +86,53 @@ SPEC = NodeSpec(
         In("threshold", "FLOAT", "Binarise at this value (0 = keep soft).", default=0.0, min=0.0, max=0.99, step=0.01),
         In("grow", "INT", "Grow (+) or shrink (-) the mask by this many pixels.", default=0, min=-256, max=256),
         In("fill_holes", "BOOLEAN", "Fill background regions enclosed by the foreground.", default=False),
-        In("guided_radius", "INT", "Guided-filter radius in pixels (0 = off); 4-16 snaps edges to the image.",
-           default=0, min=0, max=128),
-        In("guided_eps", "FLOAT", "Guided-filter smoothness: higher keeps the mask, lower follows the image.",
-           default=0.001, min=1e-6, max=1.0, step=0.0001, advanced=True),
-        In("feather", "FLOAT", "Soften the edge over about this many pixels (0 = off).",
-           default=0.0, min=0.0, max=256.0, step=0.5),
-        In("estimate_foreground", "BOOLEAN", "Re-estimate edge colours (removes halos; for compositing).",
-           default=True),
-        In("foreground_radius", "INT", "Blur size of the foreground estimation's first pass.",
-           default=90, min=3, max=512, advanced=True),
+        In(
+            "guided_radius",
+            "INT",
+            "Guided-filter radius in pixels (0 = off); 4-16 snaps edges to the image.",
+            default=0,
+            min=0,
+            max=128,
+        ),
+        In(
+            "guided_eps",
+            "FLOAT",
+            "Guided-filter smoothness: higher keeps the mask, lower follows the image.",
+            default=0.001,
+            min=1e-6,
+            max=1.0,
+            step=0.0001,
+            advanced=True,
+        ),
+        In(
+            "feather",
+            "FLOAT",
+            "Soften the edge over about this many pixels (0 = off).",
+            default=0.0,
+            min=0.0,
+            max=256.0,
+            step=0.5,
+        ),
+        In(
+            "estimate_foreground", "BOOLEAN", "Re-estimate edge colours (removes halos; for compositing).", default=True
+        ),
+        In(
+            "foreground_radius",
+            "INT",
+            "Blur size of the foreground estimation's first pass.",
+            default=90,
+            min=3,
+            max=512,
+            advanced=True,
+        ),
         In("background", "STRING", "Colour behind the composited output (#RRGGBB or r,g,b).", default="#FFFFFF"),
-        In("invert_mask", "BOOLEAN", "Invert the input first (for masks in LoadImage's 1 - alpha convention).",
-           default=False, advanced=True),
+        In(
+            "invert_mask",
+            "BOOLEAN",
+            "Invert the input first (for masks in LoadImage's 1 - alpha convention).",
+            default=False,
+            advanced=True,
+        ),
     ),
     outputs=(
         Out("refined_mask", "MASK", "Refined mask, foreground = 1.0."),

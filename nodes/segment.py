@@ -1,4 +1,5 @@
 """BiRefNetSegment: BIREFNET + IMAGE batch -> MASK, cut-out IMAGE, RGBA IMAGE."""
+
 from __future__ import annotations
 
 import torch
@@ -25,9 +26,16 @@ def resolution_for(mode: str, width: int, height: int):
     raise ValueError(f"resolution mode must be one of {RESOLUTION_MODES}, got {mode!r}")
 
 
-def segment_batch(handle, frames: torch.Tensor, resolution, max_megapixels: float, batch_size: int,
-                   coarse_to_fine: bool = False, fine_megapixels: float = DEFAULT_FINE_MEGAPIXELS,
-                   temporal: float = 0.0) -> torch.Tensor:
+def segment_batch(
+    handle,
+    frames: torch.Tensor,
+    resolution,
+    max_megapixels: float,
+    batch_size: int,
+    coarse_to_fine: bool = False,
+    fine_megapixels: float = DEFAULT_FINE_MEGAPIXELS,
+    temporal: float = 0.0,
+) -> torch.Tensor:
     """Masks (B, H, W) for ComfyUI images (B, H, W, C), in chunks with progress and interrupt checks;
     `temporal` > 0 stabilises them across the batch in order (video frames)."""
     smoother = TemporalSmoother(temporal)
@@ -40,12 +48,24 @@ def segment_batch(handle, frames: torch.Tensor, resolution, max_megapixels: floa
         host.check_interrupt()
         chunk = [frames[i].permute(2, 0, 1) for i in range(start, min(start + batch_size, total))]
         if coarse_to_fine:
-            run = lambda: [birefnet.segment_highres(handle.ready(), frame, resolution=resolution,
-                                                    max_megapixels=max_megapixels or None,
-                                                    fine_megapixels=fine_megapixels) for frame in chunk]
+            run = lambda: [
+                birefnet.segment_highres(
+                    handle.ready(),
+                    frame,
+                    resolution=resolution,
+                    max_megapixels=max_megapixels or None,
+                    fine_megapixels=fine_megapixels,
+                )
+                for frame in chunk
+            ]
         else:
-            run = lambda: birefnet.segment(handle.ready(), chunk, resolution=resolution,
-                                           max_megapixels=max_megapixels or None, batch_size=batch_size)
+            run = lambda: birefnet.segment(
+                handle.ready(),
+                chunk,
+                resolution=resolution,
+                max_megapixels=max_megapixels or None,
+                batch_size=batch_size,
+            )
         result = run()
         if handle.dtype != torch.float32 and any(torch.isnan(m).any() for m in result):
             handle.use_fp32()
@@ -68,8 +88,14 @@ def segment_guided(handle, frames: torch.Tensor, boxes, region, resolution, max_
     for i in range(frames.shape[0]):
         host.check_interrupt()
         own_region = None if region is None else region[min(i, region.shape[0] - 1)]
-        combined, singles = segment_regions(handle.ready(), frames[i].permute(2, 0, 1), boxes=boxes, region=own_region,
-                                            resolution=resolution, max_megapixels=max_megapixels or None)
+        combined, singles = segment_regions(
+            handle.ready(),
+            frames[i].permute(2, 0, 1),
+            boxes=boxes,
+            region=own_region,
+            resolution=resolution,
+            max_megapixels=max_megapixels or None,
+        )
         masks.append(combined)
         objects.append(singles)
         progress.update(i + 1)
@@ -77,16 +103,29 @@ def segment_guided(handle, frames: torch.Tensor, boxes, region, resolution, max_
     return torch.stack(masks).to(device), torch.cat(objects).to(device)
 
 
-def segment(birefnet_model, image, resolution="native", width=1024, height=1024, max_megapixels=0.0,
-            batch_size=1, background="#FFFFFF", coarse_to_fine=False, fine_megapixels=DEFAULT_FINE_MEGAPIXELS,
-            temporal=0.0, boxes="", region=None):
+def segment(
+    birefnet_model,
+    image,
+    resolution="native",
+    width=1024,
+    height=1024,
+    max_megapixels=0.0,
+    batch_size=1,
+    background="#FFFFFF",
+    coarse_to_fine=False,
+    fine_megapixels=DEFAULT_FINE_MEGAPIXELS,
+    temporal=0.0,
+    boxes="",
+    region=None,
+):
     chosen = resolution_for(resolution, width, height)
     box_list = parse_boxes(boxes)
     if box_list or region is not None:
         mask, objects = segment_guided(birefnet_model, image, box_list, region, chosen, max_megapixels)
     else:
-        mask = segment_batch(birefnet_model, image, chosen, max_megapixels, batch_size, coarse_to_fine,
-                              fine_megapixels, temporal)
+        mask = segment_batch(
+            birefnet_model, image, chosen, max_megapixels, batch_size, coarse_to_fine, fine_megapixels, temporal
+        )
         objects = mask
     rgb = host.rgb_channels_first(image).to(mask.device)
     cutout = composite(rgb, mask, parse_colour(background)).permute(0, 2, 3, 1)
@@ -106,39 +145,105 @@ SPEC = NodeSpec(
     inputs=(
         In("birefnet_model", "BIREFNET", "From Load BiRefNet."),
         In("image", "IMAGE", "Image batch; frames are processed in chunks of batch_size."),
-        In("resolution", "COMBO", "native: the checkpoint's size (1024, 2048 for HR, 2560x1440 for lite-2K, "
-           "aspect-preserving for dynamic). custom: width x height below. aspect: keep the aspect ratio at "
-           "max_megapixels (or the native area).", default="native", options=RESOLUTION_MODES),
+        In(
+            "resolution",
+            "COMBO",
+            "native: the checkpoint's size (1024, 2048 for HR, 2560x1440 for lite-2K, "
+            "aspect-preserving for dynamic). custom: width x height below. aspect: keep the aspect ratio at "
+            "max_megapixels (or the native area).",
+            default="native",
+            options=RESOLUTION_MODES,
+        ),
         In("width", "INT", "custom working width (multiple of 32).", default=1024, min=64, max=8192, step=32),
         In("height", "INT", "custom working height (multiple of 32).", default=1024, min=64, max=8192, step=32),
-        In("max_megapixels", "FLOAT", "Cap on the working size (0 = none); the area in aspect mode.",
-           default=0.0, min=0.0, max=64.0, step=0.05, advanced=True),
-        In("batch_size", "INT", "Frames per model call; more is faster on big GPUs, uses more memory.",
-           default=1, min=1, max=64),
+        In(
+            "max_megapixels",
+            "FLOAT",
+            "Cap on the working size (0 = none); the area in aspect mode.",
+            default=0.0,
+            min=0.0,
+            max=64.0,
+            step=0.05,
+            advanced=True,
+        ),
+        In(
+            "batch_size",
+            "INT",
+            "Frames per model call; more is faster on big GPUs, uses more memory.",
+            default=1,
+            min=1,
+            max=64,
+        ),
         In("background", "STRING", "Colour behind the cut-out output (#RRGGBB or r,g,b).", default="#FFFFFF"),
-        In("coarse_to_fine", "BOOLEAN", "For 4K+ images: after the pass on the whole image, segment the object's "
-           "region again at up to fine_megapixels and blend it in (finer hair and edges; about twice the time). "
-           "Images not much larger than the working size are unaffected.", default=False),
-        In("fine_megapixels", "FLOAT", "Memory cap of the coarse_to_fine second pass (its working area; 4.2 = "
-           "2048x2048). Lower it if the GPU runs out of memory.", default=DEFAULT_FINE_MEGAPIXELS,
-           min=0.25, max=64.0, step=0.05, advanced=True),
-        In("temporal", "FLOAT", "Video: temporal stability across the batch's frames, in order (0 = off, each frame "
-           "alone; 1 = strongest). Smooths soft edges only where the image does not change, so moving objects "
-           "do not lag; 0.5 halves the flicker.", default=0.0, min=0.0, max=1.0, step=0.05),
-        In("boxes", "STRING", "Guided: segment only the objects in these boxes, 'x,y,w,h' in pixels, several "
-           "separated by ';'. Each box (with context around it) is segmented alone; outside, the mask is 0. "
-           "Empty: the whole image.", default="", optional=True),
-        In("region", "MASK", "Guided: segment only the objects in this mask's connected regions (e.g. from a SAM "
-           "node or painted), one object per region; combines with boxes.", optional=True),
+        In(
+            "coarse_to_fine",
+            "BOOLEAN",
+            "For 4K+ images: after the pass on the whole image, segment the object's "
+            "region again at up to fine_megapixels and blend it in (finer hair and edges; about twice the time). "
+            "Images not much larger than the working size are unaffected.",
+            default=False,
+        ),
+        In(
+            "fine_megapixels",
+            "FLOAT",
+            "Memory cap of the coarse_to_fine second pass (its working area; 4.2 = "
+            "2048x2048). Lower it if the GPU runs out of memory.",
+            default=DEFAULT_FINE_MEGAPIXELS,
+            min=0.25,
+            max=64.0,
+            step=0.05,
+            advanced=True,
+        ),
+        In(
+            "temporal",
+            "FLOAT",
+            "Video: temporal stability across the batch's frames, in order (0 = off, each frame "
+            "alone; 1 = strongest). Smooths soft edges only where the image does not change, so moving objects "
+            "do not lag; 0.5 halves the flicker.",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+        ),
+        In(
+            "boxes",
+            "STRING",
+            "Guided: segment only the objects in these boxes, 'x,y,w,h' in pixels, several "
+            "separated by ';'. Each box (with context around it) is segmented alone; outside, the mask is 0. "
+            "Empty: the whole image.",
+            default="",
+            optional=True,
+        ),
+        In(
+            "region",
+            "MASK",
+            "Guided: segment only the objects in this mask's connected regions (e.g. from a SAM "
+            "node or painted), one object per region; combines with boxes.",
+            optional=True,
+        ),
     ),
     outputs=(
         Out("mask", "MASK", "Foreground = 1.0, at the input size."),
         Out("cutout", "IMAGE", "RGB image composited on the background colour."),
         Out("rgba", "IMAGE", "RGBA image, alpha = mask (4 channels: not every node accepts it)."),
-        Out("objects", "MASK", "Guided: one mask per box/region (all of the first image's objects, then the "
-            "next image's); without guidance the same as mask."),
+        Out(
+            "objects",
+            "MASK",
+            "Guided: one mask per box/region (all of the first image's objects, then the "
+            "next image's); without guidance the same as mask.",
+        ),
     ),
-    search_aliases=("remove background", "rmbg", "background removal", "matte", "cutout", "cut out",
-                    "mask foreground", "salient object", "dichotomous segmentation", "video matting"),
+    search_aliases=(
+        "remove background",
+        "rmbg",
+        "background removal",
+        "matte",
+        "cutout",
+        "cut out",
+        "mask foreground",
+        "salient object",
+        "dichotomous segmentation",
+        "video matting",
+    ),
     run=segment,
 )

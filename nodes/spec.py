@@ -1,5 +1,6 @@
 """One definition per node, registered through ComfyUI's V3 schema (comfy_api) when the host
 has it and as a V1 class otherwise."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -62,18 +63,22 @@ def v1_class(spec: NodeSpec) -> type:
     def run(self, **kwargs):
         return spec.run(**kwargs)
 
-    return type(spec.node_id, (), {
-        "INPUT_TYPES": classmethod(input_types),
-        "RETURN_TYPES": tuple(o.type for o in spec.outputs),
-        "RETURN_NAMES": tuple(o.name for o in spec.outputs),
-        "OUTPUT_TOOLTIPS": tuple(o.tooltip for o in spec.outputs),
-        "FUNCTION": "run",
-        "CATEGORY": spec.category,
-        "DESCRIPTION": spec.description,
-        "OUTPUT_NODE": spec.output_node,
-        "SEARCH_ALIASES": list(spec.search_aliases),
-        "run": run,
-    })
+    return type(
+        spec.node_id,
+        (),
+        {
+            "INPUT_TYPES": classmethod(input_types),
+            "RETURN_TYPES": tuple(o.type for o in spec.outputs),
+            "RETURN_NAMES": tuple(o.name for o in spec.outputs),
+            "OUTPUT_TOOLTIPS": tuple(o.tooltip for o in spec.outputs),
+            "FUNCTION": "run",
+            "CATEGORY": spec.category,
+            "DESCRIPTION": spec.description,
+            "OUTPUT_NODE": spec.output_node,
+            "SEARCH_ALIASES": list(spec.search_aliases),
+            "run": run,
+        },
+    )
 
 
 def v3_class(spec: NodeSpec, io) -> type:
@@ -81,8 +86,15 @@ def v3_class(spec: NodeSpec, io) -> type:
     custom = {}
 
     def kind(type_name: str):
-        builtin = {"IMAGE": io.Image, "MASK": io.Mask, "INT": io.Int, "FLOAT": io.Float,
-                   "BOOLEAN": io.Boolean, "STRING": io.String, "COMBO": io.Combo}
+        builtin = {
+            "IMAGE": io.Image,
+            "MASK": io.Mask,
+            "INT": io.Int,
+            "FLOAT": io.Float,
+            "BOOLEAN": io.Boolean,
+            "STRING": io.String,
+            "COMBO": io.Combo,
+        }
         if type_name in builtin:
             return builtin[type_name]
         return custom.setdefault(type_name, io.Custom(type_name))
@@ -104,8 +116,11 @@ def v3_class(spec: NodeSpec, io) -> type:
 
     def define_schema(cls):
         fields = dict(
-            node_id=spec.node_id, display_name=spec.display_name, category=spec.category,
-            description=spec.description, is_output_node=spec.output_node,
+            node_id=spec.node_id,
+            display_name=spec.display_name,
+            category=spec.category,
+            description=spec.description,
+            is_output_node=spec.output_node,
             inputs=[make_input(i) for i in spec.inputs],
             outputs=[kind(o.type).Output(o.name, display_name=o.name, tooltip=o.tooltip) for o in spec.outputs],
         )
@@ -117,6 +132,11 @@ def v3_class(spec: NodeSpec, io) -> type:
     def execute(cls, **kwargs):
         return io.NodeOutput(*spec.run(**kwargs))
 
-    return type(spec.node_id, (io.ComfyNode,), {
-        "define_schema": classmethod(define_schema), "execute": classmethod(execute),
-    })
+    return type(
+        spec.node_id,
+        (io.ComfyNode,),
+        {
+            "define_schema": classmethod(define_schema),
+            "execute": classmethod(execute),
+        },
+    )

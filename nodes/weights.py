@@ -1,5 +1,6 @@
 """The loader's weight list: files in the host's weight folders, the embedded demo model, and known
 checkpoints offered for download (fetched into models/birefnet only when a workflow runs one)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -64,7 +65,7 @@ def download_bar():
 
 def fetch(name: str) -> Path:
     """Download the known checkpoint behind a download choice into models/birefnet (resumable)."""
-    wanted = name[len(DOWNLOAD):].split(" (")[0]
+    wanted = name[len(DOWNLOAD) :].split(" (")[0]
     known = find_checkpoint(wanted)
     folder = host.download_folder()
     log.info("BiRefNet: downloading %s from %s into %s", known.name, known.url, folder)
@@ -85,5 +86,7 @@ def weight_path(name: str) -> Path:
     if full is None:
         if Path(name).is_file():
             return Path(name)
-        raise FileNotFoundError(f"BiRefNet weights {name!r} not found in models/{folder}; put the file there and refresh")
+        raise FileNotFoundError(
+            f"BiRefNet weights {name!r} not found in models/{folder}; put the file there and refresh"
+        )
     return Path(full)

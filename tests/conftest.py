@@ -1,4 +1,5 @@
 """Shared fixtures: the parity material in tests/fixtures/parity and small generated checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
-import torch
-
 import random_weights
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
@@ -81,5 +81,7 @@ def lite_weights(tmp_path_factory) -> Path:
     from safetensors.torch import save_file
 
     path = tmp_path_factory.mktemp("weights") / "swin_t_random.safetensors"
-    save_file({k: v.half() if v.is_floating_point() else v for k, v in random_state_dict("swin_v1_t", 0).items()}, str(path))
+    save_file(
+        {k: v.half() if v.is_floating_point() else v for k, v in random_state_dict("swin_v1_t", 0).items()}, str(path)
+    )
     return path

@@ -5,6 +5,7 @@ against this server (`HF_ENDPOINT`): `HEAD`/`GET /{repo}/resolve/{revision}/{fil
 `X-Repo-Commit` and `ETag` headers and byte ranges (resumed downloads). Gated repositories
 answer 401 with the Hub's `X-Error-Code: GatedRepo`.
 """
+
 from __future__ import annotations
 
 import hashlib

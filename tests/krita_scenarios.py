@@ -5,6 +5,7 @@ selection bytes) under $BIREFNET_KRITA_TEST/results for the test to compare with
 
 Every scenario runs in this one Krita session; `done.json` lists them, with a traceback for any that
 broke, and Krita is left with os._exit (closing modified documents would ask to save them)."""
+
 import json
 import os
 import time
@@ -85,15 +86,26 @@ def record(name: str, doc, node, result: dict, **extra) -> None:
     """The layer's input pixels on the canvas, and the mask the action added to it."""
     x, y, w, h = region(doc, node)
     masks = masks_of(node)
-    out = dict(result, x=x, y=y, width=w, height=h, model=node.colorModel(), depth=node.colorDepth(),
-               input=save(f"{name}_input.raw", node.pixelData(x, y, w, h).data()),
-               masks=[m.name() for m in masks], **extra)
+    out = dict(
+        result,
+        x=x,
+        y=y,
+        width=w,
+        height=h,
+        model=node.colorModel(),
+        depth=node.colorDepth(),
+        input=save(f"{name}_input.raw", node.pixelData(x, y, w, h).data()),
+        masks=[m.name() for m in masks],
+        **extra,
+    )
     if masks:
         out["mask"] = save(f"{name}_mask.raw", masks[-1].pixelData(x, y, w, h).data())
         bounds = node.bounds()
         out["layer_bounds"] = [bounds.x(), bounds.y(), bounds.width(), bounds.height()]
-        out["mask_over_layer"] = save(f"{name}_mask_over_layer.raw", masks[-1].pixelData(
-            bounds.x(), bounds.y(), bounds.width(), bounds.height()).data())
+        out["mask_over_layer"] = save(
+            f"{name}_mask_over_layer.raw",
+            masks[-1].pixelData(bounds.x(), bounds.y(), bounds.width(), bounds.height()).data(),
+        )
     (RESULTS / f"{name}.json").write_text(json.dumps(out))
 
 
@@ -110,8 +122,14 @@ def scenario_shortcuts():
 def scenario_remove_background():
     doc = open_image("rgba")
     node = doc.activeNode()
-    record("remove_background", doc, node, trigger(birefnet.REMOVE_BACKGROUND),
-           selection_after=doc.selection() is not None, active_type=doc.activeNode().type())
+    record(
+        "remove_background",
+        doc,
+        node,
+        trigger(birefnet.REMOVE_BACKGROUND),
+        selection_after=doc.selection() is not None,
+        active_type=doc.activeNode().type(),
+    )
     QApplication.processEvents()
     window = Krita.instance().activeWindow().qwindow()
     window.grab().save(str(RESULTS / "screenshot.png"))
@@ -126,8 +144,9 @@ def scenario_select_subject():
     x, y, w, h = region(doc, node)
     selection = doc.selection()
     pixels = selection.pixelData(x, y, w, h).data() if selection else None
-    record("select_subject", doc, node, result,
-           selection=save("select_subject_selection.raw", pixels) if pixels else None)
+    record(
+        "select_subject", doc, node, result, selection=save("select_subject_selection.raw", pixels) if pixels else None
+    )
 
 
 def scenario_cut_out():
@@ -137,8 +156,9 @@ def scenario_cut_out():
     x, y, w, h = region(doc, node)
     names = [n.name() for n in doc.topLevelNodes()]
     new = doc.topLevelNodes()[-1]
-    record("cut_out", doc, node, result, layers=names,
-           cut_out=save("cut_out_layer.raw", new.pixelData(x, y, w, h).data()))
+    record(
+        "cut_out", doc, node, result, layers=names, cut_out=save("cut_out_layer.raw", new.pixelData(x, y, w, h).data())
+    )
 
 
 def scenario_box():
@@ -155,8 +175,13 @@ def scenario_box():
     after = doc.selection()
     record("box", doc, node, result, selection_kept=after is not None and after.pixelData(x, y, w, h).data() == before)
     subject = trigger(birefnet.SELECT_SUBJECT)
-    record("box_select", doc, node, subject,
-           selection=save("box_select_selection.raw", doc.selection().pixelData(x, y, w, h).data()))
+    record(
+        "box_select",
+        doc,
+        node,
+        subject,
+        selection=save("box_select_selection.raw", doc.selection().pixelData(x, y, w, h).data()),
+    )
 
 
 def scenario_offset():
@@ -171,8 +196,14 @@ def scenario_offset():
     layer.move(dx, dy)
     doc.waitForDone()
     position = layer.position()
-    record("offset", doc, layer, trigger(birefnet.REMOVE_BACKGROUND), position=[position.x(), position.y()],
-           canvas=[doc.width(), doc.height()])
+    record(
+        "offset",
+        doc,
+        layer,
+        trigger(birefnet.REMOVE_BACKGROUND),
+        position=[position.x(), position.y()],
+        canvas=[doc.width(), doc.height()],
+    )
 
 
 def scenario_large():
@@ -193,8 +224,9 @@ def scenario_sixteen_bit():
     eight = layer.pixelData(b.x(), b.y(), b.width(), b.height()).data()
     doc.setColorSpace("RGBA", "U16", doc.colorProfile())
     doc.waitForDone()
-    record("sixteen_bit", doc, layer, trigger(birefnet.REMOVE_BACKGROUND),
-           eight_bit=save("sixteen_bit_eight.raw", eight))
+    record(
+        "sixteen_bit", doc, layer, trigger(birefnet.REMOVE_BACKGROUND), eight_bit=save("sixteen_bit_eight.raw", eight)
+    )
 
 
 def scenario_float():
@@ -231,9 +263,20 @@ def message_box_text():
     return None
 
 
-SCENARIOS = [scenario_shortcuts, scenario_remove_background, scenario_select_subject, scenario_cut_out,
-             scenario_box, scenario_offset, scenario_large, scenario_grey, scenario_sixteen_bit, scenario_float,
-             scenario_no_server, scenario_cancel]
+SCENARIOS = [
+    scenario_shortcuts,
+    scenario_remove_background,
+    scenario_select_subject,
+    scenario_cut_out,
+    scenario_box,
+    scenario_offset,
+    scenario_large,
+    scenario_grey,
+    scenario_sixteen_bit,
+    scenario_float,
+    scenario_no_server,
+    scenario_cancel,
+]
 
 
 def run_all():

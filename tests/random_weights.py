@@ -19,6 +19,7 @@ is, so activations stay near unit variance through any depth:
 
 All arithmetic after the draw is float32, which is what makes the result reproducible.
 """
+
 from __future__ import annotations
 
 import math

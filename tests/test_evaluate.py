@@ -1,4 +1,5 @@
 """`python -m training evaluate` equals pysodmetrics on the same files."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -11,9 +12,8 @@ import sys
 import numpy as np
 import py_sod_metrics as sod
 import pytest
-from PIL import Image
-
 from conftest import ROOT
+from PIL import Image
 
 PYSOD_KEYS = {"Sm", "meanEm", "maxEm", "adpEm", "maxFm", "meanFm", "adpFm", "wFm", "MAE", "HCE"}
 OFFICIAL_EXTRA_KEYS = {"mBA", "maxBIoU", "meanBIoU", "MSE"}
@@ -43,8 +43,14 @@ def folders(tmp_path_factory):
 def _pysodmetrics(root) -> dict:
     import cv2
 
-    metrics = {"sm": sod.Smeasure(), "em": sod.Emeasure(), "fm": sod.Fmeasure(), "wfm": sod.WeightedFmeasure(),
-               "mae": sod.MAE(), "hce": sod.HumanCorrectionEffortMeasure()}
+    metrics = {
+        "sm": sod.Smeasure(),
+        "em": sod.Emeasure(),
+        "fm": sod.Fmeasure(),
+        "wfm": sod.WeightedFmeasure(),
+        "mae": sod.MAE(),
+        "hce": sod.HumanCorrectionEffortMeasure(),
+    }
     for gt_path in sorted((root / "gt").iterdir()):
         gt = cv2.imread(str(gt_path), cv2.IMREAD_GRAYSCALE)
         pred = cv2.imread(str(root / "pred" / gt_path.name), cv2.IMREAD_GRAYSCALE)
@@ -52,18 +58,41 @@ def _pysodmetrics(root) -> dict:
         for metric in metrics.values():
             metric.step(pred=pred, gt=gt)
     em, fm = metrics["em"].get_results()["em"], metrics["fm"].get_results()["fm"]
-    return {"Sm": metrics["sm"].get_results()["sm"], "meanEm": em["curve"].mean(), "maxEm": em["curve"].max(),
-            "adpEm": em["adp"], "maxFm": fm["curve"].max(), "meanFm": fm["curve"].mean(), "adpFm": fm["adp"],
-            "wFm": metrics["wfm"].get_results()["wfm"], "MAE": metrics["mae"].get_results()["mae"],
-            "HCE": metrics["hce"].get_results()["hce"]}
+    return {
+        "Sm": metrics["sm"].get_results()["sm"],
+        "meanEm": em["curve"].mean(),
+        "maxEm": em["curve"].max(),
+        "adpEm": em["adp"],
+        "maxFm": fm["curve"].max(),
+        "meanFm": fm["curve"].mean(),
+        "adpFm": fm["adp"],
+        "wFm": metrics["wfm"].get_results()["wfm"],
+        "MAE": metrics["mae"].get_results()["mae"],
+        "HCE": metrics["hce"].get_results()["hce"],
+    }
 
 
 @pytest.mark.filterwarnings("ignore:This class will be removed")  # pysodmetrics' own Fmeasure notice
 def test_evaluate_matches_pysodmetrics(folders, tmp_path):
     out = tmp_path / "scores.json"
-    result = subprocess.run([sys.executable, "-m", "training", "evaluate", "--pred", str(folders / "pred"),
-                             "--gt", str(folders / "gt"), "--json", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "evaluate",
+            "--pred",
+            str(folders / "pred"),
+            "--gt",
+            str(folders / "gt"),
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "| Sm | meanEm" in result.stdout
     ours = json.loads(out.read_text())
@@ -88,8 +117,12 @@ def test_perfect_predictions_score_perfectly(folders, tmp_path):
 
 def test_missing_predictions_are_listed(folders, tmp_path):
     (tmp_path / "pred").mkdir()
-    result = subprocess.run([sys.executable, "-m", "training", "evaluate", "--pred", str(tmp_path / "pred"),
-                             "--gt", str(folders / "gt")], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(folders / "gt")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "no prediction for 6 ground truth(s)" in result.stderr
 
 
@@ -100,8 +133,12 @@ def test_unreadable_file_is_one_line_and_the_rest_is_scored(folders, tmp_path):
     shutil.copytree(folders, root)
     data = (root / "pred" / "3.png").read_bytes()
     (root / "pred" / "3.png").write_bytes(data[: len(data) // 2])  # truncated
-    result = subprocess.run([sys.executable, "-m", "training", "evaluate", "--pred", str(root / "pred"),
-                             "--gt", str(root / "gt")], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "evaluate", "--pred", str(root / "pred"), "--gt", str(root / "gt")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-1500:]
     assert "Traceback" not in result.stderr
     assert "evaluate: skipped" in result.stderr and "3.png" in result.stderr
@@ -182,8 +219,9 @@ def test_spawned_workers_give_exactly_the_sequential_numbers(folders, package, m
     functions by module name): the repository folder's `training` or the installed `birefnet_training`."""
     evaluate = importlib.import_module(f"{package}.evaluate")
     start_methods, get_context = [], multiprocessing.get_context
-    monkeypatch.setattr(multiprocessing, "get_context", lambda method=None: start_methods.append(method) or
-                        get_context(method))
+    monkeypatch.setattr(
+        multiprocessing, "get_context", lambda method=None: start_methods.append(method) or get_context(method)
+    )
     sequential = evaluate.evaluate_folders(folders / "pred", folders / "gt", workers=1).results()
     assert start_methods == []
     parallel = evaluate.evaluate_folders(folders / "pred", folders / "gt", workers=3).results()
@@ -195,7 +233,9 @@ def test_spawned_workers_give_exactly_the_sequential_numbers(folders, package, m
 def test_worker_module_imports_neither_torch_nor_the_library(package):
     """A spawned worker starts fast, and cannot find another `birefnet` (a checkout folder of that name
     holds the ComfyUI pack) when it never imports the library: checked in a real spawned process."""
-    report = (f"__import__('importlib').import_module('{package}.scoring') and "
-              "sorted(m for m in __import__('sys').modules if m.split('.')[0] in ('torch', 'birefnet'))")
+    report = (
+        f"__import__('importlib').import_module('{package}.scoring') and "
+        "sorted(m for m in __import__('sys').modules if m.split('.')[0] in ('torch', 'birefnet'))"
+    )
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         assert pool.submit(eval, report).result(timeout=120) == []

@@ -1,16 +1,17 @@
 """Export and the OpenVINO backend: the exported files run in real onnxruntime / OpenVINO sessions
 and reproduce the official reference outputs of the parity fixtures."""
+
 from __future__ import annotations
 
 import logging
 
 import pytest
 import torch
+from conftest import PARITY, random_input, random_state_dict, relative_error
 from safetensors.torch import load_file, save_file
 
 from birefnet import load_model, segment
 from birefnet.cli import main
-from conftest import PARITY, random_input, random_state_dict, relative_error
 
 ort = pytest.importorskip("onnxruntime")
 ov = pytest.importorskip("openvino")
@@ -102,7 +103,22 @@ def test_export_cli_refuses_to_overwrite_and_names_bad_targets(tmp_path, b0_weig
 
 def test_export_cli_writes_a_dynamic_size_onnx(tmp_path, b0_weights):
     out = tmp_path / "dyn.onnx"
-    assert main(["export", str(b0_weights), "--out", str(out), "--size", "96x64", "--dynamic-size", "--tile-layout", "current"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(b0_weights),
+                "--out",
+                str(out),
+                "--size",
+                "96x64",
+                "--dynamic-size",
+                "--tile-layout",
+                "current",
+            ]
+        )
+        == 0
+    )
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     model = load_model(b0_weights, tile_layout="current")
     for height, width in ((64, 96), (128, 64)):
@@ -121,13 +137,17 @@ def test_openvino_backend_says_it_runs_on_the_cpu(b0_weights):
 @pytest.mark.parametrize("variant", ["vgg16", "dino_v3_s"])
 def test_other_backbone_families_export_exactly(variant, tmp_path):
     """A CNN and a ViT backbone through both exporters reproduce the official outputs."""
-    from birefnet.export import export
     from conftest import REFERENCES
+
+    from birefnet.export import export
 
     weights = tmp_path / f"{variant}.safetensors"
     save_file(random_state_dict(variant, 0), str(weights))
     model = load_model(weights, tile_layout="current")
-    x, expected = random_input(1, 256, 256), load_file(str(REFERENCES[f"{variant}_seed0_256x256.safetensors"]))["logits"]
+    x, expected = (
+        random_input(1, 256, 256),
+        load_file(str(REFERENCES[f"{variant}_seed0_256x256.safetensors"]))["logits"],
+    )
     onnx_path = export(model, tmp_path / "model.onnx", "onnx", (256, 256))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert relative_error(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), expected) < 1e-4

@@ -1,5 +1,6 @@
 """Guided segmentation: boxes and region masks, one object each, zero outside; measured on a
 small object among distractors in a 4K frame."""
+
 from __future__ import annotations
 
 import numpy as np

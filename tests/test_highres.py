@@ -1,17 +1,17 @@
 """Coarse-to-fine segmentation of large images, with the embedded demo model (working size 224)."""
+
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from conftest import DEVICE
 from PIL import Image
 
 from birefnet import load_model, segment, segment_highres
 from birefnet.cli import main
-from birefnet.loading import default_weights
 from birefnet.highres import plan_highres
+from birefnet.loading import default_weights
 from birefnet_training.synthetic import make_sample
-from conftest import DEVICE
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,21 @@ def test_plan_caps_the_fine_pass_for_8k(demo):
 def test_cli_highres(tmp_path):
     image, _ = make_sample(7, 2, (700, 900))
     image.save(tmp_path / "big.jpg")
-    assert main(["segment", str(tmp_path / "big.jpg"), "--out", str(tmp_path / "out"), "--highres",
-                 "--fine-megapixels", "0.2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "big.jpg"),
+                "--out",
+                str(tmp_path / "out"),
+                "--highres",
+                "--fine-megapixels",
+                "0.2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert Image.open(tmp_path / "out" / "big.png").size == (900, 700)
 
 

@@ -3,6 +3,7 @@
 `huggingface_hub` runs for real: against Hugging Face's own cache layout prepared here with
 HF_HUB_OFFLINE=1, and against a local server speaking the Hub's file protocol (HF_ENDPOINT).
 """
+
 from __future__ import annotations
 
 import os
@@ -12,19 +13,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
+from hub_server import COMMIT, HubServer
 from PIL import Image
 
-from birefnet.zoo import KNOWN_CHECKPOINTS, find_checkpoint, listed, match_checkpoint
 from birefnet.files import current_umask
-from hub_server import COMMIT, HubServer
+from birefnet.zoo import KNOWN_CHECKPOINTS, find_checkpoint, listed, match_checkpoint
 
 
 def run_cli(*args, **env):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "BIREFNET_"))}
     full_env.update({k: str(v) for k, v in env.items()})
-    return subprocess.run([sys.executable, "-m", "birefnet", *map(str, args)],
-                          capture_output=True, text=True, env=full_env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "birefnet", *map(str, args)], capture_output=True, text=True, env=full_env, timeout=600
+    )
 
 
 def one_line(result) -> str:
@@ -49,7 +50,18 @@ def hub_cache(root: Path, repo: str, filename: str, source: Path) -> Path:
 def test_every_known_checkpoint_has_a_short_name_and_is_recognised_by_its_file_name():
     shorts = [k.short for k in KNOWN_CHECKPOINTS]
     assert len(set(shorts)) == len(shorts) and all(shorts)
-    for name in ("general", "lite", "lite-2k", "hr", "dynamic", "matting", "portrait", "hr-matting", "rmbg-2.0", "lucida"):
+    for name in (
+        "general",
+        "lite",
+        "lite-2k",
+        "hr",
+        "dynamic",
+        "matting",
+        "portrait",
+        "hr-matting",
+        "rmbg-2.0",
+        "lucida",
+    ):
         assert find_checkpoint(name).short == name
     for known in KNOWN_CHECKPOINTS:
         match = match_checkpoint(known.file_name, known.backbone)
@@ -57,7 +69,9 @@ def test_every_known_checkpoint_has_a_short_name_and_is_recognised_by_its_file_n
         assert same == (known.backbone, known.resolution, known.tile_layout), known.name
     assert listed()[0].short == "general"
     assert {k.filename for k in KNOWN_CHECKPOINTS if k.repo == "Comfy-Org/BiRefNet"} == {
-        "background_removal/birefnet.safetensors", "background_removal/lucida.safetensors"}
+        "background_removal/birefnet.safetensors",
+        "background_removal/lucida.safetensors",
+    }
 
 
 def test_a_file_in_the_hub_cache_is_known_by_its_repository(tmp_path):
@@ -74,8 +88,19 @@ def test_weights_by_name_from_the_cache_offline(tmp_path, lite_weights):
     assert "BiRefNet_lite" in info.stdout and "tile layout legacy (known checkpoint BiRefNet_lite)" in info.stdout
     image = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(image)
-    seg = run_cli("segment", image, "--out", tmp_path / "out", "--weights", "BiRefNet_lite", "--resolution", "128",
-                  "--quiet", HF_HUB_CACHE=cache, HF_HUB_OFFLINE=1)
+    seg = run_cli(
+        "segment",
+        image,
+        "--out",
+        tmp_path / "out",
+        "--weights",
+        "BiRefNet_lite",
+        "--resolution",
+        "128",
+        "--quiet",
+        HF_HUB_CACHE=cache,
+        HF_HUB_OFFLINE=1,
+    )
     assert seg.returncode == 0, seg.stderr
     assert Image.open(tmp_path / "out" / "x.png").size == (60, 40)
     again = run_cli("download", "lite", HF_HUB_CACHE=cache, HF_HUB_OFFLINE=1)  # already there: no network needed
@@ -100,7 +125,9 @@ def test_non_commercial_weights_need_their_licence_named(tmp_path):
     refused = run_cli("download", "rmbg-2.0", HF_HUB_CACHE=tmp_path, HF_HUB_OFFLINE=1)
     message = one_line(refused)
     assert refused.returncode == 2 and "--accept-license CC-BY-NC-4.0" in message and "hf auth login" in message
-    accepted = run_cli("download", "rmbg-2.0", "--accept-license", "cc-by-nc-4.0", HF_HUB_CACHE=tmp_path, HF_HUB_OFFLINE=1)
+    accepted = run_cli(
+        "download", "rmbg-2.0", "--accept-license", "cc-by-nc-4.0", HF_HUB_CACHE=tmp_path, HF_HUB_OFFLINE=1
+    )
     assert accepted.returncode == 2 and "offline" in one_line(accepted)  # past the licence check
 
 
@@ -146,7 +173,18 @@ def test_segment_download_flag_fetches_on_request_only(tmp_path, lite_weights):
         plain = run_cli("segment", image, "--out", tmp_path / "out", "--weights", "lite", **env)
         assert plain.returncode == 2 and "not downloaded yet" in plain.stderr
         assert not [r for r in hub.requests if "/resolve/" in r]  # nothing fetched without --download
-        fetched = run_cli("segment", image, "--out", tmp_path / "out", "--weights", "lite", "--download",
-                          "--resolution", "64", "--quiet", **env)
+        fetched = run_cli(
+            "segment",
+            image,
+            "--out",
+            tmp_path / "out",
+            "--weights",
+            "lite",
+            "--download",
+            "--resolution",
+            "64",
+            "--quiet",
+            **env,
+        )
         assert fetched.returncode == 0, fetched.stderr
         assert "BiRefNet_lite is at" in fetched.stderr and (tmp_path / "out" / "x.png").is_file()

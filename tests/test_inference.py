@@ -1,13 +1,14 @@
 """High-level `segment`: any image kind, size and channel count; batching; resolution modes."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import DEVICE
 from PIL import Image
 
 from birefnet import cutout, segment, to_rgb_tensor, working_size
-from conftest import DEVICE
 
 
 def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -19,8 +20,15 @@ def test_image_kinds_convert_to_the_same_rgb():
     rgb = _photo(5, 7)
     expected = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
     rgba = np.concatenate([rgb, np.full((5, 7, 1), 17, np.uint8)], axis=2)
-    for image in (rgb, rgba, Image.fromarray(rgb), Image.fromarray(rgba), expected, expected[None],
-                  torch.from_numpy(rgb).permute(2, 0, 1)):
+    for image in (
+        rgb,
+        rgba,
+        Image.fromarray(rgb),
+        Image.fromarray(rgba),
+        expected,
+        expected[None],
+        torch.from_numpy(rgb).permute(2, 0, 1),
+    ):
         assert torch.allclose(to_rgb_tensor(image), expected, atol=1e-6)
     grey = rgb[:, :, 0]
     for image in (grey, Image.fromarray(grey), grey[:, :, None]):
@@ -30,12 +38,15 @@ def test_image_kinds_convert_to_the_same_rgb():
     assert torch.allclose(to_rgb_tensor(sixteen)[0], expected[0], atol=1e-3)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((4, 4, 5), np.uint8), "1 \\(grey\\), 2"),
-    (np.zeros((0, 4, 3), np.uint8), "no pixels"),
-    (np.zeros((2, 2, 2, 2, 2)), "numpy images must be"),
-    ("picture.png", "cannot read an image from str"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((4, 4, 5), np.uint8), "1 \\(grey\\), 2"),
+        (np.zeros((0, 4, 3), np.uint8), "no pixels"),
+        (np.zeros((2, 2, 2, 2, 2)), "numpy images must be"),
+        ("picture.png", "cannot read an image from str"),
+    ],
+)
 def test_bad_images_are_named(bad, message):
     with pytest.raises((ValueError, TypeError), match=message):
         to_rgb_tensor(bad)
@@ -58,8 +69,13 @@ def test_working_size_modes():
 
 
 def test_masks_come_back_at_original_size_for_odd_shapes(b0_model):
-    images = [_photo(1, 1), _photo(37, 411, 1), Image.fromarray(_photo(64, 48, 2)).convert("L"),
-              Image.fromarray(_photo(20, 30, 3)).convert("RGBA"), torch.rand(3, 50, 70)]
+    images = [
+        _photo(1, 1),
+        _photo(37, 411, 1),
+        Image.fromarray(_photo(64, 48, 2)).convert("L"),
+        Image.fromarray(_photo(20, 30, 3)).convert("RGBA"),
+        torch.rand(3, 50, 70),
+    ]
     masks = segment(b0_model, images, resolution=128)
     assert [tuple(m.shape) for m in masks] == [(1, 1), (37, 411), (64, 48), (20, 30), (50, 70)]
     for mask in masks:
@@ -71,8 +87,14 @@ def test_batching_equals_one_by_one(b0_model):
     images = [_photo(80, 120, s) for s in range(5)] + [_photo(200, 90, 9)]
     single = [segment(b0_model, im, resolution="aspect", max_megapixels=0.02) for im in images]
     calls = []
-    batched = segment(b0_model, images, resolution="aspect", max_megapixels=0.02, batch_size=4,
-                      callback=lambda done, total: calls.append((done, total)))
+    batched = segment(
+        b0_model,
+        images,
+        resolution="aspect",
+        max_megapixels=0.02,
+        batch_size=4,
+        callback=lambda done, total: calls.append((done, total)),
+    )
     for a, b in zip(single, batched):
         assert torch.allclose(a, b, atol=1e-5)
     assert calls[-1] == (6, 6) and len(calls) == 3  # 5 landscape in 2 batches + 1 portrait

@@ -1,6 +1,7 @@
 """The Krita plug-in: its zip against Krita's importer rules, and the plug-in itself in real Krita
 (under Xvfb) against a live `birefnet serve`, with the document's pixels compared with the library's
 output for the same pixels. One Krita session runs every scenario (tests/krita_scenarios.py)."""
+
 from __future__ import annotations
 
 import ast
@@ -99,8 +100,10 @@ def test_cli_writes_the_zip(tmp_path):
 # Real Krita
 
 KRITA = shutil.which("krita")
-needs_krita = pytest.mark.skipif(KRITA is None or shutil.which("xvfb-run") is None,
-                                 reason="no krita/xvfb-run on PATH (Debian: apt-get install krita xvfb; .ci/run does)")
+needs_krita = pytest.mark.skipif(
+    KRITA is None or shutil.which("xvfb-run") is None,
+    reason="no krita/xvfb-run on PATH (Debian: apt-get install krita xvfb; .ci/run does)",
+)
 
 
 def krita_importer_dir() -> Path:
@@ -144,8 +147,12 @@ def free_port() -> int:
 
 def start_server(port: int, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("BIREFNET_WEIGHTS", "BIREFNET_SERVER_TOKEN")}
-    server = subprocess.Popen([sys.executable, "-m", "birefnet", "serve", "--port", str(port), "--device", "cpu"],
-                              stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "birefnet", "serve", "--port", str(port), "--device", "cpu"],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -174,8 +181,11 @@ def write_images(work: Path) -> dict:
     alpha = np.full((picture.height, picture.width), 255, np.uint8)
     alpha[:, :40] = np.linspace(8, 255, 40, dtype=np.uint8)  # a soft, partly transparent left edge: RGBA
     picture.putalpha(Image.fromarray(alpha))
-    images = {"rgba": picture, "grey": synthetic_picture().convert("L"),
-              "large": synthetic_picture().resize((2048, 2048), Image.BICUBIC)}
+    images = {
+        "rgba": picture,
+        "grey": synthetic_picture().convert("L"),
+        "large": synthetic_picture().resize((2048, 2048), Image.BICUBIC),
+    }
     for name, image in images.items():
         image.save(work / f"{name}.png")
     return {name: str(work / f"{name}.png") for name in images}
@@ -199,21 +209,43 @@ def krita_session(tmp_path_factory):
     shutil.copyfile(Path(__file__).with_name("krita_scenarios.py"), scenarios / "__init__.py")
     (scenarios.parent / "birefnet_krita_test.desktop").write_text(
         "[Desktop Entry]\nType=Service\nServiceTypes=Krita/PythonPlugin\nX-KDE-Library=birefnet_krita_test\n"
-        "X-Python-2-Compatible=false\nName=BiRefNet test scenarios\n")
+        "X-Python-2-Compatible=false\nName=BiRefNet test scenarios\n"
+    )
     port = free_port()
     # the server URL comes from the plug-in's setting here, and from BIREFNET_SERVER in the no-server scenario
-    (config / "kritarc").write_text("[python]\nenable_birefnet_krita=true\nenable_birefnet_krita_test=true\n\n"
-                                    f"[birefnet_krita]\nserver=http://127.0.0.1:{port}\n")
-    (work / "plan.json").write_text(json.dumps({
-        "images": write_images(work), "dead_server": f"http://127.0.0.1:{free_port()}",
-        "box": BOX, "offset": OFFSET, "canvas": CANVAS}))
+    (config / "kritarc").write_text(
+        "[python]\nenable_birefnet_krita=true\nenable_birefnet_krita_test=true\n\n"
+        f"[birefnet_krita]\nserver=http://127.0.0.1:{port}\n"
+    )
+    (work / "plan.json").write_text(
+        json.dumps(
+            {
+                "images": write_images(work),
+                "dead_server": f"http://127.0.0.1:{free_port()}",
+                "box": BOX,
+                "offset": OFFSET,
+                "canvas": CANVAS,
+            }
+        )
+    )
     server = start_server(port, base / "server.log")
-    env = {"PATH": os.environ["PATH"], "HOME": str(base / "home"), "XDG_DATA_HOME": str(data),
-           "XDG_CONFIG_HOME": str(config), "XDG_CACHE_HOME": str(base / "cache"),
-           "XDG_RUNTIME_DIR": str(base / "runtime"), "BIREFNET_KRITA_TEST": str(work)}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(base / "home"),
+        "XDG_DATA_HOME": str(data),
+        "XDG_CONFIG_HOME": str(config),
+        "XDG_CACHE_HOME": str(base / "cache"),
+        "XDG_RUNTIME_DIR": str(base / "runtime"),
+        "BIREFNET_KRITA_TEST": str(work),
+    }
     log = base / "krita.log"
-    krita = subprocess.Popen(["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", KRITA, "--nosplash"],
-                             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    krita = subprocess.Popen(
+        ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", KRITA, "--nosplash"],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     try:
         krita.wait(timeout=600)
     except subprocess.TimeoutExpired:
@@ -240,8 +272,11 @@ def scenario(session, name: str, part: str | None = None) -> dict:
 
 def raw(result: dict, key: str, channels: int) -> np.ndarray:
     data = np.frombuffer((result["dir"] / result[key]).read_bytes(), np.uint8)
-    return data.reshape(result["height"], result["width"], channels) if channels > 1 else data.reshape(
-        result["height"], result["width"])
+    return (
+        data.reshape(result["height"], result["width"], channels)
+        if channels > 1
+        else data.reshape(result["height"], result["width"])
+    )
 
 
 def layer_image(result: dict) -> Image.Image:
@@ -324,7 +359,7 @@ def test_selection_is_the_guiding_box_and_stays(krita_session, model):
     assert_same_mask(mask, expected)
     x, y, w, h = BOX
     outside = np.ones_like(mask, bool)
-    outside[y:y + h, x:x + w] = False
+    outside[y : y + h, x : x + w] = False
     assert mask[outside].max() == 0
     assert result["selection_kept"]
     subject = scenario(krita_session, "box", "box_select")
@@ -348,7 +383,7 @@ def test_moved_layer_partly_off_canvas(krita_session, model):
     assert_same_mask(mask, library_mask(model, pixels))
     _, _, bw, bh = result["layer_bounds"]  # the mask hides what lies beyond the canvas
     beyond = np.frombuffer((result["dir"] / result["mask_over_layer"]).read_bytes(), np.uint8).reshape(bh, bw)
-    assert beyond[:, result["width"]:].max() == 0 and beyond[result["height"]:, :].max() == 0
+    assert beyond[:, result["width"] :].max() == 0 and beyond[result["height"] :, :].max() == 0
 
 
 @needs_krita
@@ -411,5 +446,7 @@ def test_shortcuts_from_the_action_file(krita_session):
     results, report = krita_session
     assert report["shortcuts"] == "ok"
     assert json.loads((results / "shortcuts.json").read_text()) == {
-        "birefnet_remove_background": "Ctrl+Alt+B", "birefnet_select_subject": "Ctrl+Alt+U",
-        "birefnet_cut_out": "Ctrl+Alt+X"}
+        "birefnet_remove_background": "Ctrl+Alt+B",
+        "birefnet_select_subject": "Ctrl+Alt+U",
+        "birefnet_cut_out": "Ctrl+Alt+X",
+    }

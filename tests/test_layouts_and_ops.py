@@ -1,14 +1,15 @@
 """Inward-reference tile layouts, the deformable-conv fallback and the inspection outputs."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import DEVICE, cpu_only, random_input, random_state_dict, relative_error
 from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
 
 from birefnet import image_tiles, load_model
-from birefnet.fastpath import plain_graph
 from birefnet.deform_conv import deform_conv2d_banded, deform_conv2d_reference
-from conftest import DEVICE, cpu_only, random_input, random_state_dict, relative_error
+from birefnet.fastpath import plain_graph
 
 
 @pytest.mark.parametrize("grid", [(1, 1), (2, 3), (4, 4)])
@@ -117,7 +118,9 @@ def test_train_mode_returns_everything_for_the_losses(b0_weights):
 
 
 def test_input_size_errors_are_clear(b0_model):
-    with pytest.raises(ValueError, match=r"\(pvt_v2_b0\) needs H and W to be multiples of 32 \(.*\) and at least 64, got 100x64"):
+    with pytest.raises(
+        ValueError, match=r"\(pvt_v2_b0\) needs H and W to be multiples of 32 \(.*\) and at least 64, got 100x64"
+    ):
         b0_model(torch.zeros(1, 3, 100, 64))
     with pytest.raises(ValueError, match="at least 64, got 32x32"):
         b0_model(torch.zeros(1, 3, 32, 32))
@@ -151,7 +154,9 @@ def test_plain_graph_traces_to_standard_ops_and_torchvision_deform_conv(b0_model
         assert relative_error(program.module()(x), b0_model(x)) < 1e-5
 
 
-@pytest.mark.parametrize("shape, size", [((2, 5, 256, 256), (32, 32)), ((1, 3, 64, 48), (17, 9)), ((1, 2, 9, 9), (1, 4))])
+@pytest.mark.parametrize(
+    "shape, size", [((2, 5, 256, 256), (32, 32)), ((1, 3, 64, 48), (17, 9)), ((1, 2, 9, 9), (1, 4))]
+)
 def test_shrinking_interp_equals_torch_bilinear(shape, size):
     from birefnet.blocks import interp
 

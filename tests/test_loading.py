@@ -1,14 +1,24 @@
 """Checkpoint reading, variant detection, prefixes, tile-layout choice and every bad-input path."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    DEVICE,
+    MANIFESTS,
+    cpu_only,
+    manifest,
+    meta_state_dict,
+    random_input,
+    random_state_dict,
+    relative_error,
+)
 from safetensors.torch import save_file
 
 from birefnet import CheckpointError, detect_config, load_model, save_checkpoint, strip_prefixes
 from birefnet.zoo import KNOWN_CHECKPOINTS, find_checkpoint, match_checkpoint
-from conftest import MANIFESTS, DEVICE, PARITY, cpu_only, manifest, meta_state_dict, random_input, random_state_dict, relative_error
 
 VARIANTS = sorted(MANIFESTS)  # every official backbone, dino_v3_h_plus and dino_v3_7b from their manifests
 
@@ -31,9 +41,13 @@ def test_detection_survives_any_prefix_order(variant):
 
 def test_checkpoint_without_batchnorm_loads():
     """Models trained with batch size 1 have no BN keys (BN is Identity in the official code)."""
-    sd = {k: v for k, v in random_state_dict("pvt_v2_b0").items()
-          if not any(f".{n}." in k for n in ("bn_in", "bn_out", "bn", "bn1")) and ".global_avg_pool.2." not in k
-          and not (k.startswith("decoder.gdt_convs_") and ".1." in k)}
+    sd = {
+        k: v
+        for k, v in random_state_dict("pvt_v2_b0").items()
+        if not any(f".{n}." in k for n in ("bn_in", "bn_out", "bn", "bn1"))
+        and ".global_avg_pool.2." not in k
+        and not (k.startswith("decoder.gdt_convs_") and ".1." in k)
+    }
     model = load_model(sd, tile_layout="current", device=DEVICE)
     assert not model.config.batch_norm
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
@@ -189,15 +203,21 @@ def test_other_model_safetensors(tmp_path):
 
 
 def test_legacy_architecture_is_named():
-    sd = {k: v for k, v in meta_state_dict("swin_v1_l").items()
-          if not k.startswith(("decoder.ipt_blk5.", "decoder.gdt_convs_4.", "decoder.gdt_convs_pred_4.", "decoder.gdt_convs_attn_4."))}
+    sd = {
+        k: v
+        for k, v in meta_state_dict("swin_v1_l").items()
+        if not k.startswith(
+            ("decoder.ipt_blk5.", "decoder.gdt_convs_4.", "decoder.gdt_convs_pred_4.", "decoder.gdt_convs_attn_4.")
+        )
+    }
     assert "pre-May-2024" in _error(sd)
 
 
 def test_unsupported_backbones_are_named():
     """Each family names what it found and what it supports; unknown layouts list every backbone."""
     assert "no recognisable backbone under bb. (supported: swin_v1_t" in _error(
-        {"bb.stem.weight": torch.zeros(1), "decoder.x": torch.zeros(1)})
+        {"bb.stem.weight": torch.zeros(1), "decoder.x": torch.zeros(1)}
+    )
     sd = meta_state_dict("swin_v1_t")
     sd["bb.patch_embed.proj.weight"] = torch.empty(64, 3, 4, 4, device="meta")
     assert "Swin backbone with embed 64, window 7, 6 blocks in stage 3 is not an official" in _error(sd)
@@ -205,7 +225,10 @@ def test_unsupported_backbones_are_named():
     assert "VGG backbone with 4 convolutions in its last stage" in _error(vgg19)
     resnet101 = {**meta_state_dict("resnet50"), "bb.conv3.22.conv1.weight": torch.empty(256, 1024, 1, 1, device="meta")}
     assert "ResNet backbone with 7 blocks in layer3" in _error(resnet101)
-    vit = {**meta_state_dict("dino_v3_s"), "bb.model.patch_embed.proj.weight": torch.empty(512, 3, 16, 16, device="meta")}
+    vit = {
+        **meta_state_dict("dino_v3_s"),
+        "bb.model.patch_embed.proj.weight": torch.empty(512, 3, 16, 16, device="meta"),
+    }
     assert "ViT backbone with width 512, 12 blocks is not an official" in _error(vit)
 
 

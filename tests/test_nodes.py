@@ -1,5 +1,6 @@
 """Node functions on ComfyUI-layout tensors (IMAGE (B, H, W, C) in [0, 1], MASK (B, H, W)),
 with the pack imported the way ComfyUI imports it (a package named after its folder)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -7,14 +8,14 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
 def pack():
-    spec = importlib.util.spec_from_file_location("birefnet_toolkit_pack", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
+    spec = importlib.util.spec_from_file_location(
+        "birefnet_toolkit_pack", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -27,8 +28,13 @@ def handle(pack, b0_weights):
 
 
 def test_v1_registration_without_comfy_api(pack):
-    assert set(pack.NODE_CLASS_MAPPINGS) == {"BiRefNetLoader", "BiRefNetSegment", "BiRefNetRefineEdges",
-                                             "BiRefNetGradientPreview", "BiRefNetCompose"}
+    assert set(pack.NODE_CLASS_MAPPINGS) == {
+        "BiRefNetLoader",
+        "BiRefNetSegment",
+        "BiRefNetRefineEdges",
+        "BiRefNetGradientPreview",
+        "BiRefNetCompose",
+    }
     for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
         inputs = cls.INPUT_TYPES()
         assert cls.DESCRIPTION and pack.NODE_DISPLAY_NAME_MAPPINGS[node_id]
@@ -77,8 +83,9 @@ def test_guided_boxes_and_region_give_one_mask_per_object(pack, handle):
     image = torch.rand(2, 120, 160, 3)
     region = torch.zeros(1, 120, 160)
     region[0, 70:110, 100:150] = 1
-    mask, cutout, rgba, objects = pack.nodes.segment.segment(handle, image, resolution="custom", width=64, height=64,
-                                                             boxes="5,5,30,30; 40,10,20,20", region=region)
+    mask, cutout, rgba, objects = pack.nodes.segment.segment(
+        handle, image, resolution="custom", width=64, height=64, boxes="5,5,30,30; 40,10,20,20", region=region
+    )
     assert mask.shape == (2, 120, 160) and objects.shape == (6, 120, 160)  # 3 objects in each of 2 images
     assert torch.equal(mask[1], objects[3:].amax(0))
     assert objects[0, 80:, :].abs().sum() == 0  # the first box's object stays in its (grown) box
@@ -101,7 +108,9 @@ def test_temporal_option_steadies_a_still_clip_across_chunks(pack, handle):
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 3), (1, 37, 4099, 3), (2, 30, 20, 4), (1, 25, 25, 1)])
 def test_odd_sizes_rgba_and_grey(pack, handle, shape):
-    mask, cutout, rgba, _ = pack.nodes.segment.segment(handle, torch.rand(shape), resolution="custom", width=64, height=64)
+    mask, cutout, rgba, _ = pack.nodes.segment.segment(
+        handle, torch.rand(shape), resolution="custom", width=64, height=64
+    )
     assert mask.shape == shape[:3] and cutout.shape == (*shape[:3], 3) and rgba.shape == (*shape[:3], 4)
 
 
@@ -116,8 +125,9 @@ def test_empty_batch_is_a_clear_error(pack, handle):
     with pytest.raises(ValueError, match="non-empty IMAGE batch"):
         pack.nodes.segment.segment(handle, torch.zeros(0, 64, 64, 3))
     with pytest.raises(ValueError, match="colour"):
-        pack.nodes.segment.segment(handle, torch.rand(1, 32, 32, 3), resolution="custom", width=64, height=64,
-                                   background="blue-ish")
+        pack.nodes.segment.segment(
+            handle, torch.rand(1, 32, 32, 3), resolution="custom", width=64, height=64, background="blue-ish"
+        )
 
 
 def test_refine_edges_operations(pack):
@@ -156,7 +166,7 @@ def test_foreground_estimation_removes_the_halo(pack):
     ramp = torch.cat([torch.ones(24), torch.linspace(1, 0, 16), torch.zeros(24)])  # object | soft edge | bg
     alpha = ramp.view(1, 1, 64).expand(1, 64, 64).clone()
     red, green = torch.tensor([1.0, 0, 0]), torch.tensor([0, 1.0, 0])
-    image = (alpha[..., None] * red + (1 - alpha[..., None]) * green)
+    image = alpha[..., None] * red + (1 - alpha[..., None]) * green
     _, _, rgba = refine(image, alpha, estimate_foreground=True)  # default radius 90
     edge = slice(26, 38)
     assert rgba[0, 32, edge, 1].mean() < 0.5 * image[0, 32, edge, 1].mean()  # much less green
@@ -175,16 +185,18 @@ def test_compose(pack):
     out, rgba = pack.nodes.compose.compose(image, mask, background="0,0,0")
     assert out.shape == (2, 20, 30, 3) and rgba.shape == (2, 20, 30, 4)
     assert torch.allclose(out, image * rgba[..., 3:], atol=1e-6)
-    inverted, _ = pack.nodes.compose.compose(image, torch.ones(1, 20, 30), invert_mask=True,
-                                             background_image=torch.zeros(1, 5, 5, 3))
+    inverted, _ = pack.nodes.compose.compose(
+        image, torch.ones(1, 20, 30), invert_mask=True, background_image=torch.zeros(1, 5, 5, 3)
+    )
     assert torch.count_nonzero(inverted) == 0
 
 
 def test_coarse_to_fine_option(pack, handle):
     image = torch.rand(2, 300, 420, 3)
     plain, _, _, _ = pack.nodes.segment.segment(handle, image, resolution="custom", width=128, height=96)
-    fine, cutout, _, _ = pack.nodes.segment.segment(handle, image, resolution="custom", width=128, height=96,
-                                                 coarse_to_fine=True, fine_megapixels=0.1)
+    fine, cutout, _, _ = pack.nodes.segment.segment(
+        handle, image, resolution="custom", width=128, height=96, coarse_to_fine=True, fine_megapixels=0.1
+    )
     assert fine.shape == plain.shape == (2, 300, 420) and cutout.shape == (2, 300, 420, 3)
     assert 0 <= fine.min() and fine.max() <= 1
     assert not torch.allclose(fine, plain, atol=1e-3)  # the second pass ran and changed the masks
@@ -194,7 +206,9 @@ def test_openvino_device_gives_the_torch_masks(pack, handle, b0_weights, tmp_pat
     """The loader's "cpu (OpenVINO)" choice: same masks as PyTorch, the preview still works."""
     pytest.importorskip("openvino")
     monkeypatch.setenv("BIREFNET_CACHE", str(tmp_path))
-    on_openvino = pack.nodes.loader.load(str(b0_weights), device="cpu (OpenVINO)", dtype="auto", tile_layout="current")[0]
+    on_openvino = pack.nodes.loader.load(str(b0_weights), device="cpu (OpenVINO)", dtype="auto", tile_layout="current")[
+        0
+    ]
     assert on_openvino.patcher is None
     image = torch.rand(3, 80, 120, 3, generator=torch.Generator().manual_seed(4))
     expected, _, _, _ = pack.nodes.segment.segment(handle, image, resolution="custom", width=96, height=64)
@@ -209,8 +223,8 @@ def test_registry_metadata_is_complete():
     publisher, display name, no 'ComfyUI' in the name; the 400x400 icon is in the repository (its URL and
     the repository's go into the metadata where the project is published, never invented)."""
     import re
-    import tomllib
 
+    import tomllib
     from PIL import Image
 
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -1,6 +1,7 @@
 """Users clone the pack into a folder of their choosing: it registers its nodes under any name, in the
 2024 ComfyUI (its real `nodes.load_custom_node`, which names the module after the folder, so a folder
 named `birefnet` holds the library's name) and under current ComfyUI's naming (the folder's path)."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 FOLDER_NAMES = ["birefnet", "ComfyUI-BiRefNet", "birefnet_toolkit", "birefnet.git", "training"]
@@ -43,8 +43,14 @@ print(json.dumps({"ok": True, "nodes": sorted(module.NODE_CLASS_MAPPINGS),
 
 def _run(script: str, cwd, folder) -> dict:
     code = f"import sys; sys.argv_path = {str(folder)!r}\n" + script
-    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300,
-                            env={"PYTHONNOUSERSITE": "1", "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONNOUSERSITE": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

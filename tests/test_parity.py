@@ -4,6 +4,7 @@ Weights are generated in the official layout and saved the way users' files come
 (.safetensors without prefix, .pth with `module._orig_mod.` prefixes, an fp16 copy),
 then loaded through `birefnet.load_model` exactly as a user's download would be.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,12 +13,23 @@ import re
 from functools import lru_cache
 
 import pytest
+import random_weights
 import torch
+from conftest import (
+    DEVICE,
+    MANIFESTS,
+    PARITY,
+    manifest,
+    random_input,
+    random_state_dict,
+    relative_error,
+)
+from conftest import (
+    REFERENCES as REFERENCE_FILES,
+)
 from safetensors.torch import load_file, save_file
 
 from birefnet import load_model
-import random_weights
-from conftest import DEVICE, MANIFESTS, PARITY, REFERENCES as REFERENCE_FILES, manifest, random_input, random_state_dict, relative_error
 
 REFERENCES = sorted(REFERENCE_FILES)
 VARIANTS = sorted(MANIFESTS)

@@ -1,6 +1,7 @@
 """`birefnet serve` as users run it (a subprocess on a free port of 127.0.0.1, the demo model): the
 same pixels as `birefnet segment`, the rembg API, the security checks, every bad request answered
 with a one-line 4xx JSON error while the server keeps serving, concurrent requests."""
+
 from __future__ import annotations
 
 import http.client
@@ -23,9 +24,9 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from birefnet.cli import main as cli  # noqa: E402
-
 from conftest import ROOT  # noqa: E402
+
+from birefnet.cli import main as cli  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "images" / "synthetic_0.jpg"
 TOKEN = "s3cret-token"
@@ -41,8 +42,12 @@ class Server:
         self.log_path = folder / "server.log"
         env = dict(os.environ, TMPDIR=str(self.tmp))
         env.pop("BIREFNET_SERVER_TOKEN", None)
-        self.process = subprocess.Popen([sys.executable, "-m", "birefnet", "serve", "--port", "0", *flags],
-                                        stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"), env=env)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "birefnet", "serve", "--port", "0", *flags],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log_path, "w"),
+            env=env,
+        )
         deadline = time.time() + 120
         while "at http://" not in self.log():
             if self.process.poll() is not None or time.time() > deadline:
@@ -66,8 +71,10 @@ def multipart(fields) -> tuple[bytes, str]:
     parts = []
     for name, value in fields:
         if isinstance(value, bytes):
-            head = (f'Content-Disposition: form-data; name="{name}"; filename="upload"\r\n'
-                    "Content-Type: application/octet-stream")
+            head = (
+                f'Content-Disposition: form-data; name="{name}"; filename="upload"\r\n'
+                "Content-Type: application/octet-stream"
+            )
         else:
             head, value = f'Content-Disposition: form-data; name="{name}"', str(value).encode()
         parts.append(f"--{boundary}\r\n{head}\r\n\r\n".encode() + value + b"\r\n")
@@ -106,8 +113,10 @@ def written_by_cli(tmp_path: Path, image: Image.Image | Path, *flags: str) -> tu
         image.save(source)
     assert cli(["segment", str(source), "--out", str(folder / "out"), "--cutout", "--quiet", *flags]) == 0
     stem = source.stem
-    return (np.asarray(Image.open(folder / "out" / f"{stem}.png")),
-            np.asarray(Image.open(folder / "out" / f"{stem}_cutout.png")))
+    return (
+        np.asarray(Image.open(folder / "out" / f"{stem}.png")),
+        np.asarray(Image.open(folder / "out" / f"{stem}_cutout.png")),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -141,18 +150,41 @@ def test_mask_and_cutout_equal_what_the_cli_writes(server, tmp_path, mode):
 
 
 OPTIONS = {
-    "boxes": ([("box", "10,10,200,180"), ("box", "300,150,300,300")],
-              ["--box", "10,10,200,180", "--box", "300,150,300,300"]),
-    "refine": ([("threshold", "0.4"), ("grow", "3"), ("fill_holes", "true"), ("guided_radius", "6"),
-                ("guided_eps", "0.01"), ("feather", "2")],
-               ["--threshold", "0.4", "--grow", "3", "--fill-holes", "--guided-radius", "6", "--guided-eps", "0.01",
-                "--feather", "2"]),
-    "levels+foreground": ([("black_point", "0.1"), ("white_point", "0.8"), ("foreground", "true"),
-                           ("foreground_radius", "31")],
-                          ["--black-point", "0.1", "--white-point", "0.8", "--foreground",
-                           "--foreground-radius", "31"]),
-    "box+grow+resolution": ([("box", "100,80,200,200"), ("grow", "40"), ("resolution", "256x192")],
-                            ["--box", "100,80,200,200", "--grow", "40", "--resolution", "256x192"]),
+    "boxes": (
+        [("box", "10,10,200,180"), ("box", "300,150,300,300")],
+        ["--box", "10,10,200,180", "--box", "300,150,300,300"],
+    ),
+    "refine": (
+        [
+            ("threshold", "0.4"),
+            ("grow", "3"),
+            ("fill_holes", "true"),
+            ("guided_radius", "6"),
+            ("guided_eps", "0.01"),
+            ("feather", "2"),
+        ],
+        [
+            "--threshold",
+            "0.4",
+            "--grow",
+            "3",
+            "--fill-holes",
+            "--guided-radius",
+            "6",
+            "--guided-eps",
+            "0.01",
+            "--feather",
+            "2",
+        ],
+    ),
+    "levels+foreground": (
+        [("black_point", "0.1"), ("white_point", "0.8"), ("foreground", "true"), ("foreground_radius", "31")],
+        ["--black-point", "0.1", "--white-point", "0.8", "--foreground", "--foreground-radius", "31"],
+    ),
+    "box+grow+resolution": (
+        [("box", "100,80,200,200"), ("grow", "40"), ("resolution", "256x192")],
+        ["--box", "100,80,200,200", "--grow", "40", "--resolution", "256x192"],
+    ),
 }
 
 
@@ -247,8 +279,13 @@ def test_too_large_uploads_are_refused_before_they_are_read(server):
 
 def test_chunked_uploads_urls_and_unknown_routes_are_refused(server):
     connection = http.client.HTTPConnection(server.host, timeout=60)
-    connection.request("POST", "/v1/segment", body=iter([b"--x\r\n"]), encode_chunked=True,
-                       headers={"Content-Type": "multipart/form-data; boundary=x"})
+    connection.request(
+        "POST",
+        "/v1/segment",
+        body=iter([b"--x\r\n"]),
+        encode_chunked=True,
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+    )
     response = connection.getresponse()
     assert response.status == 411 and "Content-Length" in json.loads(response.read())["error"]
     status, _, body = call(server, "/api/remove?url=http://169.254.169.254/latest")
@@ -271,8 +308,9 @@ def test_foreign_origin_and_host_are_refused(server):
 def test_concurrent_requests_are_all_answered_alike(server):
     upload = EXAMPLE.read_bytes()
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda _: call(server, "/v1/segment", [("image", upload), ("output", "rgba")]),
-                                range(8)))
+        answers = list(
+            pool.map(lambda _: call(server, "/v1/segment", [("image", upload), ("output", "rgba")]), range(8))
+        )
     assert all(status == 200 for status, _, _ in answers)
     assert len({body for _, _, body in answers}) == 1
 
@@ -284,27 +322,37 @@ def test_token(tmp_path):
         assert status == 401 and "Bearer" in json.loads(body)["error"]
         assert call(server, "/health", headers={"Authorization": "Bearer wrong"})[0] == 401
         assert call(server, "/health", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
-        status, _, _ = call(server, "/v1/segment", [("image", EXAMPLE.read_bytes())],
-                            headers={"Authorization": f"Bearer {TOKEN}"})
+        status, _, _ = call(
+            server, "/v1/segment", [("image", EXAMPLE.read_bytes())], headers={"Authorization": f"Bearer {TOKEN}"}
+        )
         assert status == 200
         assert call(server, "/")[0] == 200  # the page itself asks for the token
-        status, _, _ = call(server, "/health", headers={"Authorization": f"Bearer {TOKEN}",
-                                                        "Origin": "https://editor.example"})
+        status, _, _ = call(
+            server, "/health", headers={"Authorization": f"Bearer {TOKEN}", "Origin": "https://editor.example"}
+        )
         assert status == 200  # --cors lets that site in (still with the token)
     finally:
         server.stop()
     assert "server stopped" in server.log()  # SIGTERM: a graceful stop
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--host", "0.0.0.0"], "--allow-remote"),
-    (["--host", "0.0.0.0", "--allow-remote"], "needs a token"),
-    (["--allow-weights", "no_such_thing"], "not a known name"),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--host", "0.0.0.0"], "--allow-remote"),
+        (["--host", "0.0.0.0", "--allow-remote"], "needs a token"),
+        (["--allow-weights", "no_such_thing"], "not a known name"),
+    ],
+)
 def test_unsafe_or_impossible_setups_refuse_to_start(flags, words):
     env = {k: v for k, v in os.environ.items() if k != "BIREFNET_SERVER_TOKEN"}
-    result = subprocess.run([sys.executable, "-m", "birefnet", "serve", "--port", "0", *flags], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "birefnet", "serve", "--port", "0", *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("birefnet:")]
     assert words in line

@@ -1,20 +1,25 @@
 """The page at / in headless Chromium (Playwright): pick an image, see mask and cut-out, draw a box
 (the mask then stays 0 outside it), download the cut-out PNG; the Krita plug-in link."""
+
 from __future__ import annotations
 
-import io
 import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
-
-from conftest import ROOT
 from test_server import EXAMPLE, Server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-extensions",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-extensions",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +40,9 @@ def page(tmp_path_factory):
 
 
 def _wait_done(page):
-    page.wait_for_function("document.body.dataset.state === 'done' || document.body.dataset.state === 'error'",
-                           timeout=120000)
+    page.wait_for_function(
+        "document.body.dataset.state === 'done' || document.body.dataset.state === 'error'", timeout=120000
+    )
     assert page.evaluate("document.body.dataset.state") == "done", page.inner_text("#status")
 
 

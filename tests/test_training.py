@@ -1,4 +1,5 @@
 """Training package: data folders, losses, a real short run, checkpoints, exact resume, DDP."""
+
 from __future__ import annotations
 
 import json
@@ -10,15 +11,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import DEVICE, ROOT, cpu_only, manifest
 from PIL import Image
 from safetensors import safe_open
 
 import birefnet
-from conftest import DEVICE, ROOT, cpu_only, manifest
+from birefnet.files import current_umask
 from birefnet_training.data import DatasetError, find_pairs
 from birefnet_training.losses import birefnet_loss, loss_weights, ssim_loss
 from birefnet_training.synthetic import make_sample, write_dataset
-from birefnet.files import current_umask
 from birefnet_training.trainer import TrainConfig, train
 
 
@@ -28,8 +29,20 @@ def dataset(tmp_path_factory):
 
 
 def tiny_config(data, out, **overrides) -> TrainConfig:
-    base = dict(data=[str(data)], out=str(out), init="scratch", backbone="pvt_v2_b0", epochs=2, batch_size=2, size=(64, 64),
-                lr=1e-3, finetune_last_epochs=-1, max_steps_per_epoch=2, seed=3, device=str(DEVICE))
+    base = dict(
+        data=[str(data)],
+        out=str(out),
+        init="scratch",
+        backbone="pvt_v2_b0",
+        epochs=2,
+        batch_size=2,
+        size=(64, 64),
+        lr=1e-3,
+        finetune_last_epochs=-1,
+        max_steps_per_epoch=2,
+        seed=3,
+        device=str(DEVICE),
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -70,7 +83,9 @@ def test_loss_weight_schedule_compounds_like_the_official_code():
     assert loss_weights("DIS", 1, 500)["mae"] == 0.0
     # A run shorter than the phase: the official loop multiplies once per epoch it runs (epoch k: k times).
     assert loss_weights("general", 1, 5) == pytest.approx({"bce": 0.0, "iou": 0.25, "ssim": 10.0, "mae": 90.0})
-    assert loss_weights("general", 5, 5) == pytest.approx({"bce": 0.0, "iou": 0.5 * 0.5**5, "ssim": 10.0, "mae": 100 * 0.9**5})
+    assert loss_weights("general", 5, 5) == pytest.approx(
+        {"bce": 0.0, "iou": 0.5 * 0.5**5, "ssim": 10.0, "mae": 100 * 0.9**5}
+    )
     with pytest.raises(ValueError, match="unknown task"):
         loss_weights("segmentation", 1, 10)
 
@@ -150,7 +165,9 @@ def test_unreadable_sample_is_skipped_not_fatal(dataset, tmp_path, capsys):
     train(tiny_config(data, tmp_path / "run", epochs=1, max_steps_per_epoch=None, augment=False))
     err = capsys.readouterr().err
     # On a line of its own (tqdm.write), not glued to the progress bar's.
-    assert any(line.startswith("training: skipping unreadable sample") and "00001.jpg" in line for line in err.splitlines())
+    assert any(
+        line.startswith("training: skipping unreadable sample") and "00001.jpg" in line for line in err.splitlines()
+    )
 
 
 def test_sixteen_bit_masks_keep_their_soft_edges(tmp_path):
@@ -202,11 +219,46 @@ def test_torchrun_resume_is_exact_per_rank(dataset, tmp_path):
     from safetensors.torch import load_file
 
     def run(out, *extra):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29737",
-               "-m", "birefnet_training", "train", "--data", str(dataset), "--out", str(out), "--init", "scratch",
-               "--backbone", "pvt_v2_b0", "--epochs", "2", "--batch-size", "2", "--size", "64",
-               "--max-steps-per-epoch", "1", "--finetune-last-epochs", "0", "--device", "cpu", "--seed", "5", *extra]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29737",
+            "-m",
+            "birefnet_training",
+            "train",
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--init",
+            "scratch",
+            "--backbone",
+            "pvt_v2_b0",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "2",
+            "--size",
+            "64",
+            "--max-steps-per-epoch",
+            "1",
+            "--finetune-last-epochs",
+            "0",
+            "--device",
+            "cpu",
+            "--seed",
+            "5",
+            *extra,
+        ]
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
         return result
@@ -233,10 +285,14 @@ def test_timm_backbone_weights_convert(tmp_path):
         model = birefnet.build_model(name)
         load_backbone_weights(model, path)
         if name == "swin_v1_t":
-            assert torch.equal(model.bb.layers[0].downsample.reduction.weight, source["layers.1.downsample.reduction.weight"])
+            assert torch.equal(
+                model.bb.layers[0].downsample.reduction.weight, source["layers.1.downsample.reduction.weight"]
+            )
             assert torch.equal(model.bb.layers[2].blocks[5].mlp.fc2.bias, source["layers.2.blocks.5.mlp.fc2.bias"])
         else:
-            assert torch.equal(model.bb.body.stages[3].downsample.proj.weight, source["stages.3.downsample.proj.weight"])
+            assert torch.equal(
+                model.bb.body.stages[3].downsample.proj.weight, source["stages.3.downsample.proj.weight"]
+            )
     with pytest.raises(ValueError, match="not swin_v1_t backbone weights"):
         load_backbone_weights(birefnet.build_model("swin_v1_t"), tmp_path / "pvt_v2_b0.safetensors")
 
@@ -244,11 +300,43 @@ def test_timm_backbone_weights_convert(tmp_path):
 def test_torchrun_distributed_training(dataset, tmp_path):
     """Two CPU processes (gloo) through torchrun: one log, one set of checkpoints."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
-           "-m", "birefnet_training", "train", "--data", str(dataset), "--out", str(out), "--init", "scratch",
-           "--backbone", "pvt_v2_b0", "--epochs", "1", "--batch-size", "2", "--size", "64",
-           "--max-steps-per-epoch", "1", "--finetune-last-epochs", "0", "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29731",
+        "-m",
+        "birefnet_training",
+        "train",
+        "--data",
+        str(dataset),
+        "--out",
+        str(out),
+        "--init",
+        "scratch",
+        "--backbone",
+        "pvt_v2_b0",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--size",
+        "64",
+        "--max-steps-per-epoch",
+        "1",
+        "--finetune-last-epochs",
+        "0",
+        "--device",
+        "cpu",
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "final.safetensors").is_file()
@@ -267,8 +355,18 @@ def test_fine_tuning_keeps_the_checkpoint_tile_layout(tmp_path, b0_model):
         b0_model.tile_layout = "current"
     cfg = TrainConfig(data=[], out=str(tmp_path), init=str(path))
     assert build_initial_model(cfg).config.tile_layout == "legacy"
-    assert build_initial_model(TrainConfig(data=[], out=str(tmp_path), init=str(path), tile_layout="current")).config.tile_layout == "current"
-    assert build_initial_model(TrainConfig(data=[], out=str(tmp_path), init="scratch", backbone="pvt_v2_b0")).config.tile_layout == "current"
+    assert (
+        build_initial_model(
+            TrainConfig(data=[], out=str(tmp_path), init=str(path), tile_layout="current")
+        ).config.tile_layout
+        == "current"
+    )
+    assert (
+        build_initial_model(
+            TrainConfig(data=[], out=str(tmp_path), init="scratch", backbone="pvt_v2_b0")
+        ).config.tile_layout
+        == "current"
+    )
 
 
 def test_augmentations_keep_image_and_mask_aligned():
@@ -302,22 +400,49 @@ def test_every_config_field_has_a_documented_flag_with_its_default():
         assert action.help and len(action.help) > 10, f.name
         if f.default not in (dataclasses.MISSING, None) and not isinstance(f.default, bool):
             assert "(default: " in action.help, f.name
-    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--init", "scratch", "--weight-decay", "0.5",
-                              "--lr-decay-epochs", "3", "5", "--no-freeze-batchnorm", "--size", "96x64",
-                              "--dynamic-size", "64,128"])
+    args = parser.parse_args(
+        [
+            "train",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--init",
+            "scratch",
+            "--weight-decay",
+            "0.5",
+            "--lr-decay-epochs",
+            "3",
+            "5",
+            "--no-freeze-batchnorm",
+            "--size",
+            "96x64",
+            "--dynamic-size",
+            "64,128",
+        ]
+    )
     from birefnet_training.__main__ import cmd_train  # noqa: F401  (the same mapping cmd_train uses)
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     assert (cfg.weight_decay, cfg.lr_decay_epochs, cfg.freeze_batchnorm) == (0.5, [3, 5], False)
     assert cfg.size == (64, 96) and cfg.dynamic_size == ((64, 128), (64, 128))
     assert TrainConfig(data=["d"], out="o", init="scratch") == TrainConfig(
-        **{f.name: getattr(v, f.name) for v in [parser.parse_args(["train", "--data", "d", "--out", "o", "--init", "scratch"])]
-           for f in dataclasses.fields(TrainConfig)})  # parser defaults == dataclass defaults
+        **{
+            f.name: getattr(v, f.name)
+            for v in [parser.parse_args(["train", "--data", "d", "--out", "o", "--init", "scratch"])]
+            for f in dataclasses.fields(TrainConfig)
+        }
+    )  # parser defaults == dataclass defaults
 
 
 def test_train_needs_a_starting_point(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "birefnet_training", "train", "--data", str(tmp_path), "--out", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "birefnet_training", "train", "--data", str(tmp_path), "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "--init" in result.stderr
 
 
@@ -337,9 +462,28 @@ def test_epoch_summary_is_readable_and_scratch_backbones_warn(dataset, tmp_path,
 def test_unavailable_training_device_is_one_line(dataset, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    result = subprocess.run([sys.executable, "-m", "birefnet_training", "train", "--data", str(dataset), "--out", str(tmp_path),
-                             "--init", "scratch", "--backbone", "pvt_v2_b0", "--device", "cuda"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "birefnet_training",
+            "train",
+            "--data",
+            str(dataset),
+            "--out",
+            str(tmp_path),
+            "--init",
+            "scratch",
+            "--backbone",
+            "pvt_v2_b0",
+            "--device",
+            "cuda",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "device 'cuda' is not available" in result.stderr.strip().splitlines()[-1]
 
@@ -357,8 +501,12 @@ def test_best_epoch_is_kept_and_can_be_picked_again(dataset, tmp_path):
     assert best_epoch(out / "metrics.jsonl", "MAE") == by_mae
     same = lambda a, b: all(torch.equal(x, y) for x, y in zip(load_file(str(a)).values(), load_file(str(b)).values()))
     assert same(out / "best.safetensors", out / f"epoch_{by_mae}.safetensors")
-    result = subprocess.run([sys.executable, "-m", "birefnet_training", "best", str(out), "--metric", "Sm"],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "birefnet_training", "best", str(out), "--metric", "Sm"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     by_sm = max(records, key=lambda r: r["val_Sm"])["epoch"]
     assert f"epoch {by_sm} is the best by val_Sm" in result.stdout
@@ -369,9 +517,12 @@ def test_compiled_training_traces_the_whole_step_and_matches_eager(dataset, tmp_
     """`--compile` wraps the forward in torch.compile; aot_eager traces forward and backward
     (the part that breaks when the model stops being traceable) without inductor's minutes of codegen."""
     eager = train(tiny_config(dataset, tmp_path / "eager", epochs=1, max_steps_per_epoch=1, device="cpu"))
-    compiled = train(tiny_config(dataset, tmp_path / "compiled", epochs=1, max_steps_per_epoch=1, device="cpu",
-                                 compile="aot_eager"))
-    losses = [json.loads((path.parent / "metrics.jsonl").read_text().splitlines()[0])["loss"] for path in (eager, compiled)]
+    compiled = train(
+        tiny_config(dataset, tmp_path / "compiled", epochs=1, max_steps_per_epoch=1, device="cpu", compile="aot_eager")
+    )
+    losses = [
+        json.loads((path.parent / "metrics.jsonl").read_text().splitlines()[0])["loss"] for path in (eager, compiled)
+    ]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     from safetensors.torch import load_file
 
@@ -471,8 +622,11 @@ def test_torchvision_and_dinov3_pretrained_weights_convert(tmp_path):
     cases = {
         "vgg16bn": (torchvision.models.vgg16_bn().state_dict(), "features.34.weight", "conv4.34.weight"),
         "resnet50": (torchvision.models.resnet50().state_dict(), "layer3.5.conv2.weight", "conv3.5.conv2.weight"),
-        "dino_v3_s": (timm.create_model("vit_small_patch16_dinov3", pretrained=False).state_dict(),
-                      "blocks.11.mlp.fc2.weight", "model.blocks.11.mlp.fc2.weight"),
+        "dino_v3_s": (
+            timm.create_model("vit_small_patch16_dinov3", pretrained=False).state_dict(),
+            "blocks.11.mlp.fc2.weight",
+            "model.blocks.11.mlp.fc2.weight",
+        ),
     }
     for name, (source, theirs, ours) in cases.items():
         path = tmp_path / f"{name}.safetensors"
@@ -496,13 +650,24 @@ def test_each_backbone_family_trains(dataset, tmp_path, backbone):
     final = train(cfg)
     assert birefnet.load_model(final).config.backbone == backbone
     trained = load_file(str(final))
-    moved = lambda prefix: any(not torch.equal(trained[k], initial[k].to(trained[k].dtype))
-                               for k in trained if k.startswith(prefix) and trained[k].is_floating_point())
+    moved = lambda prefix: any(
+        not torch.equal(trained[k], initial[k].to(trained[k].dtype))
+        for k in trained
+        if k.startswith(prefix) and trained[k].is_floating_point()
+    )
     assert moved("decoder.")
     assert moved("bb.") == (backbone != "dino_v3_s")
     if backbone == "dino_v3_s":
-        unfrozen = train(tiny_config(dataset, tmp_path / "unfrozen", backbone=backbone, epochs=1,
-                                     max_steps_per_epoch=1, freeze_backbone=False))
+        unfrozen = train(
+            tiny_config(
+                dataset,
+                tmp_path / "unfrozen",
+                backbone=backbone,
+                epochs=1,
+                max_steps_per_epoch=1,
+                freeze_backbone=False,
+            )
+        )
         key = "bb.model.blocks.0.attn.qkv.weight"
         assert not torch.equal(load_file(str(unfrozen))[key], initial[key])
 

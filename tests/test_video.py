@@ -1,5 +1,6 @@
 """Video: frames stream through the model, temporal stability measured on a synthetic clip with
 exact ground truth, and the CLI on a real encoded clip (PyAV)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -61,8 +62,10 @@ def test_temporal_stability_halves_flicker_without_lagging_a_moving_object(demo_
     rows = {s: _measure(demo_model, s) for s in (0.5, 1.0)}
     print(f"\nper frame: flicker {plain_flicker:.5f}, moving IoU {plain_iou:.4f}")
     for strength, (flicker, iou) in rows.items():
-        print(f"temporal {strength}: flicker {flicker:.5f} ({1 - flicker / plain_flicker:.0%} less), "
-              f"moving IoU {iou:.4f} ({iou - plain_iou:+.4f})")
+        print(
+            f"temporal {strength}: flicker {flicker:.5f} ({1 - flicker / plain_flicker:.0%} less), "
+            f"moving IoU {iou:.4f} ({iou - plain_iou:+.4f})"
+        )
     for flicker, iou in rows.values():
         assert flicker <= 0.5 * plain_flicker
         assert abs(iou - plain_iou) <= 0.01

@@ -1,6 +1,7 @@
 """The package as a user installs it: the wheel built from this tree, installed into a fresh virtual
 environment, run from a folder outside the clone. Its dependencies come from the test environment's
 site-packages (added as a plain path, so that environment's editable install of this tree is not)."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 pytestmark = pytest.mark.wheel
@@ -23,11 +23,21 @@ def wheel(tmp_path_factory) -> Path:
     """Built from a copy of the tree: an in-tree build would leave build/ behind, whose stale modules
     a later build would ship."""
     source = tmp_path_factory.mktemp("source") / "tree"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "out"))
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "out"
+        ),
+    )
     out = tmp_path_factory.mktemp("wheel")
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(source), "-w", str(out)],
-                            capture_output=True, text=True, timeout=600, cwd=out)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(source), "-w", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=out,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = out.glob("birefnet_toolkit-*.whl")
     return path
@@ -38,21 +48,34 @@ def installed(wheel, tmp_path_factory) -> dict:
     """A fresh venv holding only the wheel; returns the environment to run its commands in."""
     venv = tmp_path_factory.mktemp("venv") / "env"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    result = subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                             str(wheel)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    site = Path(subprocess.check_output([venv / "bin" / "python", "-c",
-                                         "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip())
+    site = Path(
+        subprocess.check_output(
+            [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+        ).strip()
+    )
     (site / "test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     work = tmp_path_factory.mktemp("elsewhere")
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(work), "PYTHONNOUSERSITE": "1",
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "HOME": str(work),
+        "PYTHONNOUSERSITE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "2",
+    }
     return {"venv": venv, "site": site, "cwd": work, "env": env}
 
 
 def run(installed, *command, timeout=600) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=installed["cwd"], env=installed["env"], capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        command, cwd=installed["cwd"], env=installed["env"], capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"{command}: {result.stderr[-3000:]}"
     return result
 
@@ -79,8 +102,9 @@ print(json.dumps({"library": birefnet.__file__, "training": birefnet_training.__
     site = str(installed["site"])
     assert found["library"].startswith(site) and found["training"].startswith(site)
     assert len(found["families"]) == 4  # Swin, PVT v2, torchvision CNNs, DINOv3
-    missing = subprocess.run(["python", "-c", "import training"], cwd=installed["cwd"], env=installed["env"],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        ["python", "-c", "import training"], cwd=installed["cwd"], env=installed["env"], capture_output=True, text=True
+    )
     assert missing.returncode != 0, "a generic top-level `training` module was installed"
 
 
@@ -96,7 +120,29 @@ def test_training_command_help_and_one_step_fine_tune(installed):
     assert "--init" in run(installed, "python", "-m", "birefnet_training", "train", "--help").stdout
     run(installed, "python", "-m", "birefnet_training", "synth", "--out", "data", "--count", "4")
     weights = installed["site"] / "birefnet" / "weights" / "default.safetensors"
-    run(installed, "python", "-m", "birefnet_training", "train", "--data", "data", "--out", "run", "--init",
-        str(weights), "--epochs", "1", "--batch-size", "2", "--size", "64", "--max-steps-per-epoch", "1",
-        "--finetune-last-epochs", "0", "--device", "cpu")
+    run(
+        installed,
+        "python",
+        "-m",
+        "birefnet_training",
+        "train",
+        "--data",
+        "data",
+        "--out",
+        "run",
+        "--init",
+        str(weights),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--size",
+        "64",
+        "--max-steps-per-epoch",
+        "1",
+        "--finetune-last-epochs",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert (installed["cwd"] / "run" / "final.safetensors").is_file()

@@ -1,5 +1,6 @@
 """python -m birefnet_training {train, evaluate, best, synth, demo, recipe}: fine-tune, score, make data, ship the demo
 model, measure the small-set fine-tuning recipe."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from birefnet.inference import parse_size
 from birefnet.files import atomic_path
+from birefnet.inference import parse_size
 
 
 def _range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -80,11 +81,18 @@ def cmd_evaluate(args) -> int:
     from .metrics import format_table
 
     if args.pred:
-        metrics = evaluate_folders(args.pred, args.gt, metrics=args.metrics, workers=args.workers,
-                                   hce_convention=args.hce_convention)
+        metrics = evaluate_folders(
+            args.pred, args.gt, metrics=args.metrics, workers=args.workers, hce_convention=args.hce_convention
+        )
     else:
-        metrics = evaluate_model(args.weights, args.data, save_pred=args.save_pred, tile_layout=args.tile_layout,
-                                 metrics=args.metrics, hce_convention=args.hce_convention)
+        metrics = evaluate_model(
+            args.weights,
+            args.data,
+            save_pred=args.save_pred,
+            tile_layout=args.tile_layout,
+            metrics=args.metrics,
+            hce_convention=args.hce_convention,
+        )
     results = metrics.results()
     skipped = f", {len(metrics.skipped)} unreadable skipped" if metrics.skipped else ""
     print(format_table(results, f"{metrics.count} image(s){skipped}"))
@@ -114,8 +122,10 @@ def cmd_best(args) -> int:
         raise ValueError(f"{run / LOG_FILE}: no epoch has val_{args.metric} (train with --val or --val-split)")
     source = run / f"epoch_{epoch}.safetensors"
     if not source.is_file():
-        raise ValueError(f"epoch {epoch} is the best by val_{args.metric}, but {source.name} was not kept "
-                         "(--save-every); train with --save-every 1 to choose among all epochs")
+        raise ValueError(
+            f"epoch {epoch} is the best by val_{args.metric}, but {source.name} was not kept "
+            "(--save-every); train with --save-every 1 to choose among all epochs"
+        )
     with atomic_path(run / BEST_FILE) as tmp:
         shutil.copyfile(source, tmp)
     print(f"training: epoch {epoch} is the best by val_{args.metric}: copied {source.name} to {run / BEST_FILE}")
@@ -157,13 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--save-pred", help="also write the predicted masks here (with --weights)")
     e.add_argument("--tile-layout", default=None, choices=("current", "legacy"))
     e.add_argument("--json", help="write the scores as JSON")
-    e.add_argument("--metrics", nargs="+", metavar="NAME",
-                   help="a subset, by the official names: S E F WF MAE HCE MBA BIoU MSE (default: all)")
-    e.add_argument("--hce-convention", choices=("pysod", "dis"), default="pysod",
-                   help="pysod: min-max normalise each prediction, then > 0.5 (default); dis: raw values > 128 "
-                        "(the DIS benchmark's and the official evaluator's HCE)")
-    e.add_argument("--workers", type=int, default=None,
-                   help="processes scoring --pred folders (default: one per core, at most 8; same numbers as 1)")
+    e.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="NAME",
+        help="a subset, by the official names: S E F WF MAE HCE MBA BIoU MSE (default: all)",
+    )
+    e.add_argument(
+        "--hce-convention",
+        choices=("pysod", "dis"),
+        default="pysod",
+        help="pysod: min-max normalise each prediction, then > 0.5 (default); dis: raw values > 128 "
+        "(the DIS benchmark's and the official evaluator's HCE)",
+    )
+    e.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes scoring --pred folders (default: one per core, at most 8; same numbers as 1)",
+    )
     e.set_defaults(func=cmd_evaluate)
 
     b = sub.add_parser("best", help="copy a run's best epoch (by a validation metric) to best.safetensors")

@@ -8,6 +8,7 @@ evaluation did before it ran in parallel), this package's evaluation of the same
 with 1 process and with one per core, and of all nine. Prints a table; checks the numbers agree.
 The parallel rows include starting the spawned workers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,9 @@ def write_pairs(root: Path, count: int, size: int) -> None:
         _, mask = make_sample(5, i, (size, size))
         mask.save(root / "gt" / f"{i:05d}.png")
         pred = np.asarray(mask.filter(ImageFilter.GaussianBlur(3)).rotate(2), np.float32)
-        Image.fromarray(np.clip(pred + rng.normal(0, 20, pred.shape), 0, 255).astype(np.uint8)).save(root / "pred" / f"{i:05d}.png")
+        Image.fromarray(np.clip(pred + rng.normal(0, 20, pred.shape), 0, 255).astype(np.uint8)).save(
+            root / "pred" / f"{i:05d}.png"
+        )
 
 
 def pysodmetrics_loop(root: Path) -> tuple[dict, float]:
@@ -45,20 +48,32 @@ def pysodmetrics_loop(root: Path) -> tuple[dict, float]:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        measures = {"sm": sod.Smeasure(), "em": sod.Emeasure(), "fm": sod.Fmeasure(), "wfm": sod.WeightedFmeasure(),
-                    "mae": sod.MAE(), "hce": sod.HumanCorrectionEffortMeasure()}
+        measures = {
+            "sm": sod.Smeasure(),
+            "em": sod.Emeasure(),
+            "fm": sod.Fmeasure(),
+            "wfm": sod.WeightedFmeasure(),
+            "mae": sod.MAE(),
+            "hce": sod.HumanCorrectionEffortMeasure(),
+        }
     for gt_path in sorted((root / "gt").iterdir()):
         gt = cv2.imread(str(gt_path), cv2.IMREAD_GRAYSCALE)
         pred = cv2.imread(str(root / "pred" / gt_path.name), cv2.IMREAD_GRAYSCALE)
         for measure in measures.values():
             measure.step(pred=pred, gt=gt)
-    return {"Sm": measures["sm"].get_results()["sm"], "MAE": measures["mae"].get_results()["mae"],
-            "HCE": measures["hce"].get_results()["hce"]}, time.perf_counter() - start
+    return {
+        "Sm": measures["sm"].get_results()["sm"],
+        "MAE": measures["mae"].get_results()["mae"],
+        "HCE": measures["hce"].get_results()["hce"],
+    }, time.perf_counter() - start
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m birefnet_training.bench_eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m birefnet_training.bench_eval",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--pairs", type=int, default=500)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--workers", type=int, default=os.cpu_count())
@@ -67,8 +82,10 @@ def main(argv=None) -> int:
         root = Path(folder)
         start = time.perf_counter()
         write_pairs(root, args.pairs, args.size)
-        print(f"# {args.pairs} pairs at {args.size}x{args.size} written in {time.perf_counter() - start:.0f} s; "
-              f"{os.cpu_count()} cores")
+        print(
+            f"# {args.pairs} pairs at {args.size}x{args.size} written in {time.perf_counter() - start:.0f} s; "
+            f"{os.cpu_count()} cores"
+        )
         print("| evaluation | metrics | processes | seconds | vs pysodmetrics loop |")
         print("|---|---|---|---|---|")
         reference, base = pysodmetrics_loop(root)
@@ -80,8 +97,11 @@ def main(argv=None) -> int:
             for key in ("Sm", "MAE", "HCE"):
                 assert abs(results[key] - reference[key]) <= 1e-9 * max(1.0, abs(reference[key])), key
             names = " ".join(metrics) if metrics else "all nine (+ MBA BIoU MSE)"
-            print(f"| python -m birefnet_training evaluate | {names} | {workers} | {seconds:.1f} | "
-                  f"{base / seconds:.2f}x faster |", flush=True)
+            print(
+                f"| python -m birefnet_training evaluate | {names} | {workers} | {seconds:.1f} | "
+                f"{base / seconds:.2f}x faster |",
+                flush=True,
+            )
     return 0
 
 

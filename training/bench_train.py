@@ -6,12 +6,14 @@ A step is forward, the official objective (pixel losses on every output plus the
 reference's gradient loss, the official `DIS5K` preset = this package's `DIS`), backward and
 an AdamW update. Each row runs in a fresh process (its peak memory is its own); both codes get
 the same weights and the same batch, dropout and drop path are off in both (probability 0),
-and the loss of the first step is printed for both: they agree to float precision. Prints median seconds per step and steps per second.
+and the loss of the first step is printed for both: they agree to float precision. Prints median
+seconds per step and steps per second.
 `--compile` adds rows of this package's step under `torch.compile` (the official training
 default; the first steps, which compile, are the warm-up and are timed apart). `--device cuda`
 (default `$BIREFNET_DEVICE`, else cpu) runs the same table on a GPU; peak memory is then the
 GPU's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +55,8 @@ def _without_randomness(model: torch.nn.Module) -> torch.nn.Module:
 
 def _official_step(args, state_dict, images, masks):
     """The official objective around the official model (its own PixLoss; BCE of the gradient maps)."""
-    from birefnet.bench import official_model
     from birefnet import model_to_official_keys
+    from birefnet.bench import official_model
 
     model = official_model(args.official, args.variant)
     model.load_state_dict(model_to_official_keys(state_dict, args.variant))
@@ -67,8 +69,10 @@ def _official_step(args, state_dict, images, masks):
     def step():
         optimizer.zero_grad()
         (gradient_preds, gradient_labels), side_outputs = model(images)[0]
-        loss = sum(bce(interpolate(pred, size=label.shape[2:], mode="bilinear", align_corners=True).sigmoid(),
-                       label.sigmoid()) for pred, label in zip(gradient_preds, gradient_labels))
+        loss = sum(
+            bce(interpolate(pred, size=label.shape[2:], mode="bilinear", align_corners=True).sigmoid(), label.sigmoid())
+            for pred, label in zip(gradient_preds, gradient_labels)
+        )
         loss = loss + pix_loss(side_outputs, masks.clamp(0, 1))[0]
         loss.backward()
         optimizer.step()
@@ -116,17 +120,20 @@ def _worker(args) -> dict:
         start = time.perf_counter()
         losses.append(step())  # float() waits for the device
         times.append(time.perf_counter() - start)
-    median = statistics.median(times[args.warmup:])
+    median = statistics.median(times[args.warmup :])
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 1e9
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    return {"median_s": median, "first_loss": losses[0], "warmup_s": sum(times[:args.warmup]), "peak_gb": peak}
+    return {"median_s": median, "first_loss": losses[0], "warmup_s": sum(times[: args.warmup]), "peak_gb": peak}
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m birefnet_training.bench_train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m birefnet_training.bench_train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--official", required=True, metavar="DIR", help="a checkout of ZhengPeng7/BiRefNet")
     parser.add_argument("--variant", nargs="+", default=["pvt_v2_b0", "swin_v1_t"])
     parser.add_argument("--size", nargs="+", type=int, default=[256, 512])
@@ -140,11 +147,18 @@ def main(argv=None) -> int:
     parser.add_argument("--worker", nargs=4, metavar=("CODE", "VARIANT", "SIZE", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        args.code, args.variant, args.size, args.dtype = args.worker[0], args.worker[1], int(args.worker[2]), args.worker[3]
+        args.code, args.variant, args.size, args.dtype = (
+            args.worker[0],
+            args.worker[1],
+            int(args.worker[2]),
+            args.worker[3],
+        )
         print(json.dumps(_worker(args)))
         return 0
-    print(f"# training step on {args.device}, batch {args.batch}, {args.threads} threads, "
-          f"median of {args.steps} after {args.warmup} (warm-up seconds in their column)")
+    print(
+        f"# training step on {args.device}, batch {args.batch}, {args.threads} threads, "
+        f"median of {args.steps} after {args.warmup} (warm-up seconds in their column)"
+    )
     print("| variant | size | dtype | code | s / step | steps / s | vs official | first loss | warm-up s | peak GB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     codes = ("official", "this package") + (("compiled",) if args.compile else ())
@@ -155,9 +169,28 @@ def main(argv=None) -> int:
                 for code in codes:
                     if code == "official" and dtype != "fp32":
                         continue  # the official code has no bf16 deformable convolution
-                    cmd = [sys.executable, "-m", "birefnet_training.bench_train", "--official", args.official, "--batch",
-                           str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads",
-                           str(args.threads), "--device", args.device, "--worker", code.split()[0], variant, str(size), dtype]
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "birefnet_training.bench_train",
+                        "--official",
+                        args.official,
+                        "--batch",
+                        str(args.batch),
+                        "--steps",
+                        str(args.steps),
+                        "--warmup",
+                        str(args.warmup),
+                        "--threads",
+                        str(args.threads),
+                        "--device",
+                        args.device,
+                        "--worker",
+                        code.split()[0],
+                        variant,
+                        str(size),
+                        dtype,
+                    ]
                     result = subprocess.run(cmd, capture_output=True, text=True)
                     if result.returncode:
                         reason = (result.stderr.strip().splitlines() or ["failed"])[-1][:150]
@@ -166,8 +199,11 @@ def main(argv=None) -> int:
                     r = json.loads(result.stdout.strip().splitlines()[-1])
                     base = r["median_s"] if code == "official" else base
                     ratio = f"{base / r['median_s']:.2f}x" if base else ""
-                    print(f"| {variant} | {size} | {dtype} | {code} | {r['median_s']:.3f} | {1 / r['median_s']:.2f} "
-                          f"| {ratio} | {r['first_loss']:.4f} | {r['warmup_s']:.1f} | {r['peak_gb']:.2f} |", flush=True)
+                    print(
+                        f"| {variant} | {size} | {dtype} | {code} | {r['median_s']:.3f} | {1 / r['median_s']:.2f} "
+                        f"| {ratio} | {r['first_loss']:.4f} | {r['warmup_s']:.1f} | {r['peak_gb']:.2f} |",
+                        flush=True,
+                    )
     return 0
 
 

@@ -20,6 +20,7 @@ BiRefNet evaluation):
   IoU(t) = |B_pred ≥ t ∩ B_gt| / (|B_gt| + |B_pred ≥ t outside B_gt|). The curve is averaged
   over images; `maxBIoU` and `meanBIoU` are its maximum and mean.
 """
+
 from __future__ import annotations
 
 import cv2

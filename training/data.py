@@ -14,6 +14,7 @@ All randomness of a sample is drawn from numpy's generator seeded by (seed, epoc
 and the batch sizes from (seed, epoch, batch), so an interrupted run resumes identically
 and any number of loader workers or ranks sees the same data.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from birefnet.inference import normalise, to_rgb_tensor
 from birefnet.files import IMAGE_SUFFIXES, read_image
+from birefnet.inference import normalise, to_rgb_tensor
 
 from .synthetic import background
 
@@ -38,8 +39,10 @@ MASK_DIRS = ("gt", "mask", "masks") + ALPHA_DIRS  # a matting alpha is a soft ma
 FOREGROUND_DIRS = ("fg", "foreground")
 CUTOUT_DIRS = ("rgba", "cutouts")
 BACKGROUND_DIRS = ("bg", "backgrounds")
-LAYOUTS = ("im/ + gt/ (images and masks), im/ + alpha/ (matting alphas), fg/ + alpha/ (foregrounds and "
-           "alphas), rgba/ or RGBA files in the folder (cut-outs)")
+LAYOUTS = (
+    "im/ + gt/ (images and masks), im/ + alpha/ (matting alphas), fg/ + alpha/ (foregrounds and "
+    "alphas), rgba/ or RGBA files in the folder (cut-outs)"
+)
 
 
 class Sample(NamedTuple):
@@ -83,8 +86,10 @@ def _matched(folder: Path, first: Path, second: Path, what: str, cutout: bool) -
     if orphan:
         log.warning("%s: %d %s(s) without a %s left out: %s", folder, len(orphan), what[1], what[0], _listing(orphan))
     if not common:
-        raise DatasetError(f"{folder}: no {what[0]} in {first.name}/ has a {what[1]} of the same name in {second.name}/ "
-                           f"({len(images)} {what[0]}s, {len(masks)} {what[1]}s)")
+        raise DatasetError(
+            f"{folder}: no {what[0]} in {first.name}/ has a {what[1]} of the same name in {second.name}/ "
+            f"({len(images)} {what[0]}s, {len(masks)} {what[1]}s)"
+        )
     return [Sample(images[stem], masks[stem], cutout) for stem in common]
 
 
@@ -120,12 +125,15 @@ def find_pairs(folders) -> list[Sample]:
         elif rgba_dir or _files_by_stem(folder):
             found = _cutouts(folder, _files_by_stem(rgba_dir or folder))
             if not found:
-                raise DatasetError(f"{rgba_dir or folder}: no image has an alpha channel; a dataset folder holds "
-                                   f"{LAYOUTS}")
+                raise DatasetError(
+                    f"{rgba_dir or folder}: no image has an alpha channel; a dataset folder holds {LAYOUTS}"
+                )
             samples += found
         else:
-            raise DatasetError(f"{folder}: expected sub-folders im/ (images) and gt/ (masks) matched by file name, "
-                               f"or another layout: {LAYOUTS}")
+            raise DatasetError(
+                f"{folder}: expected sub-folders im/ (images) and gt/ (masks) matched by file name, "
+                f"or another layout: {LAYOUTS}"
+            )
     return samples
 
 
@@ -281,8 +289,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image, mask = read_sample(sample, rng, self.backgrounds)
         if image.size != mask.size and not self.warned_size:
             self.warned_size = True
-            _report(f"mask {sample.mask} is {mask.size[0]}x{mask.size[1]}, its image {image.size[0]}x{image.size[1]}: "
-                    "it is stretched to the training size like its image (reported for the first such pair only)")
+            _report(
+                f"mask {sample.mask} is {mask.size[0]}x{mask.size[1]}, its image {image.size[0]}x{image.size[1]}: "
+                "it is stretched to the training size like its image (reported for the first such pair only)"
+            )
         h, w = size
         image, mask = image.resize((w, h), Image.BILINEAR), mask.resize((w, h), Image.BILINEAR)
         if self.augment is not None:
@@ -307,8 +317,9 @@ class SizedBatchSampler(torch.utils.data.Sampler):
     """Shuffled batches of (index, size): one working size per batch (fixed, or random
     multiples of 32 in `dynamic` ranges), sharded over distributed ranks."""
 
-    def __init__(self, length, batch_size, size=(1024, 1024), dynamic=None, seed=0, shuffle=True,
-                 rank=0, world=1, drop_last=True):
+    def __init__(
+        self, length, batch_size, size=(1024, 1024), dynamic=None, seed=0, shuffle=True, rank=0, world=1, drop_last=True
+    ):
         self.length, self.batch_size, self.size, self.dynamic = length, batch_size, size, dynamic
         self.seed, self.shuffle, self.rank, self.world, self.drop_last = seed, shuffle, rank, world, drop_last
         self.epoch = 0
@@ -317,7 +328,11 @@ class SizedBatchSampler(torch.utils.data.Sampler):
         order = np.arange(self.length)
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch, 1 << 20]).permutation(self.length)
-        full = self.length // self.batch_size * self.batch_size if self.drop_last and self.length >= self.batch_size else self.length
+        full = (
+            self.length // self.batch_size * self.batch_size
+            if self.drop_last and self.length >= self.batch_size
+            else self.length
+        )
         batches = [order[i : i + self.batch_size] for i in range(0, full, self.batch_size)]
         usable = len(batches) // self.world * self.world if len(batches) >= self.world else len(batches)
         return batches[:usable]

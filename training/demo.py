@@ -3,6 +3,7 @@
 A fixed, seeded recipe sized for a 2-core CPU (about 45 minutes); `--install` copies the
 fp16 result to birefnet/weights/default.safetensors, the CLI's and workflows' default.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,16 @@ from .trainer import LOG_FILE, TrainConfig, train
 INSTALLED = Path(birefnet.__file__).parent / "weights" / "default.safetensors"
 
 RECIPE = dict(
-    init="scratch", backbone="pvt_v2_b0", task="general", epochs=4, finetune_last_epochs=-1, batch_size=4,
-    size=(224, 224), lr=4e-4, seed=7, precision="fp32",
+    init="scratch",
+    backbone="pvt_v2_b0",
+    task="general",
+    epochs=4,
+    finetune_last_epochs=-1,
+    batch_size=4,
+    size=(224, 224),
+    lr=4e-4,
+    seed=7,
+    precision="fp32",
 )
 TRAIN_SAMPLES, VAL_SAMPLES, TEST_SAMPLES = 600, 40, 100
 

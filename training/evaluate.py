@@ -1,4 +1,5 @@
 """Score predictions: from a folder of masks, or by running a model over a dataset folder."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -12,16 +13,17 @@ import numpy as np
 from tqdm import tqdm
 
 import birefnet
-from birefnet.inference import mask_to_image
 from birefnet.files import IMAGE_SUFFIXES, read_image, save_image
+from birefnet.inference import mask_to_image
 
 from .data import find_backgrounds, find_pairs, read_sample
 from .metrics import MetricSet, parse_metrics
 from .scoring import mask_array, read_mask_array, score_files, skip
 
 
-def evaluate_folders(pred_dir, gt_dir, *, metrics=None, workers: int | None = None,
-                     hce_convention: str = "pysod") -> MetricSet:
+def evaluate_folders(
+    pred_dir, gt_dir, *, metrics=None, workers: int | None = None, hce_convention: str = "pysod"
+) -> MetricSet:
     """Predictions matched to ground truths by file stem; every ground truth needs one.
 
     The images are scored by `workers` processes (default: one per CPU core, at most 8), each
@@ -61,8 +63,9 @@ def _report_skipped(bar, skipped) -> None:
         bar.write(f"evaluate: skipped {what}: {reason}", file=sys.stderr)
 
 
-def evaluate_model(weights, data, *, save_pred=None, tile_layout=None, metrics=None,
-                   hce_convention: str = "pysod") -> MetricSet:
+def evaluate_model(
+    weights, data, *, save_pred=None, tile_layout=None, metrics=None, hce_convention: str = "pysod"
+) -> MetricSet:
     """Segment every image of dataset folder(s) `data` at the checkpoint's working size, score
     at the original size, optionally keeping the predicted masks."""
     model = birefnet.load_model(weights, tile_layout=tile_layout)

@@ -1,6 +1,7 @@
 """The official BiRefNet training objective (the official repository's `loss.py` and `config.py`): region
 losses on every side output,
 the outward-reference gradient loss, task presets and the late fine-tuning reweighting."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -85,7 +86,9 @@ class LossResult:
     terms: dict[str, float]
 
 
-def birefnet_loss(out: DecoderOutput, image: torch.Tensor, target: torch.Tensor, weights: dict[str, float]) -> LossResult:
+def birefnet_loss(
+    out: DecoderOutput, image: torch.Tensor, target: torch.Tensor, weights: dict[str, float]
+) -> LossResult:
     """Pixel loss on [m4, m3, m2, final] plus the gradient loss at stages 4, 3, 2."""
     target = target.float().clamp(0, 1)
     totals: dict[str, torch.Tensor] = {}

@@ -1,6 +1,7 @@
 """DIS/SOD evaluation: S-measure, E-measure, F-measure, weighted F, MAE (pysodmetrics, the
 reference implementation the official code ports line for line), HCE (DIS paper) and the
 official evaluator's mBA, BIoU and MSE (`boundary_metrics`)."""
+
 from __future__ import annotations
 
 import sys
@@ -14,8 +15,15 @@ from .boundary_metrics import MSE, BoundaryAccuracy, BoundaryIoU
 
 # The official evaluator's metric names, and the report keys each one gives.
 METRICS = {
-    "S": ("Sm",), "E": ("meanEm", "maxEm", "adpEm"), "F": ("maxFm", "meanFm", "adpFm"), "WF": ("wFm",),
-    "MAE": ("MAE",), "HCE": ("HCE",), "MBA": ("mBA",), "BIoU": ("maxBIoU", "meanBIoU"), "MSE": ("MSE",),
+    "S": ("Sm",),
+    "E": ("meanEm", "maxEm", "adpEm"),
+    "F": ("maxFm", "meanFm", "adpFm"),
+    "WF": ("wFm",),
+    "MAE": ("MAE",),
+    "HCE": ("HCE",),
+    "MBA": ("mBA",),
+    "BIoU": ("maxBIoU", "meanBIoU"),
+    "MSE": ("MSE",),
 }
 KEYS = tuple(key for keys in METRICS.values() for key in keys)
 HCE_CONVENTIONS = ("pysod", "dis")
@@ -24,9 +32,17 @@ HCE_CONVENTIONS = ("pysod", "dis")
 def _measure(name: str):
     with warnings.catch_warnings():  # Fmeasure is the one the official evaluation ports; keep it
         warnings.simplefilter("ignore", UserWarning)
-        return {"S": sod.Smeasure, "E": sod.Emeasure, "F": sod.Fmeasure, "WF": sod.WeightedFmeasure, "MAE": sod.MAE,
-                "HCE": sod.HumanCorrectionEffortMeasure, "MBA": BoundaryAccuracy, "BIoU": BoundaryIoU,
-                "MSE": MSE}[name]()
+        return {
+            "S": sod.Smeasure,
+            "E": sod.Emeasure,
+            "F": sod.Fmeasure,
+            "WF": sod.WeightedFmeasure,
+            "MAE": sod.MAE,
+            "HCE": sod.HumanCorrectionEffortMeasure,
+            "MBA": BoundaryAccuracy,
+            "BIoU": BoundaryIoU,
+            "MSE": MSE,
+        }[name]()
 
 
 def parse_metrics(names) -> tuple[str, ...]:

@@ -1,5 +1,6 @@
 """Start a BiRefNet from pretrained backbone weights (ImageNet or DINOv3), in any layout its
 family reads (timm's, torchvision's or the original release's: `birefnet.backbones`)."""
+
 from __future__ import annotations
 
 import re
@@ -34,6 +35,7 @@ def load_backbone_weights(model: BiRefNet, source) -> None:
     if missing or unexpected or reshaped:
         raise ValueError(
             f"{source}: not {backbone} backbone weights ({len(missing)} missing, e.g. {missing[:1]}; "
-            f"{len(unexpected)} unexpected, e.g. {unexpected[:1]}; {len(reshaped)} of another shape, e.g. {reshaped[:1]})"
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:1]}; "
+            f"{len(reshaped)} of another shape, e.g. {reshaped[:1]})"
         )
     model.bb.load_state_dict(converted, strict=False)

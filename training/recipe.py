@@ -5,6 +5,7 @@ never saw (gears, stars and rings with spokes and stroke lettering, as RGBA cut-
 users have), scores the embedded model on its held-out part, fine-tunes it with each variant
 of the recipe and scores again. The README's before/after table comes from this command.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,11 @@ def _gear_alpha(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     x0, y0 = rng.uniform(0.1, 0.5) * w * s, rng.uniform(0.82, 0.9) * h * s
     for k in range(int(rng.integers(3, 7))):  # stroke lettering under the object
         x = x0 + k * 0.07 * w * s
-        strokes = [[(x, y0), (x, y0 + 0.06 * h * s)], [(x, y0), (x + 0.04 * w * s, y0)],
-                   [(x, y0 + 0.03 * h * s), (x + 0.04 * w * s, y0 + 0.06 * h * s)]]
+        strokes = [
+            [(x, y0), (x, y0 + 0.06 * h * s)],
+            [(x, y0), (x + 0.04 * w * s, y0)],
+            [(x, y0 + 0.03 * h * s), (x + 0.04 * w * s, y0 + 0.06 * h * s)],
+        ]
         for stroke in strokes[: int(rng.integers(1, 4))]:
             draw.line(stroke, fill=255, width=s + 1)
     return np.asarray(canvas.resize((w, h), Image.BOX), np.float32) / 255
@@ -79,8 +83,9 @@ def write_object_set(folder, count: int, seed: int, size: tuple[int, int] = SIZE
     return folder.parent
 
 
-def run_recipe(work, init=INSTALLED, variants=VARIANTS, counts=(TRAIN_SAMPLES, VAL_SAMPLES, TEST_SAMPLES),
-               **overrides) -> dict:
+def run_recipe(
+    work, init=INSTALLED, variants=VARIANTS, counts=(TRAIN_SAMPLES, VAL_SAMPLES, TEST_SAMPLES), **overrides
+) -> dict:
     """Scores of `init` on the held-out set, before and after each variant's fine-tune (best epoch)."""
     work = Path(work)
     for name, count, seed in zip(("train", "val", "test"), counts, (10, 11, 12)):
@@ -90,13 +95,25 @@ def run_recipe(work, init=INSTALLED, variants=VARIANTS, counts=(TRAIN_SAMPLES, V
     print(format_table(scores["before (embedded model)"], "before"), flush=True)
     for label, variant in variants.items():
         out = work / label.replace(" ", "_").replace(",", "")
-        cfg = TrainConfig(data=[str(work / "train")], val=[str(work / "val")], out=str(out), init=str(init),
-                          **{**COMMON, **variant, **overrides})
+        cfg = TrainConfig(
+            data=[str(work / "train")],
+            val=[str(work / "val")],
+            out=str(out),
+            init=str(init),
+            **{**COMMON, **variant, **overrides},
+        )
         train(cfg)
         scores[label] = evaluate_model(out / "best.safetensors", work / "test").results()
         print(format_table(scores[label], label), flush=True)
     with atomic_path(work / "scores.json") as tmp:
-        tmp.write_text(json.dumps({"common": {k: str(v) for k, v in COMMON.items()},
-                                   "variants": {k: {a: str(b) for a, b in v.items()} for k, v in variants.items()},
-                                   "scores": scores}, indent=2))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "common": {k: str(v) for k, v in COMMON.items()},
+                    "variants": {k: {a: str(b) for a, b in v.items()} for k, v in variants.items()},
+                    "scores": scores,
+                },
+                indent=2,
+            )
+        )
     return scores

@@ -7,6 +7,7 @@ what scoring needs (numpy, Pillow, OpenCV, pysodmetrics): never torch and never 
 library, whose name can resolve to another package in a fresh process (a checkout folder named
 `birefnet` holds the ComfyUI pack). Keep it that way: the tests check that it loads no torch.
 """
+
 from __future__ import annotations
 
 import cv2

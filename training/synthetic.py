@@ -2,6 +2,7 @@
 edges over textured backgrounds. Each sample is a pure function of (seed, index), so a
 dataset can be regenerated bit for bit anywhere.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -78,7 +79,9 @@ def _object_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     else:  # hair: many thin curves from the rim
         for _ in range(int(rng.integers(20, 60))):
             a = rng.uniform(0, 2 * np.pi)
-            pts = _random_curve(rng, cx + rx * np.cos(a), cy + ry * np.sin(a), rng.uniform(0.05, 0.2) * max(h, w) * s, 6)
+            pts = _random_curve(
+                rng, cx + rx * np.cos(a), cy + ry * np.sin(a), rng.uniform(0.05, 0.2) * max(h, w) * s, 6
+            )
             draw.line(pts, fill=255, width=1)
     if rng.random() < 0.3:  # soft (matting-like) edges
         canvas = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(1, 3) * s))

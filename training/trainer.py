@@ -2,8 +2,10 @@
 fine-tuning phase), mixed precision, gradient accumulation, DistributedDataParallel,
 atomic checkpoints and exact resumption.
 """
+
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -11,7 +13,6 @@ import os
 import re
 import time
 import warnings
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,8 +31,21 @@ log = logging.getLogger(__name__)
 RESUME_FILE = "resume.pt"
 BEST_FILE = "best.safetensors"
 # Validation scores training can choose the best epoch by (MetricSet keys without HCE, which validation skips).
-BEST_METRICS = ("Sm", "meanEm", "maxEm", "adpEm", "maxFm", "meanFm", "adpFm", "wFm", "MAE", "mBA", "maxBIoU",
-                "meanBIoU", "MSE")
+BEST_METRICS = (
+    "Sm",
+    "meanEm",
+    "maxEm",
+    "adpEm",
+    "maxFm",
+    "meanFm",
+    "adpFm",
+    "wFm",
+    "MAE",
+    "mBA",
+    "maxBIoU",
+    "meanBIoU",
+    "MSE",
+)
 LOWER_IS_BETTER = ("MAE", "HCE", "MSE")
 LOG_FILE = "metrics.jsonl"
 
@@ -45,39 +59,62 @@ def option(default=dataclasses.MISSING, help: str = "", **argparse_options):
 
 @dataclass
 class TrainConfig:
-    data: list[str] = option(help="dataset folder(s), each with im/ (images) and gt/ (masks) matched by name", nargs="+")
+    data: list[str] = option(
+        help="dataset folder(s), each with im/ (images) and gt/ (masks) matched by name", nargs="+"
+    )
     out: str = option(help="run folder: checkpoints, resume.pt, metrics.jsonl")
-    init: str = option(help="what to start from: a checkpoint file or known name to fine-tune (e.g. general, lite, "
-                            "after `birefnet download`), or 'scratch' (with --backbone)")
+    init: str = option(
+        help="what to start from: a checkpoint file or known name to fine-tune (e.g. general, lite, "
+        "after `birefnet download`), or 'scratch' (with --backbone)"
+    )
     val: list[str] = option(list, help="validation dataset folder(s)", nargs="*")
     val_split: float = option(0.0, help="hold out this fraction of --data for validation when no --val")
-    best_metric: str = option("Sm", help="validation score that picks best.safetensors (MAE, HCE, MSE: lower is "
-                                         "better; the others higher)", choices=BEST_METRICS)
+    best_metric: str = option(
+        "Sm",
+        help="validation score that picks best.safetensors (MAE, HCE, MSE: lower is better; the others higher)",
+        choices=BEST_METRICS,
+    )
     backbone: str = option("swin_v1_l", help="backbone for --init scratch", choices=backbones.NAMES)
-    backbone_weights: str | None = option(None, help="pretrained weights for the --init scratch backbone: a file "
-                                                     "(timm's, torchvision's or the original release's layout) or "
-                                                     "'download' to fetch the official recipe's ImageNet/DINOv3 weights")
-    tile_layout: str | None = option(None, help="inward-reference tile layout; default: the --init checkpoint's own "
-                                                "(current from scratch)", choices=("current", "legacy"))
+    backbone_weights: str | None = option(
+        None,
+        help="pretrained weights for the --init scratch backbone: a file "
+        "(timm's, torchvision's or the original release's layout) or "
+        "'download' to fetch the official recipe's ImageNet/DINOv3 weights",
+    )
+    tile_layout: str | None = option(
+        None,
+        help="inward-reference tile layout; default: the --init checkpoint's own (current from scratch)",
+        choices=("current", "legacy"),
+    )
     task: str = option("general", help="loss preset of the official recipe", choices=("DIS", "general", "matting"))
     epochs: int = option(200, help="number of epochs")
-    finetune_last_epochs: int | None = option(None, help="length of the late fine-tuning phase; default: the task's official value")
+    finetune_last_epochs: int | None = option(
+        None, help="length of the late fine-tuning phase; default: the task's official value"
+    )
     batch_size: int = option(4, help="images per step (per process)")
     accumulate: int = option(1, help="gradient accumulation steps")
     size: tuple[int, int] = option((1024, 1024), help="training size: 1024 or WIDTHxHEIGHT", parse="size")
     dynamic_size: tuple[tuple[int, int], tuple[int, int]] | None = option(
-        None, help="LO,HI: a random multiple of 32 in this range per batch, instead of --size", parse="range")
+        None, help="LO,HI: a random multiple of 32 in this range per batch, instead of --size", parse="range"
+    )
     lr: float | None = option(None, help="learning rate; default: official (1e-4 DIS, else 1e-5) x sqrt(batch/4)")
     weight_decay: float = option(1e-2, help="AdamW weight decay")
     lr_decay_epochs: list[int] = option(list, help="epochs after which the learning rate is divided by 10", nargs="*")
-    precision: str = option("fp32", help="autocast precision (fp16 with loss scaling)", choices=("fp32", "bf16", "fp16"))
-    freeze_backbone: bool | None = option(None, help="train the decoder only; default: as the official recipe "
-                                                     "(frozen for DINOv3, trained for the others)")
+    precision: str = option(
+        "fp32", help="autocast precision (fp16 with loss scaling)", choices=("fp32", "bf16", "fp16")
+    )
+    freeze_backbone: bool | None = option(
+        None, help="train the decoder only; default: as the official recipe (frozen for DINOv3, trained for the others)"
+    )
     freeze_batchnorm: bool | None = option(None, help="use BatchNorm running statistics; default: when batch size is 1")
     grad_checkpointing: bool = option(False, help="recompute backbone activations in backward (less memory)")
-    compile: str | None = option(None, help="torch.compile the training forward with this backend: inductor (the "
-                                            "official default; faster steps after minutes of compiling), or aot_eager "
-                                            "(checks tracing, no speed-up)", choices=("inductor", "aot_eager"))
+    compile: str | None = option(
+        None,
+        help="torch.compile the training forward with this backend: inductor (the "
+        "official default; faster steps after minutes of compiling), or aot_eager "
+        "(checks tracing, no speed-up)",
+        choices=("inductor", "aot_eager"),
+    )
     augment: bool = option(True, help="the official augmentations (flip, rotate, colour, pepper)")
     background_synthesis: bool = option(False, help="paste foregrounds on other backgrounds")
     crop: bool = option(False, help="add the official random centre crop augmentation")
@@ -121,9 +158,11 @@ def build_initial_model(cfg: TrainConfig) -> BiRefNet:
 
             load_backbone_weights(model, cfg.backbone_weights)
         else:
-            log.warning("the %s backbone starts from random weights (no --backbone-weights): training from scratch "
-                        "needs far more data and time than fine-tuning an official checkpoint (--init general)",
-                        cfg.backbone)
+            log.warning(
+                "the %s backbone starts from random weights (no --backbone-weights): training from scratch "
+                "needs far more data and time than fine-tuning an official checkpoint (--init general)",
+                cfg.backbone,
+            )
         return model
     return load_model(cfg.init, tile_layout=cfg.tile_layout)
 
@@ -165,9 +204,14 @@ class Trainer:
         augment = Augment(crop=cfg.crop, background_synthesis=cfg.background_synthesis) if cfg.augment else None
         backgrounds = find_backgrounds(cfg.data)
         self.train_set = SegmentationDataset(pairs, augment, cfg.seed, backgrounds)
-        self.val_set = SegmentationDataset(val_pairs, None, cfg.seed, find_backgrounds(cfg.val) or backgrounds) if val_pairs else None
-        self.sampler = SizedBatchSampler(len(pairs), cfg.batch_size, cfg.size, cfg.dynamic_size, cfg.seed,
-                                         rank=self.rank, world=self.world)
+        self.val_set = (
+            SegmentationDataset(val_pairs, None, cfg.seed, find_backgrounds(cfg.val) or backgrounds)
+            if val_pairs
+            else None
+        )
+        self.sampler = SizedBatchSampler(
+            len(pairs), cfg.batch_size, cfg.size, cfg.dynamic_size, cfg.seed, rank=self.rank, world=self.world
+        )
         if len(self.sampler) == 0:
             raise ValueError(f"{len(pairs)} training pairs make no full batch of {cfg.batch_size} per rank")
 
@@ -191,15 +235,21 @@ class Trainer:
             # copy of a few KB. Nothing to fix in the model's layout; the warning is silenced.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.frozen_backbone)
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.frozen_backbone,
+            )
         if cfg.compile:  # around DDP, so that its hooks stay outside the compiled graph
             self.net = torch.compile(self.net, backend=cfg.compile)
         self.start_epoch = 1
         phase = cfg.finetune_last_epochs if cfg.finetune_last_epochs is not None else FINETUNE_LAST_EPOCHS[cfg.task]
         if phase and cfg.epochs <= -phase:
-            log.warning("the late fine-tuning phase (last %d epochs) covers the whole %d-epoch run, so BCE is off "
-                        "from epoch 1; set --finetune-last-epochs (0 disables it)", -phase, cfg.epochs)
+            log.warning(
+                "the late fine-tuning phase (last %d epochs) covers the whole %d-epoch run, so BCE is off "
+                "from epoch 1; set --finetune-last-epochs (0 disables it)",
+                -phase,
+                cfg.epochs,
+            )
         self.writer = None
         if cfg.tensorboard and self.rank == 0:
             try:
@@ -225,9 +275,13 @@ class Trainer:
 
     def save_resume(self, epoch: int, rng: list[dict]) -> None:
         state = {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
-            "rng": rng, "config": json.dumps(asdict(self.cfg)),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "rng": rng,
+            "config": json.dumps(asdict(self.cfg)),
         }
         with atomic_path(self.out / RESUME_FILE) as tmp:
             torch.save(state, tmp)
@@ -244,8 +298,13 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         rng = state.get("rng") or [{"torch": state["torch_rng"]}]  # files of earlier versions kept rank 0's only
         if len(rng) != self.world and self.rank == 0:
-            log.warning("%s was written by %d process(es), this run has %d: the random streams restart per rank, "
-                        "so the result will differ from an uninterrupted run", path, len(rng), self.world)
+            log.warning(
+                "%s was written by %d process(es), this run has %d: the random streams restart per rank, "
+                "so the result will differ from an uninterrupted run",
+                path,
+                len(rng),
+                self.world,
+            )
         own = rng[self.rank % len(rng)]
         torch.set_rng_state(own["torch"])
         if "cuda" in own and self.device.type == "cuda":
@@ -270,8 +329,13 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def _loader(self, dataset, sampler):
-        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                                           num_workers=self.cfg.workers, generator=torch.Generator().manual_seed(0))
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.cfg.workers,
+            generator=torch.Generator().manual_seed(0),
+        )
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         from tqdm import tqdm
@@ -283,7 +347,9 @@ class Trainer:
         if self.freeze_bn:
             _freeze_batchnorm(self.model)
         sums: dict[str, float] = {}
-        steps = len(self.sampler) if cfg.max_steps_per_epoch is None else min(len(self.sampler), cfg.max_steps_per_epoch)
+        steps = (
+            len(self.sampler) if cfg.max_steps_per_epoch is None else min(len(self.sampler), cfg.max_steps_per_epoch)
+        )
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=self.rank != 0, leave=False)
         self.optimizer.zero_grad(set_to_none=True)
         for step, (images, masks, _) in enumerate(self._loader(self.train_set, self.sampler)):
@@ -315,8 +381,9 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         self.model.eval()
         metrics = MetricSet([name for name in METRICS if name != "HCE"])
-        sampler = SizedBatchSampler(len(self.val_set), self.cfg.batch_size, self.cfg.size, None, shuffle=False,
-                                    drop_last=False)
+        sampler = SizedBatchSampler(
+            len(self.val_set), self.cfg.batch_size, self.cfg.size, None, shuffle=False, drop_last=False
+        )
         for images, masks, _ in self._loader(self.val_set, sampler):
             probs = torch.sigmoid(self.model(images.to(self.device)).float()).cpu()
             for prob, mask in zip(probs, masks):

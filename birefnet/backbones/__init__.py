@@ -11,6 +11,7 @@ plus its fixtures. A family whose modules do not carry the official key names (P
 timm's) also declares `to_model_key`/`to_official_key` (backbone keys without `bb.`, converted at
 the checkpoint edge); the others are official by construction.
 """
+
 from __future__ import annotations
 
 from types import ModuleType
@@ -45,8 +46,9 @@ def recognise(state_dict: Mapping, where: str = "<state dict>") -> str:
         found = module.recognise(state_dict, where)
         if found:
             return found
-    raise CheckpointError(f"{where}: BiRefNet-like keys but no recognisable backbone under bb. "
-                          f"(supported: {', '.join(NAMES)})")
+    raise CheckpointError(
+        f"{where}: BiRefNet-like keys but no recognisable backbone under bb. (supported: {', '.join(NAMES)})"
+    )
 
 
 def _renamed_backbone_keys(state_dict: Mapping, name: str, direction: str) -> dict:
@@ -64,5 +66,15 @@ def to_official_keys(state_dict: Mapping, name: str) -> dict:
     return _renamed_backbone_keys(state_dict, name, "to_official_key")
 
 
-__all__ = ["FAMILIES", "NAMES", "VARIANTS", "Variant", "build", "family", "recognise", "to_model_keys",
-           "to_official_keys", "variant"]
+__all__ = [
+    "FAMILIES",
+    "NAMES",
+    "VARIANTS",
+    "Variant",
+    "build",
+    "family",
+    "recognise",
+    "to_model_keys",
+    "to_official_keys",
+    "variant",
+]

@@ -1,4 +1,5 @@
 """What a backbone family module declares (see `birefnet.backbones`)."""
+
 from __future__ import annotations
 
 import re

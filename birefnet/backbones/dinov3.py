@@ -6,6 +6,7 @@ this module keeps that attribute, so the keys are the official ones by construct
 decoder's pyramid neck (`decoder.pyramid_neck_x1..x4`) resamples the four stride-16 maps to
 strides 4..32. The official recipe trains these backbones frozen.
 """
+
 from __future__ import annotations
 
 import timm
@@ -24,8 +25,15 @@ _SPECS = {  # name: (timm model, blocks tapped, embed width, depth, SwiGLU MLP)
     "dino_v3_7b": ("vit_7b_patch16_dinov3.lvd1689m", (9, 19, 29, 39), 4096, 40, True),
 }
 VARIANTS = {
-    name: Variant(name, "dinov3", (width,) * 4, strides=(16,) * 4, pretrained=model, frozen=True,
-                  size_rule="the half-size pass must be whole 16-pixel patches")
+    name: Variant(
+        name,
+        "dinov3",
+        (width,) * 4,
+        strides=(16,) * 4,
+        pretrained=model,
+        frozen=True,
+        size_rule="the half-size pass must be whole 16-pixel patches",
+    )
     for name, (model, _, width, _, _) in _SPECS.items()
 }
 
@@ -44,8 +52,9 @@ class DINOv3(nn.Module):
         self.model.set_grad_checkpointing(enable)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.model.forward_intermediates(x, indices=self.indices, norm=False, output_fmt="NCHW",
-                                                intermediates_only=True)
+        return self.model.forward_intermediates(
+            x, indices=self.indices, norm=False, output_fmt="NCHW", intermediates_only=True
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,9 +75,11 @@ def recognise(state_dict, where: str) -> str | None:
     for name, (_, _, width, blocks, gated) in _SPECS.items():
         if (width, blocks, gated) == (embed.shape[0], depth, swiglu):
             return name
-    raise CheckpointError(f"{where}: ViT backbone with width {embed.shape[0]}, {depth} blocks"
-                          f"{', SwiGLU' if swiglu else ''} is not an official BiRefNet configuration "
-                          f"(supported: {', '.join(_SPECS)})")
+    raise CheckpointError(
+        f"{where}: ViT backbone with width {embed.shape[0]}, {depth} blocks"
+        f"{', SwiGLU' if swiglu else ''} is not an official BiRefNet configuration "
+        f"(supported: {', '.join(_SPECS)})"
+    )
 
 
 OPTIONAL_PRETRAINED = r"$^"
@@ -89,5 +100,4 @@ def convert_pretrained(state_dict: dict, variant: Variant) -> dict:
     state_dict = checkpoint_filter_fn(state_dict, model)
     depth = _SPECS[variant.name][3]
     kept = {k: v for k, v in state_dict.items() if not k.startswith(("norm.", "head.", "fc_norm.", "head_drop"))}
-    return {f"model.{k}": v for k, v in kept.items()
-            if not k.startswith("blocks.") or int(k.split(".")[1]) < depth}
+    return {f"model.{k}": v for k, v in kept.items() if not k.startswith("blocks.") or int(k.split(".")[1]) < depth}

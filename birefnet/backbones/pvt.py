@@ -5,6 +5,7 @@ and `mlp.dwconv.dwconv`; timm names them `patch_embed`/`stages.{n-1}.downsample`
 `stages.{n-1}.blocks.{j}`, `stages.{n-1}.norm` and `mlp.dwconv`. The two rename
 functions below convert between them at the checkpoint edge.
 """
+
 from __future__ import annotations
 
 import timm
@@ -16,8 +17,13 @@ from .base import Variant, count, rename
 
 _WIDTHS = {"pvt_v2_b0": 32, "pvt_v2_b1": 64, "pvt_v2_b2": 64, "pvt_v2_b5": 64}
 VARIANTS = {
-    name: Variant(name, "pvt", (width, 2 * width, 5 * width, 8 * width), pretrained=f"{name}.in1k",
-                  size_rule="the decoder's inward reference cuts the image into stride-32 tiles")
+    name: Variant(
+        name,
+        "pvt",
+        (width, 2 * width, 5 * width, 8 * width),
+        pretrained=f"{name}.in1k",
+        size_rule="the decoder's inward reference cuts the image into stride-32 tiles",
+    )
     for name, width in _WIDTHS.items()
 }
 
@@ -83,8 +89,10 @@ def recognise(state_dict, where: str) -> str | None:
     depth3 = count(state_dict, r"bb\.block3\.(\d+)\.")
     found = {(32, 2): "pvt_v2_b0", (64, 2): "pvt_v2_b1", (64, 6): "pvt_v2_b2", (64, 40): "pvt_v2_b5"}.get((dim, depth3))
     if found is None:
-        raise CheckpointError(f"{where}: PVT v2 backbone with width {dim} and {depth3} blocks in stage 3 is not "
-                              "supported (supported: pvt_v2_b0, b1, b2, b5)")
+        raise CheckpointError(
+            f"{where}: PVT v2 backbone with width {dim} and {depth3} blocks in stage 3 is not "
+            "supported (supported: pvt_v2_b0, b1, b2, b5)"
+        )
     return found
 
 

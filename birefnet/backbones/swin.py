@@ -9,6 +9,7 @@ those semantics and the official key names (`layers.{i}.blocks.{j}...`,
 `layers.{i}.downsample`, `norm{i}`), and builds on timm's Mlp/DropPath and
 PyTorch's scaled_dot_product_attention.
 """
+
 from __future__ import annotations
 
 import re
@@ -46,8 +47,13 @@ _PRETRAINED = {  # the ImageNet-22k weights the released models started from, in
     "swin_v1_l": "swin_large_patch4_window12_384.ms_in22k_ft_in1k",
 }
 VARIANTS = {
-    name: Variant(name, "swin", tuple(spec.embed_dim * 2**i for i in range(4)), pretrained=_PRETRAINED[name],
-                  size_rule="the decoder's inward reference cuts the image into stride-32 tiles")
+    name: Variant(
+        name,
+        "swin",
+        tuple(spec.embed_dim * 2**i for i in range(4)),
+        pretrained=_PRETRAINED[name],
+        size_rule="the decoder's inward reference cuts the image into stride-32 tiles",
+    )
     for name, spec in SWIN_SPECS.items()
 }
 
@@ -318,8 +324,10 @@ def recognise(state_dict, where: str) -> str | None:
     for name, spec in SWIN_SPECS.items():
         if (spec.embed_dim, spec.window_size, spec.depths[2]) == (embed, window, depth3):
             return name
-    raise CheckpointError(f"{where}: Swin backbone with embed {embed}, window {window}, {depth3} blocks in stage 3 "
-                          "is not an official BiRefNet configuration (supported: swin_v1_t/s/b/l)")
+    raise CheckpointError(
+        f"{where}: Swin backbone with embed {embed}, window {window}, {depth3} blocks in stage 3 "
+        "is not an official BiRefNet configuration (supported: swin_v1_t/s/b/l)"
+    )
 
 
 OPTIONAL_PRETRAINED = r"norm\d\.(weight|bias)|.*relative_position_index"  # BiRefNet's own additions
@@ -333,10 +341,15 @@ def pretrained_state_dict(variant: Variant) -> dict:
 
 def convert_pretrained(state_dict: dict, variant: Variant) -> dict:
     """ImageNet weights in the original Swin release's or timm's layout -> this module's keys."""
-    state_dict = {k: v for k, v in state_dict.items()
-                  if not k.startswith(("head", "norm.", "fc_norm")) and not k.endswith(("relative_position_index", "attn_mask"))}
+    state_dict = {
+        k: v
+        for k, v in state_dict.items()
+        if not k.startswith(("head", "norm.", "fc_norm")) and not k.endswith(("relative_position_index", "attn_mask"))
+    }
     if "layers.0.downsample.reduction.weight" in state_dict:  # the original release merges at the stage end, like ours
         return state_dict
     # timm merges at the start of the next stage
-    return {re.sub(r"^layers\.(\d)\.downsample\.", lambda m: f"layers.{int(m.group(1)) - 1}.downsample.", k): v
-            for k, v in state_dict.items()}
+    return {
+        re.sub(r"^layers\.(\d)\.downsample\.", lambda m: f"layers.{int(m.group(1)) - 1}.downsample.", k): v
+        for k, v in state_dict.items()
+    }

@@ -5,6 +5,7 @@ VGG's `features` at the pooling layers, ResNet's stem + `layer1`, then `layer2`.
 This module builds the same `nn.Sequential` of named stages, so the keys are the official
 ones (`conv1.0.weight`, `conv4.2.bn3.running_var`, ...) by construction.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -55,7 +56,12 @@ def _stages(net: nn.Module, name: str) -> StagedCNN:
         starts = (0,) + ends[:3]
         parts = [net.features[a:b] for a, b in zip(starts, ends)]
     else:
-        parts = [nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1), net.layer2, net.layer3, net.layer4]
+        parts = [
+            nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1),
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        ]
     return StagedCNN(OrderedDict((f"conv{i + 1}", part) for i, part in enumerate(parts)))
 
 
@@ -77,14 +83,18 @@ def recognise(state_dict, where: str) -> str | None:
         blocks = count(state_dict, r"bb\.conv3\.(\d+)\.conv1\.weight")
         if blocks == 6 and "bb.conv4.2.conv3.weight" in state_dict:
             return "resnet50"
-        raise CheckpointError(f"{where}: ResNet backbone with {blocks} blocks in layer3 is not an official BiRefNet "
-                              "configuration (supported: resnet50)")
+        raise CheckpointError(
+            f"{where}: ResNet backbone with {blocks} blocks in layer3 is not an official BiRefNet "
+            "configuration (supported: resnet50)"
+        )
     batch_norm = "bb.conv1.1.running_mean" in state_dict
     convs = count(state_dict, r"bb\.conv4\.(\d+)\.weight") // (2 if batch_norm else 1)
     if convs == 3:
         return "vgg16bn" if batch_norm else "vgg16"
-    raise CheckpointError(f"{where}: VGG backbone with {convs} convolutions in its last stage is not an official "
-                          "BiRefNet configuration (supported: vgg16, vgg16bn)")
+    raise CheckpointError(
+        f"{where}: VGG backbone with {convs} convolutions in its last stage is not an official "
+        "BiRefNet configuration (supported: vgg16, vgg16bn)"
+    )
 
 
 OPTIONAL_PRETRAINED = r"$^"
@@ -101,5 +111,8 @@ def convert_pretrained(state_dict: dict, variant: Variant) -> dict:
         reference = _torchvision_model(variant)
     stages = _stages(reference, variant.name)
     owner = {id(p): name for name, p in stages.state_dict(keep_vars=True).items()}
-    return {owner[id(t)]: state_dict[k] for k, t in reference.state_dict(keep_vars=True).items()
-            if id(t) in owner and k in state_dict}
+    return {
+        owner[id(t)]: state_dict[k]
+        for k, t in reference.state_dict(keep_vars=True).items()
+        if id(t) in owner and k in state_dict
+    }

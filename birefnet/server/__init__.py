@@ -5,6 +5,7 @@ error. Modules: settings (what the command line asked for), security (Host/Origi
 checks), uploads (form fields and image decoding), weights (which weights clients may pick),
 worker (the model and its queue), app (the routes), run (start and stop), bench (benchmark).
 """
+
 from .run import serve
 
 __all__ = ["serve"]

@@ -1,5 +1,6 @@
 """The routes: /v1/segment, rembg's /api/remove, /health, /v1/models, the page at /, the Krita
 plug-in zip; every error as {"error": "<one line>"} with a 4xx status (5xx only for server faults)."""
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,23 @@ from .settings import Settings
 from .uploads import Job, check_fields, decode_image, parse_job
 from .worker import Worker
 
-SEGMENT_FIELDS = ("image", "output", "weights", "resolution", "box", "black_point", "white_point", "threshold",
-                  "fill_holes", "grow", "guided_radius", "guided_eps", "feather", "foreground", "foreground_radius")
+SEGMENT_FIELDS = (
+    "image",
+    "output",
+    "weights",
+    "resolution",
+    "box",
+    "black_point",
+    "white_point",
+    "threshold",
+    "fill_holes",
+    "grow",
+    "guided_radius",
+    "guided_eps",
+    "feather",
+    "foreground",
+    "foreground_radius",
+)
 REMBG_FIELDS = ("file", "model", "a", "af", "ab", "ae", "om", "ppm", "bgc", "extras")
 PNG = {200: {"content": {"image/png": {}}, "description": "the PNG"}}
 
@@ -48,9 +64,14 @@ def error(status: int, message: str) -> JSONResponse:
 
 
 def create_app(settings: Settings, worker: Worker) -> FastAPI:
-    app = FastAPI(title="BiRefNet server", version=__version__, docs_url=None, redoc_url=None,
-                  description="Background removal and object masks for image editors and scripts. "
-                              "Every error is JSON {\"error\": \"...\"}.")
+    app = FastAPI(
+        title="BiRefNet server",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        description="Background removal and object masks for image editors and scripts. "
+        'Every error is JSON {"error": "..."}.',
+    )
 
     async def answer(job: Job) -> Response:
         try:
@@ -83,11 +104,26 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
     ):
         """The mask (or cut-out) `birefnet segment` writes for this image and these options."""
         check_fields((await request.form()).keys(), SEGMENT_FIELDS)
-        refinement = dict(black_point=black_point, white_point=white_point, threshold=threshold,
-                          fill_holes=fill_holes, grow=grow, guided_radius=guided_radius, guided_eps=guided_eps,
-                          feather=feather, foreground=foreground, foreground_radius=foreground_radius)
-        job = parse_job(await read_image(image), output=output, weights=weights, resolution=resolution, boxes=box,
-                        refinement=refinement)
+        refinement = dict(
+            black_point=black_point,
+            white_point=white_point,
+            threshold=threshold,
+            fill_holes=fill_holes,
+            grow=grow,
+            guided_radius=guided_radius,
+            guided_eps=guided_eps,
+            feather=feather,
+            foreground=foreground,
+            foreground_radius=foreground_radius,
+        )
+        job = parse_job(
+            await read_image(image),
+            output=output,
+            weights=weights,
+            resolution=resolution,
+            boxes=box,
+            refinement=refinement,
+        )
         return await answer(job)
 
     @app.post("/api/remove", responses=PNG, response_class=Response)
@@ -100,8 +136,14 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         """rembg's server API: the cut-out, or the mask with om=true. rembg's other fields (a, af, ab, ae,
         ppm, bgc, extras) are accepted and ignored."""
         check_fields((await request.form()).keys(), REMBG_FIELDS)
-        job = parse_job(await read_image(file), output="mask" if om else "rgba", weights=None, resolution="native",
-                        boxes=[], refinement={})
+        job = parse_job(
+            await read_image(file),
+            output="mask" if om else "rgba",
+            weights=None,
+            resolution="native",
+            boxes=[],
+            refinement={},
+        )
         return await answer(job)
 
     @app.get("/api/remove", include_in_schema=False)
@@ -110,13 +152,22 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": worker.name, "device": str(worker.device),
-                "dtype": str(worker.dtype).removeprefix("torch."), "version": __version__, "waiting": worker.waiting}
+        return {
+            "status": "ok",
+            "model": worker.name,
+            "device": str(worker.device),
+            "dtype": str(worker.dtype).removeprefix("torch."),
+            "version": __version__,
+            "waiting": worker.waiting,
+        }
 
     @app.get("/v1/models")
     async def models():
-        return {"loaded": worker.name, "offered": worker.catalog.names(),
-                "known": [{"name": k.name, "short": k.short, "downloaded": downloaded(k)} for k in listed()]}
+        return {
+            "loaded": worker.name,
+            "offered": worker.catalog.names(),
+            "known": [{"name": k.name, "short": k.short, "downloaded": downloaded(k)} for k in listed()],
+        }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -131,8 +182,11 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
             data = zip_bytes()
         except FileNotFoundError as err:
             raise RequestError(404, str(err)) from None
-        return Response(data, media_type="application/zip",
-                        headers={"Content-Disposition": 'attachment; filename="birefnet_krita.zip"'})
+        return Response(
+            data,
+            media_type="application/zip",
+            headers={"Content-Disposition": 'attachment; filename="birefnet_krita.zip"'},
+        )
 
     @app.exception_handler(RequestError)
     async def request_error(_, err: RequestError):
@@ -155,8 +209,12 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         return error(500, f"internal error: {type(err).__name__}: {first_line(err)}")
 
     if settings.cors:
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization"],
+        )
     app.add_middleware(Guard, settings=settings)
     return app
 

@@ -2,6 +2,7 @@
 the server's overhead over a direct library call on the same image in the same run, 16
 concurrent clients (all answered, p50/p95 latency), and the server's memory across 100 requests.
 Prints a Markdown table (docs/benchmarks.md)."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ from pathlib import Path
 import psutil
 from PIL import Image
 
-from ..inference import mask_to_image
 from ..files import read_image
+from ..inference import mask_to_image
 from ..loading import load_model
 from ..pipeline import finish, segment_image
 from ..refine import Refinement
@@ -44,10 +45,14 @@ def start_server(weights: str | None) -> tuple[subprocess.Popen, str, Path]:
 def post(url: str, data: bytes) -> float:
     """Seconds for one /v1/segment request (mask output)."""
     boundary = uuid.uuid4().hex
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x"\r\n\r\n'.encode() + data
-            + f"\r\n--{boundary}--\r\n".encode())
-    request = urllib.request.Request(f"{url}/v1/segment", data=body,
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x"\r\n\r\n'.encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{url}/v1/segment", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=600) as response:
         response.read()
@@ -100,17 +105,24 @@ def main(argv=None) -> int:
         process.terminate()
         process.wait()
     width, height = Image.open(args.image).size
-    print(f"{args.weights or 'embedded demo model'}, {width}x{height} JPEG, mask output, "
-          f"CPU threads {os.cpu_count()}\n")
+    print(
+        f"{args.weights or 'embedded demo model'}, {width}x{height} JPEG, mask output, CPU threads {os.cpu_count()}\n"
+    )
     print("| measurement | value |\n|---|---|")
-    print(f"| direct library call (segment + PNG), median of {args.repeats} | "
-          f"{statistics.median(library) * 1000:.0f} ms |")
+    print(
+        f"| direct library call (segment + PNG), median of {args.repeats} | "
+        f"{statistics.median(library) * 1000:.0f} ms |"
+    )
     print(f"| one client, request to response, median of {args.repeats} | {statistics.median(single) * 1000:.0f} ms |")
-    print(f"| server overhead per request (median difference) | "
-          f"{(statistics.median(single) - statistics.median(library)) * 1000:.0f} ms |")
+    print(
+        f"| server overhead per request (median difference) | "
+        f"{(statistics.median(single) - statistics.median(library)) * 1000:.0f} ms |"
+    )
     print(f"| 16 concurrent clients, 64 requests: answered | {len(concurrent)}/64 |")
-    print(f"| 16 concurrent clients: latency p50 / p95 | {percentile(concurrent, 0.5):.2f} s / "
-          f"{percentile(concurrent, 0.95):.2f} s |")
+    print(
+        f"| 16 concurrent clients: latency p50 / p95 | {percentile(concurrent, 0.5):.2f} s / "
+        f"{percentile(concurrent, 0.95):.2f} s |"
+    )
     print(f"| 16 concurrent clients: throughput | {64 / wall:.1f} requests/s |")
     print(f"| server RSS before / after 25, 50, 75, 100 more requests | {' / '.join(f'{v:.0f}' for v in rss)} MB |")
     return 0

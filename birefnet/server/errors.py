@@ -1,4 +1,5 @@
 """The one error type of the server: an HTTP status and a one-line message, sent as {"error": ...}."""
+
 from __future__ import annotations
 
 

@@ -1,5 +1,6 @@
 """Start and stop: check the settings, load the model once, bind the port (a busy port is a
 one-line error), serve with uvicorn until Ctrl-C or SIGTERM (requests in flight finish first)."""
+
 from __future__ import annotations
 
 import signal
@@ -49,10 +50,14 @@ def serve(args) -> int:
     sock = bind(settings.host, settings.port)  # a busy port fails before the model loads
     settings = replace(settings, port=sock.getsockname()[1])  # --port 0: the free port the system chose
     worker = Worker(settings.weights, settings.device, settings.dtype, catalog, settings.max_queue)
-    config = uvicorn.Config(create_app(settings, worker), log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=GRACE_SECONDS)
-    server = _Server(config, f"birefnet: serving {worker.name} ({worker.model.info.config.backbone}) on "
-                             f"{worker.device} at {settings.url}" + (" (token required)" if settings.token else ""))
+    config = uvicorn.Config(
+        create_app(settings, worker), log_level="warning", access_log=False, timeout_graceful_shutdown=GRACE_SECONDS
+    )
+    server = _Server(
+        config,
+        f"birefnet: serving {worker.name} ({worker.model.info.config.backbone}) on "
+        f"{worker.device} at {settings.url}" + (" (token required)" if settings.token else ""),
+    )
     # uvicorn stops gracefully on SIGTERM, then sends it again to the old handler: ignore that echo so the
     # process ends normally (exit 0, "server stopped")
     signal.signal(signal.SIGTERM, lambda *_: None)

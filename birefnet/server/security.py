@@ -9,6 +9,7 @@
 - Size: an upload must say its Content-Length (chunked: 411) and stay under --max-upload-mb (413), so the
   limit holds before a byte is read.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -40,12 +41,16 @@ class Guard:
         """(status, message) of the first check the request fails, or None."""
         host = headers.get("host", "")
         if self.settings.loopback and not is_loopback(urlsplit(f"//{host}").hostname or ""):
-            return 403, (f"Host {host!r} is not an address of this server; use {self.settings.url} "
-                         "(requests under other names are refused against DNS rebinding)")
+            return 403, (
+                f"Host {host!r} is not an address of this server; use {self.settings.url} "
+                "(requests under other names are refused against DNS rebinding)"
+            )
         origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin.rstrip("/"), host):
-            return 403, (f"requests from web pages of other sites are refused (Origin {origin}); "
-                         f"start the server with --cors {origin} to allow that site")
+            return 403, (
+                f"requests from web pages of other sites are refused (Origin {origin}); "
+                f"start the server with --cors {origin} to allow that site"
+            )
         if scope["method"] == "OPTIONS" and origin is not None:
             return None  # a CORS preflight from an allowed origin: browsers send it without credentials
         if self.settings.token and scope["path"] not in OPEN_PATHS and not self.token_ok(headers):
@@ -68,6 +73,8 @@ class Guard:
             return 411, "send the upload with a Content-Length header (chunked uploads are not accepted)"
         limit = self.settings.max_upload_bytes
         if int(length) > limit:
-            return 413, (f"the upload is {int(length) / 2**20:.1f} MB; this server accepts up to "
-                         f"{limit / 2**20:.0f} MB (--max-upload-mb)")
+            return 413, (
+                f"the upload is {int(length) / 2**20:.1f} MB; this server accepts up to "
+                f"{limit / 2**20:.0f} MB (--max-upload-mb)"
+            )
         return None

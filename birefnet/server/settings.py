@@ -1,5 +1,6 @@
 """What the server was asked to do, checked once at start: a non-loopback address needs
 --allow-remote and a token, so nothing is exposed to the network by accident."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -48,17 +49,30 @@ def settings_from(args) -> Settings:
     token = args.token or os.environ.get(TOKEN_VARIABLE) or None
     if not is_loopback(args.host):
         if not args.allow_remote:
-            raise ValueError(f"--host {args.host} would let other machines use the server; add --allow-remote "
-                             f"and a token (--token or ${TOKEN_VARIABLE}), or keep the default 127.0.0.1")
+            raise ValueError(
+                f"--host {args.host} would let other machines use the server; add --allow-remote "
+                f"and a token (--token or ${TOKEN_VARIABLE}), or keep the default 127.0.0.1"
+            )
         if not token:
-            raise ValueError(f"--host {args.host} with --allow-remote needs a token (--token or ${TOKEN_VARIABLE}); "
-                             "clients then send `Authorization: Bearer TOKEN`")
+            raise ValueError(
+                f"--host {args.host} with --allow-remote needs a token (--token or ${TOKEN_VARIABLE}); "
+                "clients then send `Authorization: Bearer TOKEN`"
+            )
     if not 0 <= args.port < 65536:
         raise ValueError(f"--port {args.port}: use a port from 1 to 65535 (0: any free port)")
     for origin in args.cors:
         if origin != "*" and "://" not in origin:
             raise ValueError(f"--cors {origin}: give an origin such as https://example.com (scheme, host, port)")
-    return Settings(host=args.host, port=args.port, token=token, cors=tuple(o.rstrip("/") for o in args.cors),
-                    max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels_in * 1e6),
-                    max_queue=args.max_queue, weights=args.weights, allowed_weights=tuple(args.allow_weights),
-                    device=args.device, dtype=args.dtype)
+    return Settings(
+        host=args.host,
+        port=args.port,
+        token=token,
+        cors=tuple(o.rstrip("/") for o in args.cors),
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=int(args.max_megapixels_in * 1e6),
+        max_queue=args.max_queue,
+        weights=args.weights,
+        allowed_weights=tuple(args.allow_weights),
+        device=args.device,
+        dtype=args.dtype,
+    )

@@ -1,5 +1,6 @@
 """What a request asks for, checked before it waits for the model: the image decoded within the
 pixel limit (only the formats an editor sends; never a URL), boxes, resolution, refinement."""
+
 from __future__ import annotations
 
 import io
@@ -45,19 +46,22 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     width, height = image.size if image is not None else (0, 0)
     if image is None or width * height > max_pixels:
         size = f"{width}x{height} ({width * height / 1e6:.1f} megapixels)" if image is not None else "too large"
-        raise RequestError(413, f"the image is {size}; this server accepts up to {max_pixels / 1e6:g} megapixels "
-                                "(--max-megapixels-in)")
+        raise RequestError(
+            413, f"the image is {size}; this server accepts up to {max_pixels / 1e6:g} megapixels (--max-megapixels-in)"
+        )
     try:
         image = ImageOps.exif_transpose(image)
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise RequestError(400, f"the image could not be decoded ({first_line(err)}); the file is truncated or "
-                                "damaged") from None
+        raise RequestError(
+            400, f"the image could not be decoded ({first_line(err)}); the file is truncated or damaged"
+        ) from None
     return image
 
 
-def parse_job(image: Image.Image, *, output: str, weights: str | None, resolution: str, boxes: list[str],
-              refinement: dict) -> Job:
+def parse_job(
+    image: Image.Image, *, output: str, weights: str | None, resolution: str, boxes: list[str], refinement: dict
+) -> Job:
     """A Job from the form's fields, each checked (RequestError 400 naming the field)."""
     if output not in OUTPUTS:
         raise RequestError(400, f"output {output!r}: use mask or rgba")

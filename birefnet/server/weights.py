@@ -1,6 +1,7 @@
 """Which weights a client may pick with the `weights` field: the served model, and what the
 operator offered with --allow-weights (files, folders of files, known names). A client names
 them; it never hands the server a path to open."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,9 @@ class Catalog:
                 try:
                     self.known[find_checkpoint(entry).short] = entry
                 except KeyError:
-                    raise ValueError(f"--allow-weights {entry}: no such file or folder, and not a known name "
-                                     "(`birefnet list`)") from None
+                    raise ValueError(
+                        f"--allow-weights {entry}: no such file or folder, and not a known name (`birefnet list`)"
+                    ) from None
 
     def names(self) -> list[str]:
         return sorted(self.known) + sorted(self.files)

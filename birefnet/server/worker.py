@@ -1,6 +1,7 @@
 """The one model in memory and the one thread that runs it: requests wait in line (at most
 --max-queue of them), so two forward passes never race on a GPU. Picking other weights loads
 them in that thread and replaces the model; a request that fails changes nothing."""
+
 from __future__ import annotations
 
 import asyncio

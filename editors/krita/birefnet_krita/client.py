@@ -1,5 +1,6 @@
 """The one client of `birefnet serve`: asynchronous requests through Qt's network stack, so Krita's
 interface keeps running while the server works; each call can be cancelled."""
+
 import json
 
 from .qt import (
@@ -23,9 +24,11 @@ NOT_RUNNING = (
 
 
 def not_running_message(url: str) -> str:
-    return (f"No BiRefNet server answers at {url}.\n"
-            "Start it in a terminal with:  birefnet serve\n"
-            "(from the birefnet-toolkit Python package), or set the server in the BiRefNet docker.")
+    return (
+        f"No BiRefNet server answers at {url}.\n"
+        "Start it in a terminal with:  birefnet serve\n"
+        "(from the birefnet-toolkit Python package), or set the server in the BiRefNet docker."
+    )
 
 
 class ServerCall(QObject):
@@ -57,8 +60,9 @@ class ServerCall(QObject):
         form = QHttpMultiPart(QHttpMultiPart.ContentType.FormDataType)
         image = QHttpPart()
         image.setHeader(QNetworkRequest.KnownHeaders.ContentTypeHeader, "image/png")
-        image.setHeader(QNetworkRequest.KnownHeaders.ContentDispositionHeader,
-                        'form-data; name="image"; filename="layer.png"')
+        image.setHeader(
+            QNetworkRequest.KnownHeaders.ContentDispositionHeader, 'form-data; name="image"; filename="layer.png"'
+        )
         image.setBody(QByteArray(png))
         form.append(image)
         for name, value in fields:
@@ -101,6 +105,8 @@ class ServerCall(QObject):
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             reason = body.decode("utf-8", "replace").strip()[:200] or f"HTTP {status}"
         if status == 401:
-            return (f"The BiRefNet server at {self.server} needs a token ({reason}): enter it in the BiRefNet "
-                    "docker or set BIREFNET_SERVER_TOKEN.")
+            return (
+                f"The BiRefNet server at {self.server} needs a token ({reason}): enter it in the BiRefNet "
+                "docker or set BIREFNET_SERVER_TOKEN."
+            )
         return f"BiRefNet server ({status}): {reason}"

@@ -1,5 +1,6 @@
 """The BiRefNet docker: server, model and refinement settings, the three actions as buttons, the
 state of the running request and its Cancel button."""
+
 import json
 
 from krita import DockWidget, Krita
@@ -71,7 +72,7 @@ class BiRefNetDocker(DockWidget):
         layout.addWidget(refine)
 
         buttons = QHBoxLayout()
-        for action_id, text in (extension.ACTIONS.items()):
+        for action_id, text in extension.ACTIONS.items():
             button = QPushButton(text.replace(" (BiRefNet)", ""))
             button.clicked.connect(lambda _checked=False, a=action_id: Krita.instance().action(a).trigger())
             buttons.addWidget(button)
@@ -140,8 +141,10 @@ class BiRefNetDocker(DockWidget):
 
     def _health(self, body: bytes) -> None:
         info = json.loads(body)
-        self.state.setText(f"Server OK: {info.get('model')} on {info.get('device')} ({info.get('dtype')}), "
-                           f"version {info.get('version')}")
+        self.state.setText(
+            f"Server OK: {info.get('model')} on {info.get('device')} ({info.get('dtype')}), "
+            f"version {info.get('version')}"
+        )
         models = ServerCall(settings.server_url(), settings.token(), self)
         models.succeeded.connect(self._models)
         models.get("/v1/models")

@@ -4,6 +4,7 @@ A job reads the active layer's pixels on the canvas, sends them to the server of
 applies the answer when it comes: a transparency mask, a selection or a new layer. Nothing is written
 into the layer's own pixels. With an active selection its bounding box goes to the server as the
 guiding box (the object inside it; nothing outside it), and the selection is left as it was."""
+
 from krita import Extension, Krita, Selection
 
 from . import settings
@@ -38,7 +39,7 @@ class Source:
         check_colour_space(node.colorModel(), node.colorDepth())
         bounds = node.bounds().intersected(QRect(0, 0, doc.width(), doc.height()))
         if bounds.isEmpty():
-            raise UnsupportedLayer(f"The layer \"{node.name()}\" has no pixels on the canvas.")
+            raise UnsupportedLayer(f'The layer "{node.name()}" has no pixels on the canvas.')
         self.x, self.y, self.width, self.height = bounds.x(), bounds.y(), bounds.width(), bounds.height()
         read = node.pixelData if node.type() in PIXEL_LAYERS else node.projectionPixelData
         raw = read(self.x, self.y, self.width, self.height).data()
@@ -54,8 +55,10 @@ class Source:
         sel = self.selection
         box = QRect(sel.x(), sel.y(), sel.width(), sel.height()).intersected(bounds)
         if box.isEmpty():
-            raise UnsupportedLayer("The selection does not overlap the layer: select around the object, or "
-                                   "deselect (Ctrl+Shift+A) to use the whole layer.")
+            raise UnsupportedLayer(
+                "The selection does not overlap the layer: select around the object, or "
+                "deselect (Ctrl+Shift+A) to use the whole layer."
+            )
         if box == bounds:
             return None
         return f"{box.x() - self.x},{box.y() - self.y},{box.width()},{box.height()}"
@@ -199,8 +202,9 @@ class BiRefNetExtension(Extension):
                 raise UnsupportedLayer("Switch back to the image the background removal was started on and try again.")
             active = doc.activeNode()
             if active is None or node.uniqueId() not in (active.uniqueId(), active.parentNode().uniqueId()):
-                raise UnsupportedLayer(f"The active layer changed while BiRefNet worked: select \"{node.name()}\" "
-                                       "and try again.")
+                raise UnsupportedLayer(
+                    f'The active layer changed while BiRefNet worked: select "{node.name()}" and try again.'
+                )
             kept = source.selection.duplicate() if source.selection is not None else None
             before = {child.uniqueId() for child in node.childNodes()}
             doc.setSelection(self._mask_selection(source, mask))
@@ -210,7 +214,7 @@ class BiRefNetExtension(Extension):
                 if child.uniqueId() not in before and child.type() == "transparencymask":
                     child.setName(MASK_NAME)
             self._restore_selection(doc, kept)
-        return f"Background removed: a transparency mask on \"{node.name()}\"."
+        return f'Background removed: a transparency mask on "{node.name()}".'
 
     def _restore_selection(self, doc, kept) -> None:
         if kept is not None:
@@ -225,7 +229,7 @@ class BiRefNetExtension(Extension):
         layer.setPixelData(QByteArray(data), source.x, source.y, source.width, source.height)
         node.parentNode().addChildNode(layer, node)
         doc.setActiveNode(layer)
-        return f"Cut out to the new layer \"{layer.name()}\"."
+        return f'Cut out to the new layer "{layer.name()}".'
 
     def _fail(self, action_id: str, message: str) -> None:
         """No modal dialog: a message box that does not block Krita (and stays until closed)."""
@@ -235,8 +239,13 @@ class BiRefNetExtension(Extension):
         window = Krita.instance().activeWindow()
         if self._message_box is not None:
             self._message_box.close()
-        box = QMessageBox(QMessageBox.Icon.Warning, "BiRefNet", message, QMessageBox.StandardButton.Ok,
-                          window.qwindow() if window else None)
+        box = QMessageBox(
+            QMessageBox.Icon.Warning,
+            "BiRefNet",
+            message,
+            QMessageBox.StandardButton.Ok,
+            window.qwindow() if window else None,
+        )
         box.setObjectName("birefnet_message")
         box.setWindowModality(Qt.WindowModality.NonModal)
         box.show()

@@ -4,6 +4,7 @@ Krita hands out raw bytes in the layer's own colour space: integer RGBA as B,G,R
 grey,alpha, with 1 byte per channel at 8 bit and 2 (little-endian) at 16 bit. Everything is turned into
 8-bit BGRA, which is Qt's ARGB32 on little-endian machines; 16-bit keeps its high byte, the same 8-bit
 value an image library reads from a 16-bit PNG. Masks and selections are always 1 byte per pixel."""
+
 from .qt import QBuffer, QByteArray, QImage, QIODevice
 
 SUPPORTED_MODELS = ("RGBA", "GRAYA")
@@ -18,7 +19,8 @@ def check_colour_space(model: str, depth: str, what: str = "This layer") -> None
     if model not in SUPPORTED_MODELS or depth not in SUPPORTED_DEPTHS:
         raise UnsupportedLayer(
             f"{what} is {model}/{depth}; BiRefNet works on 8- and 16-bit integer RGB or grey images. "
-            "Convert it with Image > Convert Image Color Space (e.g. RGB/Alpha, 8-bit integer) and try again.")
+            "Convert it with Image > Convert Image Color Space (e.g. RGB/Alpha, 8-bit integer) and try again."
+        )
 
 
 def _high_bytes(data: bytes) -> bytes:
@@ -79,7 +81,7 @@ def _decode(png: bytes, width: int, height: int, fmt, bytes_per_pixel: int) -> b
     stride = image.bytesPerLine()
     if stride == row:
         return data
-    return b"".join(data[y * stride: y * stride + row] for y in range(height))  # drop Qt's 4-byte row padding
+    return b"".join(data[y * stride : y * stride + row] for y in range(height))  # drop Qt's 4-byte row padding
 
 
 def decode_mask(png: bytes, width: int, height: int) -> bytes:

@@ -2,6 +2,7 @@
 
 Enums are written in their scoped form (QImage.Format.Format_ARGB32), which both bindings accept.
 """
+
 try:
     from pykrita import qt_major_version
 

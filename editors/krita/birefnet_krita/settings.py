@@ -1,6 +1,7 @@
 """The plug-in's settings, kept in Krita's own configuration (kritarc, group "birefnet_krita") so that they
 survive re-importing or updating the plug-in. Defaults ask the server for its plain result, which equals
 `birefnet segment` on the same pixels; every refinement is the user's choice."""
+
 import os
 
 from krita import Krita
