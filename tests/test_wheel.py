@@ -146,3 +146,42 @@ def test_training_command_help_and_one_step_fine_tune(installed):
         "cpu",
     )
     assert (installed["cwd"] / "run" / "final.safetensors").is_file()
+
+
+def test_krita_plugin_zip_from_the_installed_package(installed):
+    run(installed, "birefnet", "krita-plugin", "--out", "birefnet_krita.zip")
+    names = zipfile.ZipFile(installed["cwd"] / "birefnet_krita.zip").namelist()
+    assert "birefnet_krita.desktop" in names and "birefnet_krita/" in names
+    assert "birefnet_krita/__init__.py" in names and not any("__pycache__" in n for n in names)
+
+
+def test_serve_from_the_installed_package(installed):
+    """`birefnet serve` starts, answers /health and serves its page (shipped as package data), stops on SIGTERM."""
+    import signal
+    import time
+    import urllib.request
+
+    log = installed["cwd"] / "serve.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            ["birefnet", "serve", "--port", "0"],
+            cwd=installed["cwd"],
+            env=installed["env"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        deadline, url = time.time() + 180, None
+        while url is None:
+            assert server.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+            found = [w for w in log.read_text().split() if w.startswith("http://127.0.0.1:")]
+            url = found[0].rstrip("/") if found else None
+            time.sleep(0.5)
+        with urllib.request.urlopen(f"{url}/health", timeout=30) as response:
+            assert json.loads(response.read())["status"] == "ok"
+        with urllib.request.urlopen(f"{url}/", timeout=30) as response:
+            assert b"<html" in response.read().lower()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
