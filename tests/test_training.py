@@ -173,7 +173,7 @@ def test_unreadable_sample_is_skipped_not_fatal(dataset, tmp_path, capsys):
 def test_sixteen_bit_masks_keep_their_soft_edges(tmp_path):
     """convert("L") turns every non-zero 16-bit value into 255; the soft edge must survive."""
     from birefnet_training.data import SegmentationDataset
-    from birefnet_training.evaluate import _grey
+    from birefnet_training.scoring import read_mask_array
 
     ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))
     Image.fromarray(ramp).save(tmp_path / "m.png")
@@ -182,7 +182,7 @@ def test_sixteen_bit_masks_keep_their_soft_edges(tmp_path):
     _, mask = SegmentationDataset([(tmp_path / "i.png", tmp_path / "m.png")], None).load(0, (48, 64))
     soft = ((mask > 0.02) & (mask < 0.98)).float().mean().item()
     assert soft > 0.9 and abs(mask[0, 0, 32].item() - 32 / 63) < 0.02
-    assert abs(_grey(tmp_path / "m.png")[0, 32] - 32 / 63) < 1e-3
+    assert abs(read_mask_array(tmp_path / "m.png")[0, 32] - 32 / 63) < 1e-3
 
 
 def test_mask_of_another_size_is_reported_once(tmp_path, capsys):

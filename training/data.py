@@ -30,6 +30,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from birefnet.files import IMAGE_SUFFIXES, read_image
 from birefnet.inference import normalise, to_rgb_tensor
 
+from .scoring import read_mask
 from .synthetic import background
 
 log = logging.getLogger(__name__)
@@ -215,24 +216,6 @@ def _report(message: str) -> None:
     from tqdm import tqdm
 
     tqdm.write(f"training: {message}", file=sys.stderr)
-
-
-HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-
-
-def read_mask(path) -> Image.Image:
-    """A mask as an 8-bit 'L' image, or, when the file has more than 8 bits (16-bit PNG/TIFF, float
-    TIFF), as an 'F' image of 0..255 floats: `convert("L")` would clip a 16-bit mask's soft edge to
-    255. Scaled like the inference input: 16-bit by 65535, float files read as [0, 1]."""
-    image = read_image(path)
-    if image.mode not in HIGH_BIT_MODES:
-        return image.convert("L")
-    array = np.asarray(image, dtype=np.float32)
-    if image.mode == "F":
-        scale = 255.0 if array.max() <= 1.0 else 1.0
-    else:
-        scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 1.0
-    return Image.fromarray((array * scale).astype(np.float32))  # float32 -> mode "F"
 
 
 def _read(sample: Sample) -> tuple[Image.Image, Image.Image]:
