@@ -201,6 +201,7 @@ def cmd_segment(args) -> int:
                 resolution=args.resolution,
                 max_megapixels=args.max_megapixels,
                 batch_size=args.batch_size,
+                device=model_device(model),  # `finish` refines there: no CPU round trip
             )
         for (image, (mask_path, cutout_path)), mask in zip(chunk, masks):
             mask, colours = finish(image, mask, refinement, boxes=args.box or (), device=model_device(model))

@@ -7,9 +7,18 @@ then a GEMM. `deform_conv2d_banded` samples all taps of a band of output rows wi
 `grid_sample` and multiplies them with one GEMM, keeping the buffer at a few MB; it is
 2.5-3x faster on the CPU. `deform_conv2d_reference` (one `grid_sample` + 1x1 conv per tap)
 has the cheapest backward and serves CPU training.
+
+BIREFNET_DEFORM_CONV=banded (or `with implementation("banded"):`) runs the banded form for
+inference on every device and dtype: sampling in float32, the GEMM in the model's dtype, so on
+CUDA in fp16/bf16 it needs no float32 copy of the weights (torchvision has no bf16 kernel and the
+default casts to float32). It stays opt-in until measured against torchvision on a GPU.
 """
 
 from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +32,33 @@ except Exception:  # pragma: no cover - depends on the installation
 
 # (device type, dtype) pairs where torchvision's kernel raised; we stop trying there.
 _TORCHVISION_UNSUPPORTED: set[tuple[str, torch.dtype]] = set()
+
+ENV = "BIREFNET_DEFORM_CONV"
+IMPLEMENTATIONS = ("auto", "banded")
+_CHOICE: ContextVar[str | None] = ContextVar("birefnet_deform_conv", default=None)
+
+
+def chosen_implementation() -> str:
+    """The implementation in use: auto (the fastest measured form per device; the default) or banded
+    (grid_sample bands everywhere in inference); set by `implementation(...)`, else $BIREFNET_DEFORM_CONV."""
+    choice = _CHOICE.get()
+    if choice is None:
+        choice = os.environ.get(ENV, "").strip().lower() or "auto"
+    if choice not in IMPLEMENTATIONS:
+        raise ValueError(f"{ENV}={choice!r}: use {' or '.join(IMPLEMENTATIONS)}")
+    return choice
+
+
+@contextmanager
+def implementation(name: str):
+    """Use deformable-convolution implementation `name` ("auto" or "banded") inside the block."""
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown deformable convolution {name!r}; use {' or '.join(IMPLEMENTATIONS)}")
+    token = _CHOICE.set(name)
+    try:
+        yield
+    finally:
+        _CHOICE.reset(token)
 
 
 def _sample_grid(offset: torch.Tensor, kh: int, kw: int, padding: int, height: int, width: int, rows: slice):
@@ -88,15 +124,18 @@ def deform_conv2d_banded(
     mask: torch.Tensor | None = None,
     padding: int = 0,
     bias: torch.Tensor | None = None,
-    band_floats: int = 1 << 21,
+    band_floats: int | None = None,
 ) -> torch.Tensor:
     """Inference formulation of `deform_conv2d_reference` (same contract, plus `bias`).
 
     For a band of output rows, one `grid_sample` gathers the C x taps bilinear samples
     (always in float32: bf16 coordinates would be off by pixels), the modulation mask
-    scales them, and one GEMM with the (O, C*taps) weight writes the band. The sample
-    buffer holds about `band_floats` floats whatever the image size.
+    scales them, and one GEMM with the (O, C*taps) weight writes the band in the weight's
+    dtype. The sample buffer holds about `band_floats` floats whatever the image size:
+    by default 2M on the CPU (cache-sized) and 32M elsewhere (fewer, larger kernels).
     """
+    if band_floats is None:
+        band_floats = 1 << 21 if x.device.type == "cpu" else 1 << 25
     batch, channels, height, width = x.shape
     out_channels, _, kh, kw = weight.shape
     taps = kh * kw
@@ -137,9 +176,12 @@ def deform_conv2d(
     CPU: `deform_conv2d_banded` in inference; in training the reference, whose backward
     (grid_sample + conv) is 3-6x faster than torchvision's CPU backward kernel.
     Elsewhere: torchvision's kernel, in float32 where it has none for the dtype (bf16 on CUDA).
+    With `chosen_implementation()` "banded": the banded form for every inference call.
     """
     key = (x.device.type, x.dtype)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or offset.requires_grad)
+    if not needs_grad and shortcuts() and chosen_implementation() == "banded":
+        return deform_conv2d_banded(x, offset, weight, mask, padding, bias)
     prefer_torchvision = x.device.type != "cpu" or plain_graph_requested()
     if prefer_torchvision and _tv_deform_conv2d is not None:
         if key not in _TORCHVISION_UNSUPPORTED:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from . import cuda_graphs
 from .model import MIN_SIZE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -123,10 +124,15 @@ def model_resolution(model):
 
 @torch.inference_mode()
 def predict(model, batch: torch.Tensor) -> torch.Tensor:
-    """Probabilities (B, 1, h, w) float32 for an RGB batch (B, 3, h, w) in [0, 1], h, w multiples of 32."""
+    """Probabilities (B, 1, h, w) float32 for an RGB batch (B, 3, h, w) in [0, 1], h, w multiples of 32,
+    on the model's device. On CUDA with `cuda_graphs` switched on (off by default) the forward is a
+    replayed CUDA graph per input shape and dtype."""
     param = next(model.parameters())
-    x = normalise(batch.to(device=param.device, dtype=torch.float32)).to(param.dtype)
-    return torch.sigmoid(model(x).float())
+    x = batch.to(device=param.device, dtype=torch.float32)
+    forward = lambda x: torch.sigmoid(model(normalise(x).to(param.dtype)).float())
+    if cuda_graphs.enabled(model, param.device):
+        return cuda_graphs.run(model, forward, x)
+    return forward(x)
 
 
 def segment(
@@ -137,13 +143,16 @@ def segment(
     max_megapixels: float | None = None,
     batch_size: int = 1,
     callback: Callable[[int, int], None] | None = None,
+    device="cpu",
 ):
-    """Foreground masks (H, W) float32 in [0, 1] at each image's original size, on the CPU.
+    """Foreground masks (H, W) float32 in [0, 1] at each image's original size, on `device`.
 
     images: one image or a sequence (PIL, numpy or tensor; see `to_rgb_tensor`).
     resolution: None for the checkpoint's default; an int or (height, width); or "aspect".
-    batch_size: images of equal working size are run together in batches this big.
+    batch_size: images of equal working size are run together in one forward, this many at a time.
     callback(done, total) is called after each batch (progress, cancellation by raising).
+    device: where the masks go (default the CPU); the model's device keeps a GPU pipeline on the GPU.
+    The masks are resized back on the model's device either way.
     """
     single = not isinstance(images, (list, tuple))
     tensors = [to_rgb_tensor(images)] if single else [to_rgb_tensor(im) for im in images]
@@ -165,11 +174,10 @@ def segment(
         ):
             group.append(order[start + len(group)])
         batch = torch.stack([resize(tensors[i][None], sizes[i])[0] for i in group])
-        probs = predict(model, batch).cpu()
+        probs = predict(model, batch)
         for row, i in enumerate(group):
-            masks[i] = resize(probs[row : row + 1], tensors[i].shape[1:])[0, 0].clamp(
-                0, 1
-            )  # a normal tensor, not an inference one
+            mask = resize(probs[row : row + 1], tensors[i].shape[1:])[0, 0].clamp(0, 1)  # a normal tensor
+            masks[i] = mask.to(device)
         start += len(group)
         done += len(group)
         if callback is not None:

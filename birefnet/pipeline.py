@@ -33,13 +33,14 @@ def parse_resolution(text: str | None):
 
 
 def segment_image(model, image, *, boxes=(), resolution=None, max_megapixels: float | None = None):
-    """(mask (H, W), objects: one mask per box) for one image; without boxes, the whole image's mask."""
+    """(mask (H, W), objects: one mask per box) for one image; without boxes, the whole image's mask,
+    left on the model's device for `finish` (no CPU round trip between the network and the refinement)."""
     if boxes:
         combined, objects = segment_regions(
             model, image, boxes=boxes, resolution=resolution, max_megapixels=max_megapixels
         )
         return combined, list(objects)
-    mask = segment(model, image, resolution=resolution, max_megapixels=max_megapixels)
+    mask = segment(model, image, resolution=resolution, max_megapixels=max_megapixels, device=model_device(model))
     return mask, [mask]
 
 
