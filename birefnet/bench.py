@@ -2,19 +2,29 @@
 
     python -m birefnet.bench --variant swin_v1_l --resolution 1024 --dtype fp32 bf16 --threads 2
     python -m birefnet.bench --device cuda --dtype fp32 fp16 bf16 --official ../BiRefNet
+    python -m birefnet.bench --device cuda --official ../BiRefNet --row fp16/eager/1 fp16/graphs/1 bf16/banded+graphs/8
 
-Backends: `torch` (this library, eager or `--compile`d), `official` (the official model
-from a checkout of ZhengPeng7/BiRefNet given by `--official DIR`, loaded with the same
-weights, as the baseline of the same series), `openvino` (`OpenVINOModel`, CPU; its IR cache
-lives in --cache, so the first row of a variant and size converts ("cold") and later rows load
-it ("warm")) and `onnxruntime` (the `birefnet export` file on the CPU provider; fp32). The
-setup column is the time from nothing to a model ready to run: build and load, plus
-conversion/compilation or export. Each row runs in a fresh subprocess so that
-peak resident memory (CPU) or peak allocated memory (CUDA) belongs to that row alone.
-Weights are random (seeded); speed and memory do not depend on their values. The error
-column is the final logits' ‖out − ref‖ / ‖ref‖ against this library in fp32 on the same
-weights; the last column the median time over the official model's in fp32. The device defaults
-to $BIREFNET_DEVICE, else the CPU.
+Backends: `torch` (this library), `official` (the official model from a checkout of
+ZhengPeng7/BiRefNet given by `--official DIR`, loaded with the same weights, as the baseline of
+the same series), `openvino` (`OpenVINOModel`, CPU; its IR cache lives in --cache, so the first
+row of a variant and size converts ("cold") and later rows load it ("warm")) and `onnxruntime`
+(the `birefnet export` file on the CPU provider; fp32).
+
+Paths of the torch backend (`--path`, features joined by "+", e.g. channels-last+graphs):
+eager; graphs (the forward replayed as a CUDA graph, `birefnet.cuda_graphs`); channels-last
+(weights and input in NHWC); banded (the grid_sample deformable convolution in the model's
+dtype, `BIREFNET_DEFORM_CONV=banded`); compile, compile:reduce-overhead, compile:max-autotune
+(`torch.compile` modes). Rows are every --dtype x --path x --batch, or the `--row DTYPE/PATH/BATCH`
+list; the official model runs first at batch 1 in each `--official-dtype`.
+
+The setup column is the time from nothing to a model ready to run: build and load, plus
+conversion or export. The first call includes CUDA graph capture or compilation. Each row runs
+in a fresh subprocess so that peak resident memory (CPU) or peak allocated memory (CUDA) belongs
+to that row alone. Weights are random (seeded); speed and memory do not depend on their values.
+The error column is the final logits' ‖out − ref‖ / ‖ref‖ against this library in fp32 on the
+same weights and input; the last column the time per image over the official model's fp32 time
+per image. `--profile` prints each row's top kernels (torch.profiler, self device time on CUDA,
+self CPU time on the CPU) below the table. The device defaults to $BIREFNET_DEVICE, else the CPU.
 """
 
 from __future__ import annotations
@@ -65,6 +75,76 @@ def official_model(directory: str | os.PathLike, variant: str) -> torch.nn.Modul
     return importlib.import_module("models.birefnet").BiRefNet(bb_pretrained=False)
 
 
+FEATURES = ("eager", "graphs", "channels-last", "banded", "compile")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def parse_path(text: str) -> dict:
+    """'channels-last+graphs' -> {"graphs": True, "channels_last": True, ...}; unknown parts are one-line errors."""
+    path = {"graphs": False, "channels_last": False, "banded": False, "compile": None}
+    for part in text.split("+"):
+        feature, _, mode = part.partition(":")
+        if feature not in FEATURES or (mode and feature != "compile"):
+            raise ValueError(f"path {text!r}: unknown part {part!r}; use {', '.join(FEATURES)} joined by +")
+        if feature == "compile":
+            if (mode or "default") not in COMPILE_MODES:
+                raise ValueError(
+                    f"path {text!r}: compile mode {mode!r}; use compile:{' or compile:'.join(COMPILE_MODES)}"
+                )
+            path["compile"] = mode or "default"
+        elif feature != "eager":
+            path[feature.replace("-", "_")] = True
+    return path
+
+
+def parse_row(text: str) -> tuple[str, str, int]:
+    """'fp16/graphs/8' -> ("fp16", "graphs", 8)."""
+    try:
+        dtype, path, batch = text.split("/")
+        parse_path(path)
+        return dtype, path, int(batch)
+    except ValueError as err:
+        raise ValueError(f"row {text!r}: use DTYPE/PATH/BATCH, e.g. fp16/graphs/1 ({err})") from None
+
+
+def _torch_run(model, args, x, device, dtype):
+    """(run, label) for this library's model on `args.path`."""
+    from . import cuda_graphs
+    from .deform_conv import implementation
+
+    path = parse_path(args.path)
+    if path["graphs"] and device.type != "cuda":
+        raise SystemExit("n/a: CUDA graphs need a CUDA device")
+    layout = torch.channels_last if path["channels_last"] else torch.contiguous_format
+    model = model.to(device=device, dtype=dtype, memory_format=layout)
+    if path["compile"]:
+        model = torch.compile(model, mode=None if path["compile"] == "default" else path["compile"])
+    forward = model
+    if path["banded"]:
+        forward = lambda t: _banded(model, t, implementation)
+    if path["graphs"]:
+        cache = cuda_graphs.GraphCache(model)
+        return lambda: cache.run(forward, x.to(device=device, dtype=dtype, memory_format=layout)), model
+    return lambda: forward(x.to(device=device, dtype=dtype, memory_format=layout)), model
+
+
+def _banded(model, x, implementation):
+    with implementation("banded"):
+        return model(x)
+
+
+def _profile(run, sync, cuda: bool, rows: int) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch.inference_mode(), profile(activities=activities) as prof:
+        for _ in range(3):
+            run()
+            sync()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def _worker(args) -> dict:
     from .checkpoint_files import model_to_official_keys
     from .device import parse_dtype
@@ -110,10 +190,7 @@ def _worker(args) -> dict:
     else:
         model = build_model(args.variant).eval()
         model.load_state_dict(reference.state_dict())
-        model = model.to(device=device, dtype=dtype)
-        if args.compile:
-            model = torch.compile(model)
-        run = lambda: model(x.to(device=device, dtype=dtype))
+        run, model = _torch_run(model, args, x, device, dtype)
     setup = time.perf_counter() - setup
     if args.highres:  # the whole coarse-to-fine pipeline on one random RGB image of that size
         from .highres import segment_highres
@@ -136,11 +213,14 @@ def _worker(args) -> dict:
         peak_gb = torch.cuda.max_memory_allocated() / 1e9
     else:
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+    profile = _profile(run, sync, device.type == "cuda", args.profile_rows) if args.profile else None
     error = None
-    if not args.highres and (dtype != torch.float32 or args.backend != "torch" or args.compile):
+    if not args.highres and (dtype != torch.float32 or args.backend != "torch" or args.path != "eager"):
+        out = out.float().cpu()
+        del model, run
         with torch.inference_mode():
-            ref = reference.to(device)(x.to(device)).float()
-            error = ((out.float() - ref).norm() / ref.norm()).item()
+            ref = reference.to(device)(x.to(device)).float().cpu()
+        error = ((out - ref).norm() / ref.norm()).item()
     return {
         "median_s": statistics.median(times),
         "min_s": min(times),
@@ -149,7 +229,39 @@ def _worker(args) -> dict:
         "rel_err": error,
         "setup_s": setup,
         "label": label,
+        "profile": profile,
     }
+
+
+def _series(args, backends) -> list[tuple[str, str, str, int]]:
+    """(backend, dtype, path, batch) rows of one variant and size, the official baseline first."""
+    rows = [("official", dtype, "eager", 1) for dtype in args.official_dtype] if "official" in backends else []
+    torch_rows = [parse_row(r) for r in args.row] or [
+        (dtype, path, batch) for dtype in args.dtype for path in args.path for batch in args.batch
+    ]
+    for backend in backends:
+        if backend == "torch":
+            rows += [("torch", dtype, path, batch) for dtype, path, batch in torch_rows]
+        elif backend != "official":
+            rows += [(backend, dtype, "eager", batch) for dtype in args.dtype for batch in args.batch]
+    return rows
+
+
+def _run_row(args, variant, resolution, backend, dtype, path, batch) -> tuple[dict | None, str]:
+    cmd = [sys.executable, "-m", "birefnet.bench", "--worker", "--variant", variant, "--backend", backend]
+    cmd += ["--resolution", resolution, "--dtype", dtype, "--path", path, "--device", args.device]
+    cmd += ["--batch", str(batch), "--runs", str(args.runs), "--warmup", str(args.warmup)]
+    cmd += ["--threads", str(args.threads), "--fine-megapixels", str(args.fine_megapixels), "--cache", args.cache]
+    cmd += ["--official", args.official] if args.official else []
+    cmd += (["--highres"] if args.highres else []) + (["--profile"] if args.profile else [])
+    cmd += ["--profile-rows", str(args.profile_rows)]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=args.row_timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {args.row_timeout:.0f} s"
+    if result.returncode != 0:
+        return None, (result.stderr.strip().splitlines() or ["failed"])[-1][:160]
+    return json.loads(result.stdout.strip().splitlines()[-1]), ""
 
 
 def main(argv=None) -> int:
@@ -164,13 +276,19 @@ def main(argv=None) -> int:
         metavar="DIR",
         help="a checkout of ZhengPeng7/BiRefNet: adds the official model as the first backend",
     )
+    parser.add_argument("--official-dtype", nargs="+", default=["fp32"], help="the official model's rows (batch 1)")
     parser.add_argument("--device", default=os.environ.get("BIREFNET_DEVICE", "cpu"))
     parser.add_argument("--dtype", nargs="+", default=["fp32"])
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--path", nargs="+", default=["eager"], help="torch paths, e.g. eager graphs banded+graphs")
+    parser.add_argument("--batch", nargs="+", type=int, default=[1])
+    parser.add_argument("--row", nargs="+", default=[], help="explicit torch rows DTYPE/PATH/BATCH instead of all")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (first call = compilation)")
+    parser.add_argument("--compile", action="store_true", help="the same as --path compile")
+    parser.add_argument("--row-timeout", type=float, default=None, help="seconds before a row is given up")
+    parser.add_argument("--profile", action="store_true", help="print each row's top kernels (torch.profiler)")
+    parser.add_argument("--profile-rows", type=int, default=15)
     parser.add_argument(
         "--highres",
         action="store_true",
@@ -180,10 +298,19 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", help="OpenVINO IR cache and ONNX scratch folder (default: a fresh temporary one)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.compile:
+        args.path = ["compile"]
+    try:
+        for text in args.path:
+            parse_path(text)
+        for text in args.row:
+            parse_row(text)
+    except ValueError as err:
+        parser.error(str(err))
 
     if args.worker:
         args.variant, args.dtype, args.resolution = args.variant[0], args.dtype[0], parse_size(args.resolution[0])
-        args.backend = args.backend[0]
+        args.backend, args.path, args.batch = args.backend[0], args.path[0], args.batch[0]
         print(json.dumps(_worker(args)))
         return 0
     backends = list(dict.fromkeys((["official"] if args.official else []) + args.backend))
@@ -200,69 +327,41 @@ def main(argv=None) -> int:
         else (platform.processor() or platform.machine())
     )
     print(
-        f"# {name}, torch {torch.__version__}, {args.threads} threads, device {args.device}, batch {args.batch}, "
-        f"{args.runs} warm runs"
-        + (", torch.compile" if args.compile else "")
+        f"# {name}, torch {torch.__version__}, {args.threads} threads, device {args.device}, {args.runs} warm runs"
+        f" after {max(args.warmup, 1)} warm-up"
         + (f", segment_highres (fine pass <= {args.fine_megapixels} MP)" if args.highres else "")
     )
     print(
-        "| variant | resolution | backend | dtype | median s | min s | first call s | setup s | peak GB | rel. err "
-        "| vs official fp32 |"
+        "| variant | resolution | backend | path | dtype | batch | median s | min s | images/s | first call s "
+        "| setup s | peak GB | rel. err | vs official fp32 per image |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    profiles = []
     for variant in args.variant:
         for resolution in args.resolution:
-            baseline = None  # the official model's fp32 time: every ratio of this variant and size is to it
-            for dtype in args.dtype:
-                for backend in backends:
-                    cmd = [
-                        sys.executable,
-                        "-m",
-                        "birefnet.bench",
-                        "--worker",
-                        "--variant",
-                        variant,
-                        "--backend",
-                        backend,
-                        "--resolution",
-                        resolution,
-                        "--dtype",
-                        dtype,
-                        "--device",
-                        args.device,
-                        "--batch",
-                        str(args.batch),
-                        "--runs",
-                        str(args.runs),
-                        "--warmup",
-                        str(args.warmup),
-                        "--threads",
-                        str(args.threads),
-                        "--fine-megapixels",
-                        str(args.fine_megapixels),
-                        "--cache",
-                        args.cache,
-                    ]
-                    cmd += ["--official", args.official] if args.official else []
-                    cmd += (["--compile"] if args.compile else []) + (["--highres"] if args.highres else [])
-                    result = subprocess.run(cmd, capture_output=True, text=True)
-                    if result.returncode != 0:
-                        reason = (result.stderr.strip().splitlines() or ["failed"])[-1][:160]
-                        print(
-                            f"| {variant} | {resolution} | {backend} | {dtype} | failed: {reason} | | | | | | |",
-                            flush=True,
-                        )
-                        continue
-                    r = json.loads(result.stdout.strip().splitlines()[-1])
-                    if backend == "official" and dtype in ("fp32", "float32"):
-                        baseline = r["median_s"]
-                    ratio = f"{r['median_s'] / baseline:.2f}x" if baseline else ""
-                    error = "" if r["rel_err"] is None else f"{r['rel_err']:.1e}"
-                    print(
-                        f"| {variant} | {resolution} | {r['label']} | {dtype} | {r['median_s']:.3f} | {r['min_s']:.3f} "
-                        f"| {r['first_s']:.3f} | {r['setup_s']:.1f} | {r['peak_gb']:.2f} | {error} | {ratio} |",
-                        flush=True,
-                    )
+            baseline = None  # the official model's fp32 time per image: every ratio of this variant and size is to it
+            for backend, dtype, path, batch in _series(args, backends):
+                r, reason = _run_row(args, variant, resolution, backend, dtype, path, batch)
+                head = (
+                    f"| {variant} | {resolution} | {backend if r is None else r['label']} | {path} | {dtype} | {batch}"
+                )
+                if r is None:
+                    print(f"{head} | failed: {reason} | | | | | | | |", flush=True)
+                    continue
+                per_image = r["median_s"] / batch
+                if backend == "official" and dtype in ("fp32", "float32"):
+                    baseline = per_image
+                ratio = f"{per_image / baseline:.2f}x" if baseline else ""
+                error = "" if r["rel_err"] is None else f"{r['rel_err']:.1e}"
+                print(
+                    f"{head} | {r['median_s']:.4f} | {r['min_s']:.4f} | {batch / r['median_s']:.2f} "
+                    f"| {r['first_s']:.3f} | {r['setup_s']:.1f} | {r['peak_gb']:.2f} | {error} | {ratio} |",
+                    flush=True,
+                )
+                if r["profile"]:
+                    profiles.append((f"{variant} {resolution} {backend} {path} {dtype} batch {batch}", r["profile"]))
+    for title, table in profiles:
+        print(f"\n## Top kernels: {title}\n\n```\n{table}\n```")
     return 0
 
 
