@@ -159,9 +159,7 @@ class GraphCache:
             self.captures += 1
         except Exception as err:  # any failure: eager for this shape from now on, said once
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            log.warning(
-                "birefnet: CUDA graph capture failed for input %s %s (%s); running eager", key[0], key[1], reason
-            )
+            log.warning("CUDA graph capture failed for input %s %s (%s); running eager", key[0], key[1], reason)
             entry = None
         self.graphs[key] = entry
         return entry

@@ -1,0 +1,257 @@
+"""The GPU inference paths: the CUDA-graph switch and cache, the banded deformable convolution in the
+model's dtype, batched frames, masks left on the model's device, and the benchmark's path names.
+
+The switch, the fallbacks and the numerics run on the CPU; the graph capture itself needs CUDA and
+those tests skip without it (`.ci/gpu_check.sh` runs them on a lent GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from conftest import DEVICE, relative_error
+
+from birefnet import cuda_graphs, load_model, segment
+from birefnet.bench import parse_path, parse_row
+from birefnet.deform_conv import (
+    deform_conv2d,
+    deform_conv2d_banded,
+    deform_conv2d_reference,
+    implementation,
+)
+from birefnet.inference import predict
+from birefnet.video import segment_frames
+
+CUDA = torch.device("cuda")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+FP16_TOLERANCE = 1e-2  # what tests/test_parity.py holds an fp16 model to
+
+
+def _frames(count: int, height: int = 72, width: int = 96) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    return [torch.rand(3, height, width, generator=generator) for _ in range(count)]
+
+
+def _deform_inputs(dtype=torch.float32, device="cpu", kernel=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    taps = kernel * kernel
+    x = torch.randn(2, 8, 20, 24, generator=generator)
+    offset = 2.5 * torch.randn(2, 2 * taps, 20, 24, generator=generator)
+    mask = torch.rand(2, taps, 20, 24, generator=generator) * 2
+    weight = torch.randn(16, 8, kernel, kernel, generator=generator) / (8 * taps) ** 0.5
+    bias = torch.randn(16, generator=generator)
+    return [t.to(device=device, dtype=dtype) for t in (x, offset, weight, mask, bias)]
+
+
+# --- the switch ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, on", [(None, False), ("", False), ("0", False), ("off", False), ("1", True), (" ON ", True), ("yes", True)]
+)
+def test_switch_values(text, on):
+    assert cuda_graphs.parse_switch(text) is on
+
+
+def test_bad_switch_value_names_the_variable_and_the_fix():
+    with pytest.raises(ValueError, match=r"BIREFNET_CUDA_GRAPHS='maybe': use 1 .* or 0"):
+        cuda_graphs.parse_switch("maybe")
+
+
+def test_switch_is_off_by_default_and_never_applies_off_cuda(monkeypatch, b0_model):
+    monkeypatch.delenv(cuda_graphs.ENV, raising=False)
+    assert not cuda_graphs.enabled(b0_model, CUDA)
+    monkeypatch.setenv(cuda_graphs.ENV, "1")
+    assert cuda_graphs.enabled(b0_model, CUDA)
+    assert not cuda_graphs.enabled(b0_model, torch.device("cpu"))
+
+
+def test_per_model_override_beats_the_environment(monkeypatch, b0_model):
+    monkeypatch.setenv(cuda_graphs.ENV, "1")
+    try:
+        cuda_graphs.enable(b0_model, False)
+        assert not cuda_graphs.enabled(b0_model, CUDA)
+        monkeypatch.setenv(cuda_graphs.ENV, "0")
+        cuda_graphs.enable(b0_model, True)
+        assert cuda_graphs.enabled(b0_model, CUDA)
+    finally:
+        cuda_graphs.enable(b0_model, None)
+    assert not cuda_graphs.enabled(b0_model, CUDA)
+
+
+def test_graph_cache_refuses_cpu_tensors(b0_model):
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA tensor"):
+        cuda_graphs.GraphCache(b0_model).run(b0_model, torch.zeros(1, 3, 64, 64))
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="the CPU path")
+def test_switch_on_leaves_cpu_results_unchanged(monkeypatch, b0_model):
+    images = _frames(2)
+    monkeypatch.delenv(cuda_graphs.ENV, raising=False)
+    plain = segment(b0_model, images, resolution=64, batch_size=2)
+    monkeypatch.setenv(cuda_graphs.ENV, "1")
+    switched = segment(b0_model, images, resolution=64, batch_size=2)
+    assert all(torch.equal(a, b) for a, b in zip(plain, switched))
+
+
+# --- deformable convolution in the model's dtype ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 7])
+def test_banded_bf16_matches_the_fp32_reference(kernel):
+    x, offset, weight, mask, bias = _deform_inputs(kernel=kernel)
+    with torch.inference_mode():
+        reference = deform_conv2d_reference(x, offset, weight, mask, kernel // 2) + bias.view(1, -1, 1, 1)
+        low = deform_conv2d_banded(
+            x.bfloat16(), offset.bfloat16(), weight.bfloat16(), mask.bfloat16(), kernel // 2, bias.bfloat16()
+        )
+    assert low.dtype == torch.bfloat16
+    assert relative_error(low, reference) < 1e-2  # bf16 keeps 8 bits: ~4e-3 per value
+
+
+def test_banded_choice_routes_every_inference_call(monkeypatch):
+    x, offset, weight, mask, bias = _deform_inputs(seed=1)
+    with torch.inference_mode():
+        banded = deform_conv2d_banded(x, offset, weight, mask, 1, bias)
+        with implementation("banded"):
+            chosen = deform_conv2d(x, offset, weight, mask, 1, bias)
+        monkeypatch.setenv("BIREFNET_DEFORM_CONV", "banded")
+        from_env = deform_conv2d(x, offset, weight, mask, 1, bias)
+    assert torch.equal(chosen, banded) and torch.equal(from_env, banded)
+
+
+def test_bad_deform_conv_choice_is_one_line(monkeypatch):
+    x, offset, weight, mask, bias = _deform_inputs()
+    monkeypatch.setenv("BIREFNET_DEFORM_CONV", "fastest")
+    with torch.inference_mode(), pytest.raises(ValueError, match=r"BIREFNET_DEFORM_CONV='fastest': use auto or banded"):
+        deform_conv2d(x, offset, weight, mask, 1, bias)
+    with pytest.raises(ValueError, match="unknown deformable convolution"):
+        with implementation("cuda"):
+            pass
+
+
+def test_banded_model_output_matches_the_default(b0_model):
+    x = torch.rand(1, 3, 64, 64)
+    default = predict(b0_model, x)
+    with implementation("banded"):
+        banded = predict(b0_model, x)
+    assert relative_error(banded, default) < 1e-4
+
+
+# --- batching and devices --------------------------------------------------------------------------
+
+
+def test_video_frames_of_one_size_share_one_forward(b0_model):
+    frames = _frames(5)
+    calls = []
+    hook = b0_model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    try:
+        batched = list(segment_frames(b0_model, frames, resolution=64, batch_size=4))
+        batched_calls, calls[:] = list(calls), []
+        single = list(segment_frames(b0_model, frames, resolution=64, batch_size=1))
+    finally:
+        hook.remove()
+    assert batched_calls == [4, 1] and calls == [1] * 5
+    assert all(relative_error(a, b) < 1e-4 for a, b in zip(batched, single))
+
+
+def test_masks_can_stay_on_the_model_device(b0_model):
+    device = next(b0_model.parameters()).device
+    image = _frames(1, 50, 70)[0]
+    kept = segment(b0_model, image, resolution=64, device=device)
+    default = segment(b0_model, image, resolution=64)
+    assert kept.device == device and default.device.type == "cpu"
+    assert kept.shape == (50, 70) and torch.equal(kept.cpu(), default)
+
+
+# --- the benchmark's path names --------------------------------------------------------------------
+
+
+def test_benchmark_paths_parse():
+    assert parse_path("eager") == {"graphs": False, "channels_last": False, "banded": False, "compile": None}
+    assert parse_path("channels-last+graphs")["channels_last"] and parse_path("banded+graphs")["graphs"]
+    assert parse_path("compile:max-autotune")["compile"] == "max-autotune"
+    assert parse_path("compile")["compile"] == "default"
+    assert parse_row("bf16/banded+graphs/8") == ("bf16", "banded+graphs", 8)
+    with pytest.raises(ValueError, match="unknown part 'graph'"):
+        parse_path("graph")
+    with pytest.raises(ValueError, match="compile mode 'fast'"):
+        parse_path("compile:fast")
+    with pytest.raises(ValueError, match="use DTYPE/PATH/BATCH"):
+        parse_row("fp16/graphs")
+
+
+# --- CUDA only -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cuda_fp16_model(b0_weights):
+    model = load_model(b0_weights, tile_layout="current", device=CUDA, dtype=torch.float16)
+    yield model
+    cuda_graphs.enable(model, None)
+
+
+@needs_cuda
+def test_graphs_give_eager_masks_and_reuse_the_capture(cuda_fp16_model):
+    model = cuda_fp16_model
+    images = _frames(3, 300, 400)
+    eager = segment(model, images, resolution=256, batch_size=3)
+    cuda_graphs.enable(model)
+    first = segment(model, images, resolution=256, batch_size=3)
+    cache = cuda_graphs.cache_for(model)
+    assert cache.captures == 1
+    second = segment(model, images, resolution=256, batch_size=3)  # a replay: the same numbers
+    smaller = segment(model, images[:2], resolution=256, batch_size=2)  # padded into the batch-3 graph
+    assert cache.captures == 1
+    for masks in (first, second, smaller):
+        assert all(relative_error(a, b) < FP16_TOLERANCE for a, b in zip(masks, eager))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@needs_cuda
+def test_graphs_are_recaptured_when_the_weights_move(cuda_fp16_model):
+    model = cuda_fp16_model
+    cuda_graphs.enable(model)
+    x = torch.rand(1, 3, 256, 256)
+    half = predict(model, x)
+    model.float()  # new storage: the fp16 graph's pointers are stale
+    full = predict(model, x)
+    cuda_graphs.enable(model, False)
+    eager = predict(model, x)
+    assert relative_error(full, eager) < 1e-4 and relative_error(half, eager) < FP16_TOLERANCE
+
+
+@needs_cuda
+def test_capture_failure_falls_back_to_eager_once(cuda_fp16_model, caplog):
+    model = cuda_fp16_model
+    cache = cuda_graphs.GraphCache(model)
+    syncs = lambda x: model(x) * float(x.abs().max().item() > -1)  # .item() cannot be captured
+    x = torch.rand(1, 3, 256, 256, device=CUDA, dtype=torch.float16)
+    with caplog.at_level(logging.WARNING, logger="birefnet"), torch.inference_mode():
+        first = cache.run(syncs, x)
+        second = cache.run(syncs, x)
+        eager = model(x)
+    assert cache.captures == 0
+    assert sum("CUDA graph capture failed" in r.getMessage() for r in caplog.records) == 1
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_banded_runs_in_the_model_dtype_on_cuda(dtype):
+    x, offset, weight, mask, bias = _deform_inputs(kernel=7)
+    with torch.inference_mode():
+        reference = deform_conv2d_reference(x, offset, weight, mask, 3) + bias.view(1, -1, 1, 1)
+        low = deform_conv2d_banded(*(t.to(CUDA, dtype) for t in (x, offset, weight, mask)), 3, bias.to(CUDA, dtype))
+    assert low.dtype == dtype
+    assert relative_error(low, reference) < 1e-2
+
+
+@needs_cuda
+def test_pipeline_keeps_the_mask_on_the_gpu(cuda_fp16_model):
+    from birefnet.pipeline import segment_image
+
+    mask, objects = segment_image(cuda_fp16_model, _frames(1, 100, 120)[0], resolution=256)
+    assert mask.device.type == "cuda" and objects[0] is mask
