@@ -16,11 +16,11 @@ from .device import auto_dtype, parse_dtype, resolve_device
 from .distributed import local_device, rank_and_world, shard, summed
 from .errors import CheckpointError
 from .files import list_images, output_paths, read_image, save_image
-from .guidance import parse_box, segment_regions
+from .guidance import parse_box
 from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
 from .inference import cutout, mask_to_image, segment
 from .loading import load_model
-from .pipeline import cutout_image, finish, model_device
+from .pipeline import cutout_image, finish, model_device, segment_image
 from .pipeline import parse_resolution as resolution_option
 from .refine import Refinement
 from .zoo import listed
@@ -171,7 +171,7 @@ def cmd_segment(args) -> int:
             continue
         if args.box:
             guided = [
-                segment_regions(
+                segment_image(
                     model, image, boxes=args.box, resolution=args.resolution, max_megapixels=args.max_megapixels
                 )
                 for image, _ in chunk
