@@ -314,12 +314,19 @@ def main(argv=None) -> int:
         print(json.dumps(_worker(args)))
         return 0
     backends = list(dict.fromkeys((["official"] if args.official else []) + args.backend))
-    if args.cache is None:
-        import tempfile
-
-        args.cache = tempfile.mkdtemp(prefix="birefnet-bench-")
     if "official" in backends and not args.official:
         parser.error("--backend official needs --official DIR (a checkout of ZhengPeng7/BiRefNet)")
+    if args.cache is not None:
+        return _table(args, backends)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="birefnet-bench-") as cache:  # this run's exports, removed after
+        args.cache = cache
+        return _table(args, backends)
+
+
+def _table(args, backends) -> int:
+    """Run every row of the series, each in its own process, and print the table."""
 
     name = (
         torch.cuda.get_device_name(args.device)

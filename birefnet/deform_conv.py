@@ -8,10 +8,13 @@ then a GEMM. `deform_conv2d_banded` samples all taps of a band of output rows wi
 2.5-3x faster on the CPU. `deform_conv2d_reference` (one `grid_sample` + 1x1 conv per tap)
 has the cheapest backward and serves CPU training.
 
-BIREFNET_DEFORM_CONV=banded (or `with implementation("banded"):`) runs the banded form for
-inference on every device and dtype: sampling in float32, the GEMM in the model's dtype, so on
-CUDA in fp16/bf16 it needs no float32 copy of the weights (torchvision has no bf16 kernel and the
-default casts to float32). It stays opt-in until measured against torchvision on a GPU.
+On GPUs torchvision's kernel is the default, except where its im2col buffer would pass
+`TORCHVISION_BUFFER_LIMIT` (2 GiB: the 7x7 at a quarter of a 4096^2 input needs 6 GiB in fp16):
+there the banded form keeps the same result in a few hundred MB. BIREFNET_DEFORM_CONV=banded
+(or `with implementation("banded"):`) runs the banded form for every inference call, on every
+device and dtype: sampling in float32, the GEMM in the model's dtype, so on CUDA in fp16/bf16 it
+needs no float32 copy of the weights (torchvision has no bf16 kernel and the default casts to
+float32). It stays opt-in at smaller sizes until measured against torchvision on a GPU.
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ _TORCHVISION_UNSUPPORTED: set[tuple[str, torch.dtype]] = set()
 ENV = "BIREFNET_DEFORM_CONV"
 IMPLEMENTATIONS = ("auto", "banded")
 _CHOICE: ContextVar[str | None] = ContextVar("birefnet_deform_conv", default=None)
+TORCHVISION_BUFFER_LIMIT = 2 << 30  # bytes
+
+
+def torchvision_buffer_bytes(x: torch.Tensor, weight: torch.Tensor, out_h: int, out_w: int) -> int:
+    """Bytes of the im2col buffer torchvision's kernel allocates: C*k*k x (images at once)*out_h*out_w,
+    in the input's dtype (float32 where it upcasts), images at once = the largest divisor of the batch <= 32."""
+    batch, channels = x.shape[:2]
+    at_once = max(d for d in range(1, min(batch, 32) + 1) if batch % d == 0)
+    itemsize = 4 if x.dtype == torch.bfloat16 else x.element_size()
+    return channels * weight.shape[-2] * weight.shape[-1] * at_once * out_h * out_w * itemsize
 
 
 def chosen_implementation() -> str:
@@ -175,13 +188,16 @@ def deform_conv2d(
     The plain graph (`fastpath.plain_graph`, what exporters trace): torchvision's op.
     CPU: `deform_conv2d_banded` in inference; in training the reference, whose backward
     (grid_sample + conv) is 3-6x faster than torchvision's CPU backward kernel.
-    Elsewhere: torchvision's kernel, in float32 where it has none for the dtype (bf16 on CUDA).
+    Elsewhere: torchvision's kernel, in float32 where it has none for the dtype (bf16 on CUDA),
+    unless its buffer would pass `TORCHVISION_BUFFER_LIMIT` in inference (then banded).
     With `chosen_implementation()` "banded": the banded form for every inference call.
     """
     key = (x.device.type, x.dtype)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or offset.requires_grad)
-    if not needs_grad and shortcuts() and chosen_implementation() == "banded":
-        return deform_conv2d_banded(x, offset, weight, mask, padding, bias)
+    if not needs_grad and shortcuts():
+        too_big = torchvision_buffer_bytes(x, weight, *offset.shape[-2:]) > TORCHVISION_BUFFER_LIMIT
+        if too_big or chosen_implementation() == "banded":
+            return deform_conv2d_banded(x, offset, weight, mask, padding, bias)
     prefer_torchvision = x.device.type != "cpu" or plain_graph_requested()
     if prefer_torchvision and _tv_deform_conv2d is not None:
         if key not in _TORCHVISION_UNSUPPORTED:

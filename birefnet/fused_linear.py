@@ -18,7 +18,8 @@ def linear(
     With the inference shortcuts on (`fastpath.shortcuts`), the CPU runs it as one oneDNN
     primitive (`mkldnn._linear_pointwise`) with the GELU or the residual add fused into the
     matrix product: 10-25% faster than addmm plus a separate elementwise pass. Elsewhere,
-    under torch.compile, or where that op is missing, the plain ops.
+    under torch.compile, or where that op is missing, the plain ops, in place without autograd
+    (no second copy of the largest tensors).
     """
     key = (x.device.type, x.dtype)
     fusable = (
@@ -39,6 +40,9 @@ def linear(
         except (AttributeError, RuntimeError, NotImplementedError):
             _ONEDNN_LINEAR_FAILED.add(key)
     out = F.linear(x, layer.weight, layer.bias)
+    in_place = not torch.is_grad_enabled()  # `out` is ours alone; no autograd graph to keep intact
     if gelu:
-        out = F.gelu(out)
-    return out if residual is None else residual + out
+        out = torch.ops.aten.gelu_(out) if in_place else F.gelu(out)
+    if residual is None:
+        return out
+    return out.add_(residual) if in_place else residual + out

@@ -199,7 +199,7 @@ def krita_session(tmp_path_factory):
         pytest.skip("no krita/xvfb-run on PATH (Debian: apt-get install krita xvfb; .ci/run does)")
     base = tmp_path_factory.mktemp("krita")
     work, data, config = base / "work", base / "data", base / "config"
-    for folder in (work, data / "krita", config, base / "home", base / "cache", base / "runtime"):
+    for folder in (work, data / "krita", config, base / "home", base / "cache", base / "runtime", base / "tmp"):
         folder.mkdir(parents=True)
     (base / "runtime").chmod(0o700)
     build_zip(base / "plugin.zip")
@@ -236,6 +236,7 @@ def krita_session(tmp_path_factory):
         "XDG_CONFIG_HOME": str(config),
         "XDG_CACHE_HOME": str(base / "cache"),
         "XDG_RUNTIME_DIR": str(base / "runtime"),
+        "TMPDIR": str(base / "tmp"),  # Krita's swap files and frame caches, Qt's locks, xvfb-run's auth
         "BIREFNET_KRITA_TEST": str(work),
     }
     log = base / "krita.log"

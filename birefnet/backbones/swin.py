@@ -86,20 +86,21 @@ def window_order(h: int, w: int, window: int, shift: int) -> tuple[torch.Tensor,
     if shift:
         grid = torch.roll(grid, shifts=(-shift, -shift), dims=(0, 1))
     order = windows_of(grid, window).reshape(-1)
-    slots = torch.arange(order.numel())
-    inverse = torch.empty(h * w, dtype=torch.long)
-    real = order < h * w
-    inverse[order[real]] = slots[real]
+    # Every padding slot writes to the extra index h*w, which is dropped: no data-dependent shapes.
+    inverse = torch.zeros(h * w + 1, dtype=torch.long).scatter_(0, order, torch.arange(order.numel()))[: h * w]
     return order, inverse
 
 
 _ORDER_CACHE: dict = {}
+MLP_CHUNK = 1 << 26  # hidden values per MLP step in inference (128 MB in fp16): 1024² runs in one step
 
 
-def window_orders(h: int, w: int, window: int, shift: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """`window_order` on `device`, cached: every block of a stage asks for the same two.
+def window_orders(h: int, w: int, window: int, shift: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`window_order` on `like`'s device, cached: every block of a stage asks for the same two.
     Per image, so that the batch size stays free (dynamic batch in exported graphs)."""
-    if torch.compiler.is_compiling():  # traced tensors are symbolic: never keep them for eager calls
+    device = like.device
+    if torch.compiler.is_compiling() or type(like) is not torch.Tensor:
+        # Traced or fake tensors (compile, export, memory estimates) are never kept for eager calls.
         order, inverse = window_order(h, w, window, shift)
         return order.to(device), inverse.to(device)
     key = (h, w, window, shift, str(device))
@@ -178,7 +179,7 @@ class WindowAttention(nn.Module):
             rows = (mask.windows + torch.arange(b, device=q.device).view(b, 1) * per_image).flatten()
             masked = (bias + mask.masks).repeat(b, 1, 1, 1)
             fixed = F.scaled_dot_product_attention(q[rows], k[rows], v[rows], attn_mask=masked)
-            out = out.index_copy(0, rows, fixed)
+            out = out.index_copy(0, rows, fixed) if torch.is_grad_enabled() else out.index_copy_(0, rows, fixed)
         return out.transpose(1, 2).reshape(b, tokens, c)
 
 
@@ -194,25 +195,45 @@ class SwinBlock(nn.Module):
         self.mlp = Mlp(dim, 4 * dim, act_layer=nn.GELU)
 
     def forward(self, x: torch.Tensor, h: int, w: int, mask: ShiftMask | None) -> torch.Tensor:
-        """Official order: norm1, zero-pad to the window grid, shift, window attention, undo all.
-
-        Two exact shortcuts: a zero-padded token's qkv is just the qkv bias, so qkv runs on the
-        real tokens only; and `proj` runs after the crop, on real tokens only.
-        """
-        b, tokens, c = x.shape
-        order, inverse = window_orders(h, w, self.window, self.shift, x.device)
-        y = self.norm1(x)
-        if order.numel() != tokens:  # padded: one zero token per image stands for the padding
-            y = torch.cat([y, y.new_zeros(b, 1, c)], dim=1)
-        qkv = linear(y, self.attn.qkv)
-        windows = qkv.index_select(1, order)
-        out = self.attn.attend(windows, mask if self.shift else None)
-        out = out.reshape(b, -1, c).index_select(1, inverse)
+        out = self.attention(x, h, w, mask)
         if not shortcuts(self):
             x = x + self.drop_path(self.attn.proj(out))
             return x + self.drop_path(self.mlp(self.norm2(x)))
         x = linear(out, self.attn.proj, residual=x)
-        return linear(linear(self.norm2(x), self.mlp.fc1, gelu=True), self.mlp.fc2, residual=x)
+        del out
+        return self.mlp_in_place(x)
+
+    def attention(self, x: torch.Tensor, h: int, w: int, mask: ShiftMask | None) -> torch.Tensor:
+        """Official order: norm1, zero-pad to the window grid, shift, window attention, undo all
+        (before `proj`). qkv runs on the real tokens only (a zero-padded token's qkv is just the
+        qkv bias: one extra token per image stands for the padding), then one gather into window
+        order replaces pad, roll and partition. Each intermediate is dropped as soon as the next
+        exists (at 4096² in fp16 the qkv map alone is 1.2 GB)."""
+        b, tokens, c = x.shape
+        order, inverse = window_orders(h, w, self.window, self.shift, x)
+        y = self.norm1(x)
+        if order.numel() != tokens:
+            y = torch.cat([y, y.new_zeros(b, 1, c)], dim=1)
+        qkv = linear(y, self.attn.qkv)
+        del y
+        windows = qkv.index_select(1, order)
+        del qkv
+        out = self.attn.attend(windows, mask if self.shift else None)
+        del windows
+        return out.reshape(b, -1, c).index_select(1, inverse)
+
+    def mlp_in_place(self, x: torch.Tensor) -> torch.Tensor:
+        """x + mlp(norm2(x)), written into x (inference only), `MLP_CHUNK` hidden values at a time:
+        the 4x-wide hidden layer is a block's largest tensor (1.5 GB at 4096² in fp16)."""
+        mlp = self.mlp
+        rows = x.view(-1, x.shape[-1])
+        step = max(1, MLP_CHUNK // mlp.fc1.out_features)
+        if rows.shape[0] <= step:
+            return linear(linear(self.norm2(x), mlp.fc1, gelu=True), mlp.fc2, residual=x)
+        for start in range(0, rows.shape[0], step):
+            part = rows[start : start + step]
+            part.copy_(linear(linear(self.norm2(part), mlp.fc1, gelu=True), mlp.fc2, residual=part))
+        return x
 
 
 class PatchMerging(nn.Module):

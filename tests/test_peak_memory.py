@@ -1,0 +1,163 @@
+"""GPU memory without a GPU: the fake-tensor estimate, the deformable convolution that leaves
+torchvision's kernel where its buffer would be too large, and the Swin block's memory savings.
+
+The estimate runs the model on fake tensors that claim to be on CUDA, so these tests check the
+branches a GPU takes (the routing of the deformable convolution, the peak at 4096²) on the CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import relative_error
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from birefnet import deform_conv
+from birefnet.backbones import swin
+from birefnet.blocks import DeformableConv2d
+from birefnet.fused_linear import linear
+from birefnet.model import build_model
+from birefnet.peak_memory import estimate_peak, main
+
+MB = 1 << 20
+
+
+def test_estimate_of_a_model_whose_peak_is_known_by_hand():
+    """conv 3->8 then conv 8->1: the peak is while the second conv's output is written, with the input,
+    the 8-channel map and the 1-channel output alive (fp16: 2 bytes a value)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 1, 1)).eval()
+    weights = sum(p.numel() for p in model.parameters()) * 2
+    result = estimate_peak(model, (64, 128), torch.float16)
+    pixels = 64 * 128
+    assert result.weights == weights
+    assert result.peak == weights + (3 + 8 + 1) * pixels * 2
+    assert result.where == "1"  # the second convolution (Sequential's module name)
+
+
+def test_torchvision_buffer_is_counted_on_cuda():
+    """The deformable convolution's im2col buffer (C*k*k x H*W) and two output-sized buffers of
+    torchvision's CUDA kernel are added during the call."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 1), DeformableConv2d(16, 32, 3, 1)).eval()
+    with deform_conv.implementation("auto"):
+        result = estimate_peak(model, (64, 64), torch.float16)
+    pixels, values = 64 * 64, 2
+    buffers = (16 * 9 + 2 * 32) * pixels * values
+    # Alive at the call: input (3), first conv (16), offsets + mask logits (27), mask (9), output (32).
+    alive = (3 + 16 + 27 + 9 + 32) * pixels * values
+    assert 0 <= result.peak - (result.weights + alive + buffers) < 64 * 1024  # + the concatenated predictor weights
+    assert result.where == "1"
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def _ops_of_a_deformable_conv_on_fake_cuda(size: int) -> set[str]:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    conv = DeformableConv2d(16, 32, 7, 3).eval()
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        state = {k: v.to("cuda", torch.float16) for k, v in conv.state_dict().items()}
+        x = torch.zeros(1, 16, size, size, device="cuda", dtype=torch.float16)
+    ops = _Ops()
+    with mode, ops, torch.inference_mode():
+        torch.func.functional_call(conv, state, (x,))
+    return ops.names
+
+
+def test_gpu_uses_torchvision_unless_its_buffer_passes_the_limit(monkeypatch):
+    small = _ops_of_a_deformable_conv_on_fake_cuda(32)
+    sampled = lambda names: any(name.startswith("aten::grid_sampler") for name in names)  # noqa: E731
+    assert "torchvision::deform_conv2d" in small and not sampled(small)
+    needed = deform_conv.torchvision_buffer_bytes(
+        torch.empty(1, 16, 32, 32, dtype=torch.float16), torch.empty(32, 16, 7, 7), 32, 32
+    )
+    assert needed == 16 * 49 * 32 * 32 * 2
+    monkeypatch.setattr(deform_conv, "TORCHVISION_BUFFER_LIMIT", needed - 1)
+    large = _ops_of_a_deformable_conv_on_fake_cuda(32)
+    assert "torchvision::deform_conv2d" not in large and sampled(large)
+
+
+def test_torchvision_buffer_size_rules():
+    weight = torch.empty(8, 4, 3, 3)
+    # Images at once: the largest divisor of the batch up to 32; bf16 runs as float32 (4 bytes).
+    assert deform_conv.torchvision_buffer_bytes(torch.empty(48, 4, 2, 2), weight, 10, 10) == 4 * 9 * 24 * 100 * 4
+    assert deform_conv.torchvision_buffer_bytes(torch.empty(1, 4, 2, 2, dtype=torch.bfloat16), weight, 10, 10) == (
+        4 * 9 * 100 * 4
+    )
+
+
+def test_swin_l_at_4096_fits_a_12_gb_card_in_fp16():
+    """The issue's target, with room for the CUDA context and cuDNN workspaces (about 1-2 GB)."""
+    model = build_model("swin_v1_l").eval()
+    result = estimate_peak(model, (4096, 4096), torch.float16)
+    assert result.peak < 9.5e9, f"{result.peak / 1e9:.2f} GB at {result.where}"
+    # Without the switch away from torchvision's kernel, its 6 GB buffer would not fit.
+    deform_conv_limit = deform_conv.TORCHVISION_BUFFER_LIMIT
+    try:
+        deform_conv.TORCHVISION_BUFFER_LIMIT = 1 << 62
+        unlimited = estimate_peak(model, (4096, 4096), torch.float16)
+    finally:
+        deform_conv.TORCHVISION_BUFFER_LIMIT = deform_conv_limit
+    assert unlimited.peak > 12e9 > result.peak
+
+
+def test_estimate_leaves_the_model_and_caches_usable(b0_model):
+    x = torch.rand(1, 3, 224, 224)
+    with torch.inference_mode():
+        before = b0_model(x)
+    swin_model = build_model("swin_v1_t").eval()
+    estimate_peak(swin_model, (256, 256), torch.float16)
+    assert not any(type(t) is not torch.Tensor for pair in swin._ORDER_CACHE.values() for t in pair)
+    with torch.inference_mode():
+        assert swin_model(torch.rand(1, 3, 256, 256)).shape == (1, 1, 256, 256)  # no fake tensor left behind
+        assert torch.equal(b0_model(x), before)
+    assert all(p.device.type == "cpu" and type(p) is nn.Parameter for p in swin_model.parameters())
+
+
+def test_swin_mlp_in_chunks_equals_one_step(monkeypatch):
+    model = build_model("swin_v1_t").eval()
+    x = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        whole = model(x)
+        monkeypatch.setattr(swin, "MLP_CHUNK", 3000)  # a few hundred tokens a step, odd remainders
+        chunked = model(x)
+    assert relative_error(chunked, whole) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_linear_in_place_without_autograd_equals_the_plain_ops(dtype):
+    generator = torch.Generator().manual_seed(1)
+    layer = nn.Linear(24, 40).to(dtype)
+    x = torch.randn(5, 24, generator=generator).to(dtype)
+    residual = torch.randn(5, 40, generator=generator).to(dtype)
+    expected_gelu = F.gelu(F.linear(x, layer.weight, layer.bias))
+    expected_residual = residual + F.linear(x, layer.weight, layer.bias)
+    kept = residual.clone()
+    with torch.no_grad():
+        assert torch.allclose(linear(x, layer, gelu=True), expected_gelu, atol=1e-3)
+        assert torch.allclose(linear(x, layer, residual=residual), expected_residual, atol=1e-3)
+    assert torch.equal(residual, kept)  # the caller's residual is never written
+
+
+def test_command_line_prints_a_table(capsys):
+    assert main(["--variant", "pvt_v2_b0", "--resolution", "256", "320x256"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.startswith("| this library |")]
+    assert len(rows) == 2 and "| 256x256 |" in rows[0] and "| 320x256 |" in rows[1]
+    assert float(rows[1].split("|")[4]) > float(rows[0].split("|")[4]) > 0
+
+
+def test_command_line_bad_size_is_one_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["--resolution", "huge"])
+    assert "huge" in capsys.readouterr().err.strip().splitlines()[-1]
