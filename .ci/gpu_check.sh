@@ -5,7 +5,8 @@
 # Needs: .official (a checkout of ZhengPeng7/BiRefNet, code only) for the baseline rows; .whl with the
 # wheels the machine lacks (kornia, kornia_rs). STEPS picks parts, in this order of priority (default
 # all): bench tests graphs-tests profile memory compile. Each step has its own timeout; worst case
-# about 8.5 minutes in all, most steps end sooner.
+# about 9 minutes in all, most steps end sooner. Six files come back (the device tool returns 8 at most):
+# gpu.txt (card, versions, step times), bench.md, tests.log, profile.md, memory.md, compile.md.
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -18,7 +19,7 @@ official=(); [ -d .official ] && official=(--official .official)
 bench=(python3 -m birefnet.bench --variant swin_v1_l --threads 8)
 tests=(python3 -m pytest -v -ra -p no:cacheprovider -n 12 --dist load)
 want() { [[ " $STEPS " == *" $1 "* ]]; }
-log() { echo "== $(date -u +%T) $*" | tee -a "$OUT/steps.txt"; }
+log() { echo "== $(date -u +%T) $*" | tee -a "$OUT/gpu.txt"; }
 
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -39,17 +40,19 @@ fi
 if want tests; then
   # The model paths on CUDA (the whole suite ran on CUDA before: docs/benchmarks.md); names land as they finish.
   log "tests (BIREFNET_DEVICE=cuda)"
-  timeout 90 "${tests[@]}" --junitxml="$OUT/tests.xml" tests/test_gpu_paths.py tests/test_parity.py \
+  echo "== BIREFNET_DEVICE=cuda" >> "$OUT/tests.log"
+  timeout 90 "${tests[@]}" tests/test_gpu_paths.py tests/test_parity.py tests/test_peak_memory.py \
     tests/test_inference.py tests/test_layouts_and_ops.py tests/test_nodes.py tests/test_video.py \
-    tests/test_highres.py tests/test_guidance.py > "$OUT/tests.log" 2>&1; echo "pytest rc $?" >> "$OUT/tests.log"
+    tests/test_highres.py tests/test_guidance.py >> "$OUT/tests.log" 2>&1; echo "pytest rc $?" >> "$OUT/tests.log"
   grep -E "FAILED|ERROR|passed|failed|pytest rc" "$OUT/tests.log" | tail -20
 fi
 if want graphs-tests; then
   log "tests (BIREFNET_DEVICE=cuda, BIREFNET_CUDA_GRAPHS=1)"
-  BIREFNET_CUDA_GRAPHS=1 timeout 50 "${tests[@]}" --junitxml="$OUT/tests_graphs.xml" tests/test_gpu_paths.py \
+  echo "== BIREFNET_DEVICE=cuda BIREFNET_CUDA_GRAPHS=1" >> "$OUT/tests.log"
+  BIREFNET_CUDA_GRAPHS=1 timeout 50 "${tests[@]}" tests/test_gpu_paths.py \
     tests/test_inference.py tests/test_nodes.py tests/test_highres.py tests/test_guidance.py \
-    > "$OUT/tests_graphs.log" 2>&1; echo "pytest rc $?" >> "$OUT/tests_graphs.log"
-  grep -E "FAILED|ERROR|passed|failed|pytest rc" "$OUT/tests_graphs.log" | tail -20
+    >> "$OUT/tests.log" 2>&1; echo "pytest rc $?" >> "$OUT/tests.log"
+  grep -E "FAILED|ERROR|passed|failed|pytest rc" "$OUT/tests.log" | tail -20
 fi
 if want profile; then
   # The fastest batch-1 row of the series, without graphs (a replayed graph hides its kernels from the profiler).
@@ -76,15 +79,17 @@ EOF
     2>&1 | tee "$OUT/profile.md"
 fi
 if want memory; then
-  # 2048² and 4096² in fp16: peak allocated memory against the official fp16 (the 12 GB target).
+  # 2048² and 4096²: peak allocated memory, the official fp16 against this library in fp16 and in bf16 (the
+  # CUDA default), after the CPU's fake-tensor estimate of the same (the 12 GB target; the estimate's accuracy).
   log "memory"
-  timeout 60 "${bench[@]}" --resolution 2048 4096 "${official[@]}" --official-dtype fp16 --runs 3 --warmup 1 \
-    --row-timeout 30 --row fp16/eager/1 2>&1 | tee "$OUT/bench_memory.md"
+  timeout 60 python3 -m birefnet.peak_memory --resolution 2048 4096 "${official[@]}" 2>&1 | tee "$OUT/memory.md"
+  timeout 100 "${bench[@]}" --resolution 2048 4096 "${official[@]}" --official-dtype fp16 --runs 3 --warmup 1 \
+    --row-timeout 30 --row fp16/eager/1 bf16/eager/1 2>&1 | tee -a "$OUT/memory.md"
 fi
 if want compile; then
   # Last: compile time is the unknown. A row that outlives its 55 s misses the first-call target (60 s) anyway.
   log "compile"
   timeout 120 "${bench[@]}" --resolution 1024 --runs 10 --warmup 3 --row-timeout 55 \
-    --row fp16/compile:reduce-overhead/1 fp16/compile:max-autotune/1 2>&1 | tee "$OUT/bench_compile.md"
+    --row fp16/compile:reduce-overhead/1 fp16/compile:max-autotune/1 2>&1 | tee "$OUT/compile.md"
 fi
 log "done"

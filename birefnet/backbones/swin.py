@@ -92,7 +92,6 @@ def window_order(h: int, w: int, window: int, shift: int) -> tuple[torch.Tensor,
 
 
 _ORDER_CACHE: dict = {}
-MLP_CHUNK = 1 << 26  # hidden values per MLP step in inference (128 MB in fp16): 1024² runs in one step
 
 
 def window_orders(h: int, w: int, window: int, shift: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +200,7 @@ class SwinBlock(nn.Module):
             return x + self.drop_path(self.mlp(self.norm2(x)))
         x = linear(out, self.attn.proj, residual=x)
         del out
-        return self.mlp_in_place(x)
+        return linear(linear(self.norm2(x), self.mlp.fc1, gelu=True), self.mlp.fc2, residual=x)
 
     def attention(self, x: torch.Tensor, h: int, w: int, mask: ShiftMask | None) -> torch.Tensor:
         """Official order: norm1, zero-pad to the window grid, shift, window attention, undo all
@@ -221,19 +220,6 @@ class SwinBlock(nn.Module):
         out = self.attn.attend(windows, mask if self.shift else None)
         del windows
         return out.reshape(b, -1, c).index_select(1, inverse)
-
-    def mlp_in_place(self, x: torch.Tensor) -> torch.Tensor:
-        """x + mlp(norm2(x)), written into x (inference only), `MLP_CHUNK` hidden values at a time:
-        the 4x-wide hidden layer is a block's largest tensor (1.5 GB at 4096² in fp16)."""
-        mlp = self.mlp
-        rows = x.view(-1, x.shape[-1])
-        step = max(1, MLP_CHUNK // mlp.fc1.out_features)
-        if rows.shape[0] <= step:
-            return linear(linear(self.norm2(x), mlp.fc1, gelu=True), mlp.fc2, residual=x)
-        for start in range(0, rows.shape[0], step):
-            part = rows[start : start + step]
-            part.copy_(linear(linear(self.norm2(part), mlp.fc1, gelu=True), mlp.fc2, residual=part))
-        return x
 
 
 class PatchMerging(nn.Module):
