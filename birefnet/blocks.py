@@ -176,6 +176,7 @@ class ASPPDeformable(nn.Module):
             flat = branch(x).flatten(2)
             for image in range(flat.shape[0]):
                 out[image].view(-1, flat.shape[-1]).addmm_(part, flat[image])
+            del flat  # before the next branch runs: each is 256 channels at the stage's resolution
         return out.relu_()  # dropout is the identity in eval
 
 
@@ -193,10 +194,20 @@ class BasicDecBlk(nn.Module):
         self.bn_out = norm(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.leave(self.enter(x))
+
+    def enter(self, x: torch.Tensor) -> torch.Tensor:
+        """conv_in -> BN -> ReLU: to 64 channels. Separate so that a caller can drop the wide input
+        (up to 480 channels at a quarter of the image) before the ASPP runs."""
         if shortcuts(self):
-            x = self.dec_att(conv_norm(self.conv_in, self.bn_in, x).relu_())
+            return conv_norm(self.conv_in, self.bn_in, x).relu_()
+        return self.relu_in(self.bn_in(self.conv_in(x)))
+
+    def leave(self, x: torch.Tensor) -> torch.Tensor:
+        """ASPPDeformable -> conv_out -> BN, on the output of `enter`."""
+        x = self.dec_att(x)
+        if shortcuts(self):
             return conv_norm(self.conv_out, self.bn_out, x)
-        x = self.dec_att(self.relu_in(self.bn_in(self.conv_in(x))))
         return self.bn_out(self.conv_out(x))
 
 

@@ -147,25 +147,34 @@ class Decoder(nn.Module):
             out.gradient_preds.append(getattr(self, f"gdt_convs_pred_{k}")(g))
         return x * attention
 
-    def forward(self, image: torch.Tensor, x1, x2, x3, x4, details: bool = False) -> DecoderOutput:
+    def forward(self, image: torch.Tensor, features: list[torch.Tensor], details: bool = False) -> DecoderOutput:
+        """`features`: the encoder's [x1, x2, x3, x4]. The list is emptied and each map, and each
+        stage's input, is dropped as soon as it has been used (at 4096² they are GBs)."""
         out = DecoderOutput(logits=None)
+        x1, x2, x3, x4 = features
+        features.clear()
         if self.pyramid_neck:
             h, w = image.shape[-2:]
             x1, x2, x3, x4 = (
                 getattr(self, f"pyramid_neck_x{k}")(interp(x, (h // 2 ** (k + 1), w // 2 ** (k + 1))))
                 for k, x in zip((1, 2, 3, 4), (x1, x2, x3, x4))
             )
-        p4 = self.decoder_block4(torch.cat([x4, self._inward(self.ipt_blk5, image, x4.shape[-2:])], dim=1))
-        p4 = self._stage(4, p4, out, details)
-        p3 = interp(p4, x3.shape[-2:]) + self.lateral_block4(x3)
-        p3 = self.decoder_block3(torch.cat([p3, self._inward(self.ipt_blk4, image, p3.shape[-2:])], dim=1))
-        p3 = self._stage(3, p3, out, details)
-        p2 = interp(p3, x2.shape[-2:]) + self.lateral_block3(x2)
-        p2 = self.decoder_block2(torch.cat([p2, self._inward(self.ipt_blk3, image, p2.shape[-2:])], dim=1))
-        p2 = self._stage(2, p2, out, details)
-        p1 = interp(p2, x1.shape[-2:]) + self.lateral_block2(x1)
-        p1 = self.decoder_block1(torch.cat([p1, self._inward(self.ipt_blk2, image, p1.shape[-2:])], dim=1))
-        out.logits = self._head(p1, image)
+        # Each block's wide input (a concatenation) lives only until its first convolution returns.
+        p = self.decoder_block4.enter(torch.cat([x4, self._inward(self.ipt_blk5, image, x4.shape[-2:])], dim=1))
+        del x4
+        p = self._stage(4, self.decoder_block4.leave(p), out, details)
+        p = interp(p, x3.shape[-2:]) + self.lateral_block4(x3)
+        del x3
+        p = self.decoder_block3.enter(torch.cat([p, self._inward(self.ipt_blk4, image, p.shape[-2:])], dim=1))
+        p = self._stage(3, self.decoder_block3.leave(p), out, details)
+        p = interp(p, x2.shape[-2:]) + self.lateral_block3(x2)
+        del x2
+        p = self.decoder_block2.enter(torch.cat([p, self._inward(self.ipt_blk3, image, p.shape[-2:])], dim=1))
+        p = self._stage(2, self.decoder_block2.leave(p), out, details)
+        p = interp(p, x1.shape[-2:]) + self.lateral_block2(x1)
+        del x1
+        p = self.decoder_block1.enter(torch.cat([p, self._inward(self.ipt_blk2, image, p.shape[-2:])], dim=1))
+        out.logits = self._head(self.decoder_block1.leave(p), image)
         return out
 
     def _head(self, p1: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

@@ -96,12 +96,12 @@ class BiRefNet(nn.Module):
 
     def forward_details(self, x: torch.Tensor) -> DecoderOutput:
         self._check_input(x)
-        return self.decoder(x, *self.encode(x), details=True)
+        return self.decoder(x, self.encode(x), details=True)
 
     def forward(self, x: torch.Tensor):
         """Eval: final logits (B, 1, H, W). Train: the full `DecoderOutput` for the losses."""
         self._check_input(x)
-        out = self.decoder(x, *self.encode(x))
+        out = self.decoder(x, self.encode(x))
         return out if self.training else out.logits
 
 

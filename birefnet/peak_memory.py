@@ -40,13 +40,14 @@ class PeakMemory:
 class _LiveBytes(TorchDispatchMode):
     """Counts the bytes of every storage an op creates, until the storage is freed."""
 
-    def __init__(self, start: int):
+    def __init__(self, existing: list[torch.Tensor]):
+        """`existing`: tensors alive before the forward (weights, input); views of them cost nothing."""
         super().__init__()
-        self.now = self.peak = start
+        self._sizes = {t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in existing}
+        self._refs: dict[int, weakref.ref] = {}
+        self.now = self.peak = sum(self._sizes.values())
         self.where = ""
         self.modules: list[str] = []
-        self._sizes: dict[int, int] = {}
-        self._refs: dict[int, weakref.ref] = {}
 
     def _free(self, key: int) -> None:
         self.now -= self._sizes.pop(key, 0)
@@ -98,7 +99,7 @@ def estimate_peak(
         state = _fake_state(model, mode, torch.device(device), dtype)
         x = torch.zeros(batch, 3, *size, device=device, dtype=dtype)
     weights = sum(t.nbytes for t in state.values())
-    tracker = _LiveBytes(weights + x.nbytes)
+    tracker = _LiveBytes([*state.values(), x])
     names = {module: name or "(model)" for name, module in model.named_modules()}
 
     def entered(module, args):

@@ -96,19 +96,20 @@ def test_torchvision_buffer_size_rules():
     )
 
 
-def test_swin_l_at_4096_fits_a_12_gb_card_in_fp16():
-    """The issue's target, with room for the CUDA context and cuDNN workspaces (about 1-2 GB)."""
+def test_swin_l_at_4096_fits_an_8_gb_card_in_fp16():
+    """The issue asks for 12 GB; the estimate leaves room for the CUDA context and cuDNN workspaces
+    (1-2 GB) on an 8 GB card."""
     model = build_model("swin_v1_l").eval()
     result = estimate_peak(model, (4096, 4096), torch.float16)
-    assert result.peak < 9.5e9, f"{result.peak / 1e9:.2f} GB at {result.where}"
-    # Without the switch away from torchvision's kernel, its 6 GB buffer would not fit.
+    assert result.peak < 5e9, f"{result.peak / 1e9:.2f} GB at {result.where}"
+    # With torchvision's kernel at every size, its im2col buffer (6.1 GiB for the 7x7) comes on top.
     deform_conv_limit = deform_conv.TORCHVISION_BUFFER_LIMIT
     try:
         deform_conv.TORCHVISION_BUFFER_LIMIT = 1 << 62
         unlimited = estimate_peak(model, (4096, 4096), torch.float16)
     finally:
         deform_conv.TORCHVISION_BUFFER_LIMIT = deform_conv_limit
-    assert unlimited.peak > 12e9 > result.peak
+    assert unlimited.peak > result.peak + 5e9
 
 
 def test_estimate_leaves_the_model_and_caches_usable(b0_model):
