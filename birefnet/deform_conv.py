@@ -10,11 +10,12 @@ has the cheapest backward and serves CPU training.
 
 On GPUs torchvision's kernel is the default, except where its im2col buffer would pass
 `TORCHVISION_BUFFER_LIMIT` (2 GiB: the 7x7 at a quarter of a 4096^2 input needs 6 GiB in fp16):
-there the banded form keeps the same result in a few hundred MB. BIREFNET_DEFORM_CONV=banded
-(or `with implementation("banded"):`) runs the banded form for every inference call, on every
-device and dtype: sampling in float32, the GEMM in the model's dtype, so on CUDA in fp16/bf16 it
-needs no float32 copy of the weights (torchvision has no bf16 kernel and the default casts to
-float32). It stays opt-in at smaller sizes until measured against torchvision on a GPU.
+there the banded form keeps the same result in a few hundred MB. BIREFNET_DEFORM_CONV (or
+`with implementation(...):`) overrides that choice: `banded` runs the banded form for every
+inference call, on every device and dtype (sampling in float32, the GEMM in the model's dtype, so
+on CUDA in fp16/bf16 it needs no float32 copy of the weights: torchvision has no bf16 kernel and
+the default casts to float32; opt-in at smaller sizes until measured against torchvision on a
+GPU); `torchvision` runs torchvision's kernel wherever it exists, whatever its buffer, CPU too.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ except Exception:  # pragma: no cover - depends on the installation
 _TORCHVISION_UNSUPPORTED: set[tuple[str, torch.dtype]] = set()
 
 ENV = "BIREFNET_DEFORM_CONV"
-IMPLEMENTATIONS = ("auto", "banded")
+IMPLEMENTATIONS = ("auto", "banded", "torchvision")
 _CHOICE: ContextVar[str | None] = ContextVar("birefnet_deform_conv", default=None)
 TORCHVISION_BUFFER_LIMIT = 2 << 30  # bytes
 
@@ -58,7 +59,7 @@ def chosen_implementation() -> str:
     if choice is None:
         choice = os.environ.get(ENV, "").strip().lower() or "auto"
     if choice not in IMPLEMENTATIONS:
-        raise ValueError(f"{ENV}={choice!r}: use {' or '.join(IMPLEMENTATIONS)}")
+        raise ValueError(f"{ENV}={choice!r}: use {', '.join(IMPLEMENTATIONS[:-1])} or {IMPLEMENTATIONS[-1]}")
     return choice
 
 
@@ -66,7 +67,9 @@ def chosen_implementation() -> str:
 def implementation(name: str):
     """Use deformable-convolution implementation `name` ("auto" or "banded") inside the block."""
     if name not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown deformable convolution {name!r}; use {' or '.join(IMPLEMENTATIONS)}")
+        raise ValueError(
+            f"unknown deformable convolution {name!r}; use {', '.join(IMPLEMENTATIONS[:-1])} or {IMPLEMENTATIONS[-1]}"
+        )
     token = _CHOICE.set(name)
     try:
         yield
@@ -190,15 +193,17 @@ def deform_conv2d(
     (grid_sample + conv) is 3-6x faster than torchvision's CPU backward kernel.
     Elsewhere: torchvision's kernel, in float32 where it has none for the dtype (bf16 on CUDA),
     unless its buffer would pass `TORCHVISION_BUFFER_LIMIT` in inference (then banded).
-    With `chosen_implementation()` "banded": the banded form for every inference call.
+    `chosen_implementation()` "banded": the banded form for every inference call; "torchvision":
+    torchvision's kernel wherever it runs.
     """
     key = (x.device.type, x.dtype)
+    choice = chosen_implementation()
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or offset.requires_grad)
-    if not needs_grad and shortcuts():
+    if not needs_grad and shortcuts() and choice != "torchvision":
         too_big = torchvision_buffer_bytes(x, weight, *offset.shape[-2:]) > TORCHVISION_BUFFER_LIMIT
-        if too_big or chosen_implementation() == "banded":
+        if too_big or choice == "banded":
             return deform_conv2d_banded(x, offset, weight, mask, padding, bias)
-    prefer_torchvision = x.device.type != "cpu" or plain_graph_requested()
+    prefer_torchvision = x.device.type != "cpu" or plain_graph_requested() or choice == "torchvision"
     if prefer_torchvision and _tv_deform_conv2d is not None:
         if key not in _TORCHVISION_UNSUPPORTED:
             try:

@@ -125,7 +125,10 @@ def test_banded_choice_routes_every_inference_call(monkeypatch):
 def test_bad_deform_conv_choice_is_one_line(monkeypatch):
     x, offset, weight, mask, bias = _deform_inputs()
     monkeypatch.setenv("BIREFNET_DEFORM_CONV", "fastest")
-    with torch.inference_mode(), pytest.raises(ValueError, match=r"BIREFNET_DEFORM_CONV='fastest': use auto or banded"):
+    with (
+        torch.inference_mode(),
+        pytest.raises(ValueError, match=r"BIREFNET_DEFORM_CONV='fastest': use auto, banded or torchvision"),
+    ):
         deform_conv2d(x, offset, weight, mask, 1, bias)
     with pytest.raises(ValueError, match="unknown deformable convolution"):
         with implementation("cuda"):

@@ -87,6 +87,25 @@ def test_gpu_uses_torchvision_unless_its_buffer_passes_the_limit(monkeypatch):
     assert "torchvision::deform_conv2d" not in large and sampled(large)
 
 
+def test_torchvision_switch_keeps_torchvision_at_any_size(monkeypatch):
+    monkeypatch.setattr(deform_conv, "TORCHVISION_BUFFER_LIMIT", 1)
+    monkeypatch.setenv("BIREFNET_DEFORM_CONV", "torchvision")
+    assert "torchvision::deform_conv2d" in _ops_of_a_deformable_conv_on_fake_cuda(32)
+
+
+def test_torchvision_switch_on_the_cpu_runs_torchvision_in_inference(monkeypatch):
+    from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
+
+    generator = torch.Generator().manual_seed(2)
+    x, offset = torch.randn(1, 4, 9, 11, generator=generator), torch.randn(1, 18, 9, 11, generator=generator)
+    weight, mask = torch.randn(6, 4, 3, 3, generator=generator), torch.rand(1, 9, 9, 11, generator=generator)
+    expected = torchvision_deform_conv2d(x, offset, weight, padding=(1, 1), mask=mask)
+    ops = _Ops()
+    with torch.inference_mode(), deform_conv.implementation("torchvision"), ops:
+        out = deform_conv.deform_conv2d(x, offset, weight, mask, 1)
+    assert "torchvision::deform_conv2d" in ops.names and torch.equal(out, expected)
+
+
 def test_torchvision_buffer_size_rules():
     weight = torch.empty(8, 4, 3, 3)
     # Images at once: the largest divisor of the batch up to 32; bf16 runs as float32 (4 bytes).
