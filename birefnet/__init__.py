@@ -13,7 +13,7 @@ if "torch" not in _sys.modules:
 from .checkpoint_files import model_to_official_keys, read_checkpoint, save_checkpoint, strip_prefixes
 from .decoder import DecoderOutput, image_tiles
 from .detection import detect_config
-from .errors import CheckpointError
+from .errors import CheckpointError, OutOfMemory
 from .highres import segment_highres
 from .hub import download
 from .inference import cutout, mask_to_image, segment, to_rgb_tensor, working_size
@@ -32,6 +32,7 @@ __all__ = [
     "DecoderOutput",
     "KNOWN_CHECKPOINTS",
     "KnownCheckpoint",
+    "OutOfMemory",
     "build_model",
     "cutout",
     "detect_config",

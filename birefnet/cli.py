@@ -14,7 +14,7 @@ import torch
 from . import __version__, backbones
 from .device import auto_dtype, parse_dtype, resolve_device
 from .distributed import local_device, rank_and_world, shard, summed
-from .errors import CheckpointError
+from .errors import CheckpointError, OutOfMemory
 from .files import list_images, output_paths, read_image, save_image
 from .guidance import parse_box
 from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
@@ -629,6 +629,9 @@ def main(argv=None) -> int:
     except (CheckpointError, ValueError, FileExistsError) as err:
         print(f"birefnet: {err}", file=sys.stderr)
         return 2
+    except OutOfMemory as err:
+        print(f"birefnet: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("birefnet: interrupted", file=sys.stderr)
         return 130

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import cuda_graphs
+from .errors import OutOfMemory
 from .model import MIN_SIZE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -130,9 +131,19 @@ def predict(model, batch: torch.Tensor) -> torch.Tensor:
     param = next(model.parameters())
     x = batch.to(device=param.device, dtype=torch.float32)
     forward = lambda x: torch.sigmoid(model(normalise(x).to(param.dtype)).float())
-    if cuda_graphs.enabled(model, param.device):
-        return cuda_graphs.run(model, forward, x)
-    return forward(x)
+    try:
+        if cuda_graphs.enabled(model, param.device):
+            return cuda_graphs.run(model, forward, x)
+        return forward(x)
+    except torch.OutOfMemoryError as err:
+        if param.device.type == "cuda":
+            torch.cuda.empty_cache()  # what the failed forward held goes back: the next, smaller call can run
+        b, _, h, w = batch.shape
+        raise OutOfMemory(
+            f"{param.device} ran out of memory for {b} image(s) at working size {w}x{h} in "
+            f"{str(param.dtype).removeprefix('torch.')}: use a smaller resolution or batch size, coarse-to-fine "
+            "for large images, fp16, or the CPU"
+        ) from err
 
 
 def segment(

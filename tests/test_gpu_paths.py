@@ -1,5 +1,6 @@
 """The GPU inference paths: the CUDA-graph switch and cache, the banded deformable convolution in the
-model's dtype, batched frames, masks left on the model's device, and the benchmark's path names.
+model's dtype, batched frames, masks left on the model's device, the benchmark's path names, and
+out-of-memory errors.
 
 The switch, the fallbacks and the numerics run on the CPU; the graph capture itself needs CUDA and
 those tests skip without it (`.ci/gpu_check.sh` runs them on a lent GPU).
@@ -258,3 +259,43 @@ def test_pipeline_keeps_the_mask_on_the_gpu(cuda_fp16_model):
 
     mask, objects = segment_image(cuda_fp16_model, _frames(1, 100, 120)[0], resolution=256)
     assert mask.device.type == "cuda" and objects[0] is mask
+
+
+# --- out of memory -----------------------------------------------------------------------------------
+
+
+class _NoMemoryLeft(torch.nn.Module):
+    """Stands in for a GPU that is full (this machine has none): its forward raises what CUDA raises."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 6.00 GiB (GPU 0; 7.6 GiB total)")
+
+
+def test_out_of_memory_is_one_line_naming_the_size_and_the_ways_out():
+    from birefnet import OutOfMemory
+
+    with pytest.raises(OutOfMemory) as caught:
+        segment(_NoMemoryLeft(), torch.rand(3, 60, 80), resolution=(768, 1024))
+    message = str(caught.value)
+    assert "\n" not in message and "1 image(s) at working size 1024x768 in float32" in message
+    assert "smaller resolution or batch size" in message
+    assert isinstance(caught.value, torch.OutOfMemoryError)  # hosts that recover from those (ComfyUI) still do
+
+
+@needs_cuda
+def test_real_cuda_out_of_memory_then_the_next_call_runs():
+    from birefnet import OutOfMemory, build_model
+
+    model = build_model("swin_v1_t").eval().to(CUDA, torch.float16)
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(3e9 / torch.cuda.get_device_properties(CUDA).total_memory)
+    try:
+        with pytest.raises(OutOfMemory, match="working size 8192x8192 in float16"):
+            segment(model, torch.rand(3, 64, 64), resolution=8192)
+        assert segment(model, torch.rand(3, 64, 64), resolution=256).shape == (64, 64)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
