@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
-from ..errors import first_line
+from ..errors import OutOfMemory, first_line
 from ..inference import mask_to_image
 from ..pipeline import cutout_image, finish, model_device, segment_image
 from ..zoo import listed
@@ -78,6 +78,8 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
             mask, colours = await worker.run(lambda model: segment_job(job, model), job.weights)
         except ValueError as err:  # the library's one-line errors about this image and its options
             raise RequestError(400, first_line(err)) from None
+        except OutOfMemory as err:  # this request was too large for the GPU now; smaller ones still run
+            raise RequestError(503, first_line(err)) from None
         return Response(await run_in_threadpool(png_bytes, job, mask, colours), media_type="image/png")
 
     async def read_image(upload: UploadFile):
