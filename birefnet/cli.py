@@ -17,10 +17,10 @@ from .distributed import local_device, rank_and_world, shard, summed
 from .errors import CheckpointError, OutOfMemory
 from .files import list_images, output_paths, read_image, save_image
 from .guidance import parse_box
-from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
+from .highres import DEFAULT_FINE_MEGAPIXELS
 from .inference import cutout, mask_to_image, segment
 from .loading import load_model
-from .pipeline import cutout_image, finish, model_device, segment_image
+from .pipeline import check_highres, cutout_image, finish, model_device, segment_image
 from .pipeline import parse_resolution as resolution_option
 from .refine import Refinement
 from .zoo import listed
@@ -128,6 +128,7 @@ def cmd_segment(args) -> int:
         if refinement != Refinement():
             raise ValueError("the refinement flags are for images; refine video masks with the Refine Edges node")
         return _segment_videos(args, videos, [item for item in args.inputs if Path(item) not in videos])
+    check_highres(args.box, args.highres)
     files = list_images(args.inputs)
     if not files:
         raise ValueError("no images found in the given inputs (" + ", ".join(args.inputs) + ")")
@@ -185,13 +186,14 @@ def cmd_segment(args) -> int:
                     )
         elif args.highres:
             masks = [
-                segment_highres(
+                segment_image(
                     model,
                     image,
                     resolution=args.resolution,
                     max_megapixels=args.max_megapixels,
+                    highres=True,
                     fine_megapixels=args.fine_megapixels,
-                )
+                )[0]
                 for image, _ in chunk
             ]
         else:

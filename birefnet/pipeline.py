@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from .guidance import inside_boxes, segment_regions
+from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
 from .inference import cutout, parse_size, segment, to_rgb_tensor, working_size
 from .refine import Refinement, refine_mask
 
@@ -32,9 +33,25 @@ def parse_resolution(text: str | None):
     return (height, width)
 
 
-def segment_image(model, image, *, boxes=(), resolution=None, max_megapixels: float | None = None):
+def segment_image(
+    model,
+    image,
+    *,
+    boxes=(),
+    resolution=None,
+    max_megapixels: float | None = None,
+    highres: bool = False,
+    fine_megapixels: float = DEFAULT_FINE_MEGAPIXELS,
+):
     """(mask (H, W), objects: one mask per box) for one image; without boxes, the whole image's mask,
-    left on the model's device for `finish` (no CPU round trip between the network and the refinement)."""
+    left on the model's device for `finish` (no CPU round trip between the network and the refinement).
+    `highres`: coarse to fine (`segment_highres`), for images far above the working size."""
+    check_highres(boxes, highres)
+    if highres:
+        mask = segment_highres(
+            model, image, resolution=resolution, max_megapixels=max_megapixels, fine_megapixels=fine_megapixels
+        )
+        return mask, [mask]
     if boxes:
         combined, objects = segment_regions(
             model, image, boxes=boxes, resolution=resolution, max_megapixels=max_megapixels
@@ -42,6 +59,14 @@ def segment_image(model, image, *, boxes=(), resolution=None, max_megapixels: fl
         return combined, list(objects)
     mask = segment(model, image, resolution=resolution, max_megapixels=max_megapixels, device=model_device(model))
     return mask, [mask]
+
+
+def check_highres(boxes, highres: bool) -> None:
+    """Coarse to fine works on the whole image; boxes choose parts of it: one or the other."""
+    if boxes and highres:
+        raise ValueError(
+            "highres and boxes do not combine: a box is segmented on its own already; use one or the other"
+        )
 
 
 def finish(image, mask: torch.Tensor, refinement: Refinement, *, boxes=(), device="cpu"):

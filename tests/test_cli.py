@@ -333,3 +333,14 @@ def test_boxes_segment_one_object_each(tmp_path, b0_weights):
     assert first[:, 120:].max() == 0 and second[:, :100].max() == 0  # each object only around its box
     bad = run_cli("segment", image, "--out", out, "--box", "1,2,3")
     assert bad.returncode == 2 and "use x,y,w,h in pixels" in bad.stderr
+
+
+def test_highres_with_a_box_is_one_line_before_any_work(tmp_path):
+    image = tmp_path / "in.png"
+    Image.new("RGB", (64, 48)).save(image)
+    result = run_cli("segment", image, "--out", tmp_path / "out", "--highres", "--box", "1,2,30,40")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "birefnet: highres and boxes do not combine: a box is segmented on its own already; use one or the other"
+    ]
+    assert not (tmp_path / "out").exists()

@@ -185,6 +185,10 @@ OPTIONS = {
         [("box", "100,80,200,200"), ("grow", "40"), ("resolution", "256x192")],
         ["--box", "100,80,200,200", "--grow", "40", "--resolution", "256x192"],
     ),
+    "highres": (  # coarse 128x96, then the object's region again at up to 0.1 megapixels
+        [("highres", "true"), ("resolution", "128x96"), ("fine_megapixels", "0.1")],
+        ["--highres", "--resolution", "128x96", "--fine-megapixels", "0.1"],
+    ),
 }
 
 
@@ -245,6 +249,8 @@ def _bad_requests():
         "bad output": ([("image", good), ("output", "jpeg")], 400, "output"),
         "bad resolution": ([("image", good), ("resolution", "100x100")], 400, "multiples of 32"),
         "bad refinement": ([("image", good), ("black_point", "0.6"), ("white_point", "0.2")], 400, "black_point"),
+        "highres with a box": ([("image", good), ("highres", "true"), ("box", "1,2,30,40")], 400, "do not combine"),
+        "fine pass of no area": ([("image", good), ("highres", "true"), ("fine_megapixels", "0")], 400, "positive"),
         "too many pixels": ([("image", big)], 413, "megapixels"),
         "decompression bomb": ([("image", bomb.getvalue())], 413, "megapixels"),
         "a URL instead of a file": ([("image", "https://example.com/cat.png")], 400, "image"),

@@ -16,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..errors import OutOfMemory, first_line
+from ..highres import DEFAULT_FINE_MEGAPIXELS
 from ..inference import mask_to_image
 from ..pipeline import cutout_image, finish, model_device, segment_image
 from ..zoo import listed
@@ -41,6 +42,8 @@ SEGMENT_FIELDS = (
     "feather",
     "foreground",
     "foreground_radius",
+    "highres",
+    "fine_megapixels",
 )
 REMBG_FIELDS = ("file", "model", "a", "af", "ab", "ae", "om", "ppm", "bgc", "extras")
 PNG = {200: {"content": {"image/png": {}}, "description": "the PNG"}}
@@ -48,7 +51,14 @@ PNG = {200: {"content": {"image/png": {}}, "description": "the PNG"}}
 
 def segment_job(job: Job, model):
     """Runs in the model's thread: the same calls `birefnet segment` makes."""
-    mask, _ = segment_image(model, job.image, boxes=job.boxes, resolution=job.resolution)
+    mask, _ = segment_image(
+        model,
+        job.image,
+        boxes=job.boxes,
+        resolution=job.resolution,
+        highres=job.highres,
+        fine_megapixels=job.fine_megapixels,
+    )
     return finish(job.image, mask, job.refinement, boxes=job.boxes, device=model_device(model))
 
 
@@ -103,6 +113,8 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         feather: Annotated[float, Form()] = 0.0,
         foreground: Annotated[bool, Form(description="rgba: re-estimated foreground colours")] = False,
         foreground_radius: Annotated[int, Form()] = 90,
+        highres: Annotated[bool, Form(description="coarse to fine, for images far above the working size")] = False,
+        fine_megapixels: Annotated[float, Form(description="working area of the fine pass")] = DEFAULT_FINE_MEGAPIXELS,
     ):
         """The mask (or cut-out) `birefnet segment` writes for this image and these options."""
         check_fields((await request.form()).keys(), SEGMENT_FIELDS)
@@ -125,6 +137,8 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
             resolution=resolution,
             boxes=box,
             refinement=refinement,
+            highres=highres,
+            fine_megapixels=fine_megapixels,
         )
         return await answer(job)
 

@@ -11,7 +11,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import first_line
 from ..guidance import clip_box, parse_box
-from ..pipeline import parse_resolution
+from ..highres import DEFAULT_FINE_MEGAPIXELS
+from ..pipeline import check_highres, parse_resolution
 from ..refine import Refinement
 from .errors import RequestError
 
@@ -29,6 +30,8 @@ class Job:
     resolution: object = None
     boxes: tuple = ()
     refinement: Refinement = Refinement()
+    highres: bool = False
+    fine_megapixels: float = DEFAULT_FINE_MEGAPIXELS
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -60,7 +63,15 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def parse_job(
-    image: Image.Image, *, output: str, weights: str | None, resolution: str, boxes: list[str], refinement: dict
+    image: Image.Image,
+    *,
+    output: str,
+    weights: str | None,
+    resolution: str,
+    boxes: list[str],
+    refinement: dict,
+    highres: bool = False,
+    fine_megapixels: float = DEFAULT_FINE_MEGAPIXELS,
 ) -> Job:
     """A Job from the form's fields, each checked (RequestError 400 naming the field)."""
     if output not in OUTPUTS:
@@ -77,9 +88,12 @@ def parse_job(
         raise RequestError(400, str(err)) from None
     try:
         options = Refinement(**refinement)
+        check_highres(parsed, highres)
     except ValueError as err:
         raise RequestError(400, str(err)) from None
-    return Job(image, output, weights or None, chosen, parsed, options)
+    if not fine_megapixels > 0:
+        raise RequestError(400, f"fine_megapixels {fine_megapixels} must be positive (the fine pass's working area)")
+    return Job(image, output, weights or None, chosen, parsed, options, highres, fine_megapixels)
 
 
 def check_fields(given, allowed) -> None:
