@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from birefnet_krita import extension as birefnet
+from birefnet_krita import settings
 from birefnet_krita.qt import QT_MAJOR
 from krita import Extension, Krita, Selection
 
@@ -209,6 +210,12 @@ def scenario_offset():
 def scenario_large():
     doc = open_image("large")
     record("large", doc, doc.activeNode(), trigger(birefnet.REMOVE_BACKGROUND))
+    settings.put("highres", True)  # as the docker's "coarse to fine" box does
+    try:
+        doc = open_image("large")
+        record("large_highres", doc, doc.activeNode(), trigger(birefnet.REMOVE_BACKGROUND))
+    finally:
+        settings.put("highres", False)
 
 
 def scenario_grey():

@@ -294,12 +294,12 @@ def model():
     return birefnet.load_model(device="cpu")
 
 
-def library_mask(model, image: Image.Image, box=None) -> np.ndarray:
-    from birefnet import segment
-    from birefnet.guidance import segment_regions
+def library_mask(model, image: Image.Image, box=None, highres: bool = False) -> np.ndarray:
+    """What the plug-in should give: the whole image's mask (coarse to fine with `highres`), or the box's object."""
     from birefnet.inference import mask_to_image
+    from birefnet.pipeline import segment_image
 
-    mask = segment_regions(model, image, boxes=[box])[0] if box else segment(model, image)
+    mask = segment_image(model, image, boxes=[box] if box else (), highres=highres and not box)[0]
     return np.asarray(mask_to_image(mask))
 
 
@@ -393,7 +393,13 @@ def test_image_far_larger_than_the_model_resolution(krita_session, model):
     result = scenario(krita_session, "large")
     assert result["ok"], result["message"]
     assert (result["width"], result["height"]) == (2048, 2048)
-    assert_same_mask(raw(result, "mask", 1), library_mask(model, layer_image(result)))
+    plain = raw(result, "mask", 1)
+    assert_same_mask(plain, library_mask(model, layer_image(result)))
+    fine = scenario(krita_session, "large", "large_highres")  # the docker's "coarse to fine" switched on
+    assert fine["ok"], fine["message"]
+    mask = raw(fine, "mask", 1)
+    assert_same_mask(mask, library_mask(model, layer_image(fine), highres=True))
+    assert np.abs(mask.astype(int) - plain).max() > 16  # the second pass saw the object at full detail
 
 
 @needs_krita

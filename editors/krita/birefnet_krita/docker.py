@@ -54,6 +54,7 @@ class BiRefNetDocker(DockWidget):
         self.resolution.setCurrentText(settings.get("resolution"))
         self.resolution.currentTextChanged.connect(lambda text: settings.put("resolution", text))
         form.addRow("Resolution", self.resolution)
+        form.addRow(self._toggle("highres", "Large images: coarse to fine (sharper edges, two passes)"))
         check = QPushButton("Check server")
         check.clicked.connect(self.check_server)
         form.addRow(check)

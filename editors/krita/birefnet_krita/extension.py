@@ -64,7 +64,7 @@ class Source:
         return f"{box.x() - self.x},{box.y() - self.y},{box.width()},{box.height()}"
 
     def fields(self, output: str) -> list:
-        fields = settings.request_fields(output)
+        fields = settings.request_fields(output, boxed=bool(self.box))
         if self.box:
             fields.append(("box", self.box))
         return fields

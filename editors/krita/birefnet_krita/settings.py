@@ -1,6 +1,7 @@
 """The plug-in's settings, kept in Krita's own configuration (kritarc, group "birefnet_krita") so that they
 survive re-importing or updating the plug-in. Defaults ask the server for its plain result, which equals
-`birefnet segment` on the same pixels; every refinement is the user's choice."""
+`birefnet segment` on the same pixels; coarse to fine (`--highres`) and every refinement are the user's
+choice."""
 
 import os
 
@@ -18,6 +19,7 @@ FIELDS = {
     "token": ("", str),
     "weights": ("", str),  # "" = the server's model
     "resolution": ("native", str),
+    "highres": (False, bool),  # coarse to fine (not with a selection: the selection's box guides instead)
     "black_point": (0.0, float),
     "white_point": (1.0, float),
     "threshold": (0.0, float),
@@ -64,13 +66,16 @@ def token() -> str:
     return get("token") or os.environ.get(TOKEN_ENV, "")
 
 
-def request_fields(output: str) -> list:
-    """The /v1/segment form fields for one request: only what differs from the server's defaults."""
+def request_fields(output: str, boxed: bool = False) -> list:
+    """The /v1/segment form fields for one request: only what differs from the server's defaults.
+    `boxed`: a selection's box goes along, which the server does not combine with coarse to fine."""
     fields = [("output", output)]
     if get("weights"):
         fields.append(("weights", get("weights")))
     if get("resolution") != "native":
         fields.append(("resolution", get("resolution")))
+    if get("highres") and not boxed:
+        fields.append(("highres", "true"))
     for name in REFINEMENT:
         value = get(name)
         if value != FIELDS[name][0]:
