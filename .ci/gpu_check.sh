@@ -4,9 +4,10 @@
 # says how to call it through the device tool, what each step measures and what counts as success.
 # Needs: .official (a checkout of ZhengPeng7/BiRefNet, code only) for the baseline rows; .whl with the
 # wheels the machine lacks (kornia, kornia_rs). STEPS picks parts, in this order of priority (default
-# all): bench tests graphs-tests profile memory compile. Each step has its own timeout; worst case
-# about 9 minutes in all, most steps end sooner. Six files come back (the device tool returns 8 at most):
-# gpu.txt (card, versions, step times), bench.md, tests.log, profile.md, memory.md, compile.md.
+# all): bench tests graphs-tests profile memory refine compile. Each step has its own timeout; worst case
+# 9.5 minutes in all (call it with timeout_s=590), most steps end sooner. Seven files come back (the device tool returns 8 at
+# most): gpu.txt (card, versions, step times), bench.md, tests.log, profile.md, memory.md, refine.md,
+# compile.md.
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -14,7 +15,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     && export PYTHONPATH=/tmp/site
 fi
 export PYTHONUNBUFFERED=1 BIREFNET_DEVICE=cuda
-STEPS=${STEPS:-bench tests graphs-tests profile memory compile}
+STEPS=${STEPS:-bench tests graphs-tests profile memory refine compile}
 official=(); [ -d .official ] && official=(--official .official)
 bench=(python3 -m birefnet.bench --variant swin_v1_l --threads 8)
 tests=(python3 -m pytest -v -ra -p no:cacheprovider -n 12 --dist load)
@@ -32,7 +33,7 @@ log() { echo "== $(date -u +%T) $*" | tee -a "$OUT/gpu.txt"; }
 if want bench; then
   # Swin-L 1024², one series: the official fp32/fp16 baseline, then every path at batch 1, then batches.
   log "bench"
-  timeout 160 "${bench[@]}" --resolution 1024 "${official[@]}" --official-dtype fp32 fp16 --runs 10 --warmup 3 \
+  timeout 150 "${bench[@]}" --resolution 1024 "${official[@]}" --official-dtype fp32 fp16 --runs 10 --warmup 3 \
     --row-timeout 40 --row fp32/eager/1 fp16/eager/1 bf16/eager/1 fp16/graphs/1 bf16/graphs/1 \
     fp16/channels-last/1 fp16/channels-last+graphs/1 fp16/banded/1 bf16/banded/1 fp16/banded+graphs/1 \
     bf16/banded+graphs/1 fp16/eager/8 fp16/graphs/4 fp16/graphs/8 2>&1 | tee "$OUT/bench.md"
@@ -82,14 +83,33 @@ if want memory; then
   # 2048² and 4096²: peak allocated memory, the official fp16 against this library in fp16 and in bf16 (the
   # CUDA default), after the CPU's fake-tensor estimate of the same (the 12 GB target; the estimate's accuracy).
   log "memory"
-  timeout 60 python3 -m birefnet.peak_memory --resolution 2048 4096 "${official[@]}" 2>&1 | tee "$OUT/memory.md"
-  timeout 100 "${bench[@]}" --resolution 2048 4096 "${official[@]}" --official-dtype fp16 --runs 3 --warmup 1 \
+  timeout 40 python3 -m birefnet.peak_memory --resolution 2048 4096 "${official[@]}" 2>&1 | tee "$OUT/memory.md"
+  timeout 80 "${bench[@]}" --resolution 2048 4096 "${official[@]}" --official-dtype fp16 --runs 3 --warmup 1 \
     --row-timeout 30 --row fp16/eager/1 bf16/eager/1 2>&1 | tee -a "$OUT/memory.md"
+fi
+if want refine; then
+  # The cut-out's refinement at 2048² and 4096² (guided filter, foreground colours): CUDA against the CPU.
+  log "refine"
+  timeout 40 python3 - <<'EOF' 2>&1 | tee "$OUT/refine.md"
+import time, torch
+from birefnet.refine import Refinement, refine_mask
+options = Refinement(guided_radius=8, foreground=True)
+print("| size | device | refine_mask s (guided filter r=8 + foreground colours) |\n|---|---|---|")
+for size in (2048, 4096):
+    for device in ("cuda", "cpu"):
+        rgb, mask = torch.rand(1, 3, size, size, device=device), torch.rand(1, size, size, device=device)
+        runs = []
+        for _ in range(4 if device == "cuda" else 2):
+            torch.cuda.synchronize(); start = time.perf_counter()
+            refine_mask(rgb, mask, options)
+            torch.cuda.synchronize(); runs.append(time.perf_counter() - start)
+        print(f"| {size}² | {device} | {min(runs[1:]):.4f} |", flush=True)
+EOF
 fi
 if want compile; then
   # Last: compile time is the unknown. A row that outlives its 55 s misses the first-call target (60 s) anyway.
   log "compile"
-  timeout 120 "${bench[@]}" --resolution 1024 --runs 10 --warmup 3 --row-timeout 55 \
+  timeout 80 "${bench[@]}" --resolution 1024 --runs 10 --warmup 3 --row-timeout 55 \
     --row fp16/compile:reduce-overhead/1 fp16/compile:max-autotune/1 2>&1 | tee "$OUT/compile.md"
 fi
 log "done"
