@@ -1,5 +1,5 @@
-"""The page at / in headless Chromium (Playwright): pick an image, see mask and cut-out, draw a box
-(the mask then stays 0 outside it), download the cut-out PNG; the Krita plug-in link."""
+"""The page at / in headless Chromium (Playwright): pick an image, see mask and cut-out, coarse to fine,
+draw a box (the mask then stays 0 outside it), download the cut-out PNG; the Krita plug-in link."""
 
 from __future__ import annotations
 
@@ -52,6 +52,18 @@ def _download(page, link: str) -> np.ndarray:
     return np.asarray(Image.open(info.value.path()))
 
 
+def _library_cutout(**options) -> np.ndarray:
+    """The cut-out the library makes of the example with the server's model (the embedded demo)."""
+    from birefnet import load_model
+    from birefnet.pipeline import cutout_image, finish, segment_image
+    from birefnet.refine import Refinement
+
+    image = Image.open(EXAMPLE)
+    model = load_model(device="cpu")
+    mask, colours = finish(image, segment_image(model, image, **options)[0], Refinement())
+    return np.asarray(cutout_image(image, mask, colours))
+
+
 def test_upload_see_results_draw_a_box_download(page):
     page.set_input_files("#file", str(EXAMPLE))
     _wait_done(page)
@@ -61,6 +73,13 @@ def test_upload_see_results_draw_a_box_download(page):
     assert whole.shape == (384, 512, 4) and whole[..., 3].max() > 0
     mask = _download(page, "#download-mask")
     assert np.array_equal(mask[..., 0], whole[..., 3])  # the mask shown is the cut-out's alpha
+
+    page.check("#highres")
+    _wait_done(page)
+    fine = _download(page, "#download-cutout")
+    assert np.array_equal(fine, _library_cutout(highres=True)) and not np.array_equal(fine, whole)
+    page.uncheck("#highres")
+    _wait_done(page)
 
     canvas = page.locator("#source").bounding_box()
     scale = canvas["width"] / 512
