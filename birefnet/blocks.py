@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .deform_conv import deform_conv2d
+from .device_constants import device_constant
 from .fastpath import shortcuts
 
 NormFactory = Callable[[int], nn.Module]
@@ -72,14 +73,19 @@ def interp(x: torch.Tensor, size) -> torch.Tensor:
     if tuple(x.shape[-2:]) == size:
         return x
     if shortcuts() and size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
-        rows = _bilinear_matrix(x.shape[-2], size[0], x.device, x.dtype)
-        cols = _bilinear_matrix(x.shape[-1], size[1], x.device, x.dtype)
+        rows = bilinear_matrix(x.shape[-2], size[0], x)
+        cols = bilinear_matrix(x.shape[-1], size[1], x)
         return rows @ (x @ cols.T)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
-def _bilinear_matrix(n_in: int, n_out: int, device, dtype) -> torch.Tensor:
-    """(n_out, n_in) weights of 1-D linear interpolation with align_corners=True."""
+def bilinear_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D linear interpolation with align_corners=True, on `like`'s
+    device and in its dtype, made once per size."""
+    return device_constant(("bilinear", n_in, n_out), like, lambda: _bilinear_weights(n_in, n_out), like.dtype)
+
+
+def _bilinear_weights(n_in: int, n_out: int) -> torch.Tensor:
     # Positions in float32 as PyTorch's kernel computes them, so both agree to float rounding.
     scale = torch.tensor((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0, dtype=torch.float32)
     source = (torch.arange(n_out, dtype=torch.float32) * scale).double()
@@ -89,7 +95,7 @@ def _bilinear_matrix(n_in: int, n_out: int, device, dtype) -> torch.Tensor:
     matrix = torch.zeros(n_out, n_in, dtype=torch.float64)
     matrix[torch.arange(n_out), low] += 1 - frac
     matrix[torch.arange(n_out), high] += frac
-    return matrix.to(device=device, dtype=dtype)
+    return matrix
 
 
 class DeformableConv2d(nn.Module):

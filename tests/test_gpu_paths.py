@@ -1,6 +1,6 @@
 """The GPU inference paths: the CUDA-graph switch and cache, the banded deformable convolution in the
-model's dtype, batched frames, masks left on the model's device, the benchmark's path names, and
-out-of-memory errors.
+model's dtype, batched frames, masks left on the model's device, no host-to-device copies inside a
+forward, the benchmark's path names, and out-of-memory errors.
 
 The switch, the fallbacks and the numerics run on the CPU; the graph capture itself needs CUDA and
 those tests skip without it (`.ci/gpu_check.sh` runs them on a lent GPU).
@@ -9,12 +9,17 @@ those tests skip without it (`.ci/gpu_check.sh` runs them on a lent GPU).
 from __future__ import annotations
 
 import logging
+import os
+import traceback
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import DEVICE, relative_error
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-from birefnet import cuda_graphs, load_model, segment
+from birefnet import cuda_graphs, device_constants, load_model, segment
 from birefnet.bench import parse_path, parse_row
 from birefnet.deform_conv import (
     deform_conv2d,
@@ -299,3 +304,68 @@ def test_real_cuda_out_of_memory_then_the_next_call_runs():
         assert segment(model, torch.rand(3, 64, 64), resolution=256).shape == (64, 64)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
+
+
+# --- nothing copied from the host inside a forward (CUDA graphs, no GPU stalls) ----------------------
+
+
+class _HostToDevice(TorchDispatchMode):
+    """Records where an op turned CPU data into a CUDA tensor (file:line of the library's frame)."""
+
+    def __init__(self):
+        super().__init__()
+        self.places = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        if any(t.device.type == "cpu" and t.dim() > 0 for t in inputs) and any(t.is_cuda for t in outputs):
+            frames = [f for f in traceback.extract_stack() if f"{os.sep}birefnet{os.sep}" in f.filename]
+            self.places.append(f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?")
+        return out
+
+
+@pytest.mark.parametrize("backbone", ["swin_v1_t", "pvt_v2_b0", "resnet50"])
+def test_forward_copies_from_the_host_only_constants_made_once(backbone):
+    """On (fake) CUDA: every host-to-device copy of a forward is a `device_constant` (made once per
+    shape, so a second forward and a CUDA graph capture see none). A copy elsewhere would stall the
+    GPU on every call and make graph capture fail."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from birefnet.model import build_model
+    from birefnet.peak_memory import _fake_state
+
+    model = build_model(backbone).eval()
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        state = _fake_state(model, mode, torch.device("cuda"), torch.float16)
+        x = torch.zeros(1, 3, 256, 320, device="cuda", dtype=torch.float16)
+    copies = _HostToDevice()
+    with mode, copies, torch.inference_mode():
+        torch.func.functional_call(model, state, (x,))
+    assert copies.places and set(copies.places) == {f"device_constants.py:{_constant_copy_line()}"}, copies.places
+
+
+def _constant_copy_line() -> int:
+    source = Path(device_constants.__file__).read_text().splitlines()
+    return next(i for i, line in enumerate(source, 1) if "return value.to(device=device" in line)
+
+
+def test_device_constants_are_made_once_and_serve_training_too():
+    calls = []
+
+    def make():
+        calls.append(1)
+        return torch.arange(6), torch.ones(6)
+
+    like = torch.zeros(2)
+    with torch.inference_mode():
+        first = device_constants.device_constant(("test", 6), like, make)
+    second = device_constants.device_constant(("test", 6), like, make)
+    assert first is second and len(calls) == 1
+    weights = torch.randn(6, requires_grad=True)
+    weights.index_select(0, second[0]).mul(second[1]).sum().backward()  # not an inference tensor
+    assert torch.equal(weights.grad, torch.ones(6))
+    floats = device_constants.device_constant(("test", 6), like, make, dtype=torch.float16)
+    assert floats[1].dtype == torch.float16 and floats[0].dtype == torch.int64 and len(calls) == 2

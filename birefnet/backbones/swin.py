@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
 
+from ..device_constants import device_constant
 from ..errors import CheckpointError
 from ..fastpath import shortcuts
 from ..fused_linear import linear
@@ -91,24 +92,10 @@ def window_order(h: int, w: int, window: int, shift: int) -> tuple[torch.Tensor,
     return order, inverse
 
 
-_ORDER_CACHE: dict = {}
-
-
 def window_orders(h: int, w: int, window: int, shift: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`window_order` on `like`'s device, cached: every block of a stage asks for the same two.
+    """`window_order` on `like`'s device, made once: every block of a stage asks for the same two.
     Per image, so that the batch size stays free (dynamic batch in exported graphs)."""
-    device = like.device
-    if torch.compiler.is_compiling() or type(like) is not torch.Tensor:
-        # Traced or fake tensors (compile, export, memory estimates) are never kept for eager calls.
-        order, inverse = window_order(h, w, window, shift)
-        return order.to(device), inverse.to(device)
-    key = (h, w, window, shift, str(device))
-    if key not in _ORDER_CACHE:
-        if len(_ORDER_CACHE) > 64:
-            _ORDER_CACHE.clear()
-        order, inverse = window_order(h, w, window, shift)
-        _ORDER_CACHE[key] = (order.to(device), inverse.to(device))
-    return _ORDER_CACHE[key]
+    return device_constant(("swin_window_order", h, w, window, shift), like, lambda: window_order(h, w, window, shift))
 
 
 @dataclass(frozen=True)
