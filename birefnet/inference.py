@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import cuda_graphs
+from .device_constants import device_constant
 from .errors import OutOfMemory
 from .model import MIN_SIZE
 
@@ -110,8 +111,13 @@ def resize(x: torch.Tensor, size) -> torch.Tensor:
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    """ImageNet normalisation, with the statistics on x's device (made once: no copy per call)."""
+    mean, std = device_constant(
+        ("imagenet",),
+        x,
+        lambda: (torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)),
+        x.dtype,
+    )
     return (x - mean) / std
 
 

@@ -27,7 +27,7 @@ from birefnet.deform_conv import (
     deform_conv2d_reference,
     implementation,
 )
-from birefnet.inference import predict
+from birefnet.inference import normalise, predict
 from birefnet.video import segment_frames
 
 CUDA = torch.device("cuda")
@@ -343,7 +343,7 @@ def test_forward_copies_from_the_host_only_constants_made_once(backbone):
         x = torch.zeros(1, 3, 256, 320, device="cuda", dtype=torch.float16)
     copies = _HostToDevice()
     with mode, copies, torch.inference_mode():
-        torch.func.functional_call(model, state, (x,))
+        torch.func.functional_call(model, state, (normalise(x),))  # what `predict` captures
     assert copies.places and set(copies.places) == {f"device_constants.py:{_constant_copy_line()}"}, copies.places
 
 
