@@ -33,16 +33,17 @@ log() { echo "== $(date -u +%T) $*" | tee -a "$OUT/gpu.txt"; }
 if want bench; then
   # Swin-L 1024², one series: the official fp32/fp16 baseline, then every path at batch 1, then batches.
   log "bench"
-  timeout 150 "${bench[@]}" --resolution 1024 "${official[@]}" --official-dtype fp32 fp16 --runs 10 --warmup 3 \
+  # triton rows: the fused deformable convolution (tile sizes tuned in the warm-up, inside the first call).
+  timeout 165 "${bench[@]}" --resolution 1024 "${official[@]}" --official-dtype fp32 fp16 --runs 10 --warmup 3 \
     --row-timeout 40 --row fp32/eager/1 fp16/eager/1 bf16/eager/1 fp16/graphs/1 bf16/graphs/1 \
-    fp16/channels-last/1 fp16/channels-last+graphs/1 fp16/banded/1 bf16/banded/1 fp16/banded+graphs/1 \
-    bf16/banded+graphs/1 fp16/eager/8 fp16/graphs/4 fp16/graphs/8 2>&1 | tee "$OUT/bench.md"
+    fp16/triton/1 bf16/triton/1 fp16/triton+graphs/1 bf16/triton+graphs/1 fp16/channels-last+graphs/1 \
+    bf16/banded+graphs/1 fp16/eager/8 fp16/graphs/8 fp16/triton+graphs/4 fp16/triton+graphs/8 2>&1 | tee "$OUT/bench.md"
 fi
 if want tests; then
   # The model paths on CUDA (the whole suite ran on CUDA before: docs/benchmarks.md); names land as they finish.
   log "tests (BIREFNET_DEVICE=cuda)"
   echo "== BIREFNET_DEVICE=cuda" >> "$OUT/tests.log"
-  timeout 90 "${tests[@]}" tests/test_gpu_paths.py tests/test_parity.py tests/test_peak_memory.py \
+  timeout 90 "${tests[@]}" tests/test_gpu_paths.py tests/test_deform_conv_triton.py tests/test_parity.py tests/test_peak_memory.py \
     tests/test_inference.py tests/test_layouts_and_ops.py tests/test_nodes.py tests/test_video.py \
     tests/test_highres.py tests/test_guidance.py >> "$OUT/tests.log" 2>&1; echo "pytest rc $?" >> "$OUT/tests.log"
   grep -E "FAILED|ERROR|passed|failed|pytest rc" "$OUT/tests.log" | tail -20
@@ -50,7 +51,7 @@ fi
 if want graphs-tests; then
   log "tests (BIREFNET_DEVICE=cuda, BIREFNET_CUDA_GRAPHS=1)"
   echo "== BIREFNET_DEVICE=cuda BIREFNET_CUDA_GRAPHS=1" >> "$OUT/tests.log"
-  BIREFNET_CUDA_GRAPHS=1 timeout 50 "${tests[@]}" tests/test_gpu_paths.py \
+  BIREFNET_CUDA_GRAPHS=1 timeout 45 "${tests[@]}" tests/test_gpu_paths.py \
     tests/test_inference.py tests/test_nodes.py tests/test_highres.py tests/test_guidance.py \
     >> "$OUT/tests.log" 2>&1; echo "pytest rc $?" >> "$OUT/tests.log"
   grep -E "FAILED|ERROR|passed|failed|pytest rc" "$OUT/tests.log" | tail -20
@@ -83,14 +84,16 @@ if want memory; then
   # 2048² and 4096²: peak allocated memory, the official fp16 against this library in fp16 and in bf16 (the
   # CUDA default), after the CPU's fake-tensor estimate of the same (the 12 GB target; the estimate's accuracy).
   log "memory"
-  timeout 40 python3 -m birefnet.peak_memory --resolution 2048 4096 "${official[@]}" 2>&1 | tee "$OUT/memory.md"
-  timeout 80 "${bench[@]}" --resolution 2048 4096 "${official[@]}" --official-dtype fp16 --runs 3 --warmup 1 \
-    --row-timeout 30 --row fp16/eager/1 bf16/eager/1 2>&1 | tee -a "$OUT/memory.md"
+  timeout 20 python3 -m birefnet.peak_memory --resolution 2048 4096 "${official[@]}" 2>&1 | tee "$OUT/memory.md"
+  BIREFNET_DEFORM_CONV=triton timeout 10 python3 -m birefnet.peak_memory --resolution 2048 4096 2>&1 \
+    | tail -2 | sed 's/this library/this library, triton/' | tee -a "$OUT/memory.md"
+  timeout 85 "${bench[@]}" --resolution 2048 4096 "${official[@]}" --official-dtype fp16 --runs 3 --warmup 1 \
+    --row-timeout 30 --row fp16/eager/1 bf16/eager/1 fp16/triton/1 2>&1 | tee -a "$OUT/memory.md"
 fi
 if want refine; then
   # The cut-out's refinement at 2048² and 4096² (guided filter, foreground colours): CUDA against the CPU.
   log "refine"
-  timeout 40 python3 - <<'EOF' 2>&1 | tee "$OUT/refine.md"
+  timeout 35 python3 - <<'EOF' 2>&1 | tee "$OUT/refine.md"
 import time, torch
 from birefnet.refine import Refinement, refine_mask
 options = Refinement(guided_radius=8, foreground=True)

@@ -13,7 +13,8 @@ row of a variant and size converts ("cold") and later rows load it ("warm")) and
 Paths of the torch backend (`--path`, features joined by "+", e.g. channels-last+graphs):
 eager; graphs (the forward replayed as a CUDA graph, `birefnet.cuda_graphs`); channels-last
 (weights and input in NHWC); banded (the grid_sample deformable convolution in the model's
-dtype, `BIREFNET_DEFORM_CONV=banded`); compile, compile:reduce-overhead, compile:max-autotune
+dtype, `BIREFNET_DEFORM_CONV=banded`); triton (the fused Triton deformable convolution,
+`BIREFNET_DEFORM_CONV=triton`, CUDA); compile, compile:reduce-overhead, compile:max-autotune
 (`torch.compile` modes). Rows are every --dtype x --path x --batch, or the `--row DTYPE/PATH/BATCH`
 list; the official model runs first at batch 1 in each `--official-dtype`.
 
@@ -75,13 +76,14 @@ def official_model(directory: str | os.PathLike, variant: str) -> torch.nn.Modul
     return importlib.import_module("models.birefnet").BiRefNet(bb_pretrained=False)
 
 
-FEATURES = ("eager", "graphs", "channels-last", "banded", "compile")
+FEATURES = ("eager", "graphs", "channels-last", "banded", "triton", "compile")
+DEFORM_FEATURES = ("banded", "triton")  # deformable-convolution implementations: one per path
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def parse_path(text: str) -> dict:
     """'channels-last+graphs' -> {"graphs": True, "channels_last": True, ...}; unknown parts are one-line errors."""
-    path = {"graphs": False, "channels_last": False, "banded": False, "compile": None}
+    path = {"graphs": False, "channels_last": False, "deform": None, "compile": None}
     for part in text.split("+"):
         feature, _, mode = part.partition(":")
         if feature not in FEATURES or (mode and feature != "compile"):
@@ -92,6 +94,10 @@ def parse_path(text: str) -> dict:
                     f"path {text!r}: compile mode {mode!r}; use compile:{' or compile:'.join(COMPILE_MODES)}"
                 )
             path["compile"] = mode or "default"
+        elif feature in DEFORM_FEATURES:
+            if path["deform"] not in (None, feature):
+                raise ValueError(f"path {text!r}: choose one of {' or '.join(DEFORM_FEATURES)}")
+            path["deform"] = feature
         elif feature != "eager":
             path[feature.replace("-", "_")] = True
     return path
@@ -120,16 +126,16 @@ def _torch_run(model, args, x, device, dtype):
     if path["compile"]:
         model = torch.compile(model, mode=None if path["compile"] == "default" else path["compile"])
     forward = model
-    if path["banded"]:
-        forward = lambda t: _banded(model, t, implementation)
+    if path["deform"]:
+        forward = lambda t: _with_deform(path["deform"], model, t, implementation)
     if path["graphs"]:
         cache = cuda_graphs.GraphCache(model)
         return lambda: cache.run(forward, x.to(device=device, dtype=dtype, memory_format=layout)), model
     return lambda: forward(x.to(device=device, dtype=dtype, memory_format=layout)), model
 
 
-def _banded(model, x, implementation):
-    with implementation("banded"):
+def _with_deform(name, model, x, implementation):
+    with implementation(name):
         return model(x)
 
 
@@ -279,7 +285,7 @@ def main(argv=None) -> int:
     parser.add_argument("--official-dtype", nargs="+", default=["fp32"], help="the official model's rows (batch 1)")
     parser.add_argument("--device", default=os.environ.get("BIREFNET_DEVICE", "cpu"))
     parser.add_argument("--dtype", nargs="+", default=["fp32"])
-    parser.add_argument("--path", nargs="+", default=["eager"], help="torch paths, e.g. eager graphs banded+graphs")
+    parser.add_argument("--path", nargs="+", default=["eager"], help="torch paths, e.g. eager graphs triton+graphs")
     parser.add_argument("--batch", nargs="+", type=int, default=[1])
     parser.add_argument("--row", nargs="+", default=[], help="explicit torch rows DTYPE/PATH/BATCH instead of all")
     parser.add_argument("--runs", type=int, default=3)

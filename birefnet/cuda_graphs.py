@@ -5,9 +5,9 @@ launching about a thousand small kernels rather than to running them. A CUDA gra
 launches once (after a warm-up on a side stream, which also lets cuDNN and cuBLAS pick their
 algorithms) and replays them with one call, reading from a static input buffer and writing to a
 static output buffer. Each model keeps a small least-recently-used set of graphs, one per
-(input shape, input dtype, device); a batch smaller than a captured one (the last chunk of a clip)
-is padded into it instead of capturing again. Any capture failure falls back to eager with a
-one-line warning, and that shape is not tried again.
+(input shape, input dtype, device, deformable-convolution choice); a batch smaller than a captured
+one (the last chunk of a clip) is padded into it instead of capturing again. Any capture failure
+falls back to eager with a one-line warning, and that shape is not tried again.
 
 Off by default: this path has not yet been measured on a GPU (exactness and speed, see
 docs/benchmarks.md, "GPU check: prepared, not yet run"). Turn it on for every model with the
@@ -27,6 +27,8 @@ from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
+
+from .deform_conv import chosen_implementation
 
 ENV = "BIREFNET_CUDA_GRAPHS"
 MAX_GRAPHS = 4  # each graph keeps its own memory pool: about the forward's peak activation memory
@@ -126,8 +128,9 @@ class GraphCache:
             return entry.static_output[:batch].clone()
 
     def _find(self, x: torch.Tensor) -> tuple[tuple, _Graph | None]:
-        """The exact graph for x, else the smallest captured one it pads into, else x's own key (not cached)."""
-        key = (tuple(x.shape), x.dtype, x.device)
+        """The exact graph for x, else the smallest captured one it pads into, else x's own key (not cached).
+        The deformable-convolution choice is part of the key: a graph replays the kernels it captured."""
+        key = (tuple(x.shape), x.dtype, x.device, chosen_implementation())
         if key in self.graphs:
             return key, self.graphs[key]
         larger = [

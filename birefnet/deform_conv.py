@@ -15,7 +15,9 @@ there the banded form keeps the same result in a few hundred MB. BIREFNET_DEFORM
 inference call, on every device and dtype (sampling in float32, the GEMM in the model's dtype, so
 on CUDA in fp16/bf16 it needs no float32 copy of the weights: torchvision has no bf16 kernel and
 the default casts to float32; opt-in at smaller sizes until measured against torchvision on a
-GPU); `torchvision` runs torchvision's kernel wherever it exists, whatever its buffer, CPU too.
+GPU); `torchvision` runs torchvision's kernel wherever it exists, whatever its buffer, CPU too;
+`triton` runs the fused kernel of `deform_conv_triton` for inference on CUDA (no im2col buffer, bf16
+native; elsewhere, and in training, as auto) — opt-in until measured against torchvision on a GPU.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ except Exception:  # pragma: no cover - depends on the installation
 _TORCHVISION_UNSUPPORTED: set[tuple[str, torch.dtype]] = set()
 
 ENV = "BIREFNET_DEFORM_CONV"
-IMPLEMENTATIONS = ("auto", "banded", "torchvision")
+IMPLEMENTATIONS = ("auto", "banded", "torchvision", "triton")
 _CHOICE: ContextVar[str | None] = ContextVar("birefnet_deform_conv", default=None)
 TORCHVISION_BUFFER_LIMIT = 2 << 30  # bytes
 
@@ -53,8 +55,9 @@ def torchvision_buffer_bytes(x: torch.Tensor, weight: torch.Tensor, out_h: int, 
 
 
 def chosen_implementation() -> str:
-    """The implementation in use: auto (the fastest measured form per device; the default) or banded
-    (grid_sample bands everywhere in inference); set by `implementation(...)`, else $BIREFNET_DEFORM_CONV."""
+    """The implementation in use: auto (the fastest measured form per device; the default), banded
+    (grid_sample bands everywhere in inference), torchvision, or triton (the fused kernel on CUDA in
+    inference); set by `implementation(...)`, else $BIREFNET_DEFORM_CONV."""
     choice = _CHOICE.get()
     if choice is None:
         choice = os.environ.get(ENV, "").strip().lower() or "auto"
@@ -65,7 +68,7 @@ def chosen_implementation() -> str:
 
 @contextmanager
 def implementation(name: str):
-    """Use deformable-convolution implementation `name` ("auto" or "banded") inside the block."""
+    """Use deformable-convolution implementation `name` (one of IMPLEMENTATIONS) inside the block."""
     if name not in IMPLEMENTATIONS:
         raise ValueError(
             f"unknown deformable convolution {name!r}; use {', '.join(IMPLEMENTATIONS[:-1])} or {IMPLEMENTATIONS[-1]}"
@@ -178,6 +181,18 @@ def deform_conv2d_banded(
     return out.view(batch, out_channels, out_h, out_w)
 
 
+def _triton_op():
+    """The fused kernel's op, imported on first use (Triton comes with PyTorch's CUDA wheels on Linux)."""
+    try:
+        from .deform_conv_triton import deform_conv2d_triton
+    except ImportError as err:
+        raise ValueError(
+            f"{ENV}=triton needs Triton ({err}); it comes with PyTorch's CUDA wheels on Linux "
+            "(on Windows: pip install triton-windows), or unset the variable"
+        ) from None
+    return deform_conv2d_triton
+
+
 def deform_conv2d(
     x: torch.Tensor,
     offset: torch.Tensor,
@@ -194,11 +209,13 @@ def deform_conv2d(
     Elsewhere: torchvision's kernel, in float32 where it has none for the dtype (bf16 on CUDA),
     unless its buffer would pass `TORCHVISION_BUFFER_LIMIT` in inference (then banded).
     `chosen_implementation()` "banded": the banded form for every inference call; "torchvision":
-    torchvision's kernel wherever it runs.
+    torchvision's kernel wherever it runs; "triton": the fused Triton kernel in CUDA inference.
     """
     key = (x.device.type, x.dtype)
     choice = chosen_implementation()
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or offset.requires_grad)
+    if choice == "triton" and not needs_grad and shortcuts() and x.device.type == "cuda":
+        return _triton_op()(x, offset, weight, mask, bias, padding)
     if not needs_grad and shortcuts() and choice != "torchvision":
         too_big = torchvision_buffer_bytes(x, weight, *offset.shape[-2:]) > TORCHVISION_BUFFER_LIMIT
         if too_big or choice == "banded":

@@ -133,7 +133,7 @@ def test_bad_deform_conv_choice_is_one_line(monkeypatch):
     monkeypatch.setenv("BIREFNET_DEFORM_CONV", "fastest")
     with (
         torch.inference_mode(),
-        pytest.raises(ValueError, match=r"BIREFNET_DEFORM_CONV='fastest': use auto, banded or torchvision"),
+        pytest.raises(ValueError, match=r"BIREFNET_DEFORM_CONV='fastest': use auto, banded, torchvision or triton"),
     ):
         deform_conv2d(x, offset, weight, mask, 1, bias)
     with pytest.raises(ValueError, match="unknown deformable convolution"):
@@ -179,13 +179,16 @@ def test_masks_can_stay_on_the_model_device(b0_model):
 
 
 def test_benchmark_paths_parse():
-    assert parse_path("eager") == {"graphs": False, "channels_last": False, "banded": False, "compile": None}
+    assert parse_path("eager") == {"graphs": False, "channels_last": False, "deform": None, "compile": None}
     assert parse_path("channels-last+graphs")["channels_last"] and parse_path("banded+graphs")["graphs"]
+    assert parse_path("triton+graphs")["deform"] == "triton" and parse_path("banded")["deform"] == "banded"
     assert parse_path("compile:max-autotune")["compile"] == "max-autotune"
     assert parse_path("compile")["compile"] == "default"
     assert parse_row("bf16/banded+graphs/8") == ("bf16", "banded+graphs", 8)
     with pytest.raises(ValueError, match="unknown part 'graph'"):
         parse_path("graph")
+    with pytest.raises(ValueError, match="choose one of banded or triton"):
+        parse_path("banded+triton")
     with pytest.raises(ValueError, match="compile mode 'fast'"):
         parse_path("compile:fast")
     with pytest.raises(ValueError, match="use DTYPE/PATH/BATCH"):
@@ -256,6 +259,50 @@ def test_banded_runs_in_the_model_dtype_on_cuda(dtype):
         low = deform_conv2d_banded(*(t.to(CUDA, dtype) for t in (x, offset, weight, mask)), 3, bias.to(CUDA, dtype))
     assert low.dtype == dtype
     assert relative_error(low, reference) < 1e-2
+
+
+@needs_cuda
+@pytest.mark.parametrize("kernel", [1, 3, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_triton_kernel_matches_torchvision_on_cuda(kernel, dtype):
+    """The model's shapes (64 channels in, 256 out) against torchvision's float32 kernel without TF32."""
+    generator = torch.Generator().manual_seed(kernel)
+    taps = kernel * kernel
+    x = torch.randn(2, 64, 48, 40, generator=generator)
+    offset = 3 * torch.randn(2, 2 * taps, 48, 40, generator=generator)
+    mask = 2 * torch.rand(2, taps, 48, 40, generator=generator)
+    weight = torch.randn(256, 64, kernel, kernel, generator=generator) / (64 * taps) ** 0.5
+    bias = torch.randn(256, generator=generator)
+    inputs = [t.to(CUDA) for t in (x, offset, weight, mask, bias)]
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            reference = deform_conv2d(*inputs[:4], kernel // 2, inputs[4])  # auto: torchvision in float32
+            with implementation("triton"):
+                fused = deform_conv2d(*(t.to(dtype) for t in inputs[:4]), kernel // 2, inputs[4].to(dtype))
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert fused.dtype == dtype
+    assert relative_error(fused, reference) < (1e-5 if dtype == torch.float32 else FP16_TOLERANCE)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_model_with_the_triton_kernel_matches_torchvision_with_and_without_graphs(b0_weights, dtype):
+    model = load_model(b0_weights, tile_layout="current", device=CUDA, dtype=dtype)
+    x = torch.rand(2, 3, 256, 256)
+    default = predict(model, x)
+    with implementation("triton"):
+        fused = predict(model, x)
+        cuda_graphs.enable(model)
+        try:
+            replayed = predict(model, x)
+            assert cuda_graphs.cache_for(model).captures == 1
+        finally:
+            cuda_graphs.enable(model, None)
+    assert relative_error(fused, default) < FP16_TOLERANCE
+    assert relative_error(replayed, fused) < 1e-3  # the same kernels, replayed
 
 
 @needs_cuda
