@@ -110,9 +110,11 @@ for size in (2048, 4096):
 EOF
 fi
 if want compile; then
-  # Last: compile time is the unknown. A row that outlives its 55 s misses the first-call target (60 s) anyway.
+  # Last: compile time is the unknown. The same row twice, each a fresh process: the first compiles into an
+  # empty cache (first call = compile time; the target is 60 s), the second starts from what the first cached.
   log "compile"
+  export BIREFNET_CACHE=$(mktemp -d)
   timeout 80 "${bench[@]}" --resolution 1024 --runs 10 --warmup 3 --row-timeout 55 \
-    --row fp16/compile:reduce-overhead/1 fp16/compile:max-autotune/1 2>&1 | tee "$OUT/compile.md"
+    --row fp16/compile:reduce-overhead/1 fp16/compile:reduce-overhead/1 2>&1 | tee "$OUT/compile.md"
 fi
 log "done"

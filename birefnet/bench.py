@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from .compiled import MODES, compile_model
 from .inference import parse_size
 
 BACKENDS = ("torch", "official", "openvino", "onnxruntime")
@@ -78,7 +79,6 @@ def official_model(directory: str | os.PathLike, variant: str) -> torch.nn.Modul
 
 FEATURES = ("eager", "graphs", "channels-last", "banded", "triton", "compile")
 DEFORM_FEATURES = ("banded", "triton")  # deformable-convolution implementations: one per path
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def parse_path(text: str) -> dict:
@@ -89,10 +89,8 @@ def parse_path(text: str) -> dict:
         if feature not in FEATURES or (mode and feature != "compile"):
             raise ValueError(f"path {text!r}: unknown part {part!r}; use {', '.join(FEATURES)} joined by +")
         if feature == "compile":
-            if (mode or "default") not in COMPILE_MODES:
-                raise ValueError(
-                    f"path {text!r}: compile mode {mode!r}; use compile:{' or compile:'.join(COMPILE_MODES)}"
-                )
+            if (mode or "default") not in MODES:
+                raise ValueError(f"path {text!r}: compile mode {mode!r}; use compile:{' or compile:'.join(MODES)}")
             path["compile"] = mode or "default"
         elif feature in DEFORM_FEATURES:
             if path["deform"] not in (None, feature):
@@ -124,7 +122,7 @@ def _torch_run(model, args, x, device, dtype):
     layout = torch.channels_last if path["channels_last"] else torch.contiguous_format
     model = model.to(device=device, dtype=dtype, memory_format=layout)
     if path["compile"]:
-        model = torch.compile(model, mode=None if path["compile"] == "default" else path["compile"])
+        model = compile_model(model, path["compile"])
     forward = model
     if path["deform"]:
         forward = lambda t: _with_deform(path["deform"], model, t, implementation)

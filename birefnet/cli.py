@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import __version__, backbones
+from .compiled import compile_model
 from .device import auto_dtype, parse_dtype, resolve_device
 from .distributed import local_device, rank_and_world, shard, summed
 from .errors import CheckpointError, OutOfMemory
@@ -150,7 +151,7 @@ def cmd_segment(args) -> int:
     if world > 1:
         print(f"birefnet: process {rank + 1}/{world}: {len(files)} of {total} input(s)", file=sys.stderr)
     if args.compile and args.backend == "torch":  # pays off on long runs at one working size; the first image compiles
-        model = torch.compile(model)
+        model = compile_model(model)
     skipped = 0
     bar = tqdm(
         total=len(files),
@@ -528,7 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         action="store_true",
         help="torch.compile the model: a few %% faster per image after a warm-up of minutes "
-        "(and one more per new working size); for long batch jobs",
+        "(and one more per new working size; cached for later runs in ~/.cache/birefnet/inductor); "
+        "for long batch jobs",
     )
     seg.add_argument("--cutout", action="store_true", help="also write <name>_cutout.png with the mask as alpha")
     seg.add_argument("--batch-size", type=positive(int), default=1)

@@ -12,6 +12,12 @@ from PIL import Image, ImageOps
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
+def cache_folder(feature: str) -> Path:
+    """Where `feature` keeps what it can make again: $BIREFNET_CACHE/feature, else ~/.cache/birefnet/feature."""
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path(os.environ.get("BIREFNET_CACHE") or user_cache / "birefnet") / feature
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary sibling of `path`; on success it replaces `path` in one step."""

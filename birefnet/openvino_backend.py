@@ -26,6 +26,7 @@ from torch import nn
 from . import __version__
 from .export import metadata, save_openvino, to_openvino
 from .extras import require
+from .files import cache_folder
 
 log = logging.getLogger("birefnet")
 
@@ -35,11 +36,7 @@ _CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
 
 def cache_dir() -> Path:
     """$BIREFNET_CACHE/openvino, else the user cache folder (~/.cache/birefnet/openvino)."""
-    root = (
-        os.environ.get("BIREFNET_CACHE")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "birefnet"
-    )
-    return Path(root) / "openvino"
+    return cache_folder("openvino")
 
 
 def weights_key(model: nn.Module) -> str:
