@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import timm
 import torch
+from timm.layers import RotaryEmbeddingDinoV3
 from torch import nn
 
+from ..device_constants import device_constant
 from ..errors import CheckpointError
 from .base import Variant, count
 
@@ -38,6 +40,24 @@ VARIANTS = {
 }
 
 
+class RopeTablesOnDevice(RotaryEmbeddingDinoV3):
+    """timm's DINOv3 rotary embedding, with the table of each grid shape kept on the device in eval.
+
+    timm builds the coordinate grid on the CPU and copies it to the device in every forward of a
+    dynamic-size model: a copy that makes the CPU wait for the GPU each time and that a CUDA graph
+    cannot capture. Outside training (where coordinate augmentation may change it) the table of
+    a grid shape is a constant: it is made once by timm's own code and kept (`device_constant`).
+    """
+
+    def get_embed(self, shape=None, dtype=None) -> torch.Tensor:
+        if shape is None or self.training:
+            return super().get_embed(shape, dtype)
+        settings = (self.dim, self.temperature, self.min_period, self.max_period, self.normalize_coords)
+        settings += (self.grid_offset, self.grid_indexing, self.rotate_half, tuple(shape), dtype)
+        make = lambda: super(RopeTablesOnDevice, self).get_embed(shape, dtype)
+        return device_constant(("dinov3_rope", *settings), self.periods, make)
+
+
 class DINOv3(nn.Module):
     """Returns the outputs of four blocks as (B, C, H/16, W/16) maps (no final norm)."""
 
@@ -47,6 +67,8 @@ class DINOv3(nn.Module):
         net = timm.create_model(model, pretrained=False, features_only=True, dynamic_img_size=True, out_indices=indices)
         self.model = net.model  # pruned after the last tapped block, final norm and head removed
         self.indices = net.out_indices
+        if type(self.model.rope) is RotaryEmbeddingDinoV3:  # same module and buffers, one method more
+            self.model.rope.__class__ = RopeTablesOnDevice
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
