@@ -34,16 +34,17 @@ if want bench; then
   # Swin-L 1024², one series: the official fp32/fp16 baseline, then every path at batch 1, then batches.
   log "bench"
   # triton rows: the fused deformable convolution (tile sizes tuned in the warm-up, inside the first call).
-  timeout 165 "${bench[@]}" --resolution 1024 "${official[@]}" --official-dtype fp32 fp16 --runs 10 --warmup 3 \
+  timeout 180 "${bench[@]}" --resolution 1024 "${official[@]}" --official-dtype fp32 fp16 --runs 10 --warmup 3 \
     --row-timeout 40 --row fp32/eager/1 fp16/eager/1 bf16/eager/1 fp16/graphs/1 bf16/graphs/1 \
     fp16/triton/1 bf16/triton/1 fp16/triton+graphs/1 bf16/triton+graphs/1 fp16/channels-last+graphs/1 \
-    bf16/banded+graphs/1 fp16/eager/8 fp16/graphs/8 fp16/triton+graphs/4 fp16/triton+graphs/8 2>&1 | tee "$OUT/bench.md"
+    bf16/banded+graphs/1 fp16/cudnn-benchmark+graphs/1 fp16/cudnn-benchmark+triton+graphs/1 fp16/eager/8 \
+    fp16/graphs/8 fp16/triton+graphs/4 fp16/triton+graphs/8 2>&1 | tee "$OUT/bench.md"
 fi
 if want tests; then
   # The model paths on CUDA (the whole suite ran on CUDA before: docs/benchmarks.md); names land as they finish.
   log "tests (BIREFNET_DEVICE=cuda)"
   echo "== BIREFNET_DEVICE=cuda" >> "$OUT/tests.log"
-  timeout 90 "${tests[@]}" tests/test_gpu_paths.py tests/test_deform_conv_triton.py tests/test_parity.py tests/test_peak_memory.py \
+  timeout 85 "${tests[@]}" tests/test_gpu_paths.py tests/test_deform_conv_triton.py tests/test_parity.py tests/test_peak_memory.py \
     tests/test_inference.py tests/test_layouts_and_ops.py tests/test_nodes.py tests/test_video.py \
     tests/test_highres.py tests/test_guidance.py >> "$OUT/tests.log" 2>&1; echo "pytest rc $?" >> "$OUT/tests.log"
   grep -E "FAILED|ERROR|passed|failed|pytest rc" "$OUT/tests.log" | tail -20
@@ -87,7 +88,7 @@ if want memory; then
   timeout 20 python3 -m birefnet.peak_memory --resolution 2048 4096 "${official[@]}" 2>&1 | tee "$OUT/memory.md"
   BIREFNET_DEFORM_CONV=triton timeout 10 python3 -m birefnet.peak_memory --resolution 2048 4096 2>&1 \
     | tail -2 | sed 's/this library/this library, triton/' | tee -a "$OUT/memory.md"
-  timeout 85 "${bench[@]}" --resolution 2048 4096 "${official[@]}" --official-dtype fp16 --runs 3 --warmup 1 \
+  timeout 80 "${bench[@]}" --resolution 2048 4096 "${official[@]}" --official-dtype fp16 --runs 3 --warmup 1 \
     --row-timeout 30 --row fp16/eager/1 bf16/eager/1 fp16/triton/1 2>&1 | tee -a "$OUT/memory.md"
 fi
 if want refine; then

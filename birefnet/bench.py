@@ -12,7 +12,8 @@ row of a variant and size converts ("cold") and later rows load it ("warm")) and
 
 Paths of the torch backend (`--path`, features joined by "+", e.g. channels-last+graphs):
 eager; graphs (the forward replayed as a CUDA graph, `birefnet.cuda_graphs`); channels-last
-(weights and input in NHWC); banded (the grid_sample deformable convolution in the model's
+(weights and input in NHWC); cudnn-benchmark (cuDNN picks each convolution's algorithm by timing
+them on the first call per shape); banded (the grid_sample deformable convolution in the model's
 dtype, `BIREFNET_DEFORM_CONV=banded`); triton (the fused Triton deformable convolution,
 `BIREFNET_DEFORM_CONV=triton`, CUDA); compile, compile:reduce-overhead, compile:max-autotune
 (`torch.compile` modes). Rows are every --dtype x --path x --batch, or the `--row DTYPE/PATH/BATCH`
@@ -77,13 +78,13 @@ def official_model(directory: str | os.PathLike, variant: str) -> torch.nn.Modul
     return importlib.import_module("models.birefnet").BiRefNet(bb_pretrained=False)
 
 
-FEATURES = ("eager", "graphs", "channels-last", "banded", "triton", "compile")
+FEATURES = ("eager", "graphs", "channels-last", "cudnn-benchmark", "banded", "triton", "compile")
 DEFORM_FEATURES = ("banded", "triton")  # deformable-convolution implementations: one per path
 
 
 def parse_path(text: str) -> dict:
     """'channels-last+graphs' -> {"graphs": True, "channels_last": True, ...}; unknown parts are one-line errors."""
-    path = {"graphs": False, "channels_last": False, "deform": None, "compile": None}
+    path = {"graphs": False, "channels_last": False, "cudnn_benchmark": False, "deform": None, "compile": None}
     for part in text.split("+"):
         feature, _, mode = part.partition(":")
         if feature not in FEATURES or (mode and feature != "compile"):
@@ -120,6 +121,7 @@ def _torch_run(model, args, x, device, dtype):
     if path["graphs"] and device.type != "cuda":
         raise SystemExit("n/a: CUDA graphs need a CUDA device")
     layout = torch.channels_last if path["channels_last"] else torch.contiguous_format
+    torch.backends.cudnn.benchmark = path["cudnn_benchmark"]  # cuDNN times its algorithms per shape in the warm-up
     model = model.to(device=device, dtype=dtype, memory_format=layout)
     if path["compile"]:
         model = compile_model(model, path["compile"])

@@ -179,7 +179,14 @@ def test_masks_can_stay_on_the_model_device(b0_model):
 
 
 def test_benchmark_paths_parse():
-    assert parse_path("eager") == {"graphs": False, "channels_last": False, "deform": None, "compile": None}
+    assert parse_path("eager") == {
+        "graphs": False,
+        "channels_last": False,
+        "cudnn_benchmark": False,
+        "deform": None,
+        "compile": None,
+    }
+    assert parse_path("cudnn-benchmark+triton+graphs")["cudnn_benchmark"]
     assert parse_path("channels-last+graphs")["channels_last"] and parse_path("banded+graphs")["graphs"]
     assert parse_path("triton+graphs")["deform"] == "triton" and parse_path("banded")["deform"] == "banded"
     assert parse_path("compile:max-autotune")["compile"] == "max-autotune"
@@ -356,9 +363,10 @@ def test_real_cuda_out_of_memory_then_the_next_call_runs():
 # --- nothing copied from the host inside a forward (CUDA graphs, no GPU stalls) ----------------------
 
 
-class _HostToDevice(TorchDispatchMode):
-    """Records where an op turned CPU data into a CUDA tensor: "device_constant" when that function
-    was making a constant (kept for later calls), else file:line of the library's innermost frame."""
+class _HostCopies(TorchDispatchMode):
+    """Records ops that move data between the host and CUDA. Host to device: "device_constant" when that
+    function was making a constant (kept for later calls), else file:line of the library's innermost frame.
+    Device to host (a synchronising read the CPU waits for): "to host at file:line"."""
 
     def __init__(self):
         super().__init__()
@@ -368,20 +376,21 @@ class _HostToDevice(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        frames = [f for f in traceback.extract_stack() if f"{os.sep}birefnet{os.sep}" in f.filename]
+        where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
         if any(t.device.type == "cpu" and t.dim() > 0 for t in inputs) and any(t.is_cuda for t in outputs):
-            frames = [f for f in traceback.extract_stack() if f"{os.sep}birefnet{os.sep}" in f.filename]
-            if any(f.name == "device_constant" for f in frames):
-                self.places.append("device_constant")
-            else:
-                self.places.append(f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?")
+            self.places.append("device_constant" if any(f.name == "device_constant" for f in frames) else where)
+        if any(t.is_cuda for t in inputs) and any(t.device.type == "cpu" for t in outputs):
+            self.places.append(f"to host at {where}")
         return out
 
 
 @pytest.mark.parametrize("backbone", ["swin_v1_t", "pvt_v2_b0", "resnet50", "dino_v3_s"])
 def test_forward_copies_from_the_host_only_constants_made_once(backbone):
     """On (fake) CUDA: every host-to-device copy of a forward is a `device_constant` (made once per
-    shape, so a second forward and a CUDA graph capture see none). A copy elsewhere would stall the
-    GPU on every call and make graph capture fail."""
+    shape, so a second forward and a CUDA graph capture see none), and nothing is read back to the
+    host. A copy elsewhere would stall the GPU on every call and make graph capture fail; fake
+    tensors also refuse data-dependent ops (`.item()`, `nonzero`), which capture cannot take either."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from birefnet.model import build_model
@@ -392,7 +401,7 @@ def test_forward_copies_from_the_host_only_constants_made_once(backbone):
     with mode:
         state = _fake_state(model, mode, torch.device("cuda"), torch.float16)
         x = torch.zeros(1, 3, 256, 320, device="cuda", dtype=torch.float16)
-    copies = _HostToDevice()
+    copies = _HostCopies()
     with mode, copies, torch.inference_mode():
         torch.func.functional_call(model, state, (normalise(x),))  # what `predict` captures
     assert copies.places and set(copies.places) == {"device_constant"}, copies.places
