@@ -5,7 +5,8 @@ launching about a thousand small kernels rather than to running them. A CUDA gra
 launches once (after a warm-up on a side stream, which also lets cuDNN and cuBLAS pick their
 algorithms) and replays them with one call, reading from a static input buffer and writing to a
 static output buffer. Each model keeps a small least-recently-used set of graphs, one per
-(input shape, input dtype, device, deformable-convolution choice); a batch smaller than a captured
+(input shape, input dtype, device, deformable-convolution choice), all in one memory pool (their
+scratch memory is shared: they never run at once); a batch smaller than a captured
 one (the last chunk of a clip) is padded into it instead of capturing again. Any capture failure
 falls back to eager with a one-line warning, and that shape is not tried again.
 
@@ -31,7 +32,7 @@ from torch import nn
 from .deform_conv import chosen_implementation
 
 ENV = "BIREFNET_CUDA_GRAPHS"
-MAX_GRAPHS = 4  # each graph keeps its own memory pool: about the forward's peak activation memory
+MAX_GRAPHS = 4  # per model; they share one memory pool, about the largest forward's activation memory
 WARMUP_RUNS = 2
 _ON = ("1", "true", "yes", "on")
 _OFF = ("", "0", "false", "no", "off")
@@ -101,12 +102,14 @@ class GraphCache:
         self.captures = 0  # graphs captured so far (tests and the benchmark read it)
         self._weights = self._weight_pointers()
         self._lock = threading.Lock()
+        self._pools: dict[torch.device, tuple] = {}  # one memory pool per device, shared by its graphs
 
     def _weight_pointers(self) -> tuple[int, ...]:
         return tuple(t.data_ptr() for t in (*self.model.parameters(), *self.model.buffers()))
 
     def clear(self) -> None:
         self.graphs.clear()
+        self._pools.clear()  # the next capture starts a fresh pool
 
     def run(self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cuda":
@@ -114,7 +117,7 @@ class GraphCache:
         with self._lock:
             weights = self._weight_pointers()
             if weights != self._weights:
-                self.graphs.clear()
+                self.clear()
                 self._weights = weights
             key, entry = self._find(x)
             if key not in self.graphs:
@@ -156,7 +159,12 @@ class GraphCache:
                         forward(static_input)
                 torch.cuda.current_stream().wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
+                # Graphs of one model never run at once (the lock), and each keeps its output alive,
+                # so a later capture may reuse only other graphs' scratch memory: one pool for all.
+                if x.device not in self._pools:
+                    self._pools[x.device] = torch.cuda.graph_pool_handle()
+                pool = self._pools[x.device]
+                with torch.cuda.graph(graph, pool=pool):
                     static_output = forward(static_input)
             entry = _Graph(graph, static_input, static_output)
             self.captures += 1

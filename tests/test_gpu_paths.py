@@ -230,6 +230,21 @@ def test_graphs_give_eager_masks_and_reuse_the_capture(cuda_fp16_model):
 
 
 @needs_cuda
+def test_graphs_of_several_sizes_share_memory_and_replay_in_any_order(cuda_fp16_model):
+    """Three working sizes captured into one memory pool, then replayed out of capture order: every
+    output still equals eager (no graph's scratch memory overwrote what another one keeps)."""
+    model = cuda_fp16_model
+    inputs = {size: torch.rand(2, 3, size, size) for size in (256, 320, 384)}
+    eager = {size: predict(model, x) for size, x in inputs.items()}
+    cuda_graphs.enable(model)
+    captured = {size: predict(model, x) for size, x in inputs.items()}
+    for size in (384, 256, 320, 256, 384):
+        assert torch.equal(predict(model, inputs[size]), captured[size]), size
+    assert cuda_graphs.cache_for(model).captures == 3
+    assert all(relative_error(captured[size], eager[size]) < FP16_TOLERANCE for size in inputs)
+
+
+@needs_cuda
 def test_graphs_are_recaptured_when_the_weights_move(cuda_fp16_model):
     model = cuda_fp16_model
     cuda_graphs.enable(model)
