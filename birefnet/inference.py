@@ -141,15 +141,23 @@ def predict(model, batch: torch.Tensor) -> torch.Tensor:
         if cuda_graphs.enabled(model, param.device):
             return cuda_graphs.run(model, forward, x)
         return forward(x)
-    except torch.OutOfMemoryError as err:
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
         if param.device.type == "cuda":
             torch.cuda.empty_cache()  # what the failed forward held goes back: the next, smaller call can run
         b, _, h, w = batch.shape
+        ways_out = "fp16, or the CPU" if param.device.type != "cpu" else "or bf16 where the CPU has it"
         raise OutOfMemory(
             f"{param.device} ran out of memory for {b} image(s) at working size {w}x{h} in "
             f"{str(param.dtype).removeprefix('torch.')}: use a smaller resolution or batch size, coarse-to-fine "
-            "for large images, fp16, or the CPU"
+            f"for large images, {ways_out}"
         ) from err
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """A device allocator's out-of-memory error; the CPU's comes as a plain RuntimeError from its allocator."""
+    return isinstance(err, torch.OutOfMemoryError) or "DefaultCPUAllocator" in str(err)
 
 
 def segment(

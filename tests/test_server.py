@@ -321,6 +321,36 @@ def test_concurrent_requests_are_all_answered_alike(server):
     assert len({body for _, _, body in answers}) == 1
 
 
+def _virtual_memory(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmSize")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="caps a running process's memory with prlimit")
+def test_a_request_too_large_for_the_memory_left_gets_503_and_the_next_one_runs(tmp_path):
+    """A real allocation failure: the running server's address space is capped 1.5 GB above what it
+    uses after a first request, then asked for a 4096² working size (several GB for this model)."""
+    import resource
+
+    server = Server(tmp_path / "memory")
+    try:
+        upload = [("image", EXAMPLE.read_bytes())]
+        status, _, first = call(server, "/v1/segment", upload)
+        assert status == 200
+        limit = _virtual_memory(server.process.pid) + 1_500_000_000
+        resource.prlimit(server.process.pid, resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+        status, kind, body = call(server, "/v1/segment", [*upload, ("resolution", "4096")])
+        assert status == 503 and kind == "application/json", body
+        error = json.loads(body)["error"]
+        assert "ran out of memory" in error and "4096x4096" in error and "smaller resolution" in error
+        assert call(server, "/v1/segment", upload) == (200, "image/png", first)  # the same answer as before
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+
+
 def test_token(tmp_path):
     server = Server(tmp_path / "token", "--token", TOKEN, "--cors", "https://editor.example")
     try:
