@@ -4,10 +4,10 @@
 # says how to call it through the device tool, what each step measures and what counts as success.
 # Needs: .official (a checkout of ZhengPeng7/BiRefNet, code only) for the baseline rows; .whl with the
 # wheels the machine lacks (kornia, kornia_rs). STEPS picks parts, in this order of priority (default
-# all): bench tests graphs-tests profile memory refine compile. Each step has its own timeout; worst case
-# 9.5 minutes in all (call it with timeout_s=590), most steps end sooner. Seven files come back (the device tool returns 8 at
-# most): gpu.txt (card, versions, step times), bench.md, tests.log, profile.md, memory.md, refine.md,
-# compile.md.
+# all): bench tests graphs-tests profile kernels memory refine compile. Each step has its own timeout;
+# worst case 9.5 minutes in all (call it with timeout_s=590), most steps end sooner. Eight files come
+# back (the device tool returns 8 at most): gpu.txt (card, versions, step times), bench.md, tests.log,
+# profile.md, kernels.md, memory.md, refine.md, compile.md.
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -15,7 +15,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     && export PYTHONPATH=/tmp/site
 fi
 export PYTHONUNBUFFERED=1 BIREFNET_DEVICE=cuda
-STEPS=${STEPS:-bench tests graphs-tests profile memory refine compile}
+STEPS=${STEPS:-bench tests graphs-tests profile kernels memory refine compile}
 official=(); [ -d .official ] && official=(--official .official)
 bench=(python3 -m birefnet.bench --variant swin_v1_l --threads 8)
 tests=(python3 -m pytest -v -ra -p no:cacheprovider -n 12 --dist load)
@@ -44,7 +44,7 @@ if want tests; then
   # The model paths on CUDA (the whole suite ran on CUDA before: docs/benchmarks.md); names land as they finish.
   log "tests (BIREFNET_DEVICE=cuda)"
   echo "== BIREFNET_DEVICE=cuda" >> "$OUT/tests.log"
-  timeout 85 "${tests[@]}" tests/test_gpu_paths.py tests/test_deform_conv_triton.py tests/test_parity.py tests/test_peak_memory.py \
+  timeout 80 "${tests[@]}" tests/test_gpu_paths.py tests/test_deform_conv_triton.py tests/test_parity.py tests/test_peak_memory.py \
     tests/test_inference.py tests/test_layouts_and_ops.py tests/test_nodes.py tests/test_video.py \
     tests/test_highres.py tests/test_guidance.py >> "$OUT/tests.log" 2>&1; echo "pytest rc $?" >> "$OUT/tests.log"
   grep -E "FAILED|ERROR|passed|failed|pytest rc" "$OUT/tests.log" | tail -20
@@ -52,7 +52,7 @@ fi
 if want graphs-tests; then
   log "tests (BIREFNET_DEVICE=cuda, BIREFNET_CUDA_GRAPHS=1)"
   echo "== BIREFNET_DEVICE=cuda BIREFNET_CUDA_GRAPHS=1" >> "$OUT/tests.log"
-  BIREFNET_CUDA_GRAPHS=1 timeout 45 "${tests[@]}" tests/test_gpu_paths.py \
+  BIREFNET_CUDA_GRAPHS=1 timeout 40 "${tests[@]}" tests/test_gpu_paths.py \
     tests/test_inference.py tests/test_nodes.py tests/test_highres.py tests/test_guidance.py \
     >> "$OUT/tests.log" 2>&1; echo "pytest rc $?" >> "$OUT/tests.log"
   grep -E "FAILED|ERROR|passed|failed|pytest rc" "$OUT/tests.log" | tail -20
@@ -80,6 +80,11 @@ EOF
   log "profile $best"
   timeout 30 "${bench[@]}" --resolution 1024 --runs 3 --warmup 2 --row "$best" --profile --profile-rows 25 \
     2>&1 | tee "$OUT/profile.md"
+fi
+if want kernels; then
+  # The deformable convolution alone at a forward's 20 shapes: torchvision, banded, Triton (tuned), fp16 and bf16.
+  log "kernels"
+  timeout 25 python3 -m birefnet.bench_deform --resolution 1024 --dtype fp16 bf16 --runs 20 2>&1 | tee "$OUT/kernels.md"
 fi
 if want memory; then
   # 2048² and 4096²: peak allocated memory, the official fp16 against this library in fp16 and in bf16 (the
@@ -115,7 +120,7 @@ if want compile; then
   # empty cache (first call = compile time; the target is 60 s), the second starts from what the first cached.
   log "compile"
   export BIREFNET_CACHE=$(mktemp -d)
-  timeout 80 "${bench[@]}" --resolution 1024 --runs 10 --warmup 3 --row-timeout 55 \
+  timeout 70 "${bench[@]}" --resolution 1024 --runs 10 --warmup 3 --row-timeout 50 \
     --row fp16/compile:reduce-overhead/1 fp16/compile:reduce-overhead/1 2>&1 | tee "$OUT/compile.md"
 fi
 log "done"

@@ -455,3 +455,32 @@ def test_dinov3_rope_table_is_made_once_in_eval_and_afresh_in_training():
     fresh = rope.get_embed(shape=(6, 7))
     assert fresh is not first and torch.equal(fresh, first)
     assert type(copy.deepcopy(backbone).model.rope) is RopeTablesOnDevice  # EMA copies, clones
+
+
+# --- the deformable-convolution benchmark ---------------------------------------------------------
+
+
+def test_deform_benchmark_shapes_are_the_ones_a_forward_runs(b0_model, monkeypatch):
+    import birefnet.deform_conv as deform_module
+    from birefnet.bench_deform import CHANNELS_IN, CHANNELS_OUT, forward_shapes
+
+    seen = []
+    library = deform_module.deform_conv2d
+
+    def spy(x, offset, weight, *rest):
+        seen.append((x.shape[1], weight.shape[0], x.shape[2], x.shape[3], weight.shape[-1]))
+        return library(x, offset, weight, *rest)
+
+    monkeypatch.setattr("birefnet.blocks.deform_conv2d", spy)
+    predict(b0_model, torch.rand(1, 3, 256, 320))
+    assert seen == [(CHANNELS_IN, CHANNELS_OUT, *shape) for shape in forward_shapes(256, 320)]
+
+
+def test_deform_benchmark_table_on_the_cpu():
+    from birefnet.bench_deform import measure, table
+
+    rows = measure((128, 128), torch.float32, torch.device("cpu"), runs=1)
+    assert sum(r["calls"] for r in rows) == 20 and set(rows[0]["times"]) == {"torchvision", "banded"}
+    assert all(r["errors"]["banded"] < 1e-5 for r in rows)
+    text = table(rows, "fp32", 1)
+    assert "| fp32 | 1 | one forward | all | 20 |" in text and "x of torchvision's time" in text
