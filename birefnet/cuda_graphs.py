@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
@@ -149,6 +150,7 @@ class GraphCache:
     def _capture(self, forward, x: torch.Tensor, key: tuple) -> _Graph | None:
         while len(self.graphs) >= self.max_graphs:
             self.graphs.popitem(last=False)
+        started = time.perf_counter()
         try:
             with torch.cuda.device(x.device):
                 static_input = x.clone()
@@ -168,6 +170,8 @@ class GraphCache:
                     static_output = forward(static_input)
             entry = _Graph(graph, static_input, static_output)
             self.captures += 1
+            # The first-call cost users see (warm-up runs, cuDNN/Triton tuning, capture), said once per shape.
+            log.info("CUDA graph for input %s %s captured in %.1f s", key[0], key[1], time.perf_counter() - started)
         except Exception as err:  # any failure: eager for this shape from now on, said once
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             log.warning("CUDA graph capture failed for input %s %s (%s); running eager", key[0], key[1], reason)
