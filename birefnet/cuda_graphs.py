@@ -6,9 +6,9 @@ launches once (after a warm-up on a side stream, which also lets cuDNN and cuBLA
 algorithms) and replays them with one call, reading from a static input buffer and writing to a
 static output buffer. Each model keeps a small least-recently-used set of graphs, one per
 (input shape, input dtype, device, deformable-convolution choice), all in one memory pool (their
-scratch memory is shared: they never run at once); a batch smaller than a captured
-one (the last chunk of a clip) is padded into it instead of capturing again. Any capture failure
-falls back to eager with a one-line warning, and that shape is not tried again.
+scratch memory is shared: they never run at once); a batch smaller than a captured one (the last
+chunk of a clip) is padded into it instead of capturing again. Any capture failure falls back to
+eager with a one-line warning, and that shape is not tried again.
 
 Off by default: this path has not yet been measured on a GPU (exactness and speed, see
 docs/benchmarks.md, "GPU check: prepared, not yet run"). Turn it on for every model with the
