@@ -14,7 +14,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 PARITY = Path(__file__).resolve().parent / "fixtures" / "parity"
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Two threads per test process; with pytest-xdist the cores are shared out among the workers instead
+# (two workers on two cores each running two threads would only take turns).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(THREADS)
+# Servers, Krita and CLI runs started by the tests use the same count: some reductions (foreground
+# colours) round differently with another thread split, and tests compare their pixels with this process's.
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 # BIREFNET_DEVICE=cuda runs the model tests on a GPU (default: the CPU). fp32 there means real fp32:
 # TF32 convolutions and matrix products would be ~1e-3 off the official outputs.
