@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from conftest import PARITY, random_input, random_state_dict, relative_error
+from conftest import REFERENCES, random_input, random_state_dict, relative_error
 from safetensors.torch import load_file, save_file
 
 from birefnet import load_model, segment
@@ -17,33 +17,28 @@ ort = pytest.importorskip("onnxruntime")
 ov = pytest.importorskip("openvino")
 onnx = pytest.importorskip("onnx")
 
-CASES = {"pvt_v2_b0": (256, 256), "swin_v1_t": (320, 448)}
+
+def official_logits(variant: str, height: int, width: int) -> torch.Tensor:
+    """The official model's logits for seed-0 weights and `random_input(1, height, width)`."""
+    return load_file(str(REFERENCES[f"{variant}_seed0_{height}x{width}.safetensors"]))["logits"]
 
 
 @pytest.fixture(scope="module")
-def case(request, tmp_path_factory):
-    """A user's weight file, the input and the official logits for it (the variant is the test's parameter).
+def swin_t(tmp_path_factory):
+    """A user's swin_v1_t weight file, the input and the official logits for it.
 
     Each exporter runs once per backbone family it needs to be shown on: conversions take most of
-    this file's time (Swin: about a minute each on two cores)."""
-    variant = request.param
-    height, width = CASES[variant]
-    folder = tmp_path_factory.mktemp(variant)
-    path = folder / f"{variant}.safetensors"
-    save_file(random_state_dict(variant, 0), str(path))
-    expected = load_file(str(PARITY / "reference" / f"{variant}_seed0_{height}x{width}.safetensors"))["logits"]
-    return path, random_input(1, height, width), expected, folder
+    this file's time (Swin: about a minute each on two cores); PVT uses the shared b0_weights."""
+    folder = tmp_path_factory.mktemp("swin_v1_t")
+    path = folder / "swin_v1_t.safetensors"
+    save_file(random_state_dict("swin_v1_t", 0), str(path))
+    return path, random_input(1, 320, 448), official_logits("swin_v1_t", 320, 448), folder
 
 
-def variants(*names: str):
-    return pytest.mark.parametrize("case", names, indirect=True)
-
-
-@variants("swin_v1_t")  # static size; PVT runs in the free-size CLI export below
-def test_onnx_export_matches_the_official_outputs(case):
+def test_onnx_export_matches_the_official_outputs(swin_t):  # PVT: the free-size CLI export below
     from birefnet.export import export
 
-    weights, x, expected, folder = case
+    weights, x, expected, folder = swin_t
     model = load_model(weights, tile_layout="current")
     path = export(model, folder / "model.onnx", "onnx", tuple(x.shape[-2:]))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -61,13 +56,12 @@ def test_onnx_export_matches_the_official_outputs(case):
         assert relative_error(model(x), expected) < 1e-4  # tracing left the eager model intact
 
 
-@variants("pvt_v2_b0")  # the file and its metadata; Swin is converted by the backend test below
-def test_openvino_export_matches_the_official_outputs(case):
+def test_openvino_export_matches_the_official_outputs(b0_weights, tmp_path):  # Swin: the backend test below
     from birefnet.export import export
 
-    weights, x, expected, folder = case
-    model = load_model(weights, tile_layout="current")
-    path = export(model, folder / "model.xml", "openvino", tuple(x.shape[-2:]))
+    x, expected = random_input(1, 256, 256), official_logits("pvt_v2_b0", 256, 256)
+    model = load_model(b0_weights, tile_layout="current")
+    path = export(model, tmp_path / "model.xml", "openvino", (256, 256))
     core = ov.Core()
     read = core.read_model(str(path))
     assert read.get_rt_info(["birefnet", "backbone"]).astype(str) == model.config.backbone
@@ -77,9 +71,8 @@ def test_openvino_export_matches_the_official_outputs(case):
     assert relative_error(out[1:], expected) < 1e-4
 
 
-@variants("swin_v1_t")
-def test_openvino_backend_is_a_drop_in_model_with_a_disk_cache(case, tmp_path, monkeypatch, caplog):
-    weights, x, expected, _ = case
+def test_openvino_backend_is_a_drop_in_model_with_a_disk_cache(swin_t, tmp_path, monkeypatch, caplog):
+    weights, x, expected, _ = swin_t
     monkeypatch.setenv("BIREFNET_CACHE", str(tmp_path))
     with caplog.at_level(logging.WARNING, logger="birefnet"):
         model = load_model(weights, tile_layout="current", backend="openvino")
@@ -130,8 +123,7 @@ def test_export_cli_writes_a_free_size_onnx_with_the_official_outputs(tmp_path, 
     meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
     assert meta["birefnet.free_size"] == "true" and meta["birefnet.backbone"] == "pvt_v2_b0"
     # At the reference's size (a batch of two), the official outputs; at other sizes, the eager model's.
-    expected = load_file(str(PARITY / "reference" / "pvt_v2_b0_seed0_256x256.safetensors"))["logits"]
-    x = random_input(1, 256, 256)
+    x, expected = random_input(1, 256, 256), official_logits("pvt_v2_b0", 256, 256)
     out_ref = torch.from_numpy(session.run(None, {"image": torch.cat([x, x]).numpy()})[0])
     assert relative_error(out_ref[:1], expected) < 1e-4 and relative_error(out_ref[1:], expected) < 1e-4
     model = load_model(b0_weights, tile_layout="current")
@@ -151,17 +143,12 @@ def test_openvino_backend_says_it_runs_on_the_cpu(b0_weights):
 @pytest.mark.parametrize("variant", ["vgg16", "dino_v3_s"])
 def test_other_backbone_families_export_exactly(variant, tmp_path):
     """A CNN and a ViT backbone through both exporters reproduce the official outputs."""
-    from conftest import REFERENCES
-
     from birefnet.export import export
 
     weights = tmp_path / f"{variant}.safetensors"
     save_file(random_state_dict(variant, 0), str(weights))
     model = load_model(weights, tile_layout="current")
-    x, expected = (
-        random_input(1, 256, 256),
-        load_file(str(REFERENCES[f"{variant}_seed0_256x256.safetensors"]))["logits"],
-    )
+    x, expected = random_input(1, 256, 256), official_logits(variant, 256, 256)
     onnx_path = export(model, tmp_path / "model.onnx", "onnx", (256, 256))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert relative_error(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), expected) < 1e-4
