@@ -19,9 +19,8 @@ from .hub import download
 from .inference import cutout, mask_to_image, segment, to_rgb_tensor, working_size
 from .loading import CheckpointInfo, load_model
 from .model import BACKBONES, BiRefNet, BiRefNetConfig, build_model
+from .version import __version__
 from .zoo import KNOWN_CHECKPOINTS, KnownCheckpoint, find_checkpoint
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BACKBONES",
@@ -49,4 +48,5 @@ __all__ = [
     "strip_prefixes",
     "to_rgb_tensor",
     "working_size",
+    "__version__",
 ]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, backbones
+from . import backbones
 from .compiled import compile_model
 from .device import auto_dtype, parse_dtype, resolve_device
 from .distributed import local_device, rank_and_world, shard, summed
@@ -24,6 +24,7 @@ from .loading import load_model
 from .pipeline import check_highres, cutout_image, finish, model_device, segment_image
 from .pipeline import parse_resolution as resolution_option
 from .refine import Refinement
+from .version import __version__
 from .zoo import listed
 
 

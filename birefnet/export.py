@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
 from .extras import require
 from .fastpath import plain_graph
 from .files import current_umask
 from .inference import IMAGENET_MEAN, IMAGENET_STD
+from .version import __version__
 
 FORMATS = ("onnx", "openvino")
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
 from .export import metadata, save_openvino, to_openvino
 from .extras import require
 from .files import cache_folder
+from .version import __version__
 
 log = logging.getLogger("birefnet")
 

@@ -227,11 +227,14 @@ def test_registry_metadata_is_complete():
     import tomllib
     from PIL import Image
 
+    from birefnet.version import __version__
+
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     project, comfy = meta["project"], meta["tool"]["comfy"]
     assert re.fullmatch(r"[A-Za-z][A-Za-z0-9]*([-_.][A-Za-z0-9]+)*", project["name"]) and len(project["name"]) < 100
     assert "comfyui" not in project["name"].lower()
     assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"]) and project["description"]
+    assert project["version"] == __version__, "the version in pyproject.toml and birefnet/version.py differ"
     assert comfy["PublisherId"] and comfy["DisplayName"]
     assert Image.open(ROOT / "docs" / "icon.png").size == (400, 400)
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")

@@ -14,11 +14,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from .. import __version__
 from ..errors import OutOfMemory, first_line
 from ..highres import DEFAULT_FINE_MEGAPIXELS
 from ..inference import mask_to_image
 from ..pipeline import cutout_image, finish, model_device, segment_image
+from ..version import __version__
 from ..zoo import listed
 from .errors import RequestError
 from .security import Guard
