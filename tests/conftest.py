@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,6 +32,31 @@ if DEVICE.type == "cuda":
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
 cpu_only = pytest.mark.skipif(DEVICE.type != "cpu", reason="checks CPU-only behaviour (BIREFNET_DEVICE is set)")
+
+# At its peak a run holds about 4 GB of weights and exports in pytest's temporary folders: a short disk is
+# said once at the start, not as dozens of "No space left on device" errors halfway through.
+TMP_BYTES_NEEDED = 5 * 2**30
+
+
+def disk_space_problem(folder: Path, needed: int = TMP_BYTES_NEEDED) -> str | None:
+    """One line naming the shortage and the way out, or None when `folder`'s disk has `needed` bytes free."""
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free >= needed:
+        return None
+    return (
+        f"the tests need about {needed / 2**30:.0f} GB free for their temporary files in {folder}, "
+        f"{free / 2**30:.1f} GB free: free some space, or pass --basetemp DIR on a larger disk"
+    )
+
+
+def pytest_sessionstart(session):
+    if hasattr(session.config, "workerinput"):
+        return  # pytest-xdist's workers: the controller has checked
+    problem = disk_space_problem(Path(session.config.option.basetemp or tempfile.gettempdir()))
+    if problem:
+        pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 # Swin and PVT (the released checkpoints' backbones) in parity/, the other official backbones
