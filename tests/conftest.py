@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -81,6 +83,25 @@ def meta_state_dict(variant: str) -> dict[str, torch.Tensor]:
     """Shapes only: enough for detection tests, free to build."""
     dtypes = {"float32": torch.float32, "int64": torch.int64}
     return {k: torch.empty(s, dtype=dtypes[d], device="meta") for k, s, d in manifest(variant)["entries"]}
+
+
+def torchrun(module: str, *args: str, scratch: Path) -> subprocess.CompletedProcess:
+    """`python -m module args` in two CPU processes under torchrun.
+
+    `--standalone` lets the rendezvous pick a free port (fixed ports collide with another suite running on
+    the same machine), and torch's elastic agent writes its folders under `scratch` instead of /tmp, where
+    it leaves them behind."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "BIREFNET_WEIGHTS"}
+    env.update(
+        OMP_NUM_THREADS="1",
+        TMPDIR=str(scratch),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return subprocess.run(
+        [*command, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def random_input(seed: int, height: int, width: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import torchrun
 from PIL import Image
 
 import birefnet
@@ -244,28 +245,7 @@ def test_torchrun_shards_the_inputs_and_writes_what_one_process_writes(tmp_path,
     ]
     single = run_cli(*args, "--out", tmp_path / "one")
     assert single.returncode == 0, single.stderr
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("BIREFNET_WEIGHTS", None)
-    multi = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29741",
-            "-m",
-            "birefnet",
-            *args,
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    multi = torchrun("birefnet", *args, "--out", tmp_path / "two", scratch=tmp_path / "torchrun")
     assert multi.returncode == 0, multi.stderr[-2000:]
     assert "process 1/2: 3 of 5 input(s)" in multi.stderr and "process 2/2: 2 of 5 input(s)" in multi.stderr
     assert multi.stderr.count("wrote 5 mask(s)") == 1 and "(2 processes)" in multi.stderr

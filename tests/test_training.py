@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICE, ROOT, cpu_only, manifest
+from conftest import DEVICE, ROOT, cpu_only, manifest, torchrun
 from PIL import Image
 from safetensors import safe_open
 
@@ -213,60 +212,24 @@ def test_resume_log_holds_each_epoch_once_and_stale_temporaries_go(dataset, tmp_
     assert not stale.exists() and keep.read_text() == "mine"
 
 
+def train_under_torchrun(dataset, out, *extra):
+    """Two CPU processes (gloo) train pvt_v2_b0 for one step per epoch."""
+    common = ["--data", dataset, "--out", out, "--init", "scratch", "--backbone", "pvt_v2_b0", "--batch-size", "2"]
+    short = ["--size", "64", "--max-steps-per-epoch", "1", "--finetune-last-epochs", "0", "--device", "cpu"]
+    result = torchrun("birefnet_training", "train", *common, *short, *extra, scratch=out.parent / "torchrun")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 def test_torchrun_resume_is_exact_per_rank(dataset, tmp_path):
     """Each rank's random stream is saved and restored: 2 processes stopped after epoch 1 and
     resumed end bit-identical to the uninterrupted run (drop path draws differ per rank)."""
     from safetensors.torch import load_file
 
-    def run(out, *extra):
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29737",
-            "-m",
-            "birefnet_training",
-            "train",
-            "--data",
-            str(dataset),
-            "--out",
-            str(out),
-            "--init",
-            "scratch",
-            "--backbone",
-            "pvt_v2_b0",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "2",
-            "--size",
-            "64",
-            "--max-steps-per-epoch",
-            "1",
-            "--finetune-last-epochs",
-            "0",
-            "--device",
-            "cpu",
-            "--seed",
-            "5",
-            *extra,
-        ]
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        }
-        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
-        assert result.returncode == 0, result.stderr[-2000:]
-        return result
-
-    straight = run(tmp_path / "a")
+    straight = train_under_torchrun(dataset, tmp_path / "a", "--epochs", "2", "--seed", "5")
     assert straight.stdout.count("training: wrote") == 1  # once, not once per process
-    run(tmp_path / "b", "--stop-after-epoch", "1")
-    run(tmp_path / "b")
+    train_under_torchrun(dataset, tmp_path / "b", "--epochs", "2", "--seed", "5", "--stop-after-epoch", "1")
+    train_under_torchrun(dataset, tmp_path / "b", "--epochs", "2", "--seed", "5")
     a, b = load_file(str(tmp_path / "a" / "final.safetensors")), load_file(str(tmp_path / "b" / "final.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -300,45 +263,7 @@ def test_timm_backbone_weights_convert(tmp_path):
 def test_torchrun_distributed_training(dataset, tmp_path):
     """Two CPU processes (gloo) through torchrun: one log, one set of checkpoints."""
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29731",
-        "-m",
-        "birefnet_training",
-        "train",
-        "--data",
-        str(dataset),
-        "--out",
-        str(out),
-        "--init",
-        "scratch",
-        "--backbone",
-        "pvt_v2_b0",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-        "--size",
-        "64",
-        "--max-steps-per-epoch",
-        "1",
-        "--finetune-last-epochs",
-        "0",
-        "--device",
-        "cpu",
-    ]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = train_under_torchrun(dataset, out, "--epochs", "1")
     assert (out / "final.safetensors").is_file()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
     assert "Grad strides do not match" not in result.stderr
