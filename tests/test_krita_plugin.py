@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import builtins
 import configparser
+import importlib.util
 import io
 import json
 import os
@@ -457,3 +458,111 @@ def test_shortcuts_from_the_action_file(krita_session):
         "birefnet_select_subject": "Ctrl+Alt+U",
         "birefnet_cut_out": "Ctrl+Alt+X",
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Krita 6's Qt: the plug-in's Qt-only modules on PyQt6, outside Krita (tests/plugin_qt_scenarios.py)
+
+needs_pyqt6 = pytest.mark.skipif(
+    importlib.util.find_spec("PyQt6") is None, reason="no PyQt6 (pip install -e '.[test]' brings it)"
+)
+
+
+def bgra_bytes(image: Image.Image) -> bytes:
+    """Krita's raw pixels of an 8-bit RGBA layer: B,G,R,A."""
+    return np.asarray(image.convert("RGBA"))[:, :, [2, 1, 0, 3]].tobytes()
+
+
+def sixteen_bit(data: bytes) -> bytes:
+    """The same pixels in a 16-bit layer: each value v as v * 257, little-endian (what Krita hands out)."""
+    return (np.frombuffer(data, np.uint8).astype("<u2") * 257).tobytes()
+
+
+@pytest.fixture(scope="module")
+def pyqt6_session(tmp_path_factory):
+    """The scenarios in a fresh Python with PyQt6 (offscreen), against a live `birefnet serve`."""
+    work = tmp_path_factory.mktemp("pyqt6")
+    images = {name: Image.open(path) for name, path in write_images(work).items()}
+    grey = np.asarray(images["grey"])
+    grey_alpha = np.stack([grey, np.full_like(grey, 255)], axis=-1).tobytes()  # GRAYA: grey, alpha
+    rgba8 = bgra_bytes(images["rgba"])
+    layers = {
+        "rgba8": ("RGBA", "U8", images["rgba"], rgba8),
+        "rgba16": ("RGBA", "U16", images["rgba"], sixteen_bit(rgba8)),
+        "grey16": ("GRAYA", "U16", images["grey"], sixteen_bit(grey_alpha)),
+        "large": ("RGBA", "U8", images["large"], bgra_bytes(images["large"])),
+    }
+    plan = {"layers": {}, "cutout_layer": "rgba8", "large_layer": "large", "box": BOX}
+    for name, (model, depth, image, data) in layers.items():
+        (work / f"{name}.raw").write_bytes(data)
+        size = dict(width=image.width, height=image.height)
+        plan["layers"][name] = dict(file=f"{name}.raw", model=model, depth=depth, **size)
+    port = free_port()
+    plan["server"], plan["dead_server"] = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"
+    (work / "plan.json").write_text(json.dumps(plan))
+    server = start_server(port, work / "server.log")
+    try:
+        run = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("plugin_qt_scenarios.py")), str(plugin_dir()), str(work)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+        )
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    assert (work / "done").is_file(), f"the PyQt6 scenarios broke:\n{run.stdout[-2000:]}{run.stderr[-3000:]}"
+    return work / "results", {name: layers[name][2] for name in layers}
+
+
+def qt6_result(session, name: str) -> dict:
+    return json.loads((session[0] / f"{name}.json").read_text())
+
+
+@needs_pyqt6
+def test_pyqt6_plugin_sends_layers_and_reads_back_the_librarys_masks(pyqt6_session, model):
+    """On Krita 6's binding: 8- and 16-bit RGBA and 16-bit grey layers give the library's mask for their
+    pixels, and a layer's bytes survive the plug-in's conversion both ways."""
+    results, images = pyqt6_session
+    binding = qt6_result(pyqt6_session, "binding")
+    assert binding["qt_major"] == 6 and binding["network"].startswith("PyQt6") and binding["image"].startswith("PyQt6")
+    assert qt6_result(pyqt6_session, "health")["ok"]
+    for name in ("rgba8", "rgba16", "grey16"):
+        result = qt6_result(pyqt6_session, name)
+        assert result["ok"], result["message"]
+        image = images[name]
+        mask = np.frombuffer((results / f"{name}.mask").read_bytes(), np.uint8).reshape(image.height, image.width)
+        assert_same_mask(mask, library_mask(model, image))
+        assert (results / f"{name}.roundtrip").read_bytes() == (results.parent / f"{name}.raw").read_bytes()
+
+
+@needs_pyqt6
+def test_pyqt6_plugin_cut_out_with_a_box(pyqt6_session, model):
+    from birefnet.pipeline import cutout_image, segment_image
+
+    results, images = pyqt6_session
+    assert qt6_result(pyqt6_session, "cutout")["ok"]
+    image = images["rgba8"]
+    expected = np.asarray(cutout_image(image, segment_image(model, image, boxes=[BOX])[0]))
+    cut = np.frombuffer((results / "cutout.bgra").read_bytes(), np.uint8).reshape(image.height, image.width, 4)
+    cut = cut[:, :, [2, 1, 0, 3]]
+    assert np.abs(cut[:, :, 3].astype(int) - expected[:, :, 3]).max() <= 1
+    kept = expected[:, :, 3] > 0
+    assert np.abs(cut.astype(int) - expected)[kept].max() <= 1
+    x, y, w, h = BOX
+    outside = np.ones(kept.shape, bool)
+    outside[y : y + h, x : x + w] = False
+    assert cut[:, :, 3][outside].max() == 0 and (expected[:, :, 3] > 200).sum() > 5000
+
+
+@needs_pyqt6
+def test_pyqt6_plugin_failures_are_one_line_messages_and_cancel_is_silent(pyqt6_session):
+    bad = qt6_result(pyqt6_session, "bad_field")
+    assert not bad["ok"] and bad["message"].startswith("BiRefNet server (400): ") and "treshold" in bad["message"]
+    dead = qt6_result(pyqt6_session, "dead_server")
+    assert not dead["ok"] and dead["message"].startswith("No BiRefNet server answers at http://127.0.0.1:")
+    assert "birefnet serve" in dead["message"]
+    cancelled = qt6_result(pyqt6_session, "cancelled")
+    assert cancelled["emitted"] == []  # neither succeeded nor failed within 2 s of the cancel
+    assert qt6_result(pyqt6_session, "not_png")["message"] == "the server's answer is not a PNG image"

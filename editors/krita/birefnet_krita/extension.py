@@ -82,7 +82,6 @@ class BiRefNetExtension(Extension):
         _current = self
         self.call = None
         self.action_id = ""
-        self.last_message = ""
         self._progress = None
         self._message_box = None
 
@@ -176,7 +175,6 @@ class BiRefNetExtension(Extension):
         except (ValueError, UnsupportedLayer) as err:
             self._fail(action_id, str(err))
             return
-        self.last_message = message
         self._notify(message)
         self.finished.emit(action_id, True, message)
 
@@ -234,7 +232,6 @@ class BiRefNetExtension(Extension):
     def _fail(self, action_id: str, message: str) -> None:
         """No modal dialog: a message box that does not block Krita (and stays until closed)."""
         self._end()
-        self.last_message = message
         self.status.emit(message)
         window = Krita.instance().activeWindow()
         if self._message_box is not None:
