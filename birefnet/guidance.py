@@ -78,12 +78,15 @@ def segment_regions(
     margin: float = 0.5,
     resolution=None,
     max_megapixels: float | None = None,
+    allow_empty: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(combined (H, W), objects (N, H, W)) masks in [0, 1] for the objects in `boxes` ((x, y, w, h)
     in pixels) and in the connected regions of `region` ((H, W), > 0.5 inside). Each is segmented
     alone in its box grown by `margin` (a fraction of its size) and kept inside its box only: outside
     its box an object's mask is 0, outside every box the combined mask is 0. A box reaching over the
-    image's border is clipped to it; one wholly outside is a ValueError."""
+    image's border is clipped to it; one wholly outside is a ValueError. Nothing to segment (no box, an
+    empty region) is a ValueError, or with `allow_empty` (video frames the object has left) an all-zero
+    mask and no objects."""
     rgb = to_rgb_tensor(image)
     height, width = rgb.shape[1:]
     if region is not None:
@@ -93,6 +96,8 @@ def segment_regions(
                 region.float()[None, None], size=(height, width), mode="bilinear", align_corners=False
             )[0, 0]
     found = list(boxes) + (mask_regions(region) if region is not None else [])
+    if not found and allow_empty:
+        return torch.zeros(height, width), torch.zeros(0, height, width)
     if not found:
         raise ValueError("guided segmentation needs at least one box or a region mask with something in it")
     objects = torch.zeros(len(found), height, width)

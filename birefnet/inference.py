@@ -129,6 +129,13 @@ def model_resolution(model):
     return "aspect" if info.resolution is None else info.resolution
 
 
+def native_megapixels(model) -> float:
+    """The area the checkpoint was trained at (1024x1024's for dynamic models): "aspect" without a cap."""
+    resolution = model_resolution(model)
+    height, width = DEFAULT_RESOLUTION if resolution == "aspect" else resolution
+    return height * width / 1e6
+
+
 @torch.inference_mode()
 def predict(model, batch: torch.Tensor) -> torch.Tensor:
     """Probabilities (B, 1, h, w) float32 for an RGB batch (B, 3, h, w) in [0, 1], h, w multiples of 32,
@@ -173,7 +180,8 @@ def segment(
     """Foreground masks (H, W) float32 in [0, 1] at each image's original size, on `device`.
 
     images: one image or a sequence (PIL, numpy or tensor; see `to_rgb_tensor`).
-    resolution: None for the checkpoint's default; an int or (height, width); or "aspect".
+    resolution: None for the checkpoint's default; an int or (height, width); or "aspect" (the image's
+    aspect ratio at an area of `max_megapixels`, default the checkpoint's own area).
     batch_size: images of equal working size are run together in one forward, this many at a time.
     callback(done, total) is called after each batch (progress, cancellation by raising).
     device: where the masks go (default the CPU); the model's device keeps a GPU pipeline on the GPU.
@@ -185,6 +193,8 @@ def segment(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if resolution is None:
         resolution = model_resolution(model)
+    if resolution == "aspect" and not max_megapixels:
+        max_megapixels = native_megapixels(model)
     sizes = [working_size(t.shape[1], t.shape[2], resolution, max_megapixels) for t in tensors]
     masks: list[torch.Tensor | None] = [None] * len(tensors)
     order = sorted(range(len(tensors)), key=lambda i: sizes[i])  # group equal sizes, stable

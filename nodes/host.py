@@ -101,9 +101,11 @@ def make_patcher(model, load_device, offload):
         return None
 
 
-def load_to_device(patcher) -> None:
+def load_to_device(patcher, memory_required: int = 0) -> None:
+    """The model on its device, with `memory_required` bytes left free for the forward's activations
+    (ComfyUI offloads other models to make room, as its own nodes ask for their working memory)."""
     if patcher is not None and model_management is not None:
-        model_management.load_models_gpu([patcher])
+        model_management.load_models_gpu([patcher], memory_required=memory_required)
 
 
 def check_interrupt() -> None:
@@ -138,3 +140,16 @@ def rgb_channels_first(image: torch.Tensor) -> torch.Tensor:
     """ComfyUI IMAGE (B, H, W, C) with C = 1..4 -> RGB (B, 3, H, W); grey is repeated, alpha dropped."""
     x = image.permute(0, 3, 1, 2)
     return x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
+
+
+def common_batch(node: str, **batches: int) -> int:
+    """The batch size inputs of `node` share: each is 1 (used for every item) or the largest; anything else
+    is a one-line error (e.g. 2 masks for 3 images)."""
+    empty = [name for name, n in batches.items() if n == 0]
+    if empty:
+        raise ValueError(f"{node} got an empty batch of {empty[0]}")
+    size = max(batches.values())
+    if any(n not in (1, size) for n in batches.values()):
+        given = ", ".join(f"{n} {name}" for name, n in batches.items())
+        raise ValueError(f"{node}: got {given}; each input needs one item for all, or one per item of the others")
+    return size

@@ -27,12 +27,9 @@ def refine_edges(
     background="#FFFFFF",
     invert_mask=False,
 ):
-    if image.shape[0] == 0:
-        raise ValueError("RefineEdges got an empty IMAGE batch")
     if mask.ndim == 2:
         mask = mask[None]
-    if mask.shape[0] not in (1, image.shape[0]):
-        raise ValueError(f"mask batch ({mask.shape[0]}) must be 1 or match the image batch ({image.shape[0]})")
+    batch = host.common_batch("RefineEdges", images=image.shape[0], masks=mask.shape[0])
     colour = refine.parse_colour(background)
     options = refine.Refinement(
         black_point=black_point,
@@ -48,11 +45,12 @@ def refine_edges(
     )
     device = host.torch_device("auto")
     out = host.intermediate_device()
-    progress = host.Progress(image.shape[0])
+    progress = host.Progress(batch)
     masks, foregrounds = [], []
-    for i in range(image.shape[0]):
+    for i in range(batch):
         host.check_interrupt()
-        rgb = host.rgb_channels_first(image[i : i + 1]).to(device, torch.float32)
+        own = min(i, image.shape[0] - 1)
+        rgb = host.rgb_channels_first(image[own : own + 1]).to(device, torch.float32)
         m = mask[min(i, mask.shape[0] - 1)][None].to(device, torch.float32)
         if invert_mask:
             m = 1 - m
@@ -80,7 +78,12 @@ SPEC = NodeSpec(
     ),
     inputs=(
         In("image", "IMAGE", "The images the masks belong to."),
-        In("mask", "MASK", "Foreground = 1.0 (BiRefNet Segment's output). One mask or one per image."),
+        In(
+            "mask",
+            "MASK",
+            "Foreground = 1.0 (BiRefNet Segment's output). One mask for all images, one per image, or "
+            "several for one image (Segment's objects).",
+        ),
         In("black_point", "FLOAT", "Mask values below become 0.", default=0.0, min=0.0, max=0.99, step=0.01),
         In("white_point", "FLOAT", "Mask values above become 1.", default=1.0, min=0.01, max=1.0, step=0.01),
         In("threshold", "FLOAT", "Binarise at this value (0 = keep soft).", default=0.0, min=0.0, max=0.99, step=0.01),

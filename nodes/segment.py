@@ -7,6 +7,7 @@ import torch
 import birefnet
 from birefnet.guidance import parse_box, segment_regions
 from birefnet.highres import DEFAULT_FINE_MEGAPIXELS
+from birefnet.inference import model_resolution, native_megapixels, working_size
 from birefnet.refine import composite, parse_colour
 from birefnet.temporal import TemporalSmoother
 
@@ -26,6 +27,24 @@ def resolution_for(mode: str, width: int, height: int):
     raise ValueError(f"resolution mode must be one of {RESOLUTION_MODES}, got {mode!r}")
 
 
+def working_pixels(handle, frame: torch.Tensor, resolution, max_megapixels: float) -> int:
+    """Pixels of the network input for one (H, W, C) frame: what a forward's activation memory grows with."""
+    chosen = resolution or model_resolution(handle)
+    if chosen == "aspect" and not max_megapixels:
+        max_megapixels = native_megapixels(handle)
+    height, width = working_size(frame.shape[0], frame.shape[1], chosen, max_megapixels or None)
+    return height * width
+
+
+def with_fp32_fallback(handle, run):
+    """`run()`'s tensors; where half precision overflowed (NaN), the handle switches to fp32 and runs it again."""
+    result = run()
+    if handle.dtype != torch.float32 and any(torch.isnan(t).any() for t in result):
+        handle.use_fp32()
+        result = run()
+    return result
+
+
 def segment_batch(
     handle,
     frames: torch.Tensor,
@@ -42,6 +61,9 @@ def segment_batch(
     if frames.ndim != 4 or frames.shape[0] == 0:
         raise ValueError(f"BiRefNet needs a non-empty IMAGE batch (B, H, W, C), got shape {tuple(frames.shape)}")
     total = frames.shape[0]
+    pixels = working_pixels(handle, frames[0], resolution, max_megapixels) * min(batch_size, total)
+    if coarse_to_fine:
+        pixels = max(pixels, int(fine_megapixels * 1e6))
     progress = host.Progress(total)
     masks = []
     for start in range(0, total, batch_size):
@@ -50,7 +72,7 @@ def segment_batch(
         if coarse_to_fine:
             run = lambda: [
                 birefnet.segment_highres(
-                    handle.ready(),
+                    handle.ready(pixels),
                     frame,
                     resolution=resolution,
                     max_megapixels=max_megapixels or None,
@@ -60,16 +82,13 @@ def segment_batch(
             ]
         else:
             run = lambda: birefnet.segment(
-                handle.ready(),
+                handle.ready(pixels),
                 chunk,
                 resolution=resolution,
                 max_megapixels=max_megapixels or None,
                 batch_size=batch_size,
             )
-        result = run()
-        if handle.dtype != torch.float32 and any(torch.isnan(m).any() for m in result):
-            handle.use_fp32()
-            result = run()
+        result = with_fp32_fallback(handle, run)
         masks += [smoother(frame[:3], mask) for frame, mask in zip(chunk, result)]
         progress.update(len(masks))
     return torch.stack(masks).to(host.intermediate_device())
@@ -82,22 +101,35 @@ def parse_boxes(text: str) -> list[tuple[int, int, int, int]]:
 
 def segment_guided(handle, frames: torch.Tensor, boxes, region, resolution, max_megapixels: float):
     """(masks (B, H, W), objects (B*N, H, W)): each frame's objects in its boxes and region mask
-    (one region mask for all frames, or one per frame)."""
+    (one region mask for all frames, or one per frame). A frame whose region is empty (the object left
+    the picture) and that has no box gets an all-zero mask and one all-zero object mask."""
+    if region is not None:
+        region = region[None] if region.ndim == 2 else region
+        if region.shape[0] not in (1, frames.shape[0]):
+            raise ValueError(
+                f"Segment got {region.shape[0]} region masks for {frames.shape[0]} images; "
+                "give one region mask for all images or one per image"
+            )
+    pixels = working_pixels(handle, frames[0], resolution, max_megapixels)
     masks, objects = [], []
     progress = host.Progress(frames.shape[0])
     for i in range(frames.shape[0]):
         host.check_interrupt()
         own_region = None if region is None else region[min(i, region.shape[0] - 1)]
-        combined, singles = segment_regions(
-            handle.ready(),
-            frames[i].permute(2, 0, 1),
-            boxes=boxes,
-            region=own_region,
-            resolution=resolution,
-            max_megapixels=max_megapixels or None,
+        combined, singles = with_fp32_fallback(
+            handle,
+            lambda: segment_regions(
+                handle.ready(pixels),
+                frames[i].permute(2, 0, 1),
+                boxes=boxes,
+                region=own_region,
+                resolution=resolution,
+                max_megapixels=max_megapixels or None,
+                allow_empty=True,
+            ),
         )
         masks.append(combined)
-        objects.append(singles)
+        objects.append(singles if len(singles) else combined[None])
         progress.update(i + 1)
     device = host.intermediate_device()
     return torch.stack(masks).to(device), torch.cat(objects).to(device)
@@ -121,6 +153,11 @@ def segment(
     chosen = resolution_for(resolution, width, height)
     box_list = parse_boxes(boxes)
     if box_list or region is not None:
+        if coarse_to_fine or temporal > 0:
+            raise ValueError(
+                "Segment: boxes and region do not combine with coarse_to_fine or temporal (each object is "
+                "segmented on its own, in detail); turn those off, or remove the boxes and region"
+            )
         mask, objects = segment_guided(birefnet_model, image, box_list, region, chosen, max_megapixels)
     else:
         mask = segment_batch(

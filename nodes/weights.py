@@ -25,6 +25,11 @@ def download_choice(known) -> str:
     return f"{DOWNLOAD}{known.name}{extra}"
 
 
+def _download_choices() -> dict:
+    """Every known checkpoint by its combo entry."""
+    return {download_choice(k): k for k in listed()}
+
+
 def _downloadable() -> dict:
     """Known checkpoints offered for download, by combo entry (only where huggingface_hub is installed).
 
@@ -33,7 +38,7 @@ def _downloadable() -> dict:
     """
     if not host.in_comfyui() or importlib.util.find_spec("huggingface_hub") is None:
         return {}
-    return {download_choice(k): k for k in listed()}
+    return _download_choices()
 
 
 def weight_choices() -> list[str]:
@@ -63,10 +68,16 @@ def download_bar():
     return DownloadBar
 
 
+def checkpoint_for_choice(name: str):
+    """The known checkpoint behind a download choice (its entry text names it exactly; a workflow saved
+    with an older entry text is matched by the checkpoint name at its start)."""
+    known = _download_choices().get(name)
+    return known if known is not None else find_checkpoint(name[len(DOWNLOAD) :].split(" (")[0])
+
+
 def fetch(name: str) -> Path:
     """Download the known checkpoint behind a download choice into models/birefnet (resumable)."""
-    wanted = name[len(DOWNLOAD) :].split(" (")[0]
-    known = find_checkpoint(wanted)
+    known = checkpoint_for_choice(name)
     folder = host.download_folder()
     log.info("BiRefNet: downloading %s from %s into %s", known.name, known.url, folder)
     # picking the entry, whose text names the licence, is the explicit acceptance

@@ -173,6 +173,81 @@ def test_foreground_estimation_removes_the_halo(pack):
     assert torch.allclose(rgba[..., 3], alpha)
 
 
+@pytest.fixture
+def overflowing_weights(tmp_path):
+    """A checkpoint whose first convolution overflows fp16 (inf, then NaN after its norm) and not fp32."""
+    from conftest import random_state_dict
+    from safetensors.torch import save_file
+
+    state = random_state_dict("pvt_v2_b0", 0)
+    state["bb.patch_embed1.proj.weight"] = state["bb.patch_embed1.proj.weight"] * 1e5
+    save_file(state, str(tmp_path / "hot.safetensors"))
+    return str(tmp_path / "hot.safetensors")
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_half_precision_overflow_falls_back_to_fp32(pack, overflowing_weights, guided):
+    """NaN from fp16: the frame runs again in fp32 and the model stays there, with or without guidance."""
+    hot = pack.nodes.loader.load(overflowing_weights, device="cpu", dtype="fp16", tile_layout="current")[0]
+    image = torch.rand(2, 48, 64, 3)
+    options = dict(resolution="custom", width=64, height=64, boxes="4,4,40,30" if guided else "")
+    mask, cutout, _, objects = pack.nodes.segment.segment(hot, image, **options)
+    assert hot.dtype == torch.float32 and not torch.isnan(mask).any() and not torch.isnan(objects).any()
+    assert mask.max() > 0 and not torch.isnan(cutout).any()
+
+
+def test_region_masks_per_frame_one_for_all_and_frames_without_the_object(pack, handle):
+    """A tracked object's per-frame region masks: a frame the object has left gives an empty mask (and one
+    empty object mask), a 2-D region mask serves every frame, and a count that fits neither is one line."""
+    image = torch.rand(3, 60, 80, 3)
+    region = torch.zeros(3, 60, 80)
+    region[0, 10:40, 10:50] = 1
+    region[2, 20:50, 30:70] = 1
+    options = dict(resolution="custom", width=64, height=64)
+    mask, _, _, objects = pack.nodes.segment.segment(handle, image, region=region, **options)
+    assert mask.shape == objects.shape == (3, 60, 80)
+    assert mask[1].abs().sum() == 0 and mask[0].max() > 0 and mask[2].max() > 0
+    assert mask[0, 45:].abs().sum() == 0 and mask[2, :15].abs().sum() == 0  # each frame's own region
+    flat, _, _, _ = pack.nodes.segment.segment(handle, image, region=region[0], **options)
+    assert torch.equal(flat[0], mask[0]) and flat[1].max() > 0  # (H, W): the same region in every frame
+    with pytest.raises(ValueError, match="^Segment got 2 region masks for 3 images; give one region mask for all"):
+        pack.nodes.segment.segment(handle, image, region=region[:2], **options)
+
+
+@pytest.mark.parametrize("option", [dict(coarse_to_fine=True), dict(temporal=0.5)])
+def test_guidance_refuses_options_it_would_ignore(pack, handle, option):
+    with pytest.raises(ValueError, match="^Segment: boxes and region do not combine with coarse_to_fine or temporal"):
+        pack.nodes.segment.segment(handle, torch.rand(2, 40, 40, 3), boxes="2,2,20,20", **option)
+
+
+def test_aspect_mode_without_a_cap_keeps_the_checkpoints_area(pack):
+    """resolution aspect, max_megapixels 0: the image's aspect ratio at the checkpoint's own working area
+    (the demo model's is 224x224; 1024x1024 is only the default of checkpoints that name none)."""
+    from birefnet.inference import native_megapixels
+
+    handle = pack.nodes.loader.load(pack.nodes.weights.EMBEDDED, device="cpu", dtype="fp32")[0]
+    assert native_megapixels(handle) < 0.1
+    seen = []
+    hook = handle.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    try:
+        pack.nodes.segment.segment(handle, torch.rand(1, 60, 120, 3), resolution="aspect", max_megapixels=0.0)
+    finally:
+        hook.remove()
+    (height, width), area = seen[0], native_megapixels(handle) * 1e6
+    assert abs(width / height - 2) < 0.1 and 0.8 * area <= height * width <= 1.25 * area
+    assert pack.nodes.segment.working_pixels(handle, torch.rand(60, 120, 3), "aspect", 0.0) == height * width
+
+
+def test_download_entries_name_their_checkpoint_exactly(pack):
+    """Every download entry of the loader, including names with brackets ("BiRefNet (Comfy-Org)")."""
+    from birefnet.zoo import listed
+
+    weights = pack.nodes.weights
+    for known in listed():
+        assert weights.checkpoint_for_choice(weights.download_choice(known)) is known
+    assert weights.checkpoint_for_choice("download: BiRefNet_HR (an older entry text)").short == "hr"
+
+
 def test_gradient_preview(pack, handle):
     out = pack.nodes.gradient_preview.preview(handle, torch.rand(2, 50, 70, 3))[0]
     assert out.shape == (8, 50, 70, 3) and out.min() >= 0 and out.max() <= 1
@@ -189,6 +264,23 @@ def test_compose(pack):
         image, torch.ones(1, 20, 30), invert_mask=True, background_image=torch.zeros(1, 5, 5, 3)
     )
     assert torch.count_nonzero(inverted) == 0
+
+
+def test_compose_and_refine_edges_pair_one_image_with_several_masks(pack):
+    """Segment's objects (several masks) with their one image: one result per mask; batches that fit
+    neither way are one line, not a tensor error."""
+    image, masks = torch.rand(1, 20, 30, 3), torch.rand(3, 20, 30)
+    out, rgba = pack.nodes.compose.compose(image, masks, background="0,0,0")
+    assert out.shape == (3, 20, 30, 3) and torch.allclose(rgba[..., 3], masks)
+    assert torch.allclose(out[2], image[0] * masks[2, ..., None], atol=1e-6)
+    out, rgba = pack.nodes.compose.compose(image, masks[:1], background_image=torch.rand(3, 20, 30, 3))
+    assert out.shape[0] == rgba.shape[0] == 3
+    refined = pack.nodes.refine_edges.refine_edges(image, masks, estimate_foreground=False)
+    assert refined[0].shape == (3, 20, 30) and torch.allclose(refined[0], masks)
+    with pytest.raises(ValueError, match="^Compose: got 3 images, 2 masks; each input needs one item for all"):
+        pack.nodes.compose.compose(torch.rand(3, 20, 30, 3), masks[:2])
+    with pytest.raises(ValueError, match="^RefineEdges: got 3 images, 2 masks"):
+        pack.nodes.refine_edges.refine_edges(torch.rand(3, 20, 30, 3), masks[:2])
 
 
 def test_coarse_to_fine_option(pack, handle):
