@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from .compiled import compile_model
 from .device import auto_dtype, parse_dtype, resolve_device
 from .distributed import local_device, rank_and_world, shard, summed
 from .errors import CheckpointError, OutOfMemory
-from .files import list_images, output_paths, read_image, save_image
-from .guidance import parse_box
+from .files import check_outputs, check_writable, list_images, output_paths, read_frames, save_image
+from .guidance import clip_box, parse_box
 from .highres import DEFAULT_FINE_MEGAPIXELS
 from .inference import cutout, mask_to_image, segment
 from .loading import load_model
@@ -68,7 +69,7 @@ def positive(kind):
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not value > 0:
+        if value is None or not (value > 0 and math.isfinite(value)):
             raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
         return value
 
@@ -131,13 +132,13 @@ def cmd_segment(args) -> int:
             raise ValueError("the refinement flags are for images; refine video masks with the Refine Edges node")
         return _segment_videos(args, videos, [item for item in args.inputs if Path(item) not in videos])
     check_highres(args.box, args.highres)
-    files = list_images(args.inputs)
+    out_dir = Path(args.out)
+    files = list_images(args.inputs, exclude=out_dir if inside_an_input(out_dir, args.inputs) else None)
     if not files:
         raise ValueError("no images found in the given inputs (" + ", ".join(args.inputs) + ")")
-    out_dir = Path(args.out)
-    outputs = output_paths([rel for _, rel in files], args.cutout)
+    outputs = planned_outputs(args, files, out_dir)
     rank, world = rank_and_world()
-    renamed = sum(mask.stem != rel.stem for (_, rel), (mask, _) in zip(files, outputs))
+    renamed = sum(mask.stem != rel.stem for (_, rel), (mask, *_) in zip(files, outputs))
     if renamed and rank == 0:
         print(
             f"birefnet: {renamed} input(s) share a name with another input; their outputs keep the "
@@ -145,7 +146,10 @@ def cmd_segment(args) -> int:
             file=sys.stderr,
         )
     total = len(files)
+    inputs = [file for file, _ in files]
     files, outputs = shard(files, rank, world), shard(outputs, rank, world)  # names chosen before sharding
+    check_outputs([path for paths in outputs for path in written_paths(paths, args.cutout)], inputs, args.overwrite)
+    check_out(out_dir)
     model = _load(args)
     if rank == 0:
         print(model.info.describe(), file=sys.stderr)
@@ -153,7 +157,7 @@ def cmd_segment(args) -> int:
         print(f"birefnet: process {rank + 1}/{world}: {len(files)} of {total} input(s)", file=sys.stderr)
     if args.compile and args.backend == "torch":  # pays off on long runs at one working size; the first image compiles
         model = compile_model(model)
-    skipped = 0
+    skipped, animated_said = 0, False
     bar = tqdm(
         total=len(files),
         unit="img",
@@ -165,11 +169,18 @@ def cmd_segment(args) -> int:
         chunk = []
         for (file, _), paths in zip(files[start : start + args.batch_size], outputs[start : start + args.batch_size]):
             try:
-                chunk.append((read_image(file), paths))
-            except Exception as err:  # unreadable or not an image: report and go on
+                image, frames = read_frames(file)
+                if args.box:
+                    check_boxes_inside(args.box, image)
+                chunk.append((image, paths))
+            except Exception as err:  # unreadable, not an image, or a box outside it: report and go on
                 skipped += 1
                 bar.write(f"birefnet: skipped {file}: {err}", file=sys.stderr)
                 bar.update(1)
+                continue
+            if frames > 1 and not animated_said:
+                animated_said = True
+                bar.write(f"birefnet: {file} is animated; only its first frame is segmented", file=sys.stderr)
         if not chunk:
             continue
         if args.box:
@@ -180,12 +191,10 @@ def cmd_segment(args) -> int:
                 for image, _ in chunk
             ]
             masks = [combined for combined, _ in guided]
-            for (image, (mask_path, _)), (_, objects) in zip(chunk, guided):
-                for number, (box, single) in enumerate(zip(args.box, objects) if len(objects) > 1 else [], start=1):
+            for (image, paths), (_, objects) in zip(chunk, guided):
+                for box, single, path in zip(args.box, objects, paths[2:]):
                     single, _ = finish(image, single, refinement, boxes=[box], device=model_device(model))
-                    save_image(
-                        mask_to_image(single), out_dir / mask_path.with_name(f"{mask_path.stem}_object{number}.png")
-                    )
+                    save_image(mask_to_image(single), path, replace=args.overwrite)
         elif args.highres:
             masks = [
                 segment_image(
@@ -207,11 +216,11 @@ def cmd_segment(args) -> int:
                 batch_size=args.batch_size,
                 device=model_device(model),  # `finish` refines there: no CPU round trip
             )
-        for (image, (mask_path, cutout_path)), mask in zip(chunk, masks):
+        for (image, (mask_path, cutout_path, *_)), mask in zip(chunk, masks):
             mask, colours = finish(image, mask, refinement, boxes=args.box or (), device=model_device(model))
-            save_image(mask_to_image(mask), out_dir / mask_path)
+            save_image(mask_to_image(mask), mask_path, replace=args.overwrite)
             if args.cutout:
-                save_image(cutout_image(image, mask, colours), out_dir / cutout_path)
+                save_image(cutout_image(image, mask, colours), cutout_path, replace=args.overwrite)
             bar.update(1)
     bar.close()
     done, skipped = summed([len(files) - skipped, skipped])
@@ -223,6 +232,41 @@ def cmd_segment(args) -> int:
             file=sys.stderr,
         )
     return 1 if skipped else 0
+
+
+def planned_outputs(args, files, out_dir: Path) -> list[tuple[Path, ...]]:
+    """(mask, cut-out, object 1, ...) under --out for every input, chosen together so no two collide
+    (objects are written only for two boxes or more)."""
+    objects = len(args.box) if args.box and len(args.box) > 1 else 0
+    plan = output_paths([rel for _, rel in files], args.cutout, objects)
+    return [tuple(out_dir / path for path in paths) for paths in plan]
+
+
+def inside_an_input(out_dir: Path, inputs) -> bool:
+    """Whether --out lies strictly inside an input folder (its files are then earlier outputs, not inputs)."""
+    out = out_dir.resolve()
+    folders = [Path(item).resolve() for item in inputs if Path(item).is_dir()]
+    return any(out != folder and out.is_relative_to(folder) for folder in folders)
+
+
+def check_out(out_dir: Path) -> None:
+    """--out must be a folder this process can create and write in, said before the model loads."""
+    try:
+        check_writable(out_dir)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ValueError(f"--out {out_dir}: cannot write there ({reason}); choose another --out") from None
+
+
+def written_paths(paths: tuple[Path, ...], cutouts: bool) -> list[Path]:
+    """The planned (mask, cut-out, objects...) paths this run writes: the cut-out only with --cutout."""
+    return [paths[0], *([paths[1]] if cutouts else []), *paths[2:]]
+
+
+def check_boxes_inside(boxes, image) -> None:
+    """A box wholly outside this image is this image's problem (skipped), not the run's (ValueError)."""
+    for box in boxes:
+        clip_box(box, image.height, image.width)
 
 
 def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
@@ -237,27 +281,33 @@ def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
         raise ValueError("give videos and images in separate runs (videos: " + ", ".join(map(str, videos)) + ")")
     if args.highres or args.box:
         raise ValueError("--highres and --box are for images; for video use --resolution / --max-megapixels")
+    out_dir = Path(args.out)
+    check_video_outputs(videos, out_dir, args)
+    check_out(out_dir)
     model = _load(args)
     print(model.info.describe(), file=sys.stderr)
-    out_dir = Path(args.out)
     for path in videos:
         with VideoSource(path) as source, contextlib.ExitStack() as outputs:
             folder = out_dir / path.stem
-            if folder.exists() and any(folder.iterdir()):
-                raise FileExistsError(
-                    f"{folder} already holds files; choose another --out (outputs are never overwritten)"
-                )
             writers = []
             if args.video:
                 writers.append(
                     outputs.enter_context(
-                        VideoWriter(out_dir / f"{path.stem}_mask.mp4", source.fps, source.size, "mask")
+                        VideoWriter(
+                            out_dir / f"{path.stem}_mask.mp4", source.fps, source.size, "mask", replace=args.overwrite
+                        )
                     )
                 )
                 if args.cutout:
                     writers.append(
                         outputs.enter_context(
-                            VideoWriter(out_dir / f"{path.stem}_cutout.mov", source.fps, source.size, "rgba")
+                            VideoWriter(
+                                out_dir / f"{path.stem}_cutout.mov",
+                                source.fps,
+                                source.size,
+                                "rgba",
+                                replace=args.overwrite,
+                            )
                         )
                     )
             bar = tqdm(total=source.count or None, unit="frame", disable=args.quiet, desc=path.name)
@@ -273,13 +323,13 @@ def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
             )
             for number, (frame, mask) in enumerate(pairs, start=1):
                 grey = mask_to_image(mask)
-                save_image(grey, folder / f"{number:06d}.png")
+                save_image(grey, folder / f"{number:06d}.png", replace=args.overwrite)
                 if args.video:
                     writers[0].write(np.asarray(grey))
                     if args.cutout:
                         writers[1].write(np.asarray(cutout(frame, mask)))
                 elif args.cutout:  # without --video: an RGBA PNG sequence beside the masks
-                    save_image(cutout(frame, mask), folder / f"{number:06d}_cutout.png")
+                    save_image(cutout(frame, mask), folder / f"{number:06d}_cutout.png", replace=args.overwrite)
                 bar.update(1)
             bar.close()
         print(
@@ -289,6 +339,20 @@ def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def check_video_outputs(videos: list[Path], out_dir: Path, args) -> None:
+    """Before the model loads: each clip's frame folder must be empty and its videos absent (unless
+    --overwrite), and no output may land on an input clip (ever)."""
+    for path in videos:
+        folder = out_dir / path.stem
+        if not args.overwrite and folder.is_dir() and any(folder.iterdir()):
+            raise FileExistsError(
+                f"{folder} already holds files; choose another --out, or add --overwrite to replace earlier outputs"
+            )
+    clips = [out_dir / f"{path.stem}_mask.mp4" for path in videos] if args.video else []
+    clips += [out_dir / f"{path.stem}_cutout.mov" for path in videos] if args.video and args.cutout else []
+    check_outputs(clips, videos, args.overwrite)
 
 
 def cmd_info(args) -> int:
@@ -557,6 +621,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="video inputs: temporal stability from 0 (off, default) to 1 (strongest); smooths only where "
         "the image does not change",
     )
+    seg.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs an earlier run left in --out (without it, existing outputs are refused; "
+        "an input file is never written onto)",
+    )
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     add_refinement_flags(seg)
     seg.set_defaults(func=cmd_segment)
@@ -627,6 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_line(err: OSError) -> str:
+    """`/sys/x: Permission denied` rather than `[Errno 13] Permission denied: '/sys/x'`."""
+    if err.filename is None or err.strerror is None:
+        return str(err)
+    return f"{err.filename}: {err.strerror}"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -637,6 +714,9 @@ def main(argv=None) -> int:
     except OutOfMemory as err:
         print(f"birefnet: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # a folder that cannot be created or written, a full disk: one line, no traceback
+        print(f"birefnet: {os_error_line(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("birefnet: interrupted", file=sys.stderr)
         return 130

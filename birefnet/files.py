@@ -19,18 +19,40 @@ def cache_folder(feature: str) -> Path:
 
 
 @contextmanager
-def atomic_path(path):
-    """Yield a temporary sibling of `path`; on success it replaces `path` in one step."""
+def atomic_path(path, replace: bool = True):
+    """Yield a temporary sibling of `path`; on success it becomes `path` in one step.
+
+    The temporary name is short (`.tmp<random><suffix>`), so any name the file system allows for
+    `path` works. `replace=False` refuses (FileExistsError) when `path` appeared meanwhile, without
+    a moment where another writer's file could be lost.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    tmp = path.with_name(f".tmp{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~current_umask())  # some writers (safetensors) create files private to the owner
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            place_new(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def place_new(tmp: Path, path: Path) -> None:
+    """Rename `tmp` to `path` only if `path` does not exist: a hard link fails atomically on an existing
+    name; file systems without hard links get a check just before the rename."""
+    taken = f"{path} already exists (written meanwhile?); it was left as it was, outputs are never overwritten"
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(taken) from None
+    except OSError:  # no hard links here (FAT, some network shares)
+        if path.exists():
+            raise FileExistsError(taken) from None
+        os.replace(tmp, path)
 
 
 def current_umask() -> int:
@@ -42,23 +64,39 @@ def current_umask() -> int:
 
 def read_image(path) -> Image.Image:
     """Open an image, apply its EXIF orientation and load the pixels (raises OSError if unreadable)."""
+    return read_frames(path)[0]
+
+
+def read_frames(path) -> tuple[Image.Image, int]:
+    """(the first frame as `read_image` reads it, how many frames the file holds): an animated GIF,
+    WebP or PNG is one picture here, and the caller can say so."""
     with Image.open(path) as image:
+        frames = getattr(image, "n_frames", 1)
         image = ImageOps.exif_transpose(image)
         image.load()
-    return image
+    return image, frames
 
 
-def save_image(image: Image.Image, path) -> None:
-    with atomic_path(path) as tmp:
+def save_image(image: Image.Image, path, replace: bool = True) -> None:
+    """Write `image` atomically in the format its suffix names (PNG otherwise); `replace=False` never
+    overwrites an existing file (FileExistsError)."""
+    with atomic_path(path, replace) as tmp:
         image.save(tmp, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG"))
 
 
-def list_images(inputs) -> list[tuple[Path, Path]]:
-    """(file, path relative to its input) for every image file named or inside a named folder."""
+def list_images(inputs, exclude=None) -> list[tuple[Path, Path]]:
+    """(file, path relative to its input) for every image file named or inside a named folder.
+
+    Files a folder holds under `exclude` (the output folder, when it lies inside an input folder)
+    are left out: they are earlier outputs, not inputs.
+    """
+    skipped = Path(exclude).resolve() if exclude is not None else None
     found = []
     for item in map(Path, inputs):
         if item.is_dir():
             for file in sorted(item.rglob("*")):
+                if skipped is not None and file.resolve().is_relative_to(skipped):
+                    continue
                 if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
                     found.append((file, file.relative_to(item)))
         else:
@@ -66,27 +104,30 @@ def list_images(inputs) -> list[tuple[Path, Path]]:
     return found
 
 
-def output_paths(relatives: list[Path], cutouts: bool) -> list[tuple[Path, Path]]:
-    """(mask, cut-out) output paths, one pair per input, never the same path twice.
+def output_paths(relatives: list[Path], cutouts: bool, objects: int = 0) -> list[tuple[Path, ...]]:
+    """(mask, cut-out, object 1, ..., object N) output paths per input, never the same path twice.
 
-    `photo.png`, `photo_cutout.png` normally; inputs whose outputs would collide (`x.jpg` and
-    `x.png`, or `a_cutout.jpg` beside `a.jpg` with cut-outs) keep their extension in the name
-    (`x_jpg.png`), and a counter settles anything left.
+    `photo.png`, `photo_cutout.png`, `photo_object1.png` normally; inputs whose outputs would
+    collide (`x.jpg` and `x.png`, `a_cutout.jpg` beside `a.jpg` with cut-outs, `scene_object1.png`
+    beside `scene.png` with boxes) keep their extension in the name (`x_jpg.png`), and a counter
+    settles anything left. The cut-out path is there even without cut-outs (never written then).
     """
 
-    def pair(rel: Path, stem: str) -> tuple[Path, Path]:
-        return rel.parent / f"{stem}.png", rel.parent / f"{stem}_cutout.png"
+    def planned(rel: Path, stem: str) -> tuple[Path, ...]:
+        numbered = (rel.parent / f"{stem}_object{n}.png" for n in range(1, objects + 1))
+        return (rel.parent / f"{stem}.png", rel.parent / f"{stem}_cutout.png", *numbered)
 
-    def names(p: tuple[Path, Path]) -> list[str]:
-        return [str(p[0]).lower()] + ([str(p[1]).lower()] if cutouts else [])
+    def names(p: tuple[Path, ...]) -> list[str]:
+        written = [p[0], *([p[1]] if cutouts else []), *p[2:]]
+        return [str(path).lower() for path in written]
 
-    plan = [pair(rel, rel.stem) for rel in relatives]
+    plan = [planned(rel, rel.stem) for rel in relatives]
     counts: dict[str, int] = {}
     for p in plan:
         for name in names(p):
             counts[name] = counts.get(name, 0) + 1
     plan = [
-        pair(rel, f"{rel.stem}_{rel.suffix.lstrip('.').lower()}") if any(counts[n] > 1 for n in names(p)) else p
+        planned(rel, f"{rel.stem}_{rel.suffix.lstrip('.').lower()}") if any(counts[n] > 1 for n in names(p)) else p
         for rel, p in zip(relatives, plan)
     ]
     taken: set[str] = set()
@@ -94,7 +135,34 @@ def output_paths(relatives: list[Path], cutouts: bool) -> list[tuple[Path, Path]
         number = 1
         while any(n in taken for n in names(p)):
             number += 1
-            p = pair(rel, f"{rel.stem}_{rel.suffix.lstrip('.').lower()}_{number}")
+            p = planned(rel, f"{rel.stem}_{rel.suffix.lstrip('.').lower()}_{number}")
         plan[i] = p
         taken.update(names(p))
     return plan
+
+
+def check_outputs(outputs, inputs, replace: bool) -> None:
+    """Refuse, before any work, outputs that would land on an input file (always) or on an existing
+    file (unless `replace`): one line naming the first and the way out."""
+    sources = {Path(path).resolve() for path in inputs}
+    for path in outputs:
+        if Path(path).resolve() in sources:
+            raise FileExistsError(f"{path} would replace an input image; choose another --out")
+    if not replace:
+        existing = [path for path in outputs if Path(path).exists()]
+        if existing:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise FileExistsError(
+                f"{existing[0]} already exists{more}; choose another --out, or add --overwrite to replace "
+                "earlier outputs"
+            )
+
+
+def check_writable(folder) -> None:
+    """Create `folder` and write a file in it now, so an unwritable --out is said before the model loads
+    (OSError otherwise)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".tmp{uuid.uuid4().hex[:8]}"
+    probe.write_bytes(b"")
+    probe.unlink()

@@ -31,13 +31,14 @@ DEFAULT_RESOLUTION = (1024, 1024)
 def to_rgb_tensor(image) -> torch.Tensor:
     """PIL image, numpy array (H, W[, C]) or tensor ([B,] C, H, W / H, W) -> float (3, H, W) in [0, 1].
 
-    Grey is repeated to RGB; an alpha channel is dropped. Integer data is scaled by its
-    type's maximum; float data must already be in [0, 1].
+    Grey is repeated to RGB; an alpha channel is dropped. uint8 and uint16 data is scaled by its
+    type's maximum, bool is 0/1; float data must already be in [0, 1] (clamped). PIL's 16/32-bit
+    modes are scaled by their mode, never by their pixels: 16-bit (I;16*, I) by 65535, float (F)
+    as is, so a dark 16-bit picture stays dark.
     """
     if isinstance(image, Image.Image):
-        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-            array = np.asarray(image, dtype=np.float32)
-            return to_rgb_tensor(array / (65535.0 if array.max() > 255 else 255.0))
+        if image.mode in PIL_SCALES:
+            return to_rgb_tensor(np.asarray(image, dtype=np.float32) / PIL_SCALES[image.mode])
         return to_rgb_tensor(np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB")))
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
@@ -59,11 +60,29 @@ def to_rgb_tensor(image) -> torch.Tensor:
         raise ValueError(f"images need 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA) channels, got {tensor.shape[0]}")
     if tensor.shape[-1] == 0 or tensor.shape[-2] == 0:
         raise ValueError(f"image has no pixels (shape {tuple(tensor.shape)})")
-    if not tensor.is_floating_point():
-        tensor = tensor.float() / float(torch.iinfo(tensor.dtype).max)
-    tensor = tensor.float()
+    tensor = unit_range(tensor, "image")
     colour = tensor[:3] if tensor.shape[0] >= 3 else tensor[:1].expand(3, -1, -1)
     return colour.clamp(0, 1)
+
+
+PIL_SCALES = {"I": 65535.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "F": 1.0}
+UNSIGNED_MAXIMA = {torch.uint8: 255.0, torch.uint16: 65535.0}
+
+
+def unit_range(values, what: str) -> torch.Tensor:
+    """Float values in [0, 1] from a tensor or numpy array: bool as 0/1, uint8 / uint16 by their range,
+    floats as they are; other integer types are refused (their range says nothing about the pixels)."""
+    tensor = torch.from_numpy(np.array(values)) if isinstance(values, np.ndarray) else values
+    if tensor.dtype == torch.bool:
+        return tensor.float()
+    if tensor.is_floating_point():
+        return tensor.float()
+    if tensor.dtype in UNSIGNED_MAXIMA:
+        return tensor.float() / UNSIGNED_MAXIMA[tensor.dtype]
+    raise ValueError(
+        f"{what} of type {str(tensor.dtype).removeprefix('torch.')}: pass uint8 (0-255), uint16 (0-65535), "
+        "bool, or float in [0, 1]"
+    )
 
 
 def working_size(height: int, width: int, resolution=None, max_megapixels: float | None = None) -> tuple[int, int]:
@@ -74,8 +93,7 @@ def working_size(height: int, width: int, resolution=None, max_megapixels: float
     """
     if resolution == "aspect":
         area = (max_megapixels * 1e6) if max_megapixels else DEFAULT_RESOLUTION[0] * DEFAULT_RESOLUTION[1]
-        scale = math.sqrt(area / (height * width))
-        return max(MIN_SIZE, round(height * scale / 32) * 32), max(MIN_SIZE, round(width * scale / 32) * 32)
+        return aspect_size(height, width, area)
     if resolution is None:
         resolution = DEFAULT_RESOLUTION
     if isinstance(resolution, int):
@@ -90,6 +108,18 @@ def working_size(height: int, width: int, resolution=None, max_megapixels: float
         scale = math.sqrt(max_megapixels * 1e6 / (h * w))
         h, w = max(MIN_SIZE, int(h * scale) // 32 * 32), max(MIN_SIZE, int(w * scale) // 32 * 32)
     return h, w
+
+
+def aspect_size(height: int, width: int, area: float) -> tuple[int, int]:
+    """The image's aspect ratio at about `area` pixels, in multiples of 32. A side raised to MIN_SIZE
+    (a very thin image) shortens the other, so the area stays within the cap (the memory bound)."""
+    scale = math.sqrt(area / (height * width))
+    h, w = round(height * scale / 32) * 32, round(width * scale / 32) * 32
+    if h < MIN_SIZE:
+        h, w = MIN_SIZE, min(w, int(area / MIN_SIZE) // 32 * 32)
+    if w < MIN_SIZE:
+        h, w = min(h, int(area / MIN_SIZE) // 32 * 32), MIN_SIZE
+    return max(MIN_SIZE, h), max(MIN_SIZE, w)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -221,9 +251,10 @@ def segment(
 
 
 def input_alpha(image) -> torch.Tensor | None:
-    """The image's own transparency (H, W) in [0, 1], or None when it has none."""
+    """The image's own transparency (H, W) in [0, 1], or None when it has none (a palette's or a
+    tRNS colour's transparency counts: PNG keeps one transparent colour for RGB and grey pictures)."""
     if isinstance(image, Image.Image):
-        if image.mode == "P" and "transparency" in image.info or image.mode in ("PA", "La"):
+        if "transparency" in image.info and image.mode in ("P", "RGB", "L") or image.mode in ("PA", "La"):
             image = image.convert("RGBA")
         if "A" not in image.getbands():
             return None
@@ -239,18 +270,16 @@ def input_alpha(image) -> torch.Tensor | None:
         alpha = tensor[-1].detach().cpu()
     else:
         return None
-    if not alpha.is_floating_point():
-        alpha = alpha.float() / float(torch.iinfo(alpha.dtype).max)
-    return alpha.float().clamp(0, 1)
+    return unit_range(alpha, "alpha").clamp(0, 1)
 
 
 def cutout(image, mask: torch.Tensor) -> Image.Image:
     """RGBA image: the RGB pixels with the mask as alpha, times the input's own alpha if it has one
     (what was transparent in the input stays transparent)."""
     rgb = to_rgb_tensor(image)
-    if tuple(mask.shape) != tuple(rgb.shape[1:]):
-        raise ValueError(f"mask {tuple(mask.shape)} and image {tuple(rgb.shape[1:])} differ in size")
-    alpha = mask.float().cpu()
+    alpha = mask_values(mask)
+    if tuple(alpha.shape) != tuple(rgb.shape[1:]):
+        raise ValueError(f"mask {tuple(alpha.shape)} and image {tuple(rgb.shape[1:])} differ in size")
     own = input_alpha(image)
     if own is not None:
         alpha = alpha * own
@@ -260,4 +289,10 @@ def cutout(image, mask: torch.Tensor) -> Image.Image:
 
 def mask_to_image(mask: torch.Tensor) -> Image.Image:
     """8-bit greyscale PNG-ready image of a [0, 1] mask (rounded, not truncated)."""
-    return Image.fromarray((mask.float().cpu().numpy() * 255 + 0.5).astype(np.uint8))
+    return Image.fromarray((mask_values(mask).numpy() * 255 + 0.5).astype(np.uint8))
+
+
+def mask_values(mask) -> torch.Tensor:
+    """A mask (tensor or numpy (H, W)) as float on the CPU in [0, 1]: uint8 / uint16 masks by their
+    range (255 is fully opaque, not 255 times), bool as 0/1, floats clamped."""
+    return unit_range(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, "mask").clamp(0, 1)

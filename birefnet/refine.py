@@ -59,8 +59,14 @@ def fill_holes(mask: torch.Tensor, level: float = 0.5) -> torch.Tensor:
 
 
 def guided_filter(image: torch.Tensor, mask: torch.Tensor, radius: int = 8, eps: float = 1e-3) -> torch.Tensor:
-    """Edge-aware smoothing of the mask guided by the image: edges follow the image's edges."""
-    out = kornia.filters.guided_blur(image, mask[:, None], 2 * radius + 1, eps)
+    """Edge-aware smoothing of the mask guided by the image: edges follow the image's edges.
+
+    The window is `radius` pixels each way, capped per axis to the image (its reflected border needs
+    a side longer than the radius): thin or small images work, larger ones are filtered unchanged.
+    """
+    height, width = mask.shape[-2:]
+    size = (2 * min(radius, height - 1) + 1, 2 * min(radius, width - 1) + 1)
+    out = kornia.filters.guided_blur(image, mask[:, None], size, eps)
     return out[:, 0].clamp(0, 1)
 
 

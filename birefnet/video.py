@@ -86,16 +86,17 @@ class VideoSource:
 
 class VideoWriter:
     """Writes frames to `path` atomically (a temporary name until `close`): "mask" frames (H, W)
-    as H.264, or "rgba" frames (H, W, 4) uint8 as ProRes 4444 with alpha (.mov)."""
+    as H.264, or "rgba" frames (H, W, 4) uint8 as ProRes 4444 with alpha (.mov). An existing `path`
+    is refused unless `replace` (the CLI's --overwrite)."""
 
-    def __init__(self, path, fps, size: tuple[int, int], kind: str):
+    def __init__(self, path, fps, size: tuple[int, int], kind: str, replace: bool = False):
         self.av = av = _av()
         self.path, self.kind = Path(path), kind
-        if self.path.exists():
+        if self.path.exists() and not replace:
             raise FileExistsError(
-                f"{self.path} exists; choose another --out or remove it (outputs are never overwritten)"
+                f"{self.path} exists; choose another --out, or add --overwrite to replace earlier outputs"
             )
-        self._atomic = atomic_path(self.path)
+        self._atomic = atomic_path(self.path, replace)
         self._tmp = self._atomic.__enter__()
         self.container = av.open(str(self._tmp), mode="w", format="mov" if kind == "rgba" else "mp4")
         width, height = size

@@ -161,6 +161,10 @@ def test_bad_inputs_and_options_are_refused_before_loading(tmp_path):
         (("segment", tmp_path / "missing.jpg", "--out", tmp_path / "o"), "input not found"),
         (("segment", image, "--out", tmp_path / "o", "--max-megapixels", "0"), "not a positive number"),
         (("segment", image, "--out", tmp_path / "o", "--max-megapixels", "-2"), "not a positive number"),
+        (("segment", image, "--out", tmp_path / "o", "--max-megapixels", "inf"), "not a positive number"),
+        (("segment", image, "--out", tmp_path / "o", "--max-megapixels", "nan"), "not a positive number"),
+        (("segment", image, "--out", image), "cannot write there"),  # a file, not a folder
+        (("segment", image, "--out", "/proc/birefnet_out"), "cannot write there"),
         (("segment", image, "--out", tmp_path / "o", "--resolution", "100x7"), "multiples of 32"),
         (("segment", image, "--out", tmp_path / "o", "--batch-size", "0"), "not a positive number"),
         (("segment", image, "--out", tmp_path / "o", "--device", "cuda:7"), "not available"),
@@ -312,7 +316,7 @@ def test_boxes_segment_one_object_each(tmp_path, b0_weights):
     assert np.array_equal(combined, np.maximum(first, second))
     assert first[:, 120:].max() == 0 and second[:, :100].max() == 0  # each object only around its box
     bad = run_cli("segment", image, "--out", out, "--box", "1,2,3")
-    assert bad.returncode == 2 and "use x,y,w,h in pixels" in bad.stderr
+    assert bad.returncode == 2 and "use x,y,w,h in" in bad.stderr
 
 
 def test_highres_with_a_box_is_one_line_before_any_work(tmp_path):
@@ -324,3 +328,71 @@ def test_highres_with_a_box_is_one_line_before_any_work(tmp_path):
         "birefnet: highres and boxes do not combine: a box is segmented on its own already; use one or the other"
     ]
     assert not (tmp_path / "out").exists()
+
+
+FAST = ("--device", "cpu", "--resolution", "64", "--quiet")
+
+
+def test_outputs_never_replace_inputs_or_earlier_outputs(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    _noise(src / "a.png", (20, 30, 3))
+    original = (src / "a.png").read_bytes()
+    for extra in ((), ("--overwrite",)):
+        onto_input = run_cli("segment", src, "--out", src, *FAST, *extra)
+        assert onto_input.returncode == 2 and "Traceback" not in onto_input.stderr, onto_input.stderr
+        assert onto_input.stderr.strip().splitlines() == [
+            f"birefnet: {src / 'a.png'} would replace an input image; choose another --out"
+        ]
+        assert (src / "a.png").read_bytes() == original
+    masks = src / "masks"  # inside the input folder: its files are earlier outputs, never inputs
+    first = run_cli("segment", src, "--out", masks, "--cutout", *FAST)
+    assert first.returncode == 0 and "wrote 1 mask(s)" in first.stderr, first.stderr
+    written = {p.name: p.read_bytes() for p in masks.iterdir()}
+    assert sorted(written) == ["a.png", "a_cutout.png"]
+    again = run_cli("segment", src, "--out", masks, "--cutout", *FAST)
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        f"birefnet: {masks / 'a.png'} already exists (and 1 more); choose another --out, or add --overwrite "
+        "to replace earlier outputs"
+    ]
+    assert "demo model" not in again.stderr  # refused before loading
+    replaced = run_cli("segment", src, "--out", masks, "--cutout", "--overwrite", *FAST)
+    assert replaced.returncode == 0 and "wrote 1 mask(s)" in replaced.stderr, replaced.stderr
+    assert {p.name: p.read_bytes() for p in masks.iterdir()} == written  # the same outputs, nothing new
+    assert (src / "a.png").read_bytes() == original
+
+
+def test_box_objects_get_their_own_names_and_a_box_outside_skips_that_image(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    _noise(src / "scene.png", (160, 240, 3), 1)
+    _noise(src / "scene_object1.png", (160, 240, 3), 2)  # would be scene.png's first object
+    _noise(src / "small.png", (30, 30, 3), 3)  # the second box lies outside it
+    out = tmp_path / "out"
+    boxes = ("--box", "10,10,40,40", "--box", "150,90,60,50")
+    result = run_cli("segment", src, "--out", out, *boxes, *FAST)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"skipped {src / 'small.png'}: box 150,90,60,50 lies outside the 30x30 image" in result.stderr
+    assert "wrote 2 mask(s)" in result.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "scene_object1_png.png",
+        "scene_object1_png_object1.png",
+        "scene_object1_png_object2.png",
+        "scene_png.png",
+        "scene_png_object1.png",
+        "scene_png_object2.png",
+    ]
+
+
+def test_long_names_and_animated_inputs(tmp_path):
+    long = tmp_path / ("n" * 240 + ".jpg")
+    _noise(long, (20, 24, 3))
+    frames = [Image.new("RGB", (16, 12), colour) for colour in ("red", "blue")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    out = tmp_path / "out"
+    result = run_cli("segment", long, tmp_path / "anim.gif", "--out", out, "--cutout", *FAST)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.count("is animated; only its first frame is segmented") == 1
+    assert Image.open(out / ("n" * 240 + "_cutout.png")).size == (24, 20)
+    assert Image.open(out / "anim.png").size == (16, 12)

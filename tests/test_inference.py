@@ -135,3 +135,75 @@ def test_cutout_is_rgba_with_mask_alpha():
     assert np.array_equal(rgba[:, :, 3], np.round(mask.numpy() * 255).astype(np.uint8))
     with pytest.raises(ValueError, match="differ in size"):
         cutout(image, torch.zeros(3, 3))
+
+
+def test_sixteen_bit_and_float_images_scale_by_their_mode_not_their_pixels(tmp_path):
+    from birefnet.files import read_image
+
+    dark = np.full((4, 5), 199, np.uint16)  # a dark 16-bit picture: 199 of 65535, not of 255
+    Image.fromarray(dark).save(tmp_path / "dark.png")
+    for image in (Image.fromarray(dark), read_image(tmp_path / "dark.png"), dark):
+        assert torch.allclose(to_rgb_tensor(image), torch.full((3, 4, 5), 199 / 65535), atol=1e-6), image
+    bright = Image.fromarray(np.full((4, 5), 0.5, np.float32))  # mode F in [0, 1]: as it is
+    assert bright.mode == "F" and torch.allclose(to_rgb_tensor(bright), torch.full((3, 4, 5), 0.5))
+    bright.save(tmp_path / "float.tif")
+    assert torch.allclose(to_rgb_tensor(read_image(tmp_path / "float.tif")), torch.full((3, 4, 5), 0.5))
+    assert to_rgb_tensor(Image.fromarray(np.full((2, 2), 7.0, np.float32))).max() == 1  # clamped
+
+
+def test_a_png_transparent_colour_stays_transparent_in_the_cutout(tmp_path):
+    from birefnet.files import read_image
+
+    pixels = np.full((6, 8, 3), (200, 100, 50), np.uint8)
+    pixels[:, :3] = (10, 20, 30)  # the tRNS colour
+    Image.fromarray(pixels).save(tmp_path / "rgb.png", transparency=(10, 20, 30))
+    Image.fromarray(pixels[..., 0]).save(tmp_path / "grey.png", transparency=10)
+    for name in ("rgb.png", "grey.png"):
+        image = read_image(tmp_path / name)
+        alpha = np.asarray(cutout(image, torch.ones(6, 8)))[..., 3]
+        assert alpha[:, :3].max() == 0 and alpha[:, 3:].min() == 255, name
+
+
+def test_integer_and_bool_masks_mean_their_range_and_wrong_types_are_named():
+    from birefnet import mask_to_image
+
+    image = _photo(4, 6)
+    for full in (
+        torch.full((4, 6), 255, dtype=torch.uint8),
+        np.full((4, 6), 255, np.uint8),
+        np.full((4, 6), 65535, np.uint16),
+        torch.ones(4, 6, dtype=torch.bool),
+        np.ones((4, 6), bool),
+        torch.full((4, 6), 3.0),  # above 1: clamped, never wrapped round
+    ):
+        assert np.asarray(cutout(image, full))[..., 3].min() == 255, full.dtype
+        assert np.asarray(mask_to_image(full)).min() == 255, full.dtype
+    assert np.asarray(mask_to_image(np.zeros((4, 6), bool))).max() == 0
+    for bad in (np.full((4, 6), 255, np.int64), torch.full((4, 6), 255, dtype=torch.int32)):
+        with pytest.raises(ValueError, match="pass uint8 .0-255., uint16 .0-65535., bool, or float in .0, 1."):
+            mask_to_image(bad)
+    for bad in (image.astype(np.int64), torch.from_numpy(image.astype(np.int32))):
+        with pytest.raises(ValueError, match="image of type int(64|32): pass uint8"):
+            to_rgb_tensor(bad)
+    assert torch.equal(to_rgb_tensor(np.ones((2, 3), bool)), torch.ones(3, 2, 3))
+
+
+def test_aspect_size_of_a_thin_image_stays_within_the_area_cap():
+    for height, width, cap in ((5, 20000, None), (20000, 5, None), (5, 20000, 0.5), (3, 900000, 2.0)):
+        h, w = working_size(height, width, "aspect", cap)
+        assert min(h, w) == 64 and h % 32 == 0 and w % 32 == 0
+        assert h * w <= (cap or 1024 * 1024 / 1e6) * 1e6, (height, width, h, w)
+
+
+def test_guided_filter_works_on_thin_and_small_images_and_is_unchanged_on_others():
+    import kornia
+
+    from birefnet.refine import Refinement, guided_filter, refine_mask
+
+    for height, width, radius in ((300, 1, 4), (1, 300, 4), (40, 60, 40), (2, 2, 16)):
+        rgb, mask = torch.rand(1, 3, height, width), torch.rand(1, height, width)
+        refined, _ = refine_mask(rgb, mask, Refinement(guided_radius=radius))
+        assert refined.shape == (1, height, width) and torch.isfinite(refined).all()
+    rgb, mask = torch.rand(1, 3, 50, 70), torch.rand(1, 50, 70)
+    before = kornia.filters.guided_blur(rgb, mask[:, None], 17, 1e-3)[:, 0].clamp(0, 1)
+    assert torch.equal(guided_filter(rgb, mask, 8, 1e-3), before)
