@@ -207,3 +207,17 @@ def test_guided_filter_works_on_thin_and_small_images_and_is_unchanged_on_others
     rgb, mask = torch.rand(1, 3, 50, 70), torch.rand(1, 50, 70)
     before = kornia.filters.guided_blur(rgb, mask[:, None], 17, 1e-3)[:, 0].clamp(0, 1)
     assert torch.equal(guided_filter(rgb, mask, 8, 1e-3), before)
+
+
+@pytest.mark.parametrize("pixels", [1, 7, -5, 40])
+def test_grow_is_the_square_windows_grey_morphology(pixels):
+    """Grow/shrink by r: the maximum (minimum) over the (2r+1)^2 square around each pixel, at the border
+    over its part inside the image (the two 1-D passes that make it linear in r give exactly that)."""
+    import torch.nn.functional as F
+
+    from birefnet.refine import grow
+
+    mask, r = torch.rand(2, 37, 53), abs(pixels)
+    sign = 1 if pixels > 0 else -1
+    square = sign * F.max_pool2d(sign * mask[:, None], 2 * r + 1, stride=1, padding=r)[:, 0]
+    assert torch.equal(grow(mask, pixels), square)

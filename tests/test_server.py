@@ -10,12 +10,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -92,6 +94,19 @@ def call(server, path, fields=None, headers=None, method=None):
             return response.status, response.headers.get("Content-Type"), response.read()
     except urllib.error.HTTPError as err:
         return err.code, err.headers.get("Content-Type"), err.read()
+
+
+def exchange(server, method, path, headers, body=b""):
+    """(status, headers, JSON or None) of a raw request: any Host, Origin or Content-Length goes as given."""
+    connection = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=60)
+    connection.putrequest(method, path, skip_host="Host" in headers)
+    for name, value in headers.items():
+        connection.putheader(name, value)
+    connection.endheaders(body)
+    response = connection.getresponse()
+    data = response.read()
+    is_json = response.headers.get("Content-Type") == "application/json"
+    return response.status, response.headers, json.loads(data) if is_json else None
 
 
 def png(image: Image.Image) -> bytes:
@@ -254,6 +269,19 @@ def _bad_requests():
         "too many pixels": ([("image", big)], 413, "megapixels"),
         "decompression bomb": ([("image", bomb.getvalue())], 413, "megapixels"),
         "a URL instead of a file": ([("image", "https://example.com/cat.png")], 400, "image"),
+        "infinite box": ([("image", good), ("box", "inf,0,10,10")], 400, "finite"),
+        "box beyond floats": ([("image", good), ("box", "1e400,0,10,10")], 400, "finite"),
+        "box of nan": ([("image", good), ("box", "nan,0,10,10")], 400, "x,y,w,h"),
+        "infinite feather": ([("image", good), ("feather", "inf")], 400, "finite"),
+        "nan guided_eps": ([("image", good), ("guided_eps", "nan")], 400, "guided_eps"),
+        "infinite guided_eps": ([("image", good), ("guided_eps", "inf")], 400, "finite"),
+        "infinite fine pass": ([("image", good), ("highres", "true"), ("fine_megapixels", "inf")], 400, "finite"),
+        "grow past a long int": ([("image", good), ("grow", "10000000000")], 400, "up to 64"),
+        "grow of thousands": ([("image", good), ("grow", "2000")], 400, "up to 64"),
+        "shrink of thousands": ([("image", good), ("grow", "-2000")], 400, "up to 64"),
+        "huge guided_radius": ([("image", good), ("guided_radius", "1000")], 400, "up to 32"),
+        "huge feather": ([("image", good), ("feather", "1e30")], 400, "up to 256"),
+        "huge foreground_radius": ([("image", good), ("foreground_radius", "100000")], 400, "up to 256"),
     }
 
 
@@ -309,6 +337,16 @@ def test_foreign_origin_and_host_are_refused(server):
     assert status == 403 and "DNS rebinding" in json.loads(body)["error"]
     assert call(server, "/health", headers={"Origin": server.url})[0] == 200  # the server's own page
     assert call(server, "/health", headers={"Host": f"localhost:{server.url.rsplit(':', 1)[1]}"})[0] == 200
+
+
+def test_malformed_host_and_origin_are_refused(server):
+    """Headers urlsplit cannot parse (an unclosed IPv6 bracket) are the client's mistake, not a 500."""
+    status, _, answer = exchange(server, "GET", "/health", {"Host": "[bad"})
+    assert status == 400 and "Host" in answer["error"] and "malformed" in answer["error"]
+    status, _, answer = exchange(server, "GET", "/health", {"Host": server.host, "Origin": "http://[bad"})
+    assert status == 403 and "http://[bad" in answer["error"]
+    assert call(server, "/health")[0] == 200
+    assert "Traceback" not in server.log()
 
 
 def test_concurrent_requests_are_all_answered_alike(server):
@@ -392,3 +430,124 @@ def test_unsafe_or_impossible_setups_refuse_to_start(flags, words):
     assert result.returncode == 2
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("birefnet:")]
     assert words in line
+
+
+def test_requested_weights_are_the_weights_served(tmp_path):
+    """A request gets the weights it names, whichever model the request before it loaded: the default by
+    its name (here demo), the offered file by its name, twice in a row too."""
+    from safetensors.torch import load_file, save_file
+
+    from birefnet.loading import EMBEDDED_WEIGHTS
+
+    other = tmp_path / "other.safetensors"
+    save_file({k: v * 0.5 if v.is_floating_point() else v for k, v in load_file(EMBEDDED_WEIGHTS).items()}, other)
+    server = Server(tmp_path / "weights", "--allow-weights", str(other))
+    try:
+        upload = [("image", EXAMPLE.read_bytes())]
+        status, _, demo = call(server, "/v1/segment", upload)
+        assert status == 200
+        answers = []
+        for name in ("other.safetensors", "other.safetensors", "demo", "other.safetensors", "demo", "demo"):
+            status, _, body = call(server, "/v1/segment", [*upload, ("weights", name)])
+            assert status == 200, body
+            assert json.loads(call(server, "/health")[2])["model"] == name
+            answers.append(body)
+        assert answers[0] != demo and answers[0] == answers[1] == answers[3]
+        assert answers[2] == answers[4] == answers[5] == demo
+    finally:
+        server.stop()
+
+
+def test_cors_headers_on_guard_errors_preflight_and_a_proxy(tmp_path):
+    """With --cors, the page of that origin can read the 401/411/413 it gets and its preflight passes; a
+    foreign page's preflight is a JSON 403. Behind a reverse proxy set up as docs/server.md says (Host
+    127.0.0.1 upstream, --cors the public origin), the page's POST is served; nginx's default Host for an
+    `upstream` block is refused."""
+    site = "https://segment.example.com"
+    server = Server(tmp_path / "cors", "--token", TOKEN, "--cors", site, "--max-upload-mb", "1")
+    try:
+        host, allowed = {"Host": server.host}, {"Host": server.host, "Origin": site}
+        status, headers, answer = exchange(server, "GET", "/health", allowed)
+        assert status == 401 and "Bearer" in answer["error"]
+        assert headers["access-control-allow-origin"] == site
+        authorised = {**allowed, "Authorization": f"Bearer {TOKEN}"}
+        big = {**authorised, "Content-Type": "multipart/form-data; boundary=x", "Content-Length": str(2 * 2**20)}
+        status, headers, answer = exchange(server, "POST", "/v1/segment", big)
+        assert status == 413 and "--max-upload-mb" in answer["error"]
+        assert headers["access-control-allow-origin"] == site
+        chunked = {**authorised, "Content-Type": "multipart/form-data; boundary=x", "Transfer-Encoding": "chunked"}
+        status, headers, answer = exchange(server, "POST", "/v1/segment", chunked, b"0\r\n\r\n")
+        assert status == 411 and headers["access-control-allow-origin"] == site
+        preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+        status, headers, _ = exchange(server, "OPTIONS", "/v1/segment", {**allowed, **preflight})
+        assert status == 200 and headers["access-control-allow-origin"] == site
+        foreign = {**host, "Origin": "https://evil.example", **preflight}
+        status, headers, answer = exchange(server, "OPTIONS", "/v1/segment", foreign)
+        assert status == 403 and "--cors https://evil.example" in answer["error"]
+        assert "access-control-allow-origin" not in headers
+        body, kind = multipart([("image", EXAMPLE.read_bytes())])
+        proxied = {"Host": "127.0.0.1", "Origin": site, "Authorization": f"Bearer {TOKEN}"}
+        form = {**proxied, "Content-Type": kind, "Content-Length": str(len(body))}
+        status, headers, _ = exchange(server, "POST", "/v1/segment", form, body)
+        assert status == 200 and headers["Content-Type"] == "image/png"
+        status, _, answer = exchange(server, "GET", "/health", {**proxied, "Host": "birefnet"})
+        assert status == 403 and "DNS rebinding" in answer["error"]
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
+
+
+def test_megapixel_limits_above_pillows_own_are_the_servers(tmp_path):
+    """--max-megapixels-in decides, also above Pillow's own decompression-bomb limit (~179 megapixels):
+    a 1-bit PNG of 200 megapixels (a few kB) is decoded (then refused for its `output`, so no model
+    runs), one of 300 megapixels gets the 413 naming its size."""
+    server = Server(tmp_path / "pixels", "--max-megapixels-in", "250")
+    try:
+        for size, expected, words in (((20000, 10000), 400, "output"), ((20000, 15000), 413, "300.0 megapixels")):
+            upload = png(Image.new("1", size))
+            status, _, body = call(server, "/v1/segment", [("image", upload), ("output", "jpeg")])
+            assert status == expected and words in json.loads(body)["error"], body
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+
+
+def test_decoding_leaves_the_event_loop_free(tmp_path, monkeypatch):
+    """An upload is decoded in the thread pool, so /health (and every other request) is answered while a
+    large photo decodes. The app runs in this process with a decoder that waits until /health answered."""
+    import uvicorn
+
+    from birefnet.server import app as app_module
+    from birefnet.server.errors import RequestError
+    from birefnet.server.run import bind
+    from birefnet.server.settings import Settings
+
+    started, answered = threading.Event(), threading.Event()
+
+    def slow_decode(data, max_pixels):
+        started.set()
+        raise RequestError(400, f"health answered during the decode: {answered.wait(10)}")
+
+    monkeypatch.setattr(app_module, "decode_image", slow_decode)
+    sock = bind("127.0.0.1", 0)
+    settings = Settings(port=sock.getsockname()[1])
+    worker = SimpleNamespace(name="demo", device="cpu", dtype="torch.float32", waiting=0)
+    runner = uvicorn.Server(uvicorn.Config(app_module.create_app(settings, worker), log_level="warning"))
+    thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]})
+    thread.start()
+    try:
+        server = SimpleNamespace(url=settings.url)
+        while not runner.started:
+            time.sleep(0.05)
+        with ThreadPoolExecutor(1) as pool:
+            upload = pool.submit(call, server, "/v1/segment", [("image", b"a large photo")])
+            assert started.wait(30)
+            assert call(server, "/health")[0] == 200
+            answered.set()
+            status, _, body = upload.result()
+        assert status == 400 and json.loads(body)["error"] == "health answered during the decode: True"
+    finally:
+        answered.set()
+        runner.should_exit = True
+        thread.join(30)
+        sock.close()

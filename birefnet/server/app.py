@@ -21,7 +21,7 @@ from ..pipeline import cutout_image, finish, model_device, segment_image
 from ..version import __version__
 from ..zoo import listed
 from .errors import RequestError
-from .security import Guard
+from .security import RequestGuard, SiteGuard
 from .settings import Settings
 from .uploads import Job, check_fields, decode_image, parse_job
 from .worker import Worker
@@ -93,7 +93,8 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         return Response(await run_in_threadpool(png_bytes, job, mask, colours), media_type="image/png")
 
     async def read_image(upload: UploadFile):
-        return decode_image(await upload.read(), settings.max_pixels)
+        # in the thread pool: decoding a large photo takes a while, and /health must answer meanwhile
+        return await run_in_threadpool(decode_image, await upload.read(), settings.max_pixels)
 
     @app.post("/v1/segment", responses=PNG, response_class=Response)
     async def segment(
@@ -224,6 +225,15 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
     async def server_fault(_, err: Exception):
         return error(500, f"internal error: {type(err).__name__}: {first_line(err)}")
 
+    add_guards(app, settings)
+    return app
+
+
+def add_guards(app: FastAPI, settings: Settings) -> None:
+    """Outermost first: SiteGuard (Host, Origin), CORSMiddleware (preflights, CORS headers), RequestGuard
+    (token, upload size): an allowed page then reads the 401/411/413 it gets, and a foreign page's preflight
+    is a 403 like its request. The middleware added last runs first."""
+    app.add_middleware(RequestGuard, settings=settings)
     if settings.cors:
         app.add_middleware(
             CORSMiddleware,
@@ -231,8 +241,7 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization"],
         )
-    app.add_middleware(Guard, settings=settings)
-    return app
+    app.add_middleware(SiteGuard, settings=settings)
 
 
 def downloaded(known) -> bool:

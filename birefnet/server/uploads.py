@@ -4,7 +4,10 @@ pixel limit (only the formats an editor sends; never a URL), boxes, resolution, 
 from __future__ import annotations
 
 import io
+import math
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -18,6 +21,11 @@ from .errors import RequestError
 
 FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")  # no decoder that runs external programs (EPS) or scripts
 OUTPUTS = ("mask", "rgba")
+# Pixels each way a refinement may reach. Their cost grows with the radius (grow and the guided filter with
+# its square: on one CPU core and a 1-megapixel image, grow 64 takes ~9 s, guided_radius 128 minutes), and
+# the one model thread waits meanwhile; far larger values change nothing visible anyway.
+MAX_RADIUS = {"grow": 64, "guided_radius": 32, "feather": 256, "foreground_radius": 256}
+_PILLOW_LIMIT = threading.Lock()  # decodes run in the thread pool; one changes Pillow's limit at a time
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise RequestError(400, "the image upload is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
+        with pillow_limit(max_pixels), warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below decides
             image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
@@ -62,6 +70,32 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
+@contextmanager
+def pillow_limit(max_pixels: int):
+    """Pillow refuses images over twice Image.MAX_IMAGE_PIXELS (~179 megapixels) on its own; for this open,
+    the server's --max-megapixels-in decides. The limit is only raised, for the header read only (the image
+    is not decoded yet), and put back after, so other code keeps Pillow's default."""
+    with _PILLOW_LIMIT:
+        before = Image.MAX_IMAGE_PIXELS
+        if before is not None and max_pixels > before:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
+def check_numbers(fields: dict) -> None:
+    """Numbers a form may carry but no option means: inf and nan (Python parses "inf", "1e400"), and radii
+    past MAX_RADIUS, which would hold the model thread for minutes. 400 naming the field."""
+    for name, value in fields.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RequestError(400, f"{name} {value}: use a finite number")
+        limit = MAX_RADIUS.get(name)
+        if limit is not None and abs(value) > limit:
+            raise RequestError(400, f"{name} {value}: this server accepts up to {limit} pixels for {name}")
+
+
 def parse_job(
     image: Image.Image,
     *,
@@ -76,6 +110,7 @@ def parse_job(
     """A Job from the form's fields, each checked (RequestError 400 naming the field)."""
     if output not in OUTPUTS:
         raise RequestError(400, f"output {output!r}: use mask or rgba")
+    check_numbers({**refinement, "fine_megapixels": fine_megapixels})
     try:
         chosen = parse_resolution(resolution)
     except ValueError as err:

@@ -23,6 +23,9 @@ class Worker:
         self.default = weights
         self.model = load_model(weights, device=self.device, dtype=self.dtype)
         self.model_source = weights  # what the loaded model was loaded from
+        # the default's name, kept from start: once other weights are loaded, the loaded model's name
+        # no longer says which name means the default
+        self.default_name = self.name
         self.waiting = 0  # changed on the event loop's thread only
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="birefnet-model")
 
@@ -31,8 +34,8 @@ class Worker:
         return model_name(self.model)
 
     async def run(self, job: Callable, weights: str | None = None):
-        """job(model) in the model's thread, after the requests before it."""
-        source = self.default if weights is None or weights == self.name else self.catalog.source(weights)
+        """job(model) in the model's thread, after the requests before it, with the weights it named."""
+        source = self.default if weights in (None, self.default_name) else self.catalog.source(weights)
         if self.waiting >= self.max_queue:
             raise RequestError(503, f"the server is busy ({self.waiting} requests waiting); try again shortly")
         self.waiting += 1
