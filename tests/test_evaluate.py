@@ -239,3 +239,34 @@ def test_worker_module_imports_neither_torch_nor_the_library(package):
     )
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         assert pool.submit(eval, report).result(timeout=120) == []
+
+
+def test_missing_folders_and_a_json_folder_are_one_line_before_the_work(folders, tmp_path, capsys):
+    from training.__main__ import main
+
+    gt, pred = str(folders / "gt"), str(folders / "pred")
+    for args, named in (
+        (["--pred", str(tmp_path / "nowhere"), "--gt", gt], "--pred"),
+        (["--pred", pred, "--gt", str(tmp_path / "nowhere")], "--gt"),
+        (["--pred", pred, "--gt", gt, "--json", str(tmp_path)], "--json"),
+        (["--pred", pred, "--gt", gt, "--json", str(tmp_path / "no" / "s.json")], "--json"),
+    ):
+        assert main(["evaluate", *args, "--workers", "1"]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.strip().startswith(f"training: {named} ") and len(captured.err.strip().splitlines()) == 1
+        assert "image(s)" not in captured.out  # refused before scoring
+
+
+def test_saved_predictions_of_several_folders_never_overwrite(tmp_path, b0_weights):
+    from training.evaluate import evaluate_model
+    from training.synthetic import write_dataset
+
+    data = [write_dataset(tmp_path / name / "test", 1, seed, (48, 40)) for name, seed in (("a", 1), ("b", 2))]
+    preds = tmp_path / "preds"
+    assert evaluate_model(b0_weights, data, save_pred=preds).count == 2
+    saved = sorted(p.relative_to(preds).as_posix() for p in preds.rglob("*.png"))
+    assert saved == ["test/00000.png", "test_2/00000.png"]  # the same stem in each folder, both kept
+    before = (preds / "test" / "00000.png").read_bytes()
+    with pytest.raises(ValueError, match="00000.png exists .*another --save-pred"):
+        evaluate_model(b0_weights, data, save_pred=preds)
+    assert (preds / "test" / "00000.png").read_bytes() == before

@@ -350,6 +350,8 @@ def test_every_config_field_has_a_documented_flag_with_its_default():
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     assert (cfg.weight_decay, cfg.lr_decay_epochs, cfg.freeze_batchnorm) == (0.5, [3, 5], False)
+    assert "halved" in actions["lr_decay_epochs"].help  # as the code does (the official rate, 0.5)
+    assert "length" in actions["finetune_last_epochs"].help and "-N" in actions["finetune_last_epochs"].help
     assert cfg.size == (64, 96) and cfg.dynamic_size == ((64, 128), (64, 128))
     assert TrainConfig(data=["d"], out="o", init="scratch") == TrainConfig(
         **{
@@ -610,3 +612,144 @@ def test_cnn_gradient_checkpointing_gives_the_same_gradients():
         return model.bb.conv2[0].conv1.weight.grad.clone()
 
     assert torch.equal(grad(False), grad(True))
+
+
+def test_palette_and_zero_one_masks_are_foreground(tmp_path):
+    """A VOC-style palette mask (index 1 drawn as dark red) and a 0/1 mask are read as 0/255, in
+    training and in evaluation; 8-bit grey and grey-palette masks keep their levels."""
+    from birefnet_training.data import SegmentationDataset
+    from birefnet_training.scoring import read_mask_array
+
+    indices = np.zeros((16, 16), np.uint8)
+    indices[4:12, 4:12] = 1
+    palette = Image.fromarray(indices, "P")
+    palette.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+    palette.save(tmp_path / "voc.png")
+    Image.fromarray(indices).save(tmp_path / "binary.png")
+    Image.fromarray(indices * 200).save(tmp_path / "grey.png")
+    Image.fromarray(indices * 200).convert("P").save(tmp_path / "grey_palette.png")
+    Image.new("RGB", (16, 16)).save(tmp_path / "image.png")
+    assert Image.open(tmp_path / "voc.png").mode == "P"
+    for name, level in (("voc", 255), ("binary", 255), ("grey", 200), ("grey_palette", 200)):
+        assert set(np.unique(read_mask_array(tmp_path / f"{name}.png"))) == {0, level}, name
+        _, mask = SegmentationDataset([(tmp_path / "image.png", tmp_path / f"{name}.png")], None).load(0, (16, 16))
+        assert mask[0, 8, 8].item() == pytest.approx(level / 255), name
+
+
+def test_positive_finetune_length_means_the_same_phase_as_the_official_negative_form():
+    for epoch in range(1, 11):
+        assert loss_weights("general", epoch, 10, 3) == loss_weights("general", epoch, 10, -3)
+    assert loss_weights("general", 10, 10, 3)["bce"] == 0.0 and loss_weights("general", 7, 10, 3)["bce"] == 30.0
+    assert loss_weights("general", 10, 10, 0)["bce"] == 30.0
+
+
+def test_resuming_with_other_settings_or_over_another_run_is_one_line(dataset, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(dataset, out, epochs=2, max_steps_per_epoch=1), stop_after_epoch=1)
+    for changed, named in (
+        (dict(lr=5e-4), "--lr 0.0005 (was 0.001)"),
+        (dict(backbone="pvt_v2_b1"), "--backbone pvt_v2_b1 (was pvt_v2_b0)"),
+        (dict(init=str(tmp_path / "elsewhere.safetensors"), seed=4), "--seed 4 (was 3)"),
+    ):
+        with pytest.raises(ValueError, match="written with other settings") as caught:
+            train(tiny_config(dataset, out, epochs=2, max_steps_per_epoch=1, **changed))
+        assert named in str(caught.value) and "--restart" in str(caught.value)
+        assert "\n" not in str(caught.value)
+    # --epochs may change: a finished run asked for fewer epochs writes nothing
+    assert train(tiny_config(dataset, out, epochs=1, max_steps_per_epoch=1)) is None
+    (out / "resume.pt").unlink()
+    final_before = (out / "epoch_1.safetensors").read_bytes()
+    log_before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="holds another run's outputs .* no resume.pt"):
+        train(tiny_config(dataset, out, epochs=1, max_steps_per_epoch=1))
+    assert (out / "metrics.jsonl").read_text() == log_before
+    assert (out / "epoch_1.safetensors").read_bytes() == final_before
+
+
+def test_nothing_to_do_is_not_reported_as_written(dataset, tmp_path, capsys):
+    from birefnet_training.__main__ import main
+
+    common = ["train", "--data", str(dataset), "--out", str(tmp_path / "run"), "--init", "scratch"]
+    common += ["--backbone", "pvt_v2_b0", "--size", "64", "--max-steps-per-epoch", "1", "--device", "cpu"]
+    common += ["--batch-size", "2", "--finetune-last-epochs", "0"]
+    assert main([*common, "--epochs", "3", "--stop-after-epoch", "2"]) == 0
+    assert main([*common, "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and out.count("training: wrote") == 1
+    assert not (tmp_path / "run" / "final.safetensors").exists()
+
+
+def test_torn_last_log_line_is_left_out(dataset, tmp_path):
+    from birefnet_training.trainer import best_epoch
+
+    out = tmp_path / "run"
+    train(tiny_config(dataset, out, epochs=2, max_steps_per_epoch=1, val_split=0.25), stop_after_epoch=1)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "loss": 0.5, "val_Sm')  # a crash in the middle of an append
+    assert best_epoch(out / "metrics.jsonl") == 1
+    train(tiny_config(dataset, out, epochs=2, max_steps_per_epoch=1, val_split=0.25))
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--batch-size", "0"),
+        ("--accumulate", "0"),
+        ("--save-every", "0"),
+        ("--val-every", "0"),
+        ("--size", "0"),
+        ("--val-split", "1.0"),
+        ("--val-split", "-0.1"),
+        ("--epochs", "0"),
+    ],
+)
+def test_settings_that_cannot_train_are_one_line(dataset, tmp_path, capsys, flag, value):
+    from birefnet_training.__main__ import main
+
+    args = ["train", "--data", str(dataset), "--out", str(tmp_path / "run"), "--init", "scratch"]
+    tiny = ["--backbone", "pvt_v2_b0", "--size", "64", "--max-steps-per-epoch", "1", "--device", "cpu"]
+    assert main([*args, *tiny, "--epochs", "1", "--batch-size", "2", flag, value]) == 2  # the last flag wins
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"training: {flag} ") and "use" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_val_split_is_seeded_across_folders_and_names_itself(tmp_path):
+    from birefnet_training.trainer import split_validation
+
+    pairs = [f"a{i}" for i in range(10)] + [f"b{i}" for i in range(10)]
+    train_part, held = split_validation(pairs, 0.25, seed=7)
+    assert len(held) == 5 and sorted(train_part + held) == sorted(pairs)
+    assert held != pairs[-5:] and held == split_validation(pairs, 0.25, seed=7)[1]
+    assert held != split_validation(pairs, 0.25, seed=8)[1]
+    with pytest.raises(ValueError, match=r"--val-split 0.5 of 1 pair\(s\) leaves nothing to train on"):
+        split_validation(["only"], 0.5, seed=7)
+
+
+def test_best_chooses_among_kept_epoch_files(tmp_path, capsys):
+    from birefnet_training.__main__ import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"epoch": e, "val_Sm": sm} for e, sm in ((1, 0.5), (2, 0.9), (3, 0.6), (4, 0.7))]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    for epoch in (3, 4):  # --save-every 3 kept epoch 3 and the last
+        (run / f"epoch_{epoch}.safetensors").write_bytes(f"weights {epoch}".encode())
+    assert main(["best", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 4 is the best by val_Sm" in out and "epoch 2 scored better" in out
+    assert (run / "best.safetensors").read_bytes() == b"weights 4"
+
+
+def test_synth_refuses_an_existing_dataset_and_a_negative_count(tmp_path, capsys):
+    from birefnet_training.__main__ import main
+
+    assert main(["synth", "--out", str(tmp_path / "syn"), "--count", "-3"]) == 2
+    assert "--count -3" in capsys.readouterr().err and not (tmp_path / "syn").exists()
+    assert main(["synth", "--out", str(tmp_path / "syn"), "--count", "1", "--size", "32"]) == 0
+    before = (tmp_path / "syn" / "im" / "00000.jpg").read_bytes()
+    assert main(["synth", "--out", str(tmp_path / "syn"), "--count", "1", "--seed", "5", "--size", "32"]) == 2
+    assert "already holds a dataset" in capsys.readouterr().err
+    assert (tmp_path / "syn" / "im" / "00000.jpg").read_bytes() == before

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -72,7 +73,10 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     final = train(cfg, resume=not args.restart, stop_after_epoch=args.stop_after_epoch)
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun: once, not once per process
-        print(f"training: wrote {final}")
+        if final is None:
+            print(f"training: nothing to do: {cfg.out} has already run past that epoch (raise --epochs to continue)")
+        else:
+            print(f"training: wrote {final}")
     return 0
 
 
@@ -80,6 +84,7 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_folders, evaluate_model
     from .metrics import format_table
 
+    _check_evaluate_paths(args)
     if args.pred:
         metrics = evaluate_folders(
             args.pred, args.gt, metrics=args.metrics, workers=args.workers, hce_convention=args.hce_convention
@@ -102,9 +107,30 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _check_evaluate_paths(args) -> None:
+    """Paths that would fail only after the whole evaluation (or as a traceback) refused first."""
+    for flag, folder in (("--pred", args.pred), ("--gt", args.gt)):
+        if folder and not Path(folder).is_dir():
+            raise ValueError(f"{flag} {folder}: folder not found; name a folder of mask files")
+    if args.json:
+        target = Path(args.json)
+        if target.is_dir():
+            raise ValueError(f"--json {target} is a folder; name a file to write, e.g. {target / 'scores.json'}")
+        if not target.parent.is_dir():
+            raise ValueError(f"--json {target}: folder {target.parent} not found; create it or name another file")
+
+
 def cmd_synth(args) -> int:
     from .synthetic import write_dataset
 
+    if args.count < 1:
+        raise ValueError(f"--count {args.count}: use a number of samples of 1 or more")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; name a new folder")
+    existing = [sub for sub in ("im", "gt") if (out / sub).is_dir() and any((out / sub).iterdir())]
+    if existing:
+        raise ValueError(f"--out {out} already holds a dataset ({'/, '.join(existing)}/): name a new folder")
     write_dataset(args.out, args.count, args.seed, parse_size(args.size) if args.size else None)
     print(f"training: wrote {args.count} samples to {args.out}")
     return 0
@@ -117,15 +143,20 @@ def cmd_best(args) -> int:
     from .trainer import BEST_FILE, LOG_FILE, best_epoch
 
     run = Path(args.run)
-    epoch = best_epoch(run / LOG_FILE, args.metric)
+    if not (run / LOG_FILE).is_file():
+        raise ValueError(f"{run}: no {LOG_FILE}; name the --out folder of a training run")
+    numbered = (re.fullmatch(r"epoch_(\d+)\.safetensors", path.name) for path in run.glob("epoch_*.safetensors"))
+    kept = {int(match[1]) for match in numbered if match}
+    epoch = best_epoch(run / LOG_FILE, args.metric, among=kept)
     if epoch is None:
-        raise ValueError(f"{run / LOG_FILE}: no epoch has val_{args.metric} (train with --val or --val-split)")
-    source = run / f"epoch_{epoch}.safetensors"
-    if not source.is_file():
         raise ValueError(
-            f"epoch {epoch} is the best by val_{args.metric}, but {source.name} was not kept "
-            "(--save-every); train with --save-every 1 to choose among all epochs"
+            f"{run / LOG_FILE}: no kept epoch_N file has val_{args.metric} "
+            "(train with --val or --val-split, and --save-every at most --val-every)"
         )
+    overall = best_epoch(run / LOG_FILE, args.metric)
+    if overall != epoch:
+        print(f"training: epoch {overall} scored better but its file was not kept (--save-every)")
+    source = run / f"epoch_{epoch}.safetensors"
     with atomic_path(run / BEST_FILE) as tmp:
         shutil.copyfile(source, tmp)
     print(f"training: epoch {epoch} is the best by val_{args.metric}: copied {source.name} to {run / BEST_FILE}")
@@ -154,7 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .trainer import BEST_METRICS, TrainConfig
 
     add_config_flags(t, TrainConfig)
-    t.add_argument("--restart", action="store_true", help="ignore an existing resume.pt in --out")
+    t.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over in --out: ignore its resume.pt and replace its earlier outputs",
+    )
     t.add_argument("--stop-after-epoch", type=int, default=None, help="stop early (resumable) after this epoch")
     t.set_defaults(func=cmd_train)
 
@@ -194,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_best)
 
     s = sub.add_parser("synth", help="write a synthetic dataset (im/ + gt/)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--count", type=int, default=100)
+    s.add_argument("--out", required=True, help="a new folder (an existing dataset is never overwritten)")
+    s.add_argument("--count", type=int, default=100, help="number of samples (default: 100)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", default=None, help="fixed size (default: random 224..416)")
     s.set_defaults(func=cmd_synth)

@@ -68,10 +68,14 @@ def evaluate_model(
 ) -> MetricSet:
     """Segment every image of dataset folder(s) `data` at the checkpoint's working size, score
     at the original size, optionally keeping the predicted masks."""
+    folders = [data] if isinstance(data, (str, Path)) else list(data)
+    per_folder = [find_pairs(folder) for folder in folders]
+    samples = [sample for found in per_folder for sample in found]
+    targets = prediction_paths(folders, per_folder, save_pred) if save_pred else None
     model = birefnet.load_model(weights, tile_layout=tile_layout)
     metrics = MetricSet(metrics, hce_convention)
-    backgrounds = find_backgrounds(data)
-    bar = tqdm(find_pairs(data), desc="segment + evaluate", unit="img")
+    backgrounds = find_backgrounds(folders)
+    bar = tqdm(samples, desc="segment + evaluate", unit="img")
     for index, sample in enumerate(bar):
         try:
             if sample.cutout:  # the same backdrop every time this set is evaluated
@@ -84,7 +88,31 @@ def evaluate_model(
             _report_skipped(bar, metrics.skipped[-1:])
             continue
         mask = birefnet.segment(model, image)
-        if save_pred:
-            save_image(mask_to_image(mask), Path(save_pred) / f"{sample.image.stem}.png")
+        if targets:
+            save_image(mask_to_image(mask), targets[index])
         metrics.step(mask, gt)
     return metrics
+
+
+def prediction_paths(folders, per_folder, save_pred) -> list[Path]:
+    """Where each sample of `per_folder` (each folder's `find_pairs`) has its predicted mask written:
+    save_pred/STEM.png for one dataset folder; save_pred/FOLDER/STEM.png for several (stems repeat
+    across folders: 0001.png in each), FOLDER made unique by a number when two folders share a
+    name. A file left by an earlier run is refused before any work: a prediction is never
+    overwritten."""
+    root = Path(save_pred)
+    names: list[str] = []
+    for folder in map(Path, folders):
+        name = folder.resolve().name or "data"
+        names.append(name if name not in names else f"{name}_{len(names) + 1}")
+    paths = []
+    for found, name in zip(per_folder, names):
+        where = root if len(folders) == 1 else root / name
+        paths += [where / f"{sample.image.stem}.png" for sample in found]
+    existing = [path for path in paths if path.exists()]
+    if existing:
+        raise ValueError(
+            f"--save-pred: {existing[0]} exists (from an earlier run; {len(existing)} file(s) in all): "
+            "name another --save-pred folder"
+        )
+    return paths

@@ -28,14 +28,21 @@ _FINETUNE_FACTORS = {
 }
 
 
+def finetune_phase_length(task: str, finetune_last_epochs: int | None = None) -> int:
+    """The number of epochs of the late fine-tuning phase (0: none). The official config writes it
+    negative (`finetune_last_epochs = -20`, an offset from the end); a command line says a length:
+    both forms mean the same phase."""
+    return abs(FINETUNE_LAST_EPOCHS[task] if finetune_last_epochs is None else finetune_last_epochs)
+
+
 def loss_weights(task: str, epoch: int, epochs: int, finetune_last_epochs: int | None = None) -> dict[str, float]:
     """λ for 1-based `epoch`: the preset, compounded by the fine-tuning factors once for every
-    epoch run past `epochs + finetune_last_epochs` (the official code mutates them in place at
+    epoch run in the last `finetune_last_epochs` epochs (the official code mutates them in place at
     the start of each such epoch, so a run shorter than the phase has k factors at epoch k)."""
     if task not in PRESETS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(PRESETS)}")
-    last = FINETUNE_LAST_EPOCHS[task] if finetune_last_epochs is None else finetune_last_epochs
-    steps = max(0, epoch - max(0, epochs + last)) if last else 0
+    length = finetune_phase_length(task, finetune_last_epochs)
+    steps = max(0, epoch - max(0, epochs - length)) if length else 0
     return {k: v * _FINETUNE_FACTORS[task].get(k, 1.0) ** steps for k, v in PRESETS[task].items()}
 
 

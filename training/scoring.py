@@ -28,14 +28,42 @@ def read_mask(path) -> Image.Image:
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
         image.load()
+    if image.mode == "P" and "transparency" not in image.info and not _grey_palette(image):
+        return _palette_mask(image)
     if image.mode not in HIGH_BIT_MODES:
-        return image.convert("L")
+        grey = image.convert("L")
+        return _stretched_if_binary(grey) if image.mode == "L" else grey
     array = np.asarray(image, dtype=np.float32)
+    if image.mode != "F" and array.max() == 1:  # a 0/1 mask in a 16-bit file
+        return Image.fromarray((array * 255).astype(np.float32))
     if image.mode == "F":
         scale = 255.0 if array.max() <= 1.0 else 1.0
     else:
         scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 1.0
     return Image.fromarray((array * scale).astype(np.float32))  # float32 -> mode "F"
+
+
+def _grey_palette(image: Image.Image) -> bool:
+    """True when every colour the image uses is a grey: a grey mask some tool stored with a
+    palette, whose grey levels are the mask (not class numbers)."""
+    colours = np.asarray(image.getpalette() or [], np.int32).reshape(-1, 3)
+    used = np.unique(np.asarray(image))
+    used = used[used < len(colours)]
+    return bool(len(colours)) and bool((colours[used] == colours[used][:, :1]).all())
+
+
+def _palette_mask(image: Image.Image) -> Image.Image:
+    """A palette mask (VOC style: index 0 background, 1.. the classes, shown as (128, 0, 0) ...)
+    holds class numbers, not grey levels: `convert("L")` would read index 1 as the dark red's
+    luminance (38), a faint foreground. Every index above 0 is foreground (255)."""
+    return Image.fromarray(np.where(np.asarray(image) > 0, 255, 0).astype(np.uint8))
+
+
+def _stretched_if_binary(mask: Image.Image) -> Image.Image:
+    """A mask whose largest value is 1 is a 0/1 mask (numpy's bool saved as 8-bit), not a
+    255-scale mask whose object is 1/255 bright: 1 becomes 255. Other grey masks stay as they are."""
+    low, high = mask.getextrema()
+    return mask.point(lambda v: 255 if v else 0) if high == 1 else mask
 
 
 def mask_array(mask: Image.Image) -> np.ndarray:

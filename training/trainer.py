@@ -16,6 +16,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,7 +25,7 @@ from birefnet.device import resolve_device
 from birefnet.files import atomic_path
 
 from .data import Augment, SegmentationDataset, SizedBatchSampler, collate, find_backgrounds, find_pairs
-from .losses import FINETUNE_LAST_EPOCHS, birefnet_loss, loss_weights
+from .losses import birefnet_loss, finetune_phase_length, loss_weights
 from .metrics import METRICS, MetricSet
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,37 @@ BEST_METRICS = (
 )
 LOWER_IS_BETTER = ("MAE", "HCE", "MSE")
 LOG_FILE = "metrics.jsonl"
+# Settings a resumed run must share with the run that wrote resume.pt: they decide the model, the
+# data and the optimisation. The others (--epochs to extend a run, --device, --workers, --save-every,
+# --best-metric, ...) may change between starts.
+RESUME_SETTINGS = (
+    "data",
+    "init",
+    "val",
+    "val_split",
+    "backbone",
+    "backbone_weights",
+    "tile_layout",
+    "task",
+    "finetune_last_epochs",
+    "batch_size",
+    "accumulate",
+    "size",
+    "dynamic_size",
+    "lr",
+    "weight_decay",
+    "lr_decay_epochs",
+    "precision",
+    "freeze_backbone",
+    "freeze_batchnorm",
+    "augment",
+    "background_synthesis",
+    "crop",
+    "seed",
+    "max_steps_per_epoch",
+)
+# What a run writes to its folder: a folder holding one of these and no resume.pt holds another run.
+RUN_OUTPUTS = (LOG_FILE, "final.safetensors", BEST_FILE, "epoch_*.safetensors")
 
 
 def option(default=dataclasses.MISSING, help: str = "", **argparse_options):
@@ -68,7 +100,11 @@ class TrainConfig:
         "after `birefnet download`), or 'scratch' (with --backbone)"
     )
     val: list[str] = option(list, help="validation dataset folder(s)", nargs="*")
-    val_split: float = option(0.0, help="hold out this fraction of --data for validation when no --val")
+    val_split: float = option(
+        0.0,
+        help="hold out this fraction of --data for validation when no --val (0 up to 1, drawn by a "
+        "shuffle seeded by --seed over all --data folders together)",
+    )
     best_metric: str = option(
         "Sm",
         help="validation score that picks best.safetensors (MAE, HCE, MSE: lower is better; the others higher)",
@@ -89,7 +125,10 @@ class TrainConfig:
     task: str = option("general", help="loss preset of the official recipe", choices=("DIS", "general", "matting"))
     epochs: int = option(200, help="number of epochs")
     finetune_last_epochs: int | None = option(
-        None, help="length of the late fine-tuning phase; default: the task's official value"
+        None,
+        help="length in epochs of the late fine-tuning phase (BCE off, the other losses reweighted "
+        "each epoch); -N, the official config's form, means the same; 0 turns it off; default: the "
+        "task's official value (DIS 40, general 20, matting 10)",
     )
     batch_size: int = option(4, help="images per step (per process)")
     accumulate: int = option(1, help="gradient accumulation steps")
@@ -99,7 +138,9 @@ class TrainConfig:
     )
     lr: float | None = option(None, help="learning rate; default: official (1e-4 DIS, else 1e-5) x sqrt(batch/4)")
     weight_decay: float = option(1e-2, help="AdamW weight decay")
-    lr_decay_epochs: list[int] = option(list, help="epochs after which the learning rate is divided by 10", nargs="*")
+    lr_decay_epochs: list[int] = option(
+        list, help="epochs after which the learning rate is halved (the official lr_decay_rate, 0.5)", nargs="*"
+    )
     precision: str = option(
         "fp32", help="autocast precision (fp16 with loss scaling)", choices=("fp32", "bf16", "fp16")
     )
@@ -125,6 +166,20 @@ class TrainConfig:
     max_steps_per_epoch: int | None = option(None, help="cut epochs short (quick trials)")
     device: str = option("auto", help="auto, cpu, cuda, cuda:N, mps")
     tensorboard: bool = option(False, help="also log to TensorBoard in the run folder")
+
+    def __post_init__(self):
+        """Settings that cannot train refused up front, as one line, rather than as a division by
+        zero after an epoch has run."""
+        for name in ("epochs", "batch_size", "accumulate", "save_every", "val_every", "max_steps_per_epoch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {value}: use a whole number of 1 or more")
+        if min(self.size) < 32:
+            raise ValueError(f"--size {self.size[1]}x{self.size[0]}: use at least 32 pixels a side, e.g. 1024")
+        if not 0 <= self.val_split < 1:
+            raise ValueError(f"--val-split {self.val_split}: use a fraction from 0 up to (not including) 1, e.g. 0.1")
+        if self.workers < 0:
+            raise ValueError(f"--workers {self.workers}: use 0 (load in the main process) or more")
 
     def learning_rate(self) -> float:
         if self.lr is not None:
@@ -183,6 +238,20 @@ def _remove_stale_temporaries(folder: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+def split_validation(pairs: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(training, validation) pairs: `fraction` of them (at least one) held out, drawn by a
+    shuffle seeded by `seed` over all --data folders together, so that validation is not the
+    last folder's last files; each part keeps the listing order."""
+    cut = max(1, int(len(pairs) * fraction))
+    if cut >= len(pairs):
+        raise ValueError(
+            f"--val-split {fraction} of {len(pairs)} pair(s) leaves nothing to train on: "
+            "use a smaller --val-split, more data, or --val FOLDER"
+        )
+    held = set(np.random.default_rng([seed, 1 << 22]).permutation(len(pairs))[:cut].tolist())
+    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -199,8 +268,7 @@ class Trainer:
         pairs = find_pairs(cfg.data)
         val_pairs = find_pairs(cfg.val) if cfg.val else []
         if cfg.val_split and not val_pairs:
-            cut = max(1, int(len(pairs) * cfg.val_split))
-            pairs, val_pairs = pairs[:-cut], pairs[-cut:]
+            pairs, val_pairs = split_validation(pairs, cfg.val_split, cfg.seed)
         augment = Augment(crop=cfg.crop, background_synthesis=cfg.background_synthesis) if cfg.augment else None
         backgrounds = find_backgrounds(cfg.data)
         self.train_set = SegmentationDataset(pairs, augment, cfg.seed, backgrounds)
@@ -242,12 +310,12 @@ class Trainer:
         if cfg.compile:  # around DDP, so that its hooks stay outside the compiled graph
             self.net = torch.compile(self.net, backend=cfg.compile)
         self.start_epoch = 1
-        phase = cfg.finetune_last_epochs if cfg.finetune_last_epochs is not None else FINETUNE_LAST_EPOCHS[cfg.task]
-        if phase and cfg.epochs <= -phase:
+        phase = finetune_phase_length(cfg.task, cfg.finetune_last_epochs)
+        if phase and cfg.epochs <= phase:
             log.warning(
                 "the late fine-tuning phase (last %d epochs) covers the whole %d-epoch run, so BCE is off "
                 "from epoch 1; set --finetune-last-epochs (0 disables it)",
-                -phase,
+                phase,
                 cfg.epochs,
             )
         self.writer = None
@@ -292,6 +360,8 @@ class Trainer:
         if not path.is_file():
             return False
         state = torch.load(path, map_location="cpu", weights_only=True)
+        if "config" in state:  # files of earlier versions did not keep it
+            check_same_settings(json.loads(state["config"]), self.cfg, path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -320,11 +390,8 @@ class Trainer:
         path = self.out / LOG_FILE
         if self.rank != 0 or not path.is_file():
             return
-        lines = path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
-        if len(kept) != len(lines):
-            with atomic_path(path) as tmp:
-                tmp.write_text("".join(line + "\n" for line in kept))
+        kept = [record for record in read_log(path) if record.get("epoch", 0) <= epoch]
+        write_log(path, kept)
 
     # ------------------------------------------------------------------ loop
 
@@ -390,11 +457,14 @@ class Trainer:
                 metrics.step(prob[0], mask[0])
         return metrics.results()
 
-    def run(self, stop_after_epoch: int | None = None) -> Path:
-        """Train to `cfg.epochs` (or stop after `stop_after_epoch`, resumable later); the last checkpoint."""
+    def run(self, stop_after_epoch: int | None = None) -> Path | None:
+        """Train to `cfg.epochs` (or stop after `stop_after_epoch`, resumable later); the last checkpoint,
+        or None when no epoch was left to run (a resumed run already past that point)."""
         cfg = self.cfg
         final = self.out / "final.safetensors"
         last = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
+        if last < self.start_epoch:
+            return None
         if self.start_epoch == 1 and self.rank == 0:  # a fresh run starts a fresh log
             (self.out / LOG_FILE).unlink(missing_ok=True)
         for epoch in range(self.start_epoch, last + 1):
@@ -404,8 +474,7 @@ class Trainer:
                 if self.val_set is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
                     record.update({f"val_{k}": v for k, v in self.validate().items()})
                 record["seconds"] = round(time.time() - started, 2)
-                with open(self.out / LOG_FILE, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                write_log(self.out / LOG_FILE, [*read_log(self.out / LOG_FILE), record])
                 if self.writer is not None:
                     for key, value in record.items():
                         if key != "epoch":
@@ -427,12 +496,87 @@ class Trainer:
         return final if last == cfg.epochs else self.out / f"epoch_{last}.safetensors"
 
 
-def best_epoch(log_file, metric: str = "Sm") -> int | None:
-    """The epoch of metrics.jsonl with the best `val_<metric>` (the earliest among equals), or None."""
+def _flag(name: str, value) -> str:
+    shown = " ".join(map(str, value)) if isinstance(value, list) else value
+    return f"--{name.replace('_', '-')} {shown}"
+
+
+def check_same_settings(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    """Refuse to resume with settings that change the model, the data or the optimisation: the
+    result would be neither the old run nor a new one (or the weights would not even load)."""
+    now = json.loads(json.dumps(asdict(cfg)))  # tuples as lists, as they were saved
+    same_phase = lambda a, b: a is not None and b is not None and abs(a) == abs(b)  # -N and N: one phase
+    changed = [
+        name
+        for name in RESUME_SETTINGS
+        if name in saved
+        and saved[name] != now[name]
+        and not (name == "finetune_last_epochs" and same_phase(saved[name], now[name]))
+    ]
+    if changed:
+        differences = ", ".join(f"{_flag(n, now[n])} (was {_flag(n, saved[n]).split(' ', 1)[1]})" for n in changed)
+        raise ValueError(
+            f"{path} was written with other settings: {differences}; resume with the same options, "
+            "use another --out, or add --restart to start over in this folder"
+        )
+
+
+def check_resume_settings(cfg: TrainConfig) -> None:
+    """`check_same_settings` before any model is built (a changed --init or --backbone would
+    otherwise fail first, in loading); resume.pt is memory-mapped, its weights are not read."""
+    path = Path(cfg.out) / RESUME_FILE
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if "config" in state:
+            check_same_settings(json.loads(state["config"]), cfg, path)
+
+
+def check_fresh_folder(out: Path) -> None:
+    """A new run never replaces another run's outputs: a folder holding them but no resume.pt
+    (deleted, or the run stopped before its first epoch ended) is refused."""
+    found = sorted({path.name for pattern in RUN_OUTPUTS for path in out.glob(pattern)})
+    if found and not (out / RESUME_FILE).is_file():
+        raise ValueError(
+            f"{out} holds another run's outputs ({_listing(found)}) but no {RESUME_FILE} to continue from: "
+            "use another --out, or add --restart to replace them"
+        )
+
+
+def _listing(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def read_log(log_file) -> list[dict]:
+    """The records of metrics.jsonl. A last line cut short (a crash while it was written, by an
+    earlier version that appended in place) is left out rather than making the log unreadable."""
+    path = Path(log_file)
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f"{path}: line {number} is not JSON; delete that line and run again") from None
+            log.warning("%s: leaving out its last line, cut short by an interrupted write", path)
+    return records
+
+
+def write_log(log_file, records: list[dict]) -> None:
+    """metrics.jsonl replaced in one step (atomically): a crash leaves the old or the new log, never
+    a torn line."""
+    with atomic_path(log_file) as tmp:
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+
+def best_epoch(log_file, metric: str = "Sm", among=None) -> int | None:
+    """The epoch of metrics.jsonl with the best `val_<metric>` (the earliest among equals), or None;
+    only epochs in `among` when given (those whose checkpoint was kept)."""
     key, sign = f"val_{metric}", (-1 if metric in LOWER_IS_BETTER else 1)
     best = None
-    for line in Path(log_file).read_text().splitlines() if Path(log_file).is_file() else []:
-        record = json.loads(line)
+    for record in read_log(log_file):
+        if among is not None and record.get("epoch") not in among:
+            continue
         if key in record and (best is None or sign * record[key] > sign * best[1]):
             best = (record["epoch"], record[key])
     return None if best is None else best[0]
@@ -443,7 +587,12 @@ def summary(record: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
 
 
-def train(cfg: TrainConfig, resume: bool = True, stop_after_epoch: int | None = None) -> Path:
+def train(cfg: TrainConfig, resume: bool = True, stop_after_epoch: int | None = None) -> Path | None:
+    """Train (resuming from cfg.out's resume.pt unless `resume` is False: --restart); the last
+    checkpoint written, or None when the run had already gone past the epochs asked for."""
+    if resume:
+        check_fresh_folder(Path(cfg.out))
+        check_resume_settings(cfg)
     trainer = Trainer(cfg)
     if resume:
         trainer.resume()
