@@ -23,7 +23,7 @@ def parse_box(text: str) -> tuple[int, int, int, int]:
     try:
         x, y, w, h = (int(round(float(v))) for v in text.replace(" ", "").split(","))
     except (ValueError, OverflowError):  # OverflowError: int(round(inf)), and 1e400 parses as inf
-        raise ValueError(f"box {text!r}: use x,y,w,h in finite pixels, e.g. 120,80,400,300") from None
+        raise ValueError(f"box {text!r}: use x,y,w,h in pixels, e.g. 120,80,400,300") from None
     if w <= 0 or h <= 0:
         raise ValueError(f"box {text!r}: width and height must be positive")
     return x, y, w, h
