@@ -149,8 +149,7 @@ def cmd_segment(args) -> int:
     inputs = [file for file, _ in files]
     files, outputs = shard(files, rank, world), shard(outputs, rank, world)  # names chosen before sharding
     check_outputs([path for paths in outputs for path in written_paths(paths, args.cutout)], inputs, args.overwrite)
-    check_out(out_dir)
-    model = _load(args)
+    model = load_for(args, out_dir)
     if rank == 0:
         print(model.info.describe(), file=sys.stderr)
     if world > 1:
@@ -258,6 +257,20 @@ def check_out(out_dir: Path) -> None:
         raise ValueError(f"--out {out_dir}: cannot write there ({reason}); choose another --out") from None
 
 
+def load_for(args, out_dir: Path) -> torch.nn.Module:
+    """The model, once --out is known to be writable; an --out this run created is removed again (if still
+    empty) when the model does not load, so a failed run leaves nothing behind."""
+    created = not out_dir.exists()
+    check_out(out_dir)
+    try:
+        return _load(args)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
+
+
 def written_paths(paths: tuple[Path, ...], cutouts: bool) -> list[Path]:
     """The planned (mask, cut-out, objects...) paths this run writes: the cut-out only with --cutout."""
     return [paths[0], *([paths[1]] if cutouts else []), *paths[2:]]
@@ -283,8 +296,7 @@ def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
         raise ValueError("--highres and --box are for images; for video use --resolution / --max-megapixels")
     out_dir = Path(args.out)
     check_video_outputs(videos, out_dir, args)
-    check_out(out_dir)
-    model = _load(args)
+    model = load_for(args, out_dir)
     print(model.info.describe(), file=sys.stderr)
     for path in videos:
         with VideoSource(path) as source, contextlib.ExitStack() as outputs:

@@ -104,6 +104,7 @@ def test_without_weights_or_embedded_model_says_where_to_get_them(tmp_path, monk
     Image.new("RGB", (8, 8)).save(image)
     missing = run_cli("segment", image, "--out", tmp_path / "out", env={"BIREFNET_WEIGHTS": str(tmp_path / "none.pth")})
     assert missing.returncode == 2 and "none.pth: file not found" in missing.stderr
+    assert not (tmp_path / "out").exists()  # the --out this run made for nothing is gone again
 
 
 def test_bad_weights_give_one_line(tmp_path):
