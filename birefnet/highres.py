@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .inference import model_resolution, predict, resize, to_rgb_tensor, working_size
+from .inference import model_working_size, predict, resize, to_rgb_tensor
 
 DEFAULT_FINE_MEGAPIXELS = 4.2  # megapixels: 2048x2048 fits
 
@@ -100,9 +100,7 @@ def segment_highres(
         raise ValueError(f"fine_megapixels must be positive, got {fine_megapixels}")
     rgb = to_rgb_tensor(image)
     _, height, width = rgb.shape
-    if resolution is None:
-        resolution = model_resolution(model)
-    coarse_size = working_size(height, width, resolution, max_megapixels)
+    coarse_size = model_working_size(model, height, width, resolution, max_megapixels)
     coarse = predict(model, resize(rgb[None], coarse_size)).cpu()[0, 0]
     if callback is not None:
         callback(1, 2)

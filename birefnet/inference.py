@@ -166,6 +166,16 @@ def native_megapixels(model) -> float:
     return height * width / 1e6
 
 
+def model_working_size(model, height: int, width: int, resolution=None, max_megapixels: float | None = None):
+    """`working_size` with the checkpoint's defaults: its own size for None, its own area for "aspect"
+    without a cap."""
+    if resolution is None:
+        resolution = model_resolution(model)
+    if resolution == "aspect" and not max_megapixels:
+        max_megapixels = native_megapixels(model)
+    return working_size(height, width, resolution, max_megapixels)
+
+
 @torch.inference_mode()
 def predict(model, batch: torch.Tensor) -> torch.Tensor:
     """Probabilities (B, 1, h, w) float32 for an RGB batch (B, 3, h, w) in [0, 1], h, w multiples of 32,
@@ -221,11 +231,7 @@ def segment(
     tensors = [to_rgb_tensor(images)] if single else [to_rgb_tensor(im) for im in images]
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if resolution is None:
-        resolution = model_resolution(model)
-    if resolution == "aspect" and not max_megapixels:
-        max_megapixels = native_megapixels(model)
-    sizes = [working_size(t.shape[1], t.shape[2], resolution, max_megapixels) for t in tensors]
+    sizes = [model_working_size(model, t.shape[1], t.shape[2], resolution, max_megapixels) for t in tensors]
     masks: list[torch.Tensor | None] = [None] * len(tensors)
     order = sorted(range(len(tensors)), key=lambda i: sizes[i])  # group equal sizes, stable
     done = 0

@@ -7,7 +7,7 @@ import torch
 import birefnet
 from birefnet.guidance import parse_box, segment_regions
 from birefnet.highres import DEFAULT_FINE_MEGAPIXELS
-from birefnet.inference import model_resolution, native_megapixels, working_size
+from birefnet.inference import model_working_size
 from birefnet.refine import composite, parse_colour
 from birefnet.temporal import TemporalSmoother
 
@@ -29,10 +29,7 @@ def resolution_for(mode: str, width: int, height: int):
 
 def working_pixels(handle, frame: torch.Tensor, resolution, max_megapixels: float) -> int:
     """Pixels of the network input for one (H, W, C) frame: what a forward's activation memory grows with."""
-    chosen = resolution or model_resolution(handle)
-    if chosen == "aspect" and not max_megapixels:
-        max_megapixels = native_megapixels(handle)
-    height, width = working_size(frame.shape[0], frame.shape[1], chosen, max_megapixels or None)
+    height, width = model_working_size(handle, frame.shape[0], frame.shape[1], resolution, max_megapixels or None)
     return height * width
 
 

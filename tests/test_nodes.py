@@ -231,10 +231,14 @@ def test_aspect_mode_without_a_cap_keeps_the_checkpoints_area(pack):
     hook = handle.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
     try:
         pack.nodes.segment.segment(handle, torch.rand(1, 60, 120, 3), resolution="aspect", max_megapixels=0.0)
+        pack.nodes.segment.segment(  # coarse to fine: its coarse pass at the same size
+            handle, torch.rand(1, 60, 120, 3), resolution="aspect", max_megapixels=0.0, coarse_to_fine=True
+        )
     finally:
         hook.remove()
     (height, width), area = seen[0], native_megapixels(handle) * 1e6
     assert abs(width / height - 2) < 0.1 and 0.8 * area <= height * width <= 1.25 * area
+    assert seen[1] == seen[0]
     assert pack.nodes.segment.working_pixels(handle, torch.rand(60, 120, 3), "aspect", 0.0) == height * width
 
 

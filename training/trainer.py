@@ -359,9 +359,7 @@ class Trainer:
         path = self.out / RESUME_FILE
         if not path.is_file():
             return False
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if "config" in state:  # files of earlier versions did not keep it
-            check_same_settings(json.loads(state["config"]), self.cfg, path)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # settings checked by train() first
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

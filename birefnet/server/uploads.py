@@ -21,9 +21,9 @@ from .errors import RequestError
 
 FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")  # no decoder that runs external programs (EPS) or scripts
 OUTPUTS = ("mask", "rgba")
-# Pixels each way a refinement may reach. Their cost grows with the radius (grow and the guided filter with
-# its square: on one CPU core and a 1-megapixel image, grow 64 takes ~9 s, guided_radius 128 minutes), and
-# the one model thread waits meanwhile; far larger values change nothing visible anyway.
+# Pixels each way a refinement may reach. Their cost grows with the radius (the guided filter's with its
+# square: on one CPU core and a 1-megapixel image, guided_radius 128 takes minutes), and the one model
+# thread waits meanwhile; far larger values change nothing visible anyway.
 MAX_RADIUS = {"grow": 64, "guided_radius": 32, "feather": 256, "foreground_radius": 256}
 _PILLOW_LIMIT = threading.Lock()  # decodes run in the thread pool; one changes Pillow's limit at a time
 
