@@ -7,13 +7,26 @@ algorithms) and replays them with one call, reading from a static input buffer a
 static output buffer. Each model keeps a small least-recently-used set of graphs, one per
 (input shape, input dtype, device, deformable-convolution choice), all in one memory pool (their
 scratch memory is shared: they never run at once); a batch smaller than a captured one (the last
-chunk of a clip) is padded into it instead of capturing again. Any capture failure falls back to
-eager with a one-line warning, and that shape is not tried again.
+chunk of a clip) is padded into it instead of capturing again. A shape is captured the second time
+it comes (`CAPTURE_AT`): a size seen once (an aspect-ratio working size for one photo) never pays
+the capture, which costs about 15 s the first time on a machine (Triton compiling the deformable
+convolution; its disk cache keeps the kernels) and a few seconds after. A forward that
+synchronises with the host cannot be captured, and a capture that fails half-way can leave
+PyTorch's allocator holding memory for the rest of the process: the second warm-up run checks
+for synchronisation first (`torch.cuda.set_sync_debug_mode("error")`), and only a forward that
+passes is captured. Any failure runs that shape eager from then on, said in one warning line.
+A graph keeps its memory between calls; `release(model)` frees it (the ComfyUI nodes do after
+each run, since ComfyUI's memory manager cannot see it).
 
-Off by default: this path has not yet been measured on a GPU (exactness and speed, see
-docs/benchmarks.md, "GPU check: prepared, not yet run"). Turn it on for every model with the
-environment variable BIREFNET_CUDA_GRAPHS=1, or for one model with `enable(model)`.
-It applies only on CUDA, in inference; everything else runs eager as before.
+torchvision's deformable convolution cannot be captured: replayed, its output belongs to the
+capture's input (measured on an H200: 3.8e-2 relative error against eager). Inside a graph the
+deformable convolution is therefore the fused Triton kernel (`deform_conv_triton`; the banded
+`grid_sample` form where Triton is missing), whatever `deform_conv.chosen_implementation()` says
+for eager runs.
+
+On by default on CUDA (Swin-L 1024² fp16 on an H200: 0.62x eager's time, within fp16 rounding
+of it; docs/benchmarks.md). BIREFNET_CUDA_GRAPHS=0 turns it off for every model, `enable(model,
+False)` for one. It applies only on CUDA, in inference; everything else runs eager.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 from weakref import WeakKeyDictionary
@@ -30,13 +44,14 @@ from weakref import WeakKeyDictionary
 import torch
 from torch import nn
 
-from .deform_conv import chosen_implementation
+from . import device_constants
+from .deform_conv import chosen_implementation, implementation
 
 ENV = "BIREFNET_CUDA_GRAPHS"
 MAX_GRAPHS = 4  # per model; they share one memory pool, about the largest forward's activation memory
-WARMUP_RUNS = 2
+CAPTURE_AT = 2  # the call of a shape that captures it; the calls before run eager
 _ON = ("1", "true", "yes", "on")
-_OFF = ("", "0", "false", "no", "off")
+_OFF = ("0", "false", "no", "off")
 
 log = logging.getLogger("birefnet")
 _OVERRIDES: WeakKeyDictionary[nn.Module, bool] = WeakKeyDictionary()
@@ -44,8 +59,11 @@ _CACHES: WeakKeyDictionary[nn.Module, GraphCache] = WeakKeyDictionary()
 
 
 def parse_switch(text: str | None) -> bool:
-    """The switch's value: 1/true/yes/on or 0/false/no/off (or unset); anything else is a one-line error."""
-    value = (text or "").strip().lower()
+    """The switch's value: 1/true/yes/on (or unset: the default) or 0/false/no/off; anything else is a
+    one-line error."""
+    if text is None or not text.strip():
+        return True
+    value = text.strip().lower()
     if value in _ON:
         return True
     if value in _OFF:
@@ -72,6 +90,37 @@ def enabled(model: nn.Module, device: torch.device) -> bool:
     return parse_switch(os.environ.get(ENV)) if on is None else on
 
 
+def release(model: nn.Module) -> None:
+    """Free `model`'s captured graphs and their memory; the next calls capture again when due."""
+    cache = _CACHES.pop(model, None)
+    if cache is not None:
+        cache.clear()
+
+
+@contextmanager
+def synchronisation_raises():
+    """Inside, an operation that makes the host wait for the GPU raises instead (what capture refuses)."""
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+def capture_safe_implementation() -> str:
+    """The deformable convolution a graph captures: the chosen one if it is capture-safe (triton,
+    banded), else Triton's kernel where Triton imports, else the banded form."""
+    choice = chosen_implementation()
+    if choice in ("triton", "banded"):
+        return choice
+    try:
+        from . import deform_conv_triton  # noqa: F401  (comes with PyTorch's CUDA wheels on Linux)
+    except ImportError:
+        return "banded"
+    return "triton"
+
+
 def cache_for(model: nn.Module) -> GraphCache:
     """The model's graph cache (created on first use; it lives as long as the model)."""
     cache = _CACHES.get(model)
@@ -85,6 +134,7 @@ class _Graph:
     graph: torch.cuda.CUDAGraph
     static_input: torch.Tensor
     static_output: torch.Tensor
+    constants: tuple = ()  # the device constants it read at capture (kept alive: it holds their addresses)
 
 
 class GraphCache:
@@ -96,10 +146,12 @@ class GraphCache:
     (`model.to(...)`, `half()`); in-place loads (`load_state_dict`) keep them valid.
     """
 
-    def __init__(self, model: nn.Module, max_graphs: int = MAX_GRAPHS):
+    def __init__(self, model: nn.Module, max_graphs: int = MAX_GRAPHS, capture_at: int = CAPTURE_AT):
         self.model = model
         self.max_graphs = max_graphs
+        self.capture_at = capture_at
         self.graphs: OrderedDict[tuple, _Graph | None] = OrderedDict()  # None: capture failed, run eager
+        self.sightings: OrderedDict[tuple, int] = OrderedDict()  # calls of shapes not captured yet
         self.captures = 0  # graphs captured so far (tests and the benchmark read it)
         self._weights = self._weight_pointers()
         self._lock = threading.Lock()
@@ -110,7 +162,18 @@ class GraphCache:
 
     def clear(self) -> None:
         self.graphs.clear()
+        self.sightings.clear()
         self._pools.clear()  # the next capture starts a fresh pool
+
+    def due(self, key: tuple) -> bool:
+        """Count one call of an uncaptured shape; True when this call should capture it."""
+        count = self.sightings.pop(key, 0) + 1
+        if count >= self.capture_at:
+            return True
+        self.sightings[key] = count
+        while len(self.sightings) > 4 * self.max_graphs:  # a stream of one-off sizes stays bounded
+            self.sightings.popitem(last=False)
+        return False
 
     def run(self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cuda":
@@ -120,9 +183,13 @@ class GraphCache:
             if weights != self._weights:
                 self.clear()
                 self._weights = weights
-            key, entry = self._find(x)
+            deform = capture_safe_implementation()
+            key, entry = self._find(x, deform)
             if key not in self.graphs:
-                entry = self._capture(forward, x, key)
+                if not self.due(key):
+                    return forward(x)
+                with implementation(deform):
+                    entry = self._capture(forward, x, key)
             self.graphs.move_to_end(key)
             if entry is None:
                 return forward(x)
@@ -131,10 +198,10 @@ class GraphCache:
             entry.graph.replay()
             return entry.static_output[:batch].clone()
 
-    def _find(self, x: torch.Tensor) -> tuple[tuple, _Graph | None]:
+    def _find(self, x: torch.Tensor, deform: str) -> tuple[tuple, _Graph | None]:
         """The exact graph for x, else the smallest captured one it pads into, else x's own key (not cached).
         The deformable-convolution choice is part of the key: a graph replays the kernels it captured."""
-        key = (tuple(x.shape), x.dtype, x.device, chosen_implementation())
+        key = (tuple(x.shape), x.dtype, x.device, deform)
         if key in self.graphs:
             return key, self.graphs[key]
         larger = [
@@ -157,9 +224,11 @@ class GraphCache:
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
-                    for _ in range(WARMUP_RUNS):
-                        forward(static_input)
+                    forward(static_input)  # makes the constants, compiles Triton's kernel, picks cuDNN's plans
+                    with synchronisation_raises():
+                        forward(static_input)  # found here, a synchronising forward is never captured
                 torch.cuda.current_stream().wait_stream(side)
+                torch.cuda.empty_cache()  # eager's cached blocks back: the graph's own pool can take them
                 graph = torch.cuda.CUDAGraph()
                 # Graphs of one model never run at once (the lock), and each keeps its output alive,
                 # so a later capture may reuse only other graphs' scratch memory: one pool for all.
@@ -168,13 +237,13 @@ class GraphCache:
                 pool = self._pools[x.device]
                 with torch.cuda.graph(graph, pool=pool):
                     static_output = forward(static_input)
-            entry = _Graph(graph, static_input, static_output)
+            entry = _Graph(graph, static_input, static_output, device_constants.alive())
             self.captures += 1
             # The first-call cost users see (warm-up runs, cuDNN/Triton tuning, capture), said once per shape.
             log.info("CUDA graph for input %s %s captured in %.1f s", key[0], key[1], time.perf_counter() - started)
         except Exception as err:  # any failure: eager for this shape from now on, said once
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            log.warning("CUDA graph capture failed for input %s %s (%s); running eager", key[0], key[1], reason)
+            log.warning("CUDA graph not captured for input %s %s (%s); running eager", key[0], key[1], reason)
             entry = None
         self.graphs[key] = entry
         return entry

@@ -4,7 +4,9 @@ They are computed on the CPU and copied to the model's device the first time onl
 every forward would make the GPU wait each time (a copy from pageable host memory synchronises)
 and cannot be captured in a CUDA graph. They are made outside inference mode, so that a constant
 first asked for in inference also serves training. Traced or fake tensors (torch.compile, export,
-memory estimates) are never kept.
+memory estimates) are never kept. A captured CUDA graph reads its constants by address, so it
+keeps a reference to every constant alive at its capture (`alive()`): one dropped from this cache
+later stays allocated for the graph.
 """
 
 from __future__ import annotations
@@ -39,3 +41,8 @@ def device_constant(key: tuple, like: torch.Tensor, make: Callable[[], object], 
     if len(_CACHE) > LIMIT:
         _CACHE.popitem(last=False)
     return value
+
+
+def alive() -> tuple:
+    """Every constant kept now (a CUDA graph holds these so that none is freed under it)."""
+    return tuple(_CACHE.values())

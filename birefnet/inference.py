@@ -134,10 +134,36 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def resize(x: torch.Tensor, size) -> torch.Tensor:
-    """Bilinear resize of (B, C, H, W), antialiased when shrinking."""
+    """Bilinear resize of (B, C, H, W), antialiased when shrinking.
+
+    PyTorch's CUDA kernel refuses large shrink factors (its filter must fit in shared memory: an
+    8K image to 512 px, say); there the same filter runs as two matrix products."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    try:
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    except RuntimeError as err:
+        if "shared memory" not in str(err):
+            raise
+    rows = antialiased_bilinear_matrix(x.shape[-2], size[0], x.device)
+    cols = antialiased_bilinear_matrix(x.shape[-1], size[1], x.device)
+    out = torch.einsum("oh,bchw,pw->bcop", rows, x.float(), cols)
+    return out.to(x.dtype)
+
+
+def antialiased_bilinear_matrix(n_in: int, n_out: int, device) -> torch.Tensor:
+    """(n_out, n_in) weights of PyTorch's (and PIL's) antialiased bilinear resize along one axis:
+    output i averages the inputs within `scale` of its centre (scale = n_in / n_out, at least 1)
+    with a triangle filter stretched by the scale, normalised to sum 1."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centre = scale * (torch.arange(n_out, dtype=torch.float64) + 0.5)
+    first = (centre - support + 0.5).trunc().clamp(min=0)
+    last = (centre + support + 0.5).trunc().clamp(max=n_in)
+    j = torch.arange(n_in, dtype=torch.float64)
+    inside = (j >= first[:, None]) & (j < last[:, None])
+    weights = (1 - ((j[None] - centre[:, None] + 0.5) / support).abs()).clamp(min=0) * inside
+    return (weights / weights.sum(dim=1, keepdim=True)).to(device=device, dtype=torch.float32)
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -179,8 +205,8 @@ def model_working_size(model, height: int, width: int, resolution=None, max_mega
 @torch.inference_mode()
 def predict(model, batch: torch.Tensor) -> torch.Tensor:
     """Probabilities (B, 1, h, w) float32 for an RGB batch (B, 3, h, w) in [0, 1], h, w multiples of 32,
-    on the model's device. On CUDA with `cuda_graphs` switched on (off by default) the forward is a
-    replayed CUDA graph per input shape and dtype."""
+    on the model's device. On CUDA the forward is a
+    replayed CUDA graph per input shape and dtype (`cuda_graphs`; BIREFNET_CUDA_GRAPHS=0 turns it off)."""
     param = next(model.parameters())
     x = batch.to(device=param.device, dtype=torch.float32)
     forward = lambda x: torch.sigmoid(model(normalise(x).to(param.dtype)).float())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import birefnet
+from birefnet import cuda_graphs
 
 from . import host
 
@@ -31,6 +32,11 @@ class BiRefNetHandle:
             host.load_to_device(self.patcher, memory_required=working_pixels * per_pixel)
             return self.patcher.model
         return self.model.to(self.device)
+
+    def release_graphs(self) -> None:
+        """Free the CUDA graphs of this run (a clip's frames share them within a run): memory they would
+        keep between runs is memory ComfyUI's manager cannot see or free for other models."""
+        cuda_graphs.release(self.model)
 
     def use_fp32(self) -> None:
         """Half precision overflowed (NaN): continue in fp32 for good."""

@@ -149,18 +149,21 @@ def segment(
 ):
     chosen = resolution_for(resolution, width, height)
     box_list = parse_boxes(boxes)
-    if box_list or region is not None:
-        if coarse_to_fine or temporal > 0:
-            raise ValueError(
-                "Segment: boxes and region do not combine with coarse_to_fine or temporal (each object is "
-                "segmented on its own, in detail); turn those off, or remove the boxes and region"
-            )
-        mask, objects = segment_guided(birefnet_model, image, box_list, region, chosen, max_megapixels)
-    else:
-        mask = segment_batch(
-            birefnet_model, image, chosen, max_megapixels, batch_size, coarse_to_fine, fine_megapixels, temporal
+    if (box_list or region is not None) and (coarse_to_fine or temporal > 0):
+        raise ValueError(
+            "Segment: boxes and region do not combine with coarse_to_fine or temporal (each object is "
+            "segmented on its own, in detail); turn those off, or remove the boxes and region"
         )
-        objects = mask
+    try:
+        if box_list or region is not None:
+            mask, objects = segment_guided(birefnet_model, image, box_list, region, chosen, max_megapixels)
+        else:
+            mask = segment_batch(
+                birefnet_model, image, chosen, max_megapixels, batch_size, coarse_to_fine, fine_megapixels, temporal
+            )
+            objects = mask
+    finally:
+        birefnet_model.release_graphs()
     rgb = host.rgb_channels_first(image).to(mask.device)
     cutout = composite(rgb, mask, parse_colour(background)).permute(0, 2, 3, 1)
     rgba = torch.cat([rgb, mask[:, None]], dim=1).permute(0, 2, 3, 1)

@@ -221,3 +221,29 @@ def test_grow_is_the_square_windows_grey_morphology(pixels):
     sign = 1 if pixels > 0 else -1
     square = sign * F.max_pool2d(sign * mask[:, None], 2 * r + 1, stride=1, padding=r)[:, 0]
     assert torch.equal(grow(mask, pixels), square)
+
+
+@pytest.mark.parametrize(
+    "size_in, size_out", [((3000, 2999), (100, 37)), ((97, 120), (1024, 333)), ((8192, 640), (512, 640))]
+)
+def test_antialiased_resize_as_matrices_equals_pytorchs(size_in, size_out):
+    """The form `resize` falls back to where PyTorch's CUDA kernel refuses a large shrink factor."""
+    from birefnet.inference import antialiased_bilinear_matrix
+
+    x = torch.rand(1, 2, *size_in, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.interpolate(x, size=size_out, mode="bilinear", antialias=True)
+    rows, cols = (antialiased_bilinear_matrix(n, m, "cpu") for n, m in zip(size_in, size_out))
+    assert (torch.einsum("oh,bchw,pw->bcop", rows, x, cols) - expected).abs().max() < 5e-5
+
+
+def test_resize_falls_back_to_matrices_when_the_kernel_refuses_the_factor(monkeypatch):
+    from birefnet import inference
+
+    x = torch.rand(1, 1, 900, 40, generator=torch.Generator().manual_seed(1))
+    expected = inference.resize(x, (30, 40))
+
+    def refuse(*args, **kwargs):  # what PyTorch's CUDA kernel raises for such a factor
+        raise RuntimeError("Too much shared memory required: 66820 vs 49152")
+
+    monkeypatch.setattr(inference.F, "interpolate", refuse)
+    assert (inference.resize(x, (30, 40)) - expected).abs().max() < 5e-5

@@ -27,6 +27,24 @@ def handle(pack, b0_weights):
     return pack.nodes.loader.load(str(b0_weights), device="cpu", dtype="auto", tile_layout="current")[0]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_clip_shares_cuda_graphs_within_a_run_and_frees_them_after(pack, b0_weights, monkeypatch):
+    """ComfyUI's memory manager cannot see what a captured graph keeps: a run's graphs go with it."""
+    from birefnet import cuda_graphs
+
+    cuda = pack.nodes.loader.load(str(b0_weights), device="cuda", dtype="fp16", tile_layout="current")[0]
+    caches = []
+    capture = cuda_graphs.GraphCache._capture
+    monkeypatch.setattr(cuda_graphs.GraphCache, "_capture", lambda self, *a: caches.append(self) or capture(self, *a))
+    frames = torch.rand(4, 96, 128, 3)
+    mask = pack.nodes.segment.segment(cuda, frames, resolution="custom", width=128, height=128)[0]
+    assert len(caches) == 1 and caches[0].captures == 1  # frame 2 captured, frames 3 and 4 replayed
+    assert cuda.model not in cuda_graphs._CACHES and not caches[0].graphs  # freed when the run ended
+    cuda_graphs.enable(cuda.model, False)
+    eager = pack.nodes.segment.segment(cuda, frames, resolution="custom", width=128, height=128)[0]
+    assert (mask - eager).abs().max() < 1e-2
+
+
 def test_v1_registration_without_comfy_api(pack):
     assert set(pack.NODE_CLASS_MAPPINGS) == {
         "BiRefNetLoader",

@@ -49,12 +49,14 @@ class RopeTablesOnDevice(RotaryEmbeddingDinoV3):
     a grid shape is a constant: it is made once by timm's own code and kept (`device_constant`).
     """
 
-    def get_embed(self, shape=None, dtype=None) -> torch.Tensor:
+    def get_embed(self, shape=None, *args, **kwargs) -> torch.Tensor:
+        # Whatever timm passes after the shape (newer releases add a dtype) goes through unchanged.
         if shape is None or self.training:
-            return super().get_embed(shape, dtype)
+            return super().get_embed(shape, *args, **kwargs)
         settings = (self.dim, self.temperature, self.min_period, self.max_period, self.normalize_coords)
-        settings += (self.grid_offset, self.grid_indexing, self.rotate_half, tuple(shape), dtype)
-        make = lambda: super(RopeTablesOnDevice, self).get_embed(shape, dtype)
+        settings += (self.grid_offset, self.grid_indexing, self.rotate_half, tuple(shape), args)
+        settings += tuple(sorted(kwargs.items()))
+        make = lambda: super(RopeTablesOnDevice, self).get_embed(shape, *args, **kwargs)
         return device_constant(("dinov3_rope", *settings), self.periods, make)
 
 
