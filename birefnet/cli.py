@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -133,6 +134,11 @@ def cmd_segment(args) -> int:
         return _segment_videos(args, videos, [item for item in args.inputs if Path(item) not in videos])
     check_highres(args.box, args.highres)
     out_dir = Path(args.out)
+    if is_an_input_folder(out_dir, args.inputs):
+        raise ValueError(
+            f"--out {out_dir} is an input folder: the masks written there would be read as images by the next "
+            f"run; choose another --out, e.g. {out_dir / 'masks'}"
+        )
     files = list_images(args.inputs, exclude=out_dir if inside_an_input(out_dir, args.inputs) else None)
     if not files:
         raise ValueError("no images found in the given inputs (" + ", ".join(args.inputs) + ")")
@@ -241,6 +247,11 @@ def planned_outputs(args, files, out_dir: Path) -> list[tuple[Path, ...]]:
     return [tuple(out_dir / path for path in paths) for paths in plan]
 
 
+def is_an_input_folder(out_dir: Path, inputs) -> bool:
+    out = out_dir.resolve()
+    return any(Path(item).is_dir() and Path(item).resolve() == out for item in inputs)
+
+
 def inside_an_input(out_dir: Path, inputs) -> bool:
     """Whether --out lies strictly inside an input folder (its files are then earlier outputs, not inputs)."""
     out = out_dir.resolve()
@@ -344,6 +355,8 @@ def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
                     save_image(cutout(frame, mask), folder / f"{number:06d}_cutout.png", replace=args.overwrite)
                 bar.update(1)
             bar.close()
+        if args.overwrite:
+            remove_earlier_frames(folder, number, cutouts=args.cutout and not args.video)
         print(
             f"birefnet: {path.name}: wrote {number} mask(s) to {folder} at {float(source.fps):.3g} fps"
             + (f", {path.stem}_mask.mp4" if args.video else "")
@@ -351,6 +364,15 @@ def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def remove_earlier_frames(folder: Path, count: int, cutouts: bool) -> None:
+    """After --overwrite: the frames an earlier run left in `folder` beyond this clip's `count` (a longer
+    clip), and its cut-out frames when this run wrote none, would pass for this run's; removed."""
+    for path in folder.glob("*.png") if folder.is_dir() else ():
+        match = re.fullmatch(r"(\d{6})(_cutout)?\.png", path.name)
+        if match and (int(match[1]) > count or (match[2] and not cutouts)):
+            path.unlink()
 
 
 def check_video_outputs(videos: list[Path], out_dir: Path, args) -> None:

@@ -340,12 +340,19 @@ def test_outputs_never_replace_inputs_or_earlier_outputs(tmp_path):
     _noise(src / "a.png", (20, 30, 3))
     original = (src / "a.png").read_bytes()
     for extra in ((), ("--overwrite",)):
-        onto_input = run_cli("segment", src, "--out", src, *FAST, *extra)
+        onto_input = run_cli("segment", src, "--out", src, *FAST, *extra)  # masks among the inputs: refused
         assert onto_input.returncode == 2 and "Traceback" not in onto_input.stderr, onto_input.stderr
         assert onto_input.stderr.strip().splitlines() == [
-            f"birefnet: {src / 'a.png'} would replace an input image; choose another --out"
+            f"birefnet: --out {src} is an input folder: the masks written there would be read as images by the "
+            f"next run; choose another --out, e.g. {src / 'masks'}"
         ]
         assert (src / "a.png").read_bytes() == original
+    (tmp_path / "b.png").write_bytes(original)  # an input file whose mask would replace it
+    onto_file = run_cli("segment", tmp_path / "b.png", "--out", tmp_path, *FAST, "--overwrite")
+    assert onto_file.returncode == 2 and onto_file.stderr.strip().splitlines() == [
+        f"birefnet: {tmp_path / 'b.png'} would replace an input image; choose another --out"
+    ]
+    assert (tmp_path / "b.png").read_bytes() == original
     masks = src / "masks"  # inside the input folder: its files are earlier outputs, never inputs
     first = run_cli("segment", src, "--out", masks, "--cutout", *FAST)
     assert first.returncode == 0 and "wrote 1 mask(s)" in first.stderr, first.stderr

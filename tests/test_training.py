@@ -666,6 +666,24 @@ def test_resuming_with_other_settings_or_over_another_run_is_one_line(dataset, t
     assert (out / "epoch_1.safetensors").read_bytes() == final_before
 
 
+def test_restart_leaves_nothing_of_the_earlier_run(dataset, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(dataset, out, epochs=3, max_steps_per_epoch=1, val_split=0.25))
+    assert {"epoch_3.safetensors", "best.safetensors", "final.safetensors"} <= {p.name for p in out.iterdir()}
+    (out / "notes.txt").write_text("mine")
+    train(tiny_config(dataset, out, epochs=2, max_steps_per_epoch=1, val_split=0.0), resume=False)
+    left = sorted(p.name for p in out.iterdir() if p.suffix in (".safetensors", ".jsonl", ".txt", ".pt"))
+    assert left == [
+        "epoch_1.safetensors",  # no epoch_3 and no best (this run validates nothing) of the earlier run
+        "epoch_2.safetensors",
+        "final.safetensors",
+        "metrics.jsonl",
+        "notes.txt",
+        "resume.pt",
+    ]
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_nothing_to_do_is_not_reported_as_written(dataset, tmp_path, capsys):
     from birefnet_training.__main__ import main
 

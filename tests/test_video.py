@@ -118,5 +118,12 @@ def test_cli_segments_a_clip_to_frames_and_videos(tmp_path):
     assert main(["segment", str(clip), "--out", str(sequence), "--cutout", "--quiet"]) == 0
     assert len(list((sequence / "clip").glob("*_cutout.png"))) == 6
     assert Image.open(sequence / "clip" / "000003_cutout.png").mode == "RGBA"
+    # --overwrite with a shorter clip of the same name and no cut-outs: nothing of the earlier run is left
+    (sequence / "clip" / "notes.txt").write_text("mine")
+    _write_clip(clip, _clip(moving=True)[0][:4])
+    assert main(["segment", str(clip), "--out", str(sequence), "--overwrite", "--quiet"]) == 0
+    assert sorted(p.name for p in (sequence / "clip").iterdir()) == [f"{i:06d}.png" for i in range(1, 5)] + [
+        "notes.txt"
+    ]
     with pytest.raises(SystemExit):  # argparse's one-line usage error
         main(["segment", str(clip), "--out", str(tmp_path / "o2"), "--temporal", "2"])

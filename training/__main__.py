@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--restart",
         action="store_true",
-        help="start over in --out: ignore its resume.pt and replace its earlier outputs",
+        help="start over in --out: its earlier log, checkpoints and resume.pt are removed first",
     )
     t.add_argument("--stop-after-epoch", type=int, default=None, help="stop early (resumable) after this epoch")
     t.set_defaults(func=cmd_train)

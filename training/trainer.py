@@ -463,8 +463,8 @@ class Trainer:
         last = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
         if last < self.start_epoch:
             return None
-        if self.start_epoch == 1 and self.rank == 0:  # a fresh run starts a fresh log
-            (self.out / LOG_FILE).unlink(missing_ok=True)
+        if self.start_epoch == 1 and self.rank == 0:
+            remove_run_outputs(self.out)
         for epoch in range(self.start_epoch, last + 1):
             started = time.time()
             record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], **self.train_epoch(epoch)}
@@ -538,6 +538,15 @@ def check_fresh_folder(out: Path) -> None:
             f"{out} holds another run's outputs ({_listing(found)}) but no {RESUME_FILE} to continue from: "
             "use another --out, or add --restart to replace them"
         )
+
+
+def remove_run_outputs(out: Path) -> None:
+    """A fresh run (an empty folder, or --restart) starts from nothing: an earlier run's log, epochs,
+    best and final checkpoints and resume.pt would otherwise pass for this run's (a longer run's last
+    epochs, a best this run without validation never replaces)."""
+    for pattern in (*RUN_OUTPUTS, RESUME_FILE):
+        for path in out.glob(pattern):
+            path.unlink()
 
 
 def _listing(names: list[str], limit: int = 3) -> str:
