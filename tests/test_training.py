@@ -666,6 +666,15 @@ def test_resuming_with_other_settings_or_over_another_run_is_one_line(dataset, t
     assert (out / "epoch_1.safetensors").read_bytes() == final_before
 
 
+def test_resuming_with_the_same_data_written_another_way_continues(dataset, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(tiny_config(dataset, out, epochs=2, max_steps_per_epoch=1), stop_after_epoch=1)
+    monkeypatch.chdir(dataset.parent)
+    again = tiny_config(f"./{dataset.name}/", out, epochs=2, max_steps_per_epoch=1)
+    assert train(again) == out / "final.safetensors"
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_restart_leaves_nothing_of_the_earlier_run(dataset, tmp_path):
     out = tmp_path / "run"
     train(tiny_config(dataset, out, epochs=3, max_steps_per_epoch=1, val_split=0.25))

@@ -52,6 +52,7 @@ LOG_FILE = "metrics.jsonl"
 # Settings a resumed run must share with the run that wrote resume.pt: they decide the model, the
 # data and the optimisation. The others (--epochs to extend a run, --device, --workers, --save-every,
 # --best-metric, ...) may change between starts.
+PATH_SETTINGS = ("data", "init", "val", "backbone_weights")  # compared as the places they name
 RESUME_SETTINGS = (
     "data",
     "init",
@@ -510,6 +511,7 @@ def check_same_settings(saved: dict, cfg: TrainConfig, path: Path) -> None:
         if name in saved
         and saved[name] != now[name]
         and not (name == "finetune_last_epochs" and same_phase(saved[name], now[name]))
+        and not (name in PATH_SETTINGS and same_places(saved[name], now[name]))
     ]
     if changed:
         differences = ", ".join(f"{_flag(n, now[n])} (was {_flag(n, saved[n]).split(' ', 1)[1]})" for n in changed)
@@ -517,6 +519,12 @@ def check_same_settings(saved: dict, cfg: TrainConfig, path: Path) -> None:
             f"{path} was written with other settings: {differences}; resume with the same options, "
             "use another --out, or add --restart to start over in this folder"
         )
+
+
+def same_places(saved, now) -> bool:
+    """Paths written differently that name the same files from here (`ds`, `./ds/`, `/abs/ds`)."""
+    places = lambda value: [os.path.realpath(p) for p in (value if isinstance(value, list) else [value])]
+    return saved is not None and now is not None and places(saved) == places(now)
 
 
 def check_resume_settings(cfg: TrainConfig) -> None:
