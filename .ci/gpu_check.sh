@@ -33,13 +33,14 @@ timm.__version__, 'triton', triton.__version__)"
 
 if want bench; then
   # Swin-L 1024²: the official fp32 baseline, then batch throughput (the target still owed: images/s at
-  # batch 4/8 >= 2.5x batch 1) and the default path (graphs, Triton's deformable convolution inside).
-  # A graphs row's first call = Triton's compile (about 12 s on a fresh machine per dtype and batch
-  # class) + capture; rows print as they finish.
+  # batch 4/8 >= 2.5x batch 1), eager first (no compile), then the default path (graphs, Triton's
+  # deformable convolution inside; its first call = Triton's compile, about 12 s on a fresh machine,
+  # + capture). Each row is a fresh process (about 20-25 s with imports and two Swin-L builds); rows
+  # print as they finish.
   log "bench"
   timeout 200 "${bench[@]}" --resolution 1024 "${official[@]}" --official-dtype fp32 --runs 10 --warmup 3 \
-    --row-timeout 45 --row fp16/graphs/1 fp16/graphs/8 fp16/eager/8 fp16/graphs/4 fp16/eager/1 fp16/eager/4 \
-    bf16/graphs/1 fp32/graphs/1 2>&1 | tee "$OUT/bench.md"
+    --row-timeout 45 --row fp16/eager/1 fp16/eager/8 fp16/graphs/1 fp16/graphs/8 fp16/graphs/4 \
+    fp16/banded+graphs/1 fp16/eager/4 bf16/graphs/1 bf16/banded+graphs/1 fp32/graphs/1 2>&1 | tee "$OUT/bench.md"
 fi
 if want tests; then
   # The model paths on CUDA, graphs on (the default); names land as they finish.
@@ -73,8 +74,10 @@ if want memory; then
     2>&1 | tee "$OUT/memory.md"
 fi
 if want kernels; then
-  # The deformable convolution alone at a forward's 20 shapes (session 12: Triton 2.65x torchvision's
-  # time in fp16, 1.37x in bf16): rerun after kernel changes.
+  # The deformable convolution alone at a forward's 20 shapes (session 12: fused Triton 2.65x torchvision's
+  # time in fp16, 1.37x in bf16; banded with grid_sample 3.2x / 1.6x). The banded form now gathers with a
+  # Triton im2col on CUDA (then cuBLAS): if it beats the fused kernel, graphs should capture it
+  # (`cuda_graphs.capture_safe_implementation`).
   log "kernels"
   timeout 25 python3 -m birefnet.bench_deform --resolution 1024 --dtype fp16 bf16 --runs 20 2>&1 | tee "$OUT/kernels.md"
 fi

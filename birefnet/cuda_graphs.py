@@ -18,8 +18,10 @@ passes is captured. Any failure runs that shape eager from then on, said in one 
 A graph keeps its memory between calls; `release(model)` frees it (the ComfyUI nodes do after
 each run, since ComfyUI's memory manager cannot see it).
 
-torchvision's deformable convolution cannot be captured: replayed, its output belongs to the
-capture's input (measured on an H200: 3.8e-2 relative error against eager). Inside a graph the
+torchvision's deformable convolution cannot be captured: its CUDA kernel is launched on the legacy
+default stream, not the current one, so a capture on another stream runs it once instead of
+recording it, and a replay's output belongs to the capture's input (measured on an H200: 3.8e-2
+relative error against eager). Inside a graph the
 deformable convolution is therefore the fused Triton kernel (`deform_conv_triton`; the banded
 `grid_sample` form where Triton is missing), whatever `deform_conv.chosen_implementation()` says
 for eager runs.
@@ -140,8 +142,9 @@ class _Graph:
 class GraphCache:
     """Captured graphs of one model's forward, least recently used first out.
 
-    `run(forward, x)` replays the graph for x's shape and dtype (capturing it on first sight) and
-    returns a fresh copy of the output: the static buffer is overwritten by the next replay.
+    `run(forward, x)` runs x's shape eager until its `capture_at`-th call, which captures it; later
+    calls replay the graph and return a fresh copy of the output (the static buffer is overwritten by
+    the next replay).
     Graphs hold raw pointers to the weights, so they are all dropped when the weights move
     (`model.to(...)`, `half()`); in-place loads (`load_state_dict`) keep them valid.
     """

@@ -8,13 +8,15 @@ then a GEMM. `deform_conv2d_banded` samples all taps of a band of output rows wi
 2.5-3x faster on the CPU. `deform_conv2d_reference` (one `grid_sample` + 1x1 conv per tap)
 has the cheapest backward and serves CPU training.
 
-On GPUs torchvision's kernel is the default, except where its im2col buffer would pass
-`TORCHVISION_BUFFER_LIMIT` (2 GiB: the 7x7 at a quarter of a 4096^2 input needs 6 GiB in fp16):
-there the banded form keeps the same result in a few hundred MB. BIREFNET_DEFORM_CONV (or
+On GPUs torchvision's kernel is the default; its im2col buffer is kept within
+`TORCHVISION_BUFFER_LIMIT` (2 GiB) by running a batch a few images at a time, and where one image
+alone would pass it (the 7x7 at a quarter of a 4096^2 input needs 6 GiB in fp16) the banded form
+keeps the same result in a few hundred MB. BIREFNET_DEFORM_CONV (or
 `with implementation(...):`) overrides that choice: `banded` runs the banded form for every
 inference call, on every device and dtype (sampling in float32, the GEMM in the model's dtype, so
 on CUDA in fp16/bf16 it needs no float32 copy of the weights: torchvision has no bf16 kernel and
-the default casts to float32; on an H200 3.2x torchvision's time in fp16, 1.6x in bf16);
+the default casts to float32; on an H200, gathering with grid_sample, 3.2x torchvision's time in
+fp16 and 1.6x in bf16; it gathers with a Triton kernel on CUDA since, not yet measured there);
 `torchvision` runs torchvision's kernel wherever it exists, whatever its buffer, CPU too;
 `triton` runs the fused kernel of `deform_conv_triton` for inference on CUDA (no im2col buffer, bf16
 native; elsewhere, and in training, as auto; on an H200 2.7x torchvision's time in fp16, 1.4x in
@@ -152,8 +154,10 @@ def deform_conv2d_banded(
     For a band of output rows, one `grid_sample` gathers the C x taps bilinear samples
     (always in float32: bf16 coordinates would be off by pixels), the modulation mask
     scales them, and one GEMM with the (O, C*taps) weight writes the band in the weight's
-    dtype. The sample buffer holds about `band_floats` floats whatever the image size:
-    by default 2M on the CPU (cache-sized) and 32M elsewhere (fewer, larger kernels).
+    dtype. On CUDA one Triton kernel (`deform_conv_triton.im2col`) does the gathering,
+    scaling and casting, positions still in float32, on the current stream (so a CUDA graph
+    captures it). The sample buffer holds about `band_floats` values whatever the image
+    size: by default 2M on the CPU (cache-sized) and 32M elsewhere (fewer, larger kernels).
     """
     if band_floats is None:
         band_floats = 1 << 21 if x.device.type == "cpu" else 1 << 25
@@ -161,26 +165,45 @@ def deform_conv2d_banded(
     out_channels, _, kh, kw = weight.shape
     taps = kh * kw
     out_h, out_w = offset.shape[-2:]
-    source = x.float()
+    gather = _triton_im2col() if x.is_cuda and kh == kw else None
+    source = x if gather is not None else x.float()
     matrix = weight.reshape(out_channels, channels * taps)
     out = x.new_empty(batch, out_channels, out_h * out_w)
     band = max(1, band_floats // (channels * taps * out_w))
     for start in range(0, out_h, band):
         rows = slice(start, min(start + band, out_h))
-        grid = _sample_grid(offset, kh, kw, padding, height, width, rows)
+        grid = None if gather is not None else _sample_grid(offset, kh, kw, padding, height, width, rows)
         for i in range(batch):
-            cols = F.grid_sample(
-                source[i : i + 1], grid[i : i + 1], mode="bilinear", padding_mode="zeros", align_corners=False
-            )  # (1, C, taps, pixels)
-            if mask is not None:
-                cols = cols * mask[i, :, rows].reshape(taps, -1)
-            cols = cols.view(channels * taps, -1).to(weight.dtype)
+            if gather is not None:  # the same samples in one Triton kernel, written in the weight's dtype
+                own_mask = None if mask is None else mask[i]
+                pixels = (rows.start * out_w, rows.stop * out_w)
+                cols = gather(source[i], offset[i], own_mask, kh, padding, *pixels, weight.dtype)
+            else:
+                cols = F.grid_sample(
+                    source[i : i + 1], grid[i : i + 1], mode="bilinear", padding_mode="zeros", align_corners=False
+                )  # (1, C, taps, pixels)
+                if mask is not None:
+                    cols = cols * mask[i, :, rows].reshape(taps, -1)
+                cols = cols.view(channels * taps, -1).to(weight.dtype)
             dest = out[i, :, rows.start * out_w : rows.stop * out_w]
             if bias is None:
                 dest.copy_(matrix @ cols)
             else:
                 dest.copy_(torch.addmm(bias.view(-1, 1), matrix, cols))
     return out.view(batch, out_channels, out_h, out_w)
+
+
+def _rows(mask: torch.Tensor | None, start: int, count: int) -> torch.Tensor | None:
+    return None if mask is None else mask[start : start + count]
+
+
+def _triton_im2col():
+    """Triton's im2col for the banded form on CUDA, or None where Triton is missing (grid_sample then)."""
+    try:
+        from .deform_conv_triton import im2col
+    except ImportError:
+        return None
+    return im2col
 
 
 def _triton_op():
@@ -208,8 +231,9 @@ def deform_conv2d(
     The plain graph (`fastpath.plain_graph`, what exporters trace): torchvision's op.
     CPU: `deform_conv2d_banded` in inference; in training the reference, whose backward
     (grid_sample + conv) is 3-6x faster than torchvision's CPU backward kernel.
-    Elsewhere: torchvision's kernel, in float32 where it has none for the dtype (bf16 on CUDA),
-    unless its buffer would pass `TORCHVISION_BUFFER_LIMIT` in inference (then banded).
+    Elsewhere: torchvision's kernel, in float32 where it has none for the dtype (bf16 on CUDA);
+    in inference on as many images at a time as keep its buffer within `TORCHVISION_BUFFER_LIMIT`
+    (a batch of 8 at 1024² asks for 3.3 GB in fp16), and banded where one image alone passes it.
     `chosen_implementation()` "banded": the banded form for every inference call; "torchvision":
     torchvision's kernel wherever it runs; "triton": the fused Triton kernel in CUDA inference.
     """
@@ -218,11 +242,19 @@ def deform_conv2d(
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or offset.requires_grad)
     if choice == "triton" and not needs_grad and shortcuts() and x.device.type == "cuda":
         return _triton_op()(x, offset, weight, mask, bias, padding)
+    one_image = torchvision_buffer_bytes(x[:1], weight, *offset.shape[-2:])
     if not needs_grad and shortcuts() and choice != "torchvision":
-        too_big = torchvision_buffer_bytes(x, weight, *offset.shape[-2:]) > TORCHVISION_BUFFER_LIMIT
-        if too_big or choice == "banded":
+        if one_image > TORCHVISION_BUFFER_LIMIT or choice == "banded":
             return deform_conv2d_banded(x, offset, weight, mask, padding, bias)
     prefer_torchvision = x.device.type != "cpu" or plain_graph_requested() or choice == "torchvision"
+    at_once = max(1, TORCHVISION_BUFFER_LIMIT // one_image)
+    if prefer_torchvision and not needs_grad and shortcuts() and x.shape[0] > at_once:
+        # a batch whose buffer would pass the limit: torchvision's kernel on as many images as fit, in turn
+        parts = [
+            deform_conv2d(x[i : i + at_once], offset[i : i + at_once], weight, _rows(mask, i, at_once), padding, bias)
+            for i in range(0, x.shape[0], at_once)
+        ]
+        return torch.cat(parts)
     if prefer_torchvision and _tv_deform_conv2d is not None:
         if key not in _TORCHVISION_UNSUPPORTED:
             try:

@@ -212,6 +212,131 @@ def _launch(
     return out
 
 
+@triton.jit
+def _im2col_kernel(
+    x_ptr,
+    offset_ptr,
+    mask_ptr,
+    cols_ptr,
+    channels,
+    height,
+    width,
+    out_w,
+    first_pixel,
+    pixels,
+    sx_c,
+    sx_h,
+    so_c,
+    sm_c,
+    PADDING: tl.constexpr,
+    KERNEL: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """cols[c * taps + t, q] = mask[t, p] * bilinear(x[c], p + tap t + offset[t, p]) for the output
+    pixels p = first_pixel + q of one image: torchvision's im2col, sampled in float32, written in
+    cols' dtype, on the current stream."""
+    tap = tl.program_id(1)
+    q = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    q_ok = q < pixels
+    p = first_pixel + q
+    ky = tap // KERNEL
+    kx = tap % KERNEL
+    dy = tl.load(offset_ptr + (2 * tap) * so_c + p, mask=q_ok, other=0.0).to(tl.float32)
+    dx = tl.load(offset_ptr + (2 * tap + 1) * so_c + p, mask=q_ok, other=0.0).to(tl.float32)
+    y = (p // out_w).to(tl.float32) + (ky - PADDING) + dy
+    x = (p % out_w).to(tl.float32) + (kx - PADDING) + dx
+    inside = q_ok & (y > -1.0) & (x > -1.0) & (y < height) & (x < width)
+    y0f = tl.floor(y)
+    x0f = tl.floor(x)
+    ly = y - y0f
+    lx = x - x0f
+    y0 = y0f.to(tl.int32)
+    x0 = x0f.to(tl.int32)
+    scale = tl.where(inside, 1.0, 0.0)
+    if HAS_MASK:
+        scale = scale * tl.load(mask_ptr + tap * sm_c + p, mask=q_ok, other=0.0).to(tl.float32)
+    ok00 = inside & (y0 >= 0) & (x0 >= 0)
+    ok01 = inside & (y0 >= 0) & (x0 + 1 <= width - 1)
+    ok10 = inside & (y0 + 1 <= height - 1) & (x0 >= 0)
+    ok11 = inside & (y0 + 1 <= height - 1) & (x0 + 1 <= width - 1)
+    at00 = y0 * sx_h + x0
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < channels
+    chan = x_ptr + c[:, None] * sx_c
+    keep = c_ok[:, None]
+    v = ((1.0 - ly) * (1.0 - lx) * scale)[None, :] * tl.load(
+        chan + at00[None, :], mask=keep & ok00[None, :], other=0.0
+    ).to(tl.float32)
+    v += ((1.0 - ly) * lx * scale)[None, :] * tl.load(
+        chan + (at00 + 1)[None, :], mask=keep & ok01[None, :], other=0.0
+    ).to(tl.float32)
+    v += (ly * (1.0 - lx) * scale)[None, :] * tl.load(
+        chan + (at00 + sx_h)[None, :], mask=keep & ok10[None, :], other=0.0
+    ).to(tl.float32)
+    v += (ly * lx * scale)[None, :] * tl.load(
+        chan + (at00 + sx_h + 1)[None, :], mask=keep & ok11[None, :], other=0.0
+    ).to(tl.float32)
+    rows = (c * (KERNEL * KERNEL) + tap).to(tl.int64)
+    tl.store(cols_ptr + rows[:, None] * pixels + q[None, :], v.to(cols_ptr.dtype.element_ty), mask=keep & q_ok[None, :])
+
+
+@torch.library.custom_op("birefnet::deform_im2col_triton", mutates_args=())
+def im2col(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor | None,
+    kernel: int,
+    padding: int,
+    start: int,
+    stop: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """(C * k * k, stop - start) bilinear samples of one image x (C, H, W) for its output pixels
+    start..stop (row-major over offset's (H', W')), scaled by `mask` (k*k, H', W'), in `dtype`: the
+    columns `deform_conv.deform_conv2d_banded` multiplies with the weights. One launch, no float32
+    copy of the image, on the current CUDA stream (unlike torchvision's, which a CUDA graph cannot
+    capture)."""
+    channels, height, width = x.shape
+    out_w = offset.shape[-1]
+    x = _rows_contiguous(x)
+    offset = _rows_contiguous(offset)
+    mask = None if mask is None else _rows_contiguous(mask)
+    count = stop - start
+    cols = torch.empty(channels * kernel * kernel, count, device=x.device, dtype=dtype)
+    block_c, block_p = 16, 128
+    grid = (triton.cdiv(count, block_p), kernel * kernel, triton.cdiv(channels, block_c))
+    _im2col_kernel[grid](
+        x,
+        offset,
+        offset if mask is None else mask,
+        cols,
+        channels,
+        height,
+        width,
+        out_w,
+        start,
+        count,
+        x.stride(0),
+        x.stride(1),
+        offset.stride(0),
+        0 if mask is None else mask.stride(0),
+        PADDING=padding,
+        KERNEL=kernel,
+        HAS_MASK=mask is not None,
+        BLOCK_C=block_c,
+        BLOCK_P=block_p,
+        num_warps=4,
+    )
+    return cols
+
+
+@im2col.register_fake
+def _(x, offset, mask, kernel, padding, start, stop, dtype):
+    return x.new_empty(x.shape[0] * kernel * kernel, stop - start, dtype=dtype)
+
+
 @torch.library.custom_op("birefnet::deform_conv2d_triton", mutates_args=())
 def deform_conv2d_triton(
     x: torch.Tensor,

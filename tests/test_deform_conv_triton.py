@@ -27,7 +27,7 @@ from birefnet.deform_conv_triton import CONFIGS, deform_conv2d_triton  # noqa: E
 INTERPRETED_CASES = r"""
 import json, torch
 from torchvision.ops import deform_conv2d
-from birefnet.deform_conv_triton import CONFIGS, _launch, deform_conv2d_triton
+from birefnet.deform_conv_triton import CONFIGS, _launch, deform_conv2d_triton, im2col
 
 results = []
 # kernel, (H, W), batch, channels in/out, mask, bias, dtype, offset scale (large: many samples fall outside)
@@ -52,6 +52,18 @@ for kernel, (h, w), batch, c_in, c_out, with_mask, with_bias, dtype, scale in ca
     outs = {"op": deform_conv2d_triton(*low, kernel // 2)}  # the op, first tile sizes
     if kernel < 7:  # every tile size the GPU may pick (the 7x7 takes long in the interpreter)
         outs.update({str(c): _launch(*low, kernel // 2, config=c) for c in CONFIGS[1:]})
+    # The banded form's Triton im2col (CUDA's gather), in two bands of output rows, times the weights.
+    out_h, out_w = h, w
+    half = (out_h // 2) * out_w
+    bands = [
+        im2col(low[0][i], low[1][i], None if low[3] is None else low[3][i], kernel, kernel // 2, a, b, dtype)
+        for i in range(batch)
+        for a, b in ((0, half), (half, out_h * out_w))
+    ]
+    matrix = low[2].reshape(c_out, -1)
+    per_image = [torch.cat([matrix @ bands[2 * i], matrix @ bands[2 * i + 1]], dim=1) for i in range(batch)]
+    gathered = torch.stack(per_image).view(batch, c_out, out_h, out_w)
+    outs["im2col"] = gathered if low[4] is None else gathered + low[4].view(1, -1, 1, 1)
     for tiles, out in outs.items():
         err = ((out.float() - reference).norm() / reference.norm()).item()
         results.append({"kernel": kernel, "dtype": str(dtype), "out_dtype": str(out.dtype), "tiles": tiles,
@@ -75,7 +87,7 @@ def interpreted_results():
 def test_fused_kernel_equals_torchvision_in_float32(interpreted_results):
     """Kernels 1, 3 and 7, with and without mask and bias, batches, channel counts off the block
     sizes, offsets that push samples past every border: within float32 rounding of torchvision."""
-    fp32 = [r for r in interpreted_results if r["dtype"] == "torch.float32"]
+    fp32 = [r for r in interpreted_results if r["dtype"] == "torch.float32" and r["tiles"] != "im2col"]
     assert {r["kernel"] for r in fp32} == {1, 3, 7} and len({r["tiles"] for r in fp32}) == len(CONFIGS)
     for r in fp32:
         assert r["shape_ok"] and r["out_dtype"] == "torch.float32"
@@ -83,11 +95,21 @@ def test_fused_kernel_equals_torchvision_in_float32(interpreted_results):
 
 
 def test_fused_kernel_in_fp16_stays_within_fp16_rounding(interpreted_results):
-    fp16 = [r for r in interpreted_results if r["dtype"] == "torch.float16"]
+    fp16 = [r for r in interpreted_results if r["dtype"] == "torch.float16" and r["tiles"] != "im2col"]
     assert len(fp16) == len(CONFIGS)
     for r in fp16:
         assert r["shape_ok"] and r["out_dtype"] == "torch.float16"
         assert r["error"] < 5e-3, r  # inputs rounded to 11 bits; sampling and sums in float32
+
+
+def test_banded_forms_triton_gather_equals_torchvision(interpreted_results):
+    """CUDA's gather for the banded form (`im2col`), in two bands of rows, times the weights: torchvision's
+    result within float32 rounding, and within fp16 rounding in fp16."""
+    rows = [r for r in interpreted_results if r["tiles"] == "im2col"]
+    assert {r["kernel"] for r in rows} == {1, 3, 7} and {r["dtype"] for r in rows} == {"torch.float32", "torch.float16"}
+    for r in rows:
+        assert r["shape_ok"] and r["out_dtype"] == r["dtype"]
+        assert r["error"] < (1e-5 if r["dtype"] == "torch.float32" else 5e-3), r
 
 
 def test_fake_tensors_give_the_output_shape_without_running_the_kernel():

@@ -75,7 +75,8 @@ def _ops_of_a_deformable_conv_on_fake_cuda(size: int) -> set[str]:
 
 def test_gpu_uses_torchvision_unless_its_buffer_passes_the_limit(monkeypatch):
     small = _ops_of_a_deformable_conv_on_fake_cuda(32)
-    sampled = lambda names: any(name.startswith("aten::grid_sampler") for name in names)  # noqa: E731
+    # the banded form's gather: Triton's im2col on CUDA, grid_sample where Triton is missing
+    sampled = lambda names: any(n.startswith(("aten::grid_sampler", "birefnet::deform_im2col")) for n in names)  # noqa: E731
     assert "torchvision::deform_conv2d" in small and not sampled(small)
     needed = deform_conv.torchvision_buffer_bytes(
         torch.empty(1, 16, 32, 32, dtype=torch.float16), torch.empty(32, 16, 7, 7), 32, 32
@@ -84,6 +85,24 @@ def test_gpu_uses_torchvision_unless_its_buffer_passes_the_limit(monkeypatch):
     monkeypatch.setattr(deform_conv, "TORCHVISION_BUFFER_LIMIT", needed - 1)
     large = _ops_of_a_deformable_conv_on_fake_cuda(32)
     assert "torchvision::deform_conv2d" not in large and sampled(large)
+
+
+def test_a_batch_too_big_for_torchvisions_buffer_runs_a_few_images_at_a_time(monkeypatch):
+    """The limit is about one call's buffer: a batch of 5 whose images fit two at a time runs torchvision's
+    kernel three times (2, 2, 1) with the same result, not the slower banded form."""
+    generator = torch.Generator().manual_seed(4)
+    x, offset = torch.randn(5, 4, 9, 11, generator=generator), torch.randn(5, 18, 9, 11, generator=generator)
+    weight, mask = torch.randn(6, 4, 3, 3, generator=generator), torch.rand(5, 9, 9, 11, generator=generator)
+    with torch.inference_mode(), deform_conv.implementation("torchvision"):
+        whole = deform_conv.deform_conv2d(x, offset, weight, mask, 1)
+        one_image = deform_conv.torchvision_buffer_bytes(x[:1], weight, 9, 11)
+        monkeypatch.setattr(deform_conv, "TORCHVISION_BUFFER_LIMIT", 2 * one_image)
+        calls, kernel = [], deform_conv._tv_deform_conv2d
+        monkeypatch.setattr(
+            deform_conv, "_tv_deform_conv2d", lambda x, *a, **k: calls.append(len(x)) or kernel(x, *a, **k)
+        )
+        parts = deform_conv.deform_conv2d(x, offset, weight, mask, 1)
+    assert calls == [2, 2, 1] and torch.allclose(parts, whole, atol=1e-6)
 
 
 def test_torchvision_switch_keeps_torchvision_at_any_size(monkeypatch):
