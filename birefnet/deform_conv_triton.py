@@ -32,6 +32,9 @@ CONFIGS = [
     triton.Config({"BLOCK_O": 128, "BLOCK_P": 128, "BLOCK_C": 32}, num_warps=8),
 ]
 
+# The banded form's gather: channels per step (the positions are computed once for all), pixels per program.
+IM2COL_TILES = triton.Config({"BLOCK_C": 32, "BLOCK_P": 128}, num_warps=4)
+
 
 @triton.jit
 def _deform_conv_kernel(
@@ -262,24 +265,21 @@ def _im2col_kernel(
     ok10 = inside & (y0 + 1 <= height - 1) & (x0 >= 0)
     ok11 = inside & (y0 + 1 <= height - 1) & (x0 + 1 <= width - 1)
     at00 = y0 * sx_h + x0
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < channels
-    chan = x_ptr + c[:, None] * sx_c
-    keep = c_ok[:, None]
-    v = ((1.0 - ly) * (1.0 - lx) * scale)[None, :] * tl.load(
-        chan + at00[None, :], mask=keep & ok00[None, :], other=0.0
-    ).to(tl.float32)
-    v += ((1.0 - ly) * lx * scale)[None, :] * tl.load(
-        chan + (at00 + 1)[None, :], mask=keep & ok01[None, :], other=0.0
-    ).to(tl.float32)
-    v += (ly * (1.0 - lx) * scale)[None, :] * tl.load(
-        chan + (at00 + sx_h)[None, :], mask=keep & ok10[None, :], other=0.0
-    ).to(tl.float32)
-    v += (ly * lx * scale)[None, :] * tl.load(
-        chan + (at00 + sx_h + 1)[None, :], mask=keep & ok11[None, :], other=0.0
-    ).to(tl.float32)
-    rows = (c * (KERNEL * KERNEL) + tap).to(tl.int64)
-    tl.store(cols_ptr + rows[:, None] * pixels + q[None, :], v.to(cols_ptr.dtype.element_ty), mask=keep & q_ok[None, :])
+    w00 = ((1.0 - ly) * (1.0 - lx) * scale)[None, :]
+    w01 = ((1.0 - ly) * lx * scale)[None, :]
+    w10 = (ly * (1.0 - lx) * scale)[None, :]
+    w11 = (ly * lx * scale)[None, :]
+    for c0 in range(0, channels, BLOCK_C):  # the positions above serve every channel
+        c = c0 + tl.arange(0, BLOCK_C)
+        keep = (c < channels)[:, None]
+        chan = x_ptr + c[:, None] * sx_c
+        v = w00 * tl.load(chan + at00[None, :], mask=keep & ok00[None, :], other=0.0).to(tl.float32)
+        v += w01 * tl.load(chan + (at00 + 1)[None, :], mask=keep & ok01[None, :], other=0.0).to(tl.float32)
+        v += w10 * tl.load(chan + (at00 + sx_h)[None, :], mask=keep & ok10[None, :], other=0.0).to(tl.float32)
+        v += w11 * tl.load(chan + (at00 + sx_h + 1)[None, :], mask=keep & ok11[None, :], other=0.0).to(tl.float32)
+        rows = (c * (KERNEL * KERNEL) + tap).to(tl.int64)
+        out = cols_ptr + rows[:, None] * pixels + q[None, :]
+        tl.store(out, v.to(cols_ptr.dtype.element_ty), mask=keep & q_ok[None, :])
 
 
 @torch.library.custom_op("birefnet::deform_im2col_triton", mutates_args=())
@@ -305,8 +305,7 @@ def im2col(
     mask = None if mask is None else _rows_contiguous(mask)
     count = stop - start
     cols = torch.empty(channels * kernel * kernel, count, device=x.device, dtype=dtype)
-    block_c, block_p = 16, 128
-    grid = (triton.cdiv(count, block_p), kernel * kernel, triton.cdiv(channels, block_c))
+    grid = (triton.cdiv(count, IM2COL_TILES.kwargs["BLOCK_P"]), kernel * kernel)
     _im2col_kernel[grid](
         x,
         offset,
@@ -325,9 +324,8 @@ def im2col(
         PADDING=padding,
         KERNEL=kernel,
         HAS_MASK=mask is not None,
-        BLOCK_C=block_c,
-        BLOCK_P=block_p,
-        num_warps=4,
+        **IM2COL_TILES.kwargs,
+        num_warps=IM2COL_TILES.num_warps,
     )
     return cols
 

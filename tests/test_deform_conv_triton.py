@@ -135,8 +135,9 @@ def test_triton_choice_off_cuda_runs_the_default():
     assert torch.equal(default, chosen)
 
 
-def _compile_for_sm90(dtype: str, config) -> dict:
-    """Compile the kernel ahead of time for an H100-class GPU (no GPU needed) and read ptxas's resource use."""
+def _compile_for_sm90(dtype: str, config, kernel=None) -> dict:
+    """Compile a kernel (default the fused one, with `config`'s tiles) ahead of time for an H100-class
+    GPU (no GPU needed) and read ptxas's resource use."""
     import inspect
     import re
     import shutil
@@ -147,11 +148,13 @@ def _compile_for_sm90(dtype: str, config) -> dict:
 
     from birefnet.deform_conv_triton import _deform_conv_kernel
 
-    names = list(inspect.signature(_deform_conv_kernel.fn).parameters)
-    pointers = {"x_ptr", "offset_ptr", "mask_ptr", "weight_ptr", "bias_ptr", "out_ptr"}
+    kernel = kernel or _deform_conv_kernel
+    names = list(inspect.signature(kernel.fn).parameters)
+    pointers = {"x_ptr", "offset_ptr", "mask_ptr", "weight_ptr", "bias_ptr", "out_ptr", "cols_ptr"}
     flags = dict(PADDING=3, KERNEL=7, HAS_MASK=True, HAS_BIAS=True, PRECISION=None, **config.kwargs)
+    flags = {k: v for k, v in flags.items() if k in names}
     signature = {n: f"*{dtype}" if n in pointers else "constexpr" if n in flags else "i32" for n in names}
-    source = ASTSource(_deform_conv_kernel, signature, {(names.index(k),): v for k, v in flags.items()})
+    source = ASTSource(kernel, signature, {(names.index(k),): v for k, v in flags.items()})
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": config.num_warps})
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     if not cuobjdump.exists():
@@ -174,3 +177,13 @@ def test_every_tile_size_compiles_for_sm90_without_register_spills(dtype, tmp_pa
         usage = _compile_for_sm90(dtype, config)
         tiles = {**config.kwargs, "num_warps": config.num_warps}
         assert usage["REG"] <= 255 and usage["STACK"] == 0 and usage["LOCAL"] == 0, (tiles, usage)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+def test_the_banded_forms_gather_compiles_for_sm90_without_register_spills(dtype, tmp_path, monkeypatch):
+    """The interpreter skips lowering: compiled for an H100, Triton's im2col uses no local memory."""
+    from birefnet.deform_conv_triton import IM2COL_TILES, _im2col_kernel
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    usage = _compile_for_sm90(dtype, IM2COL_TILES, _im2col_kernel)
+    assert usage["REG"] <= 255 and usage["STACK"] == 0 and usage["LOCAL"] == 0, usage
