@@ -32,7 +32,8 @@ def test_a_clip_shares_cuda_graphs_within_a_run_and_frees_them_after(pack, b0_we
     """ComfyUI's memory manager cannot see what a captured graph keeps: a run's graphs go with it."""
     from birefnet import cuda_graphs
 
-    cuda = pack.nodes.loader.load(str(b0_weights), device="cuda", dtype="fp16", tile_layout="current")[0]
+    cuda = pack.nodes.loader.load(str(b0_weights), device="auto", dtype="fp16", tile_layout="current")[0]
+    assert cuda.device.type == "cuda"
     caches = []
     capture = cuda_graphs.GraphCache._capture
     monkeypatch.setattr(cuda_graphs.GraphCache, "_capture", lambda self, *a: caches.append(self) or capture(self, *a))
