@@ -26,8 +26,9 @@ deformable convolution is therefore the fused Triton kernel (`deform_conv_triton
 `grid_sample` form where Triton is missing), whatever `deform_conv.chosen_implementation()` says
 for eager runs.
 
-On by default on CUDA (Swin-L 1024² fp16 on an H200: 0.62x eager's time, within fp16 rounding
-of it; docs/benchmarks.md). BIREFNET_CUDA_GRAPHS=0 turns it off for every model, `enable(model,
+On by default on NVIDIA GPUs (Swin-L 1024² fp16 on an H200: 0.62x eager's time, within fp16
+rounding of it; docs/benchmarks.md); on AMD GPUs (ROCm), not measured, BIREFNET_CUDA_GRAPHS=1 turns
+them on. BIREFNET_CUDA_GRAPHS=0 turns it off for every model, `enable(model,
 False)` for one. It applies only on CUDA, in inference; everything else runs eager.
 """
 
@@ -85,11 +86,17 @@ def enable(model: nn.Module, on: bool | None = True) -> None:
 
 
 def enabled(model: nn.Module, device: torch.device) -> bool:
-    """Whether `model`'s forward on `device` runs through CUDA graphs (CUDA only, switch on)."""
+    """Whether `model`'s forward on `device` runs through CUDA graphs: on NVIDIA GPUs unless switched
+    off; on AMD's (ROCm, also "cuda" to PyTorch, not measured) only when switched on."""
     if device.type != "cuda":
         return False
     on = _OVERRIDES.get(model)
-    return parse_switch(os.environ.get(ENV)) if on is None else on
+    if on is not None:
+        return on
+    text = os.environ.get(ENV)
+    if not (text or "").strip():
+        return torch.version.hip is None
+    return parse_switch(text)
 
 
 def release(model: nn.Module) -> None:

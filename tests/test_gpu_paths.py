@@ -74,6 +74,14 @@ def test_switch_is_on_by_default_and_never_applies_off_cuda(monkeypatch, b0_mode
     assert not cuda_graphs.enabled(b0_model, CUDA)
 
 
+def test_switch_is_off_by_default_on_rocm_where_it_was_never_measured(monkeypatch, b0_model):
+    monkeypatch.delenv(cuda_graphs.ENV, raising=False)
+    monkeypatch.setattr(torch.version, "hip", "6.4.0")
+    assert not cuda_graphs.enabled(b0_model, CUDA)
+    monkeypatch.setenv(cuda_graphs.ENV, "1")
+    assert cuda_graphs.enabled(b0_model, CUDA)
+
+
 def test_per_model_override_beats_the_environment(monkeypatch, b0_model):
     monkeypatch.setenv(cuda_graphs.ENV, "1")
     try:
