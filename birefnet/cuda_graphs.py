@@ -13,23 +13,23 @@ the capture, which costs about 15 s the first time on a machine (Triton compilin
 convolution; its disk cache keeps the kernels) and a few seconds after. A forward that
 synchronises with the host cannot be captured, and a capture that fails half-way can leave
 PyTorch's allocator holding memory for the rest of the process: the second warm-up run checks
-for synchronisation first (`torch.cuda.set_sync_debug_mode("error")`), and only a forward that
-passes is captured. Any failure runs that shape eager from then on, said in one warning line.
+for synchronisation first (`torch.cuda.set_sync_debug_mode("error")`, process-wide for that one
+forward: the server and ComfyUI run their models on one thread), and only a forward that passes
+is captured. Any failure runs that shape eager from then on, said in one warning line.
 A graph keeps its memory between calls; `release(model)` frees it (the ComfyUI nodes do after
 each run, since ComfyUI's memory manager cannot see it).
 
 torchvision's deformable convolution cannot be captured: its CUDA kernel is launched on the legacy
 default stream, not the current one, so a capture on another stream runs it once instead of
 recording it, and a replay's output belongs to the capture's input (measured on an H200: 3.8e-2
-relative error against eager). Inside a graph the
-deformable convolution is therefore the fused Triton kernel (`deform_conv_triton`; the banded
-`grid_sample` form where Triton is missing), whatever `deform_conv.chosen_implementation()` says
-for eager runs.
+relative error against eager). Inside a graph the deformable convolution is therefore the fused
+Triton kernel (`deform_conv_triton`; the banded `grid_sample` form where Triton is missing),
+whatever `deform_conv.chosen_implementation()` says for eager runs.
 
 On by default on NVIDIA GPUs (Swin-L 1024² fp16 on an H200: 0.62x eager's time, within fp16
-rounding of it; docs/benchmarks.md); on AMD GPUs (ROCm), not measured, BIREFNET_CUDA_GRAPHS=1 turns
-them on. BIREFNET_CUDA_GRAPHS=0 turns it off for every model, `enable(model,
-False)` for one. It applies only on CUDA, in inference; everything else runs eager.
+rounding of it; docs/benchmarks.md); on AMD GPUs (ROCm), not measured, BIREFNET_CUDA_GRAPHS=1
+turns them on. BIREFNET_CUDA_GRAPHS=0 turns them off for every model, `enable(model, False)` for
+one. They apply only on CUDA, in inference; everything else runs eager.
 """
 
 from __future__ import annotations
