@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU check (run on a lent GPU machine from the repository root; never part of CI).
-# Everything lands in $OUT (or ./gpu_out); docs/benchmarks.md, "GPU check", says how to call it
+# Everything lands in $OUT (or ./gpu_out); docs/benchmarks.md ("GPU: NVIDIA H200", "How a session runs it") says how to call it
 # through the device tool, what each step measures and what is still owed.
 # Needs: .official (a checkout of ZhengPeng7/BiRefNet, code only) for the baseline rows; .whl with the
 # wheels the machine lacks (kornia, kornia_rs). STEPS picks parts, in this order of priority (default
