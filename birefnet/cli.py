@@ -247,16 +247,18 @@ def planned_outputs(args, files, out_dir: Path) -> list[tuple[Path, ...]]:
     return [tuple(out_dir / path for path in paths) for paths in plan]
 
 
+def input_folders(inputs) -> list[Path]:
+    return [Path(item).resolve() for item in inputs if Path(item).is_dir()]
+
+
 def is_an_input_folder(out_dir: Path, inputs) -> bool:
-    out = out_dir.resolve()
-    return any(Path(item).is_dir() and Path(item).resolve() == out for item in inputs)
+    return out_dir.resolve() in input_folders(inputs)
 
 
 def inside_an_input(out_dir: Path, inputs) -> bool:
     """Whether --out lies strictly inside an input folder (its files are then earlier outputs, not inputs)."""
     out = out_dir.resolve()
-    folders = [Path(item).resolve() for item in inputs if Path(item).is_dir()]
-    return any(out != folder and out.is_relative_to(folder) for folder in folders)
+    return any(out != folder and out.is_relative_to(folder) for folder in input_folders(inputs))
 
 
 def check_out(out_dir: Path) -> None:

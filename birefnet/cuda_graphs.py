@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from . import device_constants
-from .deform_conv import chosen_implementation, implementation
+from .deform_conv import chosen_implementation, implementation, triton_kernels
 
 ENV = "BIREFNET_CUDA_GRAPHS"
 MAX_GRAPHS = 4  # per model; they share one memory pool, about the largest forward's activation memory
@@ -61,11 +61,11 @@ _OVERRIDES: WeakKeyDictionary[nn.Module, bool] = WeakKeyDictionary()
 _CACHES: WeakKeyDictionary[nn.Module, GraphCache] = WeakKeyDictionary()
 
 
-def parse_switch(text: str | None) -> bool:
-    """The switch's value: 1/true/yes/on (or unset: the default) or 0/false/no/off; anything else is a
+def parse_switch(text: str | None, default: bool = True) -> bool:
+    """The switch's value: 1/true/yes/on or 0/false/no/off, `default` when unset; anything else is a
     one-line error."""
     if text is None or not text.strip():
-        return True
+        return default
     value = text.strip().lower()
     if value in _ON:
         return True
@@ -93,10 +93,7 @@ def enabled(model: nn.Module, device: torch.device) -> bool:
     on = _OVERRIDES.get(model)
     if on is not None:
         return on
-    text = os.environ.get(ENV)
-    if not (text or "").strip():
-        return torch.version.hip is None
-    return parse_switch(text)
+    return parse_switch(os.environ.get(ENV), default=torch.version.hip is None)
 
 
 def release(model: nn.Module) -> None:
@@ -123,11 +120,7 @@ def capture_safe_implementation() -> str:
     choice = chosen_implementation()
     if choice in ("triton", "banded"):
         return choice
-    try:
-        from . import deform_conv_triton  # noqa: F401  (comes with PyTorch's CUDA wheels on Linux)
-    except ImportError:
-        return "banded"
-    return "triton"
+    return "banded" if triton_kernels() is None else "triton"
 
 
 def cache_for(model: nn.Module) -> GraphCache:

@@ -165,7 +165,8 @@ def deform_conv2d_banded(
     out_channels, _, kh, kw = weight.shape
     taps = kh * kw
     out_h, out_w = offset.shape[-2:]
-    gather = _triton_im2col() if x.is_cuda and kh == kw else None
+    kernels = triton_kernels() if x.is_cuda and kh == kw else None
+    gather = None if kernels is None else kernels.im2col
     source = x if gather is not None else x.float()
     matrix = weight.reshape(out_channels, channels * taps)
     out = x.new_empty(batch, out_channels, out_h * out_w)
@@ -193,17 +194,14 @@ def deform_conv2d_banded(
     return out.view(batch, out_channels, out_h, out_w)
 
 
-def _rows(mask: torch.Tensor | None, start: int, count: int) -> torch.Tensor | None:
-    return None if mask is None else mask[start : start + count]
-
-
-def _triton_im2col():
-    """Triton's im2col for the banded form on CUDA, or None where Triton is missing (grid_sample then)."""
+def triton_kernels():
+    """The module of Triton kernels (`deform_conv_triton`), or None where Triton is missing (it comes
+    with PyTorch's CUDA wheels on Linux)."""
     try:
-        from .deform_conv_triton import im2col
+        from . import deform_conv_triton
     except ImportError:
         return None
-    return im2col
+    return deform_conv_triton
 
 
 def _triton_op():
@@ -250,11 +248,9 @@ def deform_conv2d(
     at_once = max(1, TORCHVISION_BUFFER_LIMIT // one_image)
     if prefer_torchvision and not needs_grad and shortcuts() and x.shape[0] > at_once:
         # a batch whose buffer would pass the limit: torchvision's kernel on as many images as fit, in turn
-        parts = [
-            deform_conv2d(x[i : i + at_once], offset[i : i + at_once], weight, _rows(mask, i, at_once), padding, bias)
-            for i in range(0, x.shape[0], at_once)
-        ]
-        return torch.cat(parts)
+        chunks = [slice(i, i + at_once) for i in range(0, x.shape[0], at_once)]
+        own_mask = lambda rows: None if mask is None else mask[rows]  # noqa: E731
+        return torch.cat([deform_conv2d(x[r], offset[r], weight, own_mask(r), padding, bias) for r in chunks])
     if prefer_torchvision and _tv_deform_conv2d is not None:
         if key not in _TORCHVISION_UNSUPPORTED:
             try:

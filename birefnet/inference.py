@@ -205,8 +205,8 @@ def model_working_size(model, height: int, width: int, resolution=None, max_mega
 @torch.inference_mode()
 def predict(model, batch: torch.Tensor) -> torch.Tensor:
     """Probabilities (B, 1, h, w) float32 for an RGB batch (B, 3, h, w) in [0, 1], h, w multiples of 32,
-    on the model's device. On CUDA the forward is a
-    replayed CUDA graph per input shape and dtype (`cuda_graphs`; BIREFNET_CUDA_GRAPHS=0 turns it off)."""
+    on the model's device. On CUDA the forward is a replayed CUDA graph per input shape and dtype
+    (`cuda_graphs`; BIREFNET_CUDA_GRAPHS=0 turns it off)."""
     param = next(model.parameters())
     x = batch.to(device=param.device, dtype=torch.float32)
     forward = lambda x: torch.sigmoid(model(normalise(x).to(param.dtype)).float())
