@@ -15,7 +15,8 @@ eager; graphs (the forward replayed as a CUDA graph, `birefnet.cuda_graphs`); ch
 (weights and input in NHWC); cudnn-benchmark (cuDNN picks each convolution's algorithm by timing
 them on the first call per shape); banded (the grid_sample deformable convolution in the model's
 dtype, `BIREFNET_DEFORM_CONV=banded`); triton (the fused Triton deformable convolution,
-`BIREFNET_DEFORM_CONV=triton`, CUDA); compile, compile:reduce-overhead, compile:max-autotune
+`BIREFNET_DEFORM_CONV=triton`, CUDA); torchvision (torchvision's kernel, `BIREFNET_DEFORM_CONV=torchvision`;
+with graphs it runs eager between graph pieces); compile, compile:reduce-overhead, compile:max-autotune
 (`torch.compile` modes). Rows are every --dtype x --path x --batch, or the `--row DTYPE/PATH/BATCH`
 list; the official model runs first at batch 1 in each `--official-dtype`.
 
@@ -43,6 +44,7 @@ import subprocess
 import sys
 import time
 import types
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -78,8 +80,8 @@ def official_model(directory: str | os.PathLike, variant: str) -> torch.nn.Modul
     return importlib.import_module("models.birefnet").BiRefNet(bb_pretrained=False)
 
 
-FEATURES = ("eager", "graphs", "channels-last", "cudnn-benchmark", "banded", "triton", "compile")
-DEFORM_FEATURES = ("banded", "triton")  # deformable-convolution implementations: one per path
+FEATURES = ("eager", "graphs", "channels-last", "cudnn-benchmark", "banded", "triton", "torchvision", "compile")
+DEFORM_FEATURES = ("banded", "triton", "torchvision")  # deformable-convolution implementations: one per path
 
 
 def parse_path(text: str) -> dict:
@@ -95,7 +97,8 @@ def parse_path(text: str) -> dict:
             path["compile"] = mode or "default"
         elif feature in DEFORM_FEATURES:
             if path["deform"] not in (None, feature):
-                raise ValueError(f"path {text!r}: choose one of {' or '.join(DEFORM_FEATURES)}")
+                choices = f"{', '.join(DEFORM_FEATURES[:-1])} or {DEFORM_FEATURES[-1]}"
+                raise ValueError(f"path {text!r}: choose one of {choices}")
             path["deform"] = feature
         elif feature != "eager":
             path[feature.replace("-", "_")] = True
@@ -126,17 +129,17 @@ def _torch_run(model, args, x, device, dtype):
     if path["compile"]:
         model = compile_model(model, path["compile"])
     forward = model
-    if path["deform"]:
-        forward = lambda t: _with_deform(path["deform"], model, t, implementation)
     if path["graphs"]:
         cache = cuda_graphs.GraphCache(model, capture_at=1)  # the first call captures: its time is the cost
-        return lambda: cache.run(forward, x.to(device=device, dtype=dtype, memory_format=layout)), model
-    return lambda: forward(x.to(device=device, dtype=dtype, memory_format=layout)), model
+        forward = lambda t: cache.run(model, t)
+    choice = (lambda: implementation(path["deform"])) if path["deform"] else nullcontext
+    return lambda: _call(forward, x.to(device=device, dtype=dtype, memory_format=layout), choice), model
 
 
-def _with_deform(name, model, x, implementation):
-    with implementation(name):
-        return model(x)
+def _call(forward, x, context):
+    """forward(x) inside `context()` (the path's deformable-convolution choice, around the graphs too)."""
+    with context():
+        return forward(x)
 
 
 def _profile(run, sync, cuda: bool, rows: int) -> str:

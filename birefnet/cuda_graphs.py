@@ -22,9 +22,13 @@ each run, since ComfyUI's memory manager cannot see it).
 torchvision's deformable convolution cannot be captured: its CUDA kernel is launched on the legacy
 default stream, not the current one, so a capture on another stream runs it once instead of
 recording it, and a replay's output belongs to the capture's input (measured on an H200: 3.8e-2
-relative error against eager). Inside a graph the deformable convolution is therefore the fused
-Triton kernel (`deform_conv_triton`; the banded `grid_sample` form where Triton is missing),
-whatever `deform_conv.chosen_implementation()` says for eager runs.
+relative error against eager). A graph therefore holds the fused Triton kernel
+(`deform_conv_triton`; the banded form where Triton is missing), or, with torchvision's kernel
+chosen (BIREFNET_DEFORM_CONV=torchvision), the capture is cut at each deformable convolution
+("between": a forward of 20 is 21 graphs) and torchvision's kernel runs eager between the
+pieces at each replay, on the default stream it launches on; no Triton compile (most of the first
+call's 15 s), torchvision's speed (2.7x the fused kernel's in fp16 on an H200), a few dozen
+launches more per forward. Not yet measured on a GPU: the default stays Triton's until it is.
 
 On by default on NVIDIA GPUs (Swin-L 1024² fp16 on an H200: 0.62x eager's time, within fp16
 rounding of it; docs/benchmarks.md); on AMD GPUs (ROCm), not measured, BIREFNET_CUDA_GRAPHS=1
@@ -39,7 +43,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable
 from weakref import WeakKeyDictionary
@@ -48,7 +52,7 @@ import torch
 from torch import nn
 
 from . import device_constants
-from .deform_conv import chosen_implementation, implementation, triton_kernels
+from .deform_conv import chosen_implementation, implementation, outside_capture, triton_kernels
 
 ENV = "BIREFNET_CUDA_GRAPHS"
 MAX_GRAPHS = 4  # per model; they share one memory pool, about the largest forward's activation memory
@@ -115,11 +119,14 @@ def synchronisation_raises():
 
 
 def capture_safe_implementation() -> str:
-    """The deformable convolution a graph captures: the chosen one if it is capture-safe (triton,
-    banded), else Triton's kernel where Triton imports, else the banded form."""
+    """The deformable convolution of a graph: the chosen one if it can be captured (triton, banded);
+    "between" (torchvision's kernel eager between graph pieces) when torchvision's is chosen; else
+    Triton's kernel where Triton imports, else the banded form."""
     choice = chosen_implementation()
     if choice in ("triton", "banded"):
         return choice
+    if choice == "torchvision":
+        return "between"
     return "banded" if triton_kernels() is None else "triton"
 
 
@@ -131,9 +138,89 @@ def cache_for(model: nn.Module) -> GraphCache:
     return cache
 
 
+def on_default_stream(run: Callable[[], object], shape: tuple = (), dtype: torch.dtype | None = None):
+    """`run()` on the default stream, in order with the current one both ways: torchvision's deformable
+    convolution launches its kernel there whatever the current stream (the warm-ups run on a side stream).
+    The strict alternation also makes the memory safe: each stream's later work waits for the other's
+    reads. `shape` and `dtype` go unused (`outside_capture`'s signature)."""
+    caller, default = torch.cuda.current_stream(), torch.cuda.default_stream()
+    if caller == default:
+        return run()
+    default.wait_stream(caller)
+    with torch.cuda.stream(default):
+        out = run()
+    caller.wait_stream(default)
+    return out
+
+
+class _Pieces:
+    """A forward captured as one CUDA graph, or, cut at each call handed to `cut`, as several graphs
+    with those calls run eager between them; `replay()` runs it all in capture order."""
+
+    def __init__(self, pool, stream: torch.cuda.Stream):
+        self.pool = pool
+        self.stream = stream
+        self.steps: list[Callable[[], object]] = []  # graph replays and the eager calls between them
+        self.graphs: list[torch.cuda.CUDAGraph] = []
+        self._capturing = None  # the open `torch.cuda.graph` context
+
+    def capture(self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        # The outer stream context puts the caller's stream back even where a failed capture's own exit
+        # cannot (its capture_end raises first): left on the capture stream, the thread's later eager
+        # work would race torchvision's kernel, which launches on the default stream.
+        with torch.cuda.stream(self.stream):
+            self._begin()
+            try:
+                out = forward(x)
+            except BaseException:
+                self._abandon()
+                raise
+            self._end()
+        return out
+
+    def cut(self, run: Callable[[], torch.Tensor], shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """End the current graph, replay `run()` eager into a buffer of the graphs' pool, start the next graph."""
+        out = torch.empty(shape, dtype=dtype, device=torch.cuda.current_device())  # in the pool: fixed address
+        self._end()
+        self.steps.append(lambda: out.copy_(run()))
+        self._begin()
+        return out
+
+    def replay(self) -> None:
+        if len(self.steps) == 1:
+            self.steps[0]()
+        else:  # with torchvision's kernel between the graphs, all on the stream it launches on
+            on_default_stream(self._replay_steps)
+
+    def _replay_steps(self) -> None:
+        for step in self.steps:
+            step()
+
+    def _begin(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        context = torch.cuda.graph(graph, pool=self.pool, stream=self.stream)
+        context.__enter__()
+        self._capturing = context
+        self.graphs.append(graph)
+
+    def _end(self) -> None:
+        context, self._capturing = self._capturing, None
+        context.__exit__(None, None, None)
+        self.steps.append(self.graphs[-1].replay)
+
+    def _abandon(self) -> None:
+        """Close a capture that failed half-way (its own error, if any, gives way to the first one)."""
+        context, self._capturing = self._capturing, None
+        if context is not None:
+            try:
+                context.__exit__(None, None, None)
+            except Exception:
+                pass
+
+
 @dataclass
 class _Graph:
-    graph: torch.cuda.CUDAGraph
+    pieces: _Pieces
     static_input: torch.Tensor
     static_output: torch.Tensor
     constants: tuple = ()  # the device constants it read at capture (kept alive: it holds their addresses)
@@ -191,14 +278,13 @@ class GraphCache:
             if key not in self.graphs:
                 if not self.due(key):
                     return forward(x)
-                with implementation(deform):
-                    entry = self._capture(forward, x, key)
+                entry = self._capture(forward, x, key)
             self.graphs.move_to_end(key)
             if entry is None:
                 return forward(x)
             batch = x.shape[0]
             entry.static_input[:batch].copy_(x)
-            entry.graph.replay()
+            entry.pieces.replay()
             return entry.static_output[:batch].clone()
 
     def _find(self, x: torch.Tensor, deform: str) -> tuple[tuple, _Graph | None]:
@@ -221,26 +307,28 @@ class GraphCache:
         while len(self.graphs) >= self.max_graphs:
             self.graphs.popitem(last=False)
         started = time.perf_counter()
+        deform = key[-1]
+        between = deform == "between"  # keeps the chosen (eager) implementation; the others are what graphs run
+        form = nullcontext() if between else implementation(deform)
         try:
-            with torch.cuda.device(x.device):
+            with torch.cuda.device(x.device), form:
                 static_input = x.clone()
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
+                with torch.cuda.stream(side), outside_capture(on_default_stream if between else None):
                     forward(static_input)  # makes the constants, compiles Triton's kernel, picks cuDNN's plans
                     with synchronisation_raises():
                         forward(static_input)  # found here, a synchronising forward is never captured
                 torch.cuda.current_stream().wait_stream(side)
                 torch.cuda.empty_cache()  # eager's cached blocks back: the graph's own pool can take them
-                graph = torch.cuda.CUDAGraph()
                 # Graphs of one model never run at once (the lock), and each keeps its output alive,
                 # so a later capture may reuse only other graphs' scratch memory: one pool for all.
                 if x.device not in self._pools:
                     self._pools[x.device] = torch.cuda.graph_pool_handle()
-                pool = self._pools[x.device]
-                with torch.cuda.graph(graph, pool=pool):
-                    static_output = forward(static_input)
-            entry = _Graph(graph, static_input, static_output, device_constants.alive())
+                pieces = _Pieces(self._pools[x.device], side)
+                with outside_capture(pieces.cut if between else None):
+                    static_output = pieces.capture(forward, static_input)
+            entry = _Graph(pieces, static_input, static_output, device_constants.alive())
             self.captures += 1
             # The first-call cost users see (warm-up runs, cuDNN/Triton tuning, capture), said once per shape.
             log.info("CUDA graph for input %s %s captured in %.1f s", key[0], key[1], time.perf_counter() - started)

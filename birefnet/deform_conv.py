@@ -20,8 +20,9 @@ fp16 and 1.6x in bf16; it gathers with a Triton kernel on CUDA since, not yet me
 `torchvision` runs torchvision's kernel wherever it exists, whatever its buffer, CPU too;
 `triton` runs the fused kernel of `deform_conv_triton` for inference on CUDA (no im2col buffer, bf16
 native; elsewhere, and in training, as auto; on an H200 2.7x torchvision's time in fp16, 1.4x in
-bf16). CUDA graphs (`cuda_graphs`) always capture Triton's kernel or the banded form:
-torchvision's cannot be captured.
+bf16). torchvision's kernel cannot be captured in a CUDA graph (`cuda_graphs`): graphs capture
+Triton's kernel or the banded form, or cut the capture at each deformable convolution and run it
+eager between the pieces (`outside_capture`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,8 @@ _TORCHVISION_UNSUPPORTED: set[tuple[str, torch.dtype]] = set()
 ENV = "BIREFNET_DEFORM_CONV"
 IMPLEMENTATIONS = ("auto", "banded", "torchvision", "triton")
 _CHOICE: ContextVar[str | None] = ContextVar("birefnet_deform_conv", default=None)
+# run_elsewhere(run, shape, dtype) -> the output tensor, set by `outside_capture`
+_ELSEWHERE: ContextVar[Callable | None] = ContextVar("birefnet_deform_conv_elsewhere", default=None)
 TORCHVISION_BUFFER_LIMIT = 2 << 30  # bytes
 
 
@@ -82,6 +86,20 @@ def implementation(name: str):
         yield
     finally:
         _CHOICE.reset(token)
+
+
+@contextmanager
+def outside_capture(run_elsewhere: Callable | None):
+    """Inside, every inference deformable convolution is handed to `run_elsewhere(run, shape, dtype)`
+    instead of running: `run()` computes it (with the implementation chosen at the call) and
+    `run_elsewhere` returns a tensor of that shape and dtype that will hold the result. A CUDA
+    graph capture cuts itself there and runs `run()` eager between its pieces at each replay
+    (`cuda_graphs`): torchvision's kernel, which a graph cannot hold, at its own speed. None: run as usual."""
+    token = _ELSEWHERE.set(run_elsewhere)
+    try:
+        yield
+    finally:
+        _ELSEWHERE.reset(token)
 
 
 def _sample_grid(offset: torch.Tensor, kh: int, kw: int, padding: int, height: int, width: int, rows: slice):
@@ -234,10 +252,19 @@ def deform_conv2d(
     (a batch of 8 at 1024² asks for 3.3 GB in fp16), and banded where one image alone passes it.
     `chosen_implementation()` "banded": the banded form for every inference call; "torchvision":
     torchvision's kernel wherever it runs; "triton": the fused Triton kernel in CUDA inference.
+    Inside `outside_capture(f)` an inference call is handed to f instead.
     """
     key = (x.device.type, x.dtype)
     choice = chosen_implementation()
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or offset.requires_grad)
+    run_elsewhere = _ELSEWHERE.get()
+    if run_elsewhere is not None and not needs_grad:
+
+        def run() -> torch.Tensor:
+            with outside_capture(None), implementation(choice):
+                return deform_conv2d(x, offset, weight, mask, padding, bias)
+
+        return run_elsewhere(run, (x.shape[0], weight.shape[0], *offset.shape[-2:]), x.dtype)
     if choice == "triton" and not needs_grad and shortcuts() and x.device.type == "cuda":
         return _triton_op()(x, offset, weight, mask, bias, padding)
     one_image = torchvision_buffer_bytes(x[:1], weight, *offset.shape[-2:])

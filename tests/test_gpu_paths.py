@@ -26,6 +26,7 @@ from birefnet.deform_conv import (
     deform_conv2d_banded,
     deform_conv2d_reference,
     implementation,
+    outside_capture,
 )
 from birefnet.inference import normalise, predict
 from birefnet.video import segment_frames
@@ -97,7 +98,8 @@ def test_per_model_override_beats_the_environment(monkeypatch, b0_model):
 
 def test_graphs_never_capture_torchvisions_deformable_convolution(monkeypatch):
     """Replayed, torchvision's kernel gives the capture input's result (3.8e-2 off eager on an H200):
-    a graph takes Triton's kernel (the banded form without Triton) unless those were chosen."""
+    a graph takes Triton's kernel (the banded form without Triton) unless those were chosen, and with
+    torchvision's chosen it runs eager between graph pieces."""
     try:
         import birefnet.deform_conv_triton  # noqa: F401
 
@@ -106,9 +108,37 @@ def test_graphs_never_capture_torchvisions_deformable_convolution(monkeypatch):
         fused = "banded"
     monkeypatch.delenv("BIREFNET_DEFORM_CONV", raising=False)
     assert cuda_graphs.capture_safe_implementation() == fused
-    for chosen, captured in (("torchvision", fused), ("auto", fused), ("banded", "banded"), ("triton", "triton")):
+    for chosen, captured in (("torchvision", "between"), ("auto", fused), ("banded", "banded"), ("triton", "triton")):
         with implementation(chosen):
             assert cuda_graphs.capture_safe_implementation() == captured
+
+
+def test_outside_capture_hands_over_each_inference_call_with_its_shape_and_choice():
+    """What a graph capture cut at the deformable convolution relies on: the call is handed over with
+    the output's shape and dtype, `run()` gives the plain call's result with the implementation chosen
+    at the call (even when run later, outside that choice), and the caller's tensor is what comes back."""
+    x, offset, weight, mask, bias = _deform_inputs(kernel=3)
+    handed = []
+
+    def elsewhere(run, shape, dtype):
+        handed.append((run, shape, dtype))
+        return torch.full(shape, 7.0, dtype=dtype)
+
+    with torch.inference_mode():
+        with implementation("banded"):
+            banded = deform_conv2d(x, offset, weight, mask, 1, bias)
+            with outside_capture(elsewhere):
+                out = deform_conv2d(x, offset, weight, mask, 1, bias)
+        plain = deform_conv2d(x, offset, weight, mask, 1, bias)  # nothing handed over outside the block
+        run, shape, dtype = handed[0]
+        later = run()
+    assert len(handed) == 1 and shape == (2, 16, 20, 24) and dtype == torch.float32
+    assert torch.equal(out, torch.full(shape, 7.0))
+    assert torch.equal(later, banded) and relative_error(plain, banded) < 1e-5
+    trained = [t.clone().requires_grad_() for t in (x, offset, weight)]
+    with outside_capture(elsewhere):
+        deform_conv2d(*trained, mask, 1, bias).sum().backward()  # training is never handed over
+    assert len(handed) == 1 and trained[0].grad is not None
 
 
 def test_a_shape_is_captured_at_its_second_call_and_one_off_shapes_stay_bounded(b0_model):
@@ -238,7 +268,8 @@ def test_benchmark_paths_parse():
     assert parse_row("bf16/banded+graphs/8") == ("bf16", "banded+graphs", 8)
     with pytest.raises(ValueError, match="unknown part 'graph'"):
         parse_path("graph")
-    with pytest.raises(ValueError, match="choose one of banded or triton"):
+    assert parse_path("torchvision+graphs")["deform"] == "torchvision"
+    with pytest.raises(ValueError, match="choose one of banded, triton or torchvision"):
         parse_path("banded+triton")
     with pytest.raises(ValueError, match="compile mode 'fast'"):
         parse_path("compile:fast")
@@ -325,6 +356,32 @@ def test_a_synchronising_forward_is_never_captured_and_runs_eager(cuda_fp16_mode
 
 
 @needs_cuda
+@pytest.mark.parametrize("deform", ["triton", "torchvision"])
+def test_a_capture_failing_half_way_leaves_the_callers_stream_and_runs_eager(cuda_fp16_model, caplog, deform):
+    """A forward that passes the warm-ups but breaks its capture (a synchronisation only while capturing):
+    one warning, eager results, and the thread back on its own stream, where torchvision's kernel
+    (launched on the default stream) stays in order with everything else."""
+    model = cuda_fp16_model
+    cache = cuda_graphs.GraphCache(model, capture_at=1)
+
+    def breaks_capture(x):
+        if torch.cuda.is_current_stream_capturing():
+            torch.cuda.synchronize()  # not allowed while capturing: the capture is invalidated
+        return model(x)
+
+    x = torch.rand(1, 3, 256, 256, device=CUDA, dtype=torch.float16)
+    stream = torch.cuda.current_stream()
+    with caplog.at_level(logging.WARNING, logger="birefnet"), torch.inference_mode(), implementation(deform):
+        first = cache.run(breaks_capture, x)
+        assert torch.cuda.current_stream() == stream
+        second = cache.run(breaks_capture, x)
+        eager = model(x)
+    assert cache.captures == 0
+    assert sum("CUDA graph not captured" in r.getMessage() for r in caplog.records) == 1
+    assert torch.equal(second, eager) and relative_error(first, eager) < FP16_TOLERANCE
+
+
+@needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_banded_runs_in_the_model_dtype_on_cuda(dtype):
     """On CUDA the banded form gathers with Triton's im2col (bands of 5 rows here: several launches)."""
@@ -381,6 +438,32 @@ def test_model_with_the_triton_kernel_matches_torchvision_with_and_without_graph
             cuda_graphs.enable(model, None)
     assert relative_error(fused, default) < FP16_TOLERANCE
     assert relative_error(replayed, fused) < 1e-3  # the same kernels, replayed
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_graphs_cut_at_torchvisions_kernel_give_eager_results_on_any_stream(b0_weights, dtype):
+    """With torchvision's kernel chosen, a forward is several graphs with the kernel eager between
+    them: the same numbers as eager, replayed from the default stream or another one."""
+    model = load_model(b0_weights, tile_layout="current", device=CUDA, dtype=dtype)
+    x = torch.rand(2, 3, 256, 256)
+    with implementation("torchvision"):
+        cuda_graphs.enable(model, False)
+        eager = predict(model, x)
+        cuda_graphs.enable(model)
+        try:
+            replayed = [predict(model, x) for _ in range(2)][-1]
+            cache = cuda_graphs.cache_for(model)
+            entry = next(iter(cache.graphs.values()))
+            side = torch.cuda.Stream()
+            with torch.cuda.stream(side):
+                on_side = predict(model, x)
+            torch.cuda.synchronize()
+        finally:
+            cuda_graphs.enable(model, None)
+    assert cache.captures == 1 and len(entry.pieces.graphs) > 1  # cut at every deformable convolution
+    assert relative_error(replayed, eager) < 1e-3  # the same kernels, replayed
+    assert torch.equal(on_side, replayed)
 
 
 @needs_cuda
