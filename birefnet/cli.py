@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import backbones
+from .batching import AUTO, AUTO_MOST, check_batch_size
 from .compiled import compile_model
 from .device import auto_dtype, parse_dtype, resolve_device
 from .distributed import local_device, rank_and_world, shard, summed
@@ -62,6 +63,16 @@ def fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0 to 1")
     return value
+
+
+def batch_size_argument(text: str) -> int | str:
+    """--batch-size: a positive whole number or auto."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return check_batch_size(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a positive whole number nor auto") from None
 
 
 def positive(kind):
@@ -170,9 +181,10 @@ def cmd_segment(args) -> int:
         desc=f"rank {rank}" if world > 1 else None,
         position=rank if world > 1 else None,
     )
-    for start in range(0, len(files), args.batch_size):
+    per_chunk = AUTO_MOST if args.batch_size == AUTO else args.batch_size  # images read at a time
+    for start in range(0, len(files), per_chunk):
         chunk = []
-        for (file, _), paths in zip(files[start : start + args.batch_size], outputs[start : start + args.batch_size]):
+        for (file, _), paths in zip(files[start : start + per_chunk], outputs[start : start + per_chunk]):
             try:
                 image, frames = read_frames(file)
                 if args.box:
@@ -634,7 +646,13 @@ def build_parser() -> argparse.ArgumentParser:
         "for long batch jobs",
     )
     seg.add_argument("--cutout", action="store_true", help="also write <name>_cutout.png with the mask as alpha")
-    seg.add_argument("--batch-size", type=positive(int), default=1)
+    seg.add_argument(
+        "--batch-size",
+        type=batch_size_argument,
+        default=AUTO,
+        help="images or video frames per forward: a number, or auto (the default: as many as the GPU's free "
+        f"memory holds, up to {AUTO_MOST}; 1 on the CPU)",
+    )
     seg.add_argument(
         "--box",
         action="append",

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import cuda_graphs
+from .batching import batch_size_for, check_batch_size
 from .device_constants import device_constant
 from .errors import OutOfMemory
 from .model import MIN_SIZE
@@ -239,7 +240,7 @@ def segment(
     *,
     resolution=None,
     max_megapixels: float | None = None,
-    batch_size: int = 1,
+    batch_size: int | str = 1,
     callback: Callable[[int, int], None] | None = None,
     device="cpu",
 ):
@@ -248,24 +249,25 @@ def segment(
     images: one image or a sequence (PIL, numpy or tensor; see `to_rgb_tensor`).
     resolution: None for the checkpoint's default; an int or (height, width); or "aspect" (the image's
     aspect ratio at an area of `max_megapixels`, default the checkpoint's own area).
-    batch_size: images of equal working size are run together in one forward, this many at a time.
+    batch_size: images of equal working size are run together in one forward, this many at a time;
+    "auto": as many as the GPU's free memory holds, up to 8 (one on the CPU; `batching`).
     callback(done, total) is called after each batch (progress, cancellation by raising).
     device: where the masks go (default the CPU); the model's device keeps a GPU pipeline on the GPU.
     The masks are resized back on the model's device either way.
     """
     single = not isinstance(images, (list, tuple))
     tensors = [to_rgb_tensor(images)] if single else [to_rgb_tensor(im) for im in images]
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     sizes = [model_working_size(model, t.shape[1], t.shape[2], resolution, max_megapixels) for t in tensors]
+    check_batch_size(batch_size)  # a bad value fails before any work
     masks: list[torch.Tensor | None] = [None] * len(tensors)
     order = sorted(range(len(tensors)), key=lambda i: sizes[i])  # group equal sizes, stable
     done = 0
     start = 0
     while start < len(order):
         group = [order[start]]
+        most = batch_size_for(batch_size, model, *sizes[group[0]])
         while (
-            len(group) < batch_size
+            len(group) < most
             and start + len(group) < len(order)
             and sizes[order[start + len(group)]] == sizes[group[0]]
         ):

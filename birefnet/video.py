@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .batching import AUTO, batch_size_for, check_batch_size
 from .extras import require
 from .files import atomic_path
-from .inference import segment, to_rgb_tensor
+from .inference import model_working_size, segment, to_rgb_tensor
 from .temporal import TemporalSmoother
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
@@ -32,14 +33,22 @@ def segment_frames(
     temporal: float = 0.0,
     resolution=None,
     max_megapixels: float | None = None,
-    batch_size: int = 1,
+    batch_size: int | str = 1,
     with_frames: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Masks (H, W) float32 in [0, 1] for `frames` (PIL, numpy or tensors), in order, one batch in
     memory at a time. temporal: 0 (off) to 1, the strength of the temporal stabilisation.
-    with_frames: yield (frame, mask) pairs (for cut-outs of a stream)."""
+    batch_size: frames per forward, or "auto" (as many as the GPU's memory holds at the first frame's
+    working size, up to 8; one on the CPU). with_frames: yield (frame, mask) pairs (for cut-outs of a stream)."""
     smoother = TemporalSmoother(temporal)
     frames = iter(frames)
+    if check_batch_size(batch_size) == AUTO:
+        first = next(frames, None)
+        if first is None:
+            return
+        height, width = to_rgb_tensor(first).shape[1:]
+        batch_size = batch_size_for(AUTO, model, *model_working_size(model, height, width, resolution, max_megapixels))
+        frames = itertools.chain([first], frames)
     while chunk := list(itertools.islice(frames, batch_size)):
         masks = segment(model, chunk, resolution=resolution, max_megapixels=max_megapixels, batch_size=batch_size)
         for frame, mask in zip(chunk, masks):

@@ -6,13 +6,9 @@ import torch
 
 import birefnet
 from birefnet import cuda_graphs
+from birefnet.batching import activation_bytes
 
 from . import host
-
-# A forward's activation memory beside the weights, per input pixel: Swin-L in fp16 holds about 0.57 GB at
-# 1024x1024 and 2.25 GB at 2048x2048 at its peak (`python -m birefnet.peak_memory`, within 4% of a GPU's own
-# count); fp32, and bf16 (whose deformable convolution runs in float32 on CUDA), about twice as much.
-HALF_BYTES_PER_PIXEL = 600
 
 
 class BiRefNetHandle:
@@ -28,8 +24,7 @@ class BiRefNetHandle:
         """The model on its compute device (through ComfyUI's loader when there is one), with room for a
         forward of `working_pixels` input pixels (all images of the batch) beside it."""
         if self.patcher is not None:
-            per_pixel = HALF_BYTES_PER_PIXEL * (1 if self.dtype == torch.float16 else 2)
-            host.load_to_device(self.patcher, memory_required=working_pixels * per_pixel)
+            host.load_to_device(self.patcher, memory_required=activation_bytes(working_pixels, self.dtype))
             return self.patcher.model
         return self.model.to(self.device)
 

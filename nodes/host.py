@@ -130,6 +130,13 @@ class Progress:
             self.bar.update_absolute(done, self.total)
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on `device` as ComfyUI counts them (its own cache included); None outside ComfyUI."""
+    if model_management is None or not hasattr(model_management, "get_free_memory"):
+        return None
+    return int(model_management.get_free_memory(device))
+
+
 def intermediate_device() -> torch.device:
     if model_management is not None and hasattr(model_management, "intermediate_device"):
         return model_management.intermediate_device()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import birefnet
+from birefnet.batching import auto_batch_size
 from birefnet.guidance import parse_box, segment_regions
 from birefnet.highres import DEFAULT_FINE_MEGAPIXELS
 from birefnet.inference import model_working_size
@@ -15,6 +16,7 @@ from . import host
 from .spec import In, NodeSpec, Out
 
 RESOLUTION_MODES = ("native", "custom", "aspect")
+AUTO_BATCH = 0  # batch_size 0: `auto_batch`
 
 
 def resolution_for(mode: str, width: int, height: int):
@@ -31,6 +33,14 @@ def working_pixels(handle, frame: torch.Tensor, resolution, max_megapixels: floa
     """Pixels of the network input for one (H, W, C) frame: what a forward's activation memory grows with."""
     height, width = model_working_size(handle, frame.shape[0], frame.shape[1], resolution, max_megapixels or None)
     return height * width
+
+
+def auto_batch(handle, frame: torch.Tensor, resolution, max_megapixels: float) -> int:
+    """Frames per forward for batch_size 0: as many as the device's free memory holds beside the loaded
+    model (ComfyUI's count where it runs), up to 8; one on the CPU."""
+    height, width = model_working_size(handle, frame.shape[0], frame.shape[1], resolution, max_megapixels or None)
+    model = handle.ready(height * width)
+    return auto_batch_size(model, height, width, free=host.free_memory(handle.device))
 
 
 def with_fp32_fallback(handle, run):
@@ -58,6 +68,8 @@ def segment_batch(
     if frames.ndim != 4 or frames.shape[0] == 0:
         raise ValueError(f"BiRefNet needs a non-empty IMAGE batch (B, H, W, C), got shape {tuple(frames.shape)}")
     total = frames.shape[0]
+    if batch_size == AUTO_BATCH:
+        batch_size = auto_batch(handle, frames[0], resolution, max_megapixels)
     pixels = working_pixels(handle, frames[0], resolution, max_megapixels) * min(batch_size, total)
     if coarse_to_fine:
         pixels = max(pixels, int(fine_megapixels * 1e6))
@@ -139,7 +151,7 @@ def segment(
     width=1024,
     height=1024,
     max_megapixels=0.0,
-    batch_size=1,
+    batch_size=AUTO_BATCH,
     background="#FFFFFF",
     coarse_to_fine=False,
     fine_megapixels=DEFAULT_FINE_MEGAPIXELS,
@@ -206,9 +218,10 @@ SPEC = NodeSpec(
         In(
             "batch_size",
             "INT",
-            "Frames per model call; more is faster on big GPUs, uses more memory.",
-            default=1,
-            min=1,
+            "Frames per model call; more is faster on GPUs and uses more memory. 0 = auto: as many as the "
+            "GPU's free memory holds, up to 8 (1 on the CPU).",
+            default=AUTO_BATCH,
+            min=AUTO_BATCH,
             max=64,
         ),
         In("background", "STRING", "Colour behind the cut-out output (#RRGGBB or r,g,b).", default="#FFFFFF"),

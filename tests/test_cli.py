@@ -167,7 +167,8 @@ def test_bad_inputs_and_options_are_refused_before_loading(tmp_path):
         (("segment", image, "--out", image), "cannot write there"),  # a file, not a folder
         (("segment", image, "--out", "/proc/birefnet_out"), "cannot write there"),
         (("segment", image, "--out", tmp_path / "o", "--resolution", "100x7"), "multiples of 32"),
-        (("segment", image, "--out", tmp_path / "o", "--batch-size", "0"), "not a positive number"),
+        (("segment", image, "--out", tmp_path / "o", "--batch-size", "0"), "'0' is neither a positive whole number"),
+        (("segment", image, "--out", tmp_path / "o", "--batch-size", "all"), "nor auto"),
         (("segment", image, "--out", tmp_path / "o", "--device", "cuda:7"), "not available"),
     ):
         result = run_cli(*args, "--weights", slow)

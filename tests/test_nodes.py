@@ -98,6 +98,20 @@ def test_chunking_equals_one_call(pack, handle):
     assert torch.allclose(one, chunked, atol=1e-5)
 
 
+def test_batch_size_zero_is_auto_one_frame_per_call_on_the_cpu(pack, handle):
+    image = torch.rand(3, 40, 40, 3)
+    calls = []
+    hook = handle.model.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    try:
+        auto = pack.nodes.segment.segment_batch(handle, image, (64, 64), 0.0, batch_size=0)
+    finally:
+        hook.remove()
+    one = pack.nodes.segment.segment_batch(handle, image, (64, 64), 0.0, batch_size=1)
+    assert calls == [1, 1, 1] and torch.equal(auto, one)
+    (batch_size,) = [i for i in pack.nodes.segment.SPEC.inputs if i.name == "batch_size"]
+    assert batch_size.default == batch_size.min == 0  # auto is the node's default
+
+
 def test_guided_boxes_and_region_give_one_mask_per_object(pack, handle):
     image = torch.rand(2, 120, 160, 3)
     region = torch.zeros(1, 120, 160)
