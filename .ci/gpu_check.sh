@@ -50,7 +50,7 @@ if want tests; then
   log "tests (BIREFNET_DEVICE=cuda)"
   timeout 135 "${tests[@]}" tests/test_gpu_paths.py tests/test_deform_conv_triton.py tests/test_parity.py \
     tests/test_peak_memory.py tests/test_inference.py tests/test_layouts_and_ops.py tests/test_nodes.py \
-    tests/test_video.py tests/test_highres.py tests/test_guidance.py > "$OUT/tests.log" 2>&1
+    tests/test_video.py tests/test_highres.py tests/test_guidance.py tests/test_batching.py > "$OUT/tests.log" 2>&1
   echo "pytest rc $?" >> "$OUT/tests.log"
   grep -E "^(FAILED|ERROR)|passed|failed|pytest rc" "$OUT/tests.log" | tail -30
 fi
