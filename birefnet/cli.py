@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import re
 import sys
@@ -758,8 +759,33 @@ def os_error_line(err: OSError) -> str:
     return f"{err.filename}: {err.strerror}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message comes (tests and embedding programs replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def show_library_messages(quiet: bool) -> None:
+    """The library's log lines on stderr as "birefnet: ..." (info too, e.g. a CUDA graph's capture time,
+    the first call's cost; warnings only with --quiet), set up once per process."""
+    logger = logging.getLogger("birefnet")
+    if not any(getattr(handler, "birefnet_cli", False) for handler in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("birefnet: %(message)s"))
+        handler.birefnet_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    show_library_messages(getattr(args, "quiet", False))
     try:
         return args.func(args)
     except (CheckpointError, ValueError, FileExistsError) as err:

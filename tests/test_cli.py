@@ -83,6 +83,28 @@ def test_segment_defaults_to_the_embedded_model_and_says_so(tmp_path):
     assert "embedded demo model" in info.stdout
 
 
+def test_library_messages_reach_stderr_once_and_quiet_keeps_warnings_only(capsys):
+    """The library's info lines (a CUDA graph's capture time: the first call's cost) show on the CLI's stderr."""
+    import logging
+
+    from birefnet.cli import show_library_messages
+
+    log = logging.getLogger("birefnet")
+    level = log.level
+    try:
+        show_library_messages(quiet=False)
+        show_library_messages(quiet=False)  # set up once: one line per message
+        log.info("CUDA graph captured in 1.0 s")
+        show_library_messages(quiet=True)
+        log.info("not shown")
+        log.warning("shown")
+    finally:
+        log.setLevel(level)
+    err = capsys.readouterr().err
+    assert err.count("birefnet: CUDA graph captured in 1.0 s") == 1
+    assert "not shown" not in err and "birefnet: shown" in err
+
+
 def test_library_default_is_the_demo_model_with_the_notice(caplog):
     from birefnet import load_model
 
