@@ -32,17 +32,17 @@ timm.__version__, 'triton', triton.__version__)"
 } 2>&1 | tee "$OUT/gpu.txt"
 
 if want bench; then
-  # Swin-L 1024²: the official fp32 baseline; then graphs with torchvision's kernel eager between graph
-  # pieces ("torchvision+graphs": not measured yet; if it beats Triton's kernel inside one graph, it
-  # becomes the default), the default (graphs, Triton's kernel inside; its first call = Triton's compile,
+  # Swin-L 1024²: the official fp32 baseline; then graphs with the deformable convolution eager between
+  # graph pieces ("between+graphs", torchvision's kernel: not measured yet; if it beats Triton's kernel
+  # inside one graph, it becomes the default), the default (graphs, Triton's kernel inside; its first call = Triton's compile,
   # about 12 s on a fresh machine, + capture); then batch throughput (owed: images/s at batch 8 >= 2.5x
   # batch 1), eager and both graph forms; then the banded form (Triton im2col + cuBLAS) in a graph, bf16.
   # Each row is a fresh process (about 20-25 s with imports, two Swin-L builds and the first call);
   # rows print as they finish.
   log "bench"
   timeout 270 "${bench[@]}" --resolution 1024 "${official[@]}" --official-dtype fp32 --runs 10 --warmup 3 \
-    --row-timeout 45 --row fp16/torchvision+graphs/1 fp16/graphs/1 fp16/eager/1 fp16/eager/8 \
-    fp16/torchvision+graphs/8 fp16/graphs/8 fp16/banded+graphs/1 bf16/torchvision+graphs/1 bf16/graphs/1 \
+    --row-timeout 45 --row fp16/between+graphs/1 fp16/graphs/1 fp16/eager/1 fp16/eager/8 \
+    fp16/between+graphs/8 fp16/graphs/8 fp16/banded+graphs/1 bf16/between+graphs/1 bf16/graphs/1 \
     2>&1 | tee "$OUT/bench.md"
 fi
 if want tests; then
@@ -75,7 +75,7 @@ if want memory; then
   # 4096² batch 1 with graphs, both forms (2048²/4096² eager were measured in session 12: 2.76 / 4.11 GB).
   log "memory"
   timeout 60 "${bench[@]}" --resolution 4096 --runs 2 --warmup 1 --row-timeout 28 --row fp16/graphs/1 \
-    fp16/torchvision+graphs/1 2>&1 | tee "$OUT/memory.md"
+    fp16/between+graphs/1 2>&1 | tee "$OUT/memory.md"
 fi
 if want kernels; then
   # The deformable convolution alone at a forward's 20 shapes (session 12: fused Triton 2.65x torchvision's

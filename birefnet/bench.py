@@ -15,8 +15,10 @@ eager; graphs (the forward replayed as a CUDA graph, `birefnet.cuda_graphs`); ch
 (weights and input in NHWC); cudnn-benchmark (cuDNN picks each convolution's algorithm by timing
 them on the first call per shape); banded (the grid_sample deformable convolution in the model's
 dtype, `BIREFNET_DEFORM_CONV=banded`); triton (the fused Triton deformable convolution,
-`BIREFNET_DEFORM_CONV=triton`, CUDA); torchvision (torchvision's kernel, `BIREFNET_DEFORM_CONV=torchvision`;
-with graphs it runs eager between graph pieces); compile, compile:reduce-overhead, compile:max-autotune
+`BIREFNET_DEFORM_CONV=triton`, CUDA); torchvision (torchvision's kernel whatever its buffer,
+`BIREFNET_DEFORM_CONV=torchvision`; with graphs it runs eager between graph pieces); between (with
+graphs: the deformable convolution eager between graph pieces, as eager chooses it: torchvision's
+kernel within its buffer limit); compile, compile:reduce-overhead, compile:max-autotune
 (`torch.compile` modes). Rows are every --dtype x --path x --batch, or the `--row DTYPE/PATH/BATCH`
 list; the official model runs first at batch 1 in each `--official-dtype`.
 
@@ -80,8 +82,8 @@ def official_model(directory: str | os.PathLike, variant: str) -> torch.nn.Modul
     return importlib.import_module("models.birefnet").BiRefNet(bb_pretrained=False)
 
 
-FEATURES = ("eager", "graphs", "channels-last", "cudnn-benchmark", "banded", "triton", "torchvision", "compile")
-DEFORM_FEATURES = ("banded", "triton", "torchvision")  # deformable-convolution implementations: one per path
+DEFORM_FEATURES = ("banded", "triton", "torchvision", "between")  # deformable-convolution choices: one per path
+FEATURES = ("eager", "graphs", "channels-last", "cudnn-benchmark", *DEFORM_FEATURES, "compile")
 
 
 def parse_path(text: str) -> dict:
@@ -123,6 +125,9 @@ def _torch_run(model, args, x, device, dtype):
     path = parse_path(args.path)
     if path["graphs"] and device.type != "cuda":
         raise SystemExit("n/a: CUDA graphs need a CUDA device")
+    between = path["deform"] == "between"
+    if between and not path["graphs"]:
+        raise SystemExit("n/a: between is a form of CUDA graphs: between+graphs")
     layout = torch.channels_last if path["channels_last"] else torch.contiguous_format
     torch.backends.cudnn.benchmark = path["cudnn_benchmark"]  # cuDNN times its algorithms per shape in the warm-up
     model = model.to(device=device, dtype=dtype, memory_format=layout)
@@ -130,9 +135,10 @@ def _torch_run(model, args, x, device, dtype):
         model = compile_model(model, path["compile"])
     forward = model
     if path["graphs"]:
-        cache = cuda_graphs.GraphCache(model, capture_at=1)  # the first call captures: its time is the cost
+        # the first call captures: its time is the cost
+        cache = cuda_graphs.GraphCache(model, capture_at=1, deform="between" if between else None)
         forward = lambda t: cache.run(model, t)
-    choice = (lambda: implementation(path["deform"])) if path["deform"] else nullcontext
+    choice = (lambda: implementation(path["deform"])) if path["deform"] and not between else nullcontext
     return lambda: _call(forward, x.to(device=device, dtype=dtype, memory_format=layout), choice), model
 
 

@@ -236,10 +236,13 @@ class GraphCache:
     (`model.to(...)`, `half()`); in-place loads (`load_state_dict`) keep them valid.
     """
 
-    def __init__(self, model: nn.Module, max_graphs: int = MAX_GRAPHS, capture_at: int = CAPTURE_AT):
+    def __init__(
+        self, model: nn.Module, max_graphs: int = MAX_GRAPHS, capture_at: int = CAPTURE_AT, deform: str | None = None
+    ):
         self.model = model
         self.max_graphs = max_graphs
         self.capture_at = capture_at
+        self.deform = deform  # triton, banded or between; None: `capture_safe_implementation()` at each call
         self.graphs: OrderedDict[tuple, _Graph | None] = OrderedDict()  # None: capture failed, run eager
         self.sightings: OrderedDict[tuple, int] = OrderedDict()  # calls of shapes not captured yet
         self.captures = 0  # graphs captured so far (tests and the benchmark read it)
@@ -273,7 +276,7 @@ class GraphCache:
             if weights != self._weights:
                 self.clear()
                 self._weights = weights
-            deform = capture_safe_implementation()
+            deform = self.deform or capture_safe_implementation()
             key, entry = self._find(x, deform)
             if key not in self.graphs:
                 if not self.due(key):

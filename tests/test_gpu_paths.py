@@ -268,8 +268,8 @@ def test_benchmark_paths_parse():
     assert parse_row("bf16/banded+graphs/8") == ("bf16", "banded+graphs", 8)
     with pytest.raises(ValueError, match="unknown part 'graph'"):
         parse_path("graph")
-    assert parse_path("torchvision+graphs")["deform"] == "torchvision"
-    with pytest.raises(ValueError, match="choose one of banded, triton or torchvision"):
+    assert parse_path("torchvision+graphs")["deform"] == "torchvision" and parse_path("between+graphs")["graphs"]
+    with pytest.raises(ValueError, match="choose one of banded, triton, torchvision or between"):
         parse_path("banded+triton")
     with pytest.raises(ValueError, match="compile mode 'fast'"):
         parse_path("compile:fast")
