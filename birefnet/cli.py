@@ -29,6 +29,7 @@ from .pipeline import check_highres, cutout_image, finish, model_device, segment
 from .pipeline import parse_resolution as resolution_option
 from .refine import Refinement
 from .version import __version__
+from .write_behind import WriteBehind
 from .zoo import listed
 
 
@@ -183,63 +184,64 @@ def cmd_segment(args) -> int:
         position=rank if world > 1 else None,
     )
     per_chunk = AUTO_MOST if args.batch_size == AUTO else args.batch_size  # images read at a time
-    for start in range(0, len(files), per_chunk):
-        chunk = []
-        for (file, _), paths in zip(files[start : start + per_chunk], outputs[start : start + per_chunk]):
-            try:
-                image, frames = read_frames(file)
-                if args.box:
-                    check_boxes_inside(args.box, image)
-                chunk.append((image, paths))
-            except Exception as err:  # unreadable, not an image, or a box outside it: report and go on
-                skipped += 1
-                bar.write(f"birefnet: skipped {file}: {err}", file=sys.stderr)
-                bar.update(1)
+    with WriteBehind() as saver:  # the PNGs are compressed behind the model, by a few threads
+        for start in range(0, len(files), per_chunk):
+            chunk = []
+            for (file, _), paths in zip(files[start : start + per_chunk], outputs[start : start + per_chunk]):
+                try:
+                    image, frames = read_frames(file)
+                    if args.box:
+                        check_boxes_inside(args.box, image)
+                    chunk.append((image, paths))
+                except Exception as err:  # unreadable, not an image, or a box outside it: report and go on
+                    skipped += 1
+                    bar.write(f"birefnet: skipped {file}: {err}", file=sys.stderr)
+                    bar.update(1)
+                    continue
+                if frames > 1 and not animated_said:
+                    animated_said = True
+                    bar.write(f"birefnet: {file} is animated; only its first frame is segmented", file=sys.stderr)
+            if not chunk:
                 continue
-            if frames > 1 and not animated_said:
-                animated_said = True
-                bar.write(f"birefnet: {file} is animated; only its first frame is segmented", file=sys.stderr)
-        if not chunk:
-            continue
-        if args.box:
-            guided = [
-                segment_image(
-                    model, image, boxes=args.box, resolution=args.resolution, max_megapixels=args.max_megapixels
-                )
-                for image, _ in chunk
-            ]
-            masks = [combined for combined, _ in guided]
-            for (image, paths), (_, objects) in zip(chunk, guided):
-                for box, single, path in zip(args.box, objects, paths[2:]):
-                    single, _ = finish(image, single, refinement, boxes=[box], device=model_device(model))
-                    save_image(mask_to_image(single), path, replace=args.overwrite)
-        elif args.highres:
-            masks = [
-                segment_image(
+            if args.box:
+                guided = [
+                    segment_image(
+                        model, image, boxes=args.box, resolution=args.resolution, max_megapixels=args.max_megapixels
+                    )
+                    for image, _ in chunk
+                ]
+                masks = [combined for combined, _ in guided]
+                for (image, paths), (_, objects) in zip(chunk, guided):
+                    for box, single, path in zip(args.box, objects, paths[2:]):
+                        single, _ = finish(image, single, refinement, boxes=[box], device=model_device(model))
+                        save_image(mask_to_image(single), path, replace=args.overwrite)
+            elif args.highres:
+                masks = [
+                    segment_image(
+                        model,
+                        image,
+                        resolution=args.resolution,
+                        max_megapixels=args.max_megapixels,
+                        highres=True,
+                        fine_megapixels=args.fine_megapixels,
+                    )[0]
+                    for image, _ in chunk
+                ]
+            else:
+                masks = segment(
                     model,
-                    image,
+                    [image for image, _ in chunk],
                     resolution=args.resolution,
                     max_megapixels=args.max_megapixels,
-                    highres=True,
-                    fine_megapixels=args.fine_megapixels,
-                )[0]
-                for image, _ in chunk
-            ]
-        else:
-            masks = segment(
-                model,
-                [image for image, _ in chunk],
-                resolution=args.resolution,
-                max_megapixels=args.max_megapixels,
-                batch_size=args.batch_size,
-                device=model_device(model),  # `finish` refines there: no CPU round trip
-            )
-        for (image, (mask_path, cutout_path, *_)), mask in zip(chunk, masks):
-            mask, colours = finish(image, mask, refinement, boxes=args.box or (), device=model_device(model))
-            save_image(mask_to_image(mask), mask_path, replace=args.overwrite)
-            if args.cutout:
-                save_image(cutout_image(image, mask, colours), cutout_path, replace=args.overwrite)
-            bar.update(1)
+                    batch_size=args.batch_size,
+                    device=model_device(model),  # `finish` refines there: no CPU round trip
+                )
+            for (image, (mask_path, cutout_path, *_)), mask in zip(chunk, masks):
+                mask, colours = finish(image, mask, refinement, boxes=args.box or (), device=model_device(model))
+                saver.submit(save_image, mask_to_image(mask), mask_path, args.overwrite)
+                if args.cutout:
+                    saver.submit(save_image, cutout_image(image, mask, colours), cutout_path, args.overwrite)
+                bar.update(1)
     bar.close()
     done, skipped = summed([len(files) - skipped, skipped])
     if rank == 0:
@@ -359,19 +361,17 @@ def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
                 batch_size=args.batch_size,
                 with_frames=True,
             )
-            for number, (frame, mask) in enumerate(pairs, start=1):
-                grey = mask_to_image(mask)
-                save_image(grey, folder / f"{number:06d}.png", replace=args.overwrite)
-                if args.video:
-                    writers[0].write(np.asarray(grey))
-                    if args.cutout:
-                        writers[1].write(np.asarray(cutout(frame, mask)))
-                elif args.cutout:  # without --video: an RGBA PNG sequence beside the masks
-                    save_image(cutout(frame, mask), folder / f"{number:06d}_cutout.png", replace=args.overwrite)
-                bar.update(1)
+            # PNGs saved by a few threads, video frames encoded by one in order, all behind the model
+            png_cutouts = args.cutout and not args.video  # without --video: an RGBA PNG sequence beside the masks
+            with WriteBehind() as pictures, WriteBehind(workers=1) as encoder:
+                for number, (frame, mask) in enumerate(pairs, start=1):
+                    pictures.submit(save_frame, frame, mask, folder, number, png_cutouts, args.overwrite)
+                    if args.video:
+                        encoder.submit(encode_frame, writers, frame, mask)
+                    bar.update(1)
             bar.close()
         if args.overwrite:
-            remove_earlier_frames(folder, number, cutouts=args.cutout and not args.video)
+            remove_earlier_frames(folder, number, cutouts=png_cutouts)
         print(
             f"birefnet: {path.name}: wrote {number} mask(s) to {folder} at {float(source.fps):.3g} fps"
             + (f", {path.stem}_mask.mp4" if args.video else "")
@@ -379,6 +379,20 @@ def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def save_frame(frame, mask, folder: Path, number: int, with_cutout: bool, replace: bool) -> None:
+    """A clip's frame `number` as FOLDER/000001.png (the mask), with its RGBA cut-out beside it."""
+    save_image(mask_to_image(mask), folder / f"{number:06d}.png", replace=replace)
+    if with_cutout:
+        save_image(cutout(frame, mask), folder / f"{number:06d}_cutout.png", replace=replace)
+
+
+def encode_frame(writers, frame, mask) -> None:
+    """One frame into the mask video and, when there is a second writer, the cut-out video."""
+    writers[0].write(np.asarray(mask_to_image(mask)))
+    if len(writers) > 1:
+        writers[1].write(np.asarray(cutout(frame, mask)))
 
 
 def remove_earlier_frames(folder: Path, count: int, cutouts: bool) -> None:
