@@ -1,8 +1,8 @@
 """How many images one forward takes when the caller asks for "auto".
 
-On a GPU a forward of several images costs little more than one of a single image while the card
-is not full (at 1024² batch 1 it mostly waits on kernel launches), so video frames and folders go
-faster in batches; memory grows with every image. "auto" takes as many images as the free device
+On a GPU at 1024² batch 1 the card mostly waits on kernel launches (an H200's profile), so a forward
+of several images should cost far less than one forward per image (the GPU benchmark's batch rows
+measure it); memory grows with every image. "auto" takes as many images as the free device
 memory holds with a margin, up to `AUTO_MOST`; on the CPU, which gains nothing from batching, one.
 The memory of one image is a bound from measurements: 650 bytes per input pixel in fp16/bf16
 (Swin-L on an H200, peak above the 0.42 GB of weights: 610 bytes per pixel at 1024², 560 at 2048²),
