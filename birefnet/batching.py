@@ -35,18 +35,18 @@ def free_memory(device: torch.device) -> int | None:
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
-def images_that_fit(free: int, height: int, width: int, dtype: torch.dtype, most: int = AUTO_MOST) -> int:
-    """Images of working size (height, width) whose forward fits `FREE_SHARE` of `free` bytes, 1 to `most`."""
-    return max(1, min(most, int(FREE_SHARE * free) // activation_bytes(height * width, dtype)))
+def images_that_fit(free: int, pixels: int, dtype: torch.dtype, most: int = AUTO_MOST) -> int:
+    """Images of `pixels` input pixels each whose forward fits `FREE_SHARE` of `free` bytes, 1 to `most`."""
+    return max(1, min(most, int(FREE_SHARE * free) // activation_bytes(pixels, dtype)))
 
 
-def auto_batch_size(model, height: int, width: int, free: int | None = None, most: int = AUTO_MOST) -> int:
-    """Images of working size (height, width) per forward of `model`: one off CUDA; on CUDA as many as fit
-    in `free` bytes (default: what the device has free now), up to `most`."""
+def auto_batch_size(model, pixels: int, free: int | None = None, most: int = AUTO_MOST) -> int:
+    """Images of `pixels` input pixels each (the working size's) per forward of `model`: one off CUDA; on
+    CUDA as many as fit in `free` bytes (default: what the device has free now), up to `most`."""
     param = next(model.parameters())
     if param.device.type != "cuda":
         return 1
-    return images_that_fit(free_memory(param.device) if free is None else free, height, width, param.dtype, most)
+    return images_that_fit(free_memory(param.device) if free is None else free, pixels, param.dtype, most)
 
 
 def check_batch_size(batch_size: int | str) -> int | str:
@@ -58,8 +58,8 @@ def check_batch_size(batch_size: int | str) -> int | str:
     raise ValueError(f"batch_size must be a positive whole number or 'auto', got {batch_size!r}")
 
 
-def batch_size_for(batch_size: int | str, model, height: int, width: int) -> int:
-    """Images per forward at working size (height, width): `batch_size`, or `auto_batch_size` for "auto"."""
+def batch_size_for(batch_size: int | str, model, pixels: int) -> int:
+    """Images per forward of `pixels` input pixels each: `batch_size`, or `auto_batch_size` for "auto"."""
     if check_batch_size(batch_size) == AUTO:
-        return auto_batch_size(model, height, width)
+        return auto_batch_size(model, pixels)
     return int(batch_size)

@@ -365,9 +365,10 @@ def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
             png_cutouts = args.cutout and not args.video  # without --video: an RGBA PNG sequence beside the masks
             with WriteBehind() as pictures, WriteBehind(workers=1) as encoder:
                 for number, (frame, mask) in enumerate(pairs, start=1):
-                    pictures.submit(save_frame, frame, mask, folder, number, png_cutouts, args.overwrite)
+                    grey = mask_to_image(mask)  # once, for the PNG and the video
+                    pictures.submit(save_frame, frame, mask, grey, folder, number, png_cutouts, args.overwrite)
                     if args.video:
-                        encoder.submit(encode_frame, writers, frame, mask)
+                        encoder.submit(encode_frame, writers, frame, mask, grey)
                     bar.update(1)
             bar.close()
         if args.overwrite:
@@ -381,16 +382,16 @@ def _segment_videos(args, videos: list[Path], others: list[str]) -> int:
     return 0
 
 
-def save_frame(frame, mask, folder: Path, number: int, with_cutout: bool, replace: bool) -> None:
-    """A clip's frame `number` as FOLDER/000001.png (the mask), with its RGBA cut-out beside it."""
-    save_image(mask_to_image(mask), folder / f"{number:06d}.png", replace=replace)
+def save_frame(frame, mask, grey, folder: Path, number: int, with_cutout: bool, replace: bool) -> None:
+    """A clip's frame `number` as FOLDER/000001.png (the mask as `grey`), with its RGBA cut-out beside it."""
+    save_image(grey, folder / f"{number:06d}.png", replace=replace)
     if with_cutout:
         save_image(cutout(frame, mask), folder / f"{number:06d}_cutout.png", replace=replace)
 
 
-def encode_frame(writers, frame, mask) -> None:
-    """One frame into the mask video and, when there is a second writer, the cut-out video."""
-    writers[0].write(np.asarray(mask_to_image(mask)))
+def encode_frame(writers, frame, mask, grey) -> None:
+    """One frame into the mask video (`grey`) and, when there is a second writer, the cut-out video."""
+    writers[0].write(np.asarray(grey))
     if len(writers) > 1:
         writers[1].write(np.asarray(cutout(frame, mask)))
 

@@ -138,11 +138,11 @@ def cache_for(model: nn.Module) -> GraphCache:
     return cache
 
 
-def on_default_stream(run: Callable[[], object], shape: tuple = (), dtype: torch.dtype | None = None):
+def on_default_stream(run: Callable[[], object]):
     """`run()` on the default stream, in order with the current one both ways: torchvision's deformable
     convolution launches its kernel there whatever the current stream (the warm-ups run on a side stream).
     The strict alternation also makes the memory safe: each stream's later work waits for the other's
-    reads. `shape` and `dtype` go unused (`outside_capture`'s signature)."""
+    reads."""
     caller, default = torch.cuda.current_stream(), torch.cuda.default_stream()
     if caller == default:
         return run()
@@ -318,7 +318,8 @@ class GraphCache:
                 static_input = x.clone()
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side), outside_capture(on_default_stream if between else None):
+                eager_between = (lambda run, shape, dtype: on_default_stream(run)) if between else None
+                with torch.cuda.stream(side), outside_capture(eager_between):
                     forward(static_input)  # makes the constants, compiles Triton's kernel, picks cuDNN's plans
                     with synchronisation_raises():
                         forward(static_input)  # found here, a synchronising forward is never captured

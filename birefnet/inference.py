@@ -265,7 +265,7 @@ def segment(
     start = 0
     while start < len(order):
         group = [order[start]]
-        most = batch_size_for(batch_size, model, *sizes[group[0]])
+        most = batch_size_for(batch_size, model, math.prod(sizes[group[0]]))
         while (
             len(group) < most
             and start + len(group) < len(order)

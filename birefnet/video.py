@@ -9,6 +9,7 @@ as ProRes 4444.
 from __future__ import annotations
 
 import itertools
+import math
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -47,7 +48,9 @@ def segment_frames(
         if first is None:
             return
         height, width = to_rgb_tensor(first).shape[1:]
-        batch_size = batch_size_for(AUTO, model, *model_working_size(model, height, width, resolution, max_megapixels))
+        batch_size = batch_size_for(
+            AUTO, model, math.prod(model_working_size(model, height, width, resolution, max_megapixels))
+        )
         frames = itertools.chain([first], frames)
     while chunk := list(itertools.islice(frames, batch_size)):
         masks = segment(model, chunk, resolution=resolution, max_megapixels=max_megapixels, batch_size=batch_size)

@@ -16,7 +16,7 @@ from . import host
 from .spec import In, NodeSpec, Out
 
 RESOLUTION_MODES = ("native", "custom", "aspect")
-AUTO_BATCH = 0  # batch_size 0: `auto_batch`
+AUTO_BATCH = 0  # batch_size 0: `birefnet.batching.auto_batch_size`
 
 
 def resolution_for(mode: str, width: int, height: int):
@@ -33,14 +33,6 @@ def working_pixels(handle, frame: torch.Tensor, resolution, max_megapixels: floa
     """Pixels of the network input for one (H, W, C) frame: what a forward's activation memory grows with."""
     height, width = model_working_size(handle, frame.shape[0], frame.shape[1], resolution, max_megapixels or None)
     return height * width
-
-
-def auto_batch(handle, frame: torch.Tensor, resolution, max_megapixels: float) -> int:
-    """Frames per forward for batch_size 0: as many as the device's free memory holds beside the loaded
-    model (ComfyUI's count where it runs), up to 8; one on the CPU."""
-    height, width = model_working_size(handle, frame.shape[0], frame.shape[1], resolution, max_megapixels or None)
-    model = handle.ready(height * width)
-    return auto_batch_size(model, height, width, free=host.free_memory(handle.device))
 
 
 def with_fp32_fallback(handle, run):
@@ -68,9 +60,10 @@ def segment_batch(
     if frames.ndim != 4 or frames.shape[0] == 0:
         raise ValueError(f"BiRefNet needs a non-empty IMAGE batch (B, H, W, C), got shape {tuple(frames.shape)}")
     total = frames.shape[0]
-    if batch_size == AUTO_BATCH:
-        batch_size = auto_batch(handle, frames[0], resolution, max_megapixels)
-    pixels = working_pixels(handle, frames[0], resolution, max_megapixels) * min(batch_size, total)
+    per_frame = working_pixels(handle, frames[0], resolution, max_megapixels)
+    if batch_size == AUTO_BATCH:  # as many as the free memory beside the loaded model holds (ComfyUI's count)
+        batch_size = auto_batch_size(handle.ready(per_frame), per_frame, free=host.free_memory(handle.device))
+    pixels = per_frame * min(batch_size, total)
     if coarse_to_fine:
         pixels = max(pixels, int(fine_megapixels * 1e6))
     progress = host.Progress(total)

@@ -29,12 +29,12 @@ def _forward_batches(model):
 def test_images_that_fit_the_free_memory_up_to_the_cap():
     one_half = activation_bytes(1024 * 1024, torch.float16)
     assert one_half == 650 * 1024 * 1024 and activation_bytes(1024 * 1024, torch.float32) == 2 * one_half
-    assert images_that_fit(80 * GB, 1024, 1024, torch.float16) == AUTO_MOST  # a big card: the cap
-    assert images_that_fit(3 * GB, 1024, 1024, torch.float16) == 3  # 0.7 * 3 GB / 0.68 GB
-    assert images_that_fit(3 * GB, 1024, 1024, torch.float32) == 1
-    assert images_that_fit(3 * GB, 2048, 2048, torch.bfloat16) == 1  # never below one: the forward may still fit
-    assert images_that_fit(0, 512, 512, torch.float16) == 1
-    assert images_that_fit(80 * GB, 1024, 1024, torch.float16, most=32) == 32
+    assert images_that_fit(80 * GB, 1024 * 1024, torch.float16) == AUTO_MOST  # a big card: the cap
+    assert images_that_fit(3 * GB, 1024 * 1024, torch.float16) == 3  # 0.7 * 3 GB / 0.68 GB
+    assert images_that_fit(3 * GB, 1024 * 1024, torch.float32) == 1
+    assert images_that_fit(3 * GB, 2048 * 2048, torch.bfloat16) == 1  # never below one: the forward may still fit
+    assert images_that_fit(0, 512 * 512, torch.float16) == 1
+    assert images_that_fit(80 * GB, 1024 * 1024, torch.float16, most=32) == 32
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "all", None])
@@ -46,7 +46,7 @@ def test_bad_batch_size_is_one_line(bad):
 
 def test_auto_runs_one_image_per_forward_on_the_cpu(b0_model):
     images = _frames(3)
-    assert auto_batch_size(b0_model, 1024, 1024, free=80 * GB) == 1  # the CPU gains nothing from batching
+    assert auto_batch_size(b0_model, 1024 * 1024, free=80 * GB) == 1  # the CPU gains nothing from batching
     calls, hook = _forward_batches(b0_model)
     try:
         auto = segment(b0_model, images, resolution=64, batch_size="auto")
@@ -78,7 +78,7 @@ def test_auto_batches_frames_on_a_gpu(b0_weights):
 
     model = load_model(b0_weights, tile_layout="current", device="cuda", dtype=torch.float16)
     frames = _frames(10)
-    assert auto_batch_size(model, 256, 256) == AUTO_MOST
+    assert auto_batch_size(model, 256 * 256) == AUTO_MOST
     calls, hook = _forward_batches(model)
     try:
         from birefnet import cuda_graphs
