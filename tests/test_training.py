@@ -178,7 +178,7 @@ def test_sixteen_bit_masks_keep_their_soft_edges(tmp_path):
     Image.fromarray(ramp).save(tmp_path / "m.png")
     Image.new("RGB", (64, 48)).save(tmp_path / "i.png")
     assert Image.open(tmp_path / "m.png").mode.startswith("I")
-    _, mask = SegmentationDataset([(tmp_path / "i.png", tmp_path / "m.png")], None).load(0, (48, 64))
+    mask = SegmentationDataset([(tmp_path / "i.png", tmp_path / "m.png")], None).load(0, (48, 64)).mask
     soft = ((mask > 0.02) & (mask < 0.98)).float().mean().item()
     assert soft > 0.9 and abs(mask[0, 0, 32].item() - 32 / 63) < 0.02
     assert abs(read_mask_array(tmp_path / "m.png")[0, 32] - 32 / 63) < 1e-3
@@ -491,10 +491,10 @@ def test_cutouts_and_matting_alphas_are_datasets(tmp_path, caplog):
 
     # RGBA: the alpha is the target; the colours land on a new synthesised backdrop every epoch
     data = SegmentationDataset(rgba, None, seed=1)
-    image_0, mask, _ = data[1, size]
+    image_0, mask, *_ = data[1, size]
     assert torch.allclose(mask[0], alpha, atol=1 / 255)
     data.epoch = 1
-    image_1, again, _ = data[1, size]
+    image_1, again, *_ = data[1, size]
     assert torch.equal(mask, again)
     outside = alpha < 1e-3
     assert (image_0 - image_1).abs()[:, outside].mean() > 0.05  # the background changed
@@ -503,14 +503,14 @@ def test_cutouts_and_matting_alphas_are_datasets(tmp_path, caplog):
     # fg/ + alpha/ with bg/: the backdrop is a crop of the background file (flat green here)
     samples, backgrounds = find_pairs(tmp_path / "fgset"), find_backgrounds(tmp_path / "fgset")
     assert all(s.cutout for s in samples) and [b.name for b in backgrounds] == ["green.png"]
-    image, _, _ = SegmentationDataset(samples, None, backgrounds=backgrounds)[1, size]
+    image, *_ = SegmentationDataset(samples, None, backgrounds=backgrounds)[1, size]
     green = normalise(torch.tensor([10, 200, 30], dtype=torch.float32).view(1, 3, 1, 1) / 255)[0, :, 0, 0]
     assert torch.allclose(image[:, outside], green[:, None].expand(3, int(outside.sum())), atol=0.02)
 
     # im/ + alpha/ (matting): soft targets kept soft
     matting = find_pairs(tmp_path / "matting")
     assert not any(s.cutout for s in matting)
-    _, soft, _ = SegmentationDataset(matting, None)[1, size]
+    _, soft, *_ = SegmentationDataset(matting, None)[1, size]
     assert ((soft > 0.02) & (soft < 0.98)).float().mean() > 0.005
 
     with pytest.raises(DatasetError, match="no image has an alpha channel"):
@@ -632,8 +632,99 @@ def test_palette_and_zero_one_masks_are_foreground(tmp_path):
     assert Image.open(tmp_path / "voc.png").mode == "P"
     for name, level in (("voc", 255), ("binary", 255), ("grey", 200), ("grey_palette", 200)):
         assert set(np.unique(read_mask_array(tmp_path / f"{name}.png"))) == {0, level}, name
-        _, mask = SegmentationDataset([(tmp_path / "image.png", tmp_path / f"{name}.png")], None).load(0, (16, 16))
+        mask = SegmentationDataset([(tmp_path / "image.png", tmp_path / f"{name}.png")], None).load(0, (16, 16)).mask
         assert mask[0, 8, 8].item() == pytest.approx(level / 255), name
+
+
+def _voc_mask(path, size=32, band=2):
+    """A VOC palette mask: background 0, a square of class 1, and around it VOC's void index 255
+    (unlabelled) `band` pixels wide on each side of the outline."""
+    indices = np.zeros((size, size), np.uint8)
+    lo, hi = size // 4, 3 * size // 4
+    indices[lo - band : hi + band, lo - band : hi + band] = 255
+    indices[lo + band : hi - band, lo + band : hi - band] = 1
+    palette = Image.fromarray(indices, "P")
+    palette.putpalette([0, 0, 0, 128, 0, 0] + [0] * 759 + [224, 224, 192])
+    palette.save(path)
+    return indices
+
+
+def test_voc_void_band_is_unlabelled_in_reading_training_and_evaluation(tmp_path):
+    """VOC's void index (255, the band along every outline) is neither foreground nor background:
+    read as unlabelled, left out of the training targets and made to agree in the scores."""
+    from birefnet_training.data import Augment, SegmentationDataset, collate
+    from birefnet_training.evaluate import evaluate_folders
+    from birefnet_training.scoring import mask_array, read_mask, void_pixels
+
+    (tmp_path / "gt").mkdir()
+    indices = _voc_mask(tmp_path / "gt" / "a.png")
+    band, inside = indices == 255, indices == 1
+    mask = read_mask(tmp_path / "gt" / "a.png")
+    assert mask.mode == "LA"
+    assert np.array_equal(mask_array(mask) == 255, inside) and np.array_equal(void_pixels(mask), band)
+
+    Image.new("RGB", (32, 32), "grey").save(tmp_path / "image.png")
+    item = SegmentationDataset([(tmp_path / "image.png", tmp_path / "gt" / "a.png")], None).load(0, (32, 32))
+    assert torch.equal(item.labelled[0] == 0, torch.from_numpy(band))
+    assert torch.equal(item.mask[0] == 1, torch.from_numpy(inside))
+    plain = SegmentationDataset([(tmp_path / "image.png", tmp_path / "image.png")], None)
+    _, masks, labelled, _ = collate([(*item, 0), (*plain.load(0, (32, 32)), 1)])
+    assert labelled.shape == masks.shape and labelled[1].eq(1).all()  # a fully labelled mask in the batch: ones
+    assert collate([(*plain.load(0, (32, 32)), 0)])[2] is None  # none unlabelled: the official loss
+
+    rotating = next(seed for seed in range(100) if np.random.default_rng(seed).random() < 0.2)
+    augment = Augment(flip=False, enhance=False, pepper=False)
+    _, turned = augment(Image.new("RGB", (32, 32)), mask, np.random.default_rng(rotating))
+    assert turned.mode == "LA" and turned.getpixel((0, 0)) == (0, 255)  # rotated-in corners: labelled background
+    assert turned.getpixel((16, 16)) == (255, 255)
+
+    # An object drawn with or without the void band scores perfectly; an error elsewhere still counts.
+    (tmp_path / "with_band").mkdir(), (tmp_path / "without_band").mkdir(), (tmp_path / "wrong").mkdir()
+    Image.fromarray(np.where(band | inside, 255, 0).astype(np.uint8)).save(tmp_path / "with_band" / "a.png")
+    Image.fromarray(np.where(inside, 255, 0).astype(np.uint8)).save(tmp_path / "without_band" / "a.png")
+    wrong = np.where(inside, 255, 0).astype(np.uint8)
+    wrong[:4, :4] = 255
+    Image.fromarray(wrong).save(tmp_path / "wrong" / "a.png")
+    for name in ("with_band", "without_band"):
+        scores = evaluate_folders(tmp_path / name, tmp_path / "gt", metrics=["MAE", "S"], workers=1).results()
+        assert scores["MAE"] == 0 and scores["Sm"] == pytest.approx(1.0), name
+    wrong_scores = evaluate_folders(tmp_path / "wrong", tmp_path / "gt", metrics=["MAE"], workers=1).results()
+    assert wrong_scores["MAE"] == pytest.approx(16 / 32**2)
+
+
+def test_unlabelled_pixels_have_no_effect_on_the_loss():
+    """With a `labelled` map, neither the value nor the gradient of any term depends on the logits
+    of unlabelled pixels; with every pixel labelled it is the official loss."""
+    from birefnet_training.losses import pixel_loss
+
+    torch.manual_seed(0)
+    target = (torch.rand(2, 1, 32, 32) > 0.5).float()
+    labelled = torch.ones_like(target)
+    labelled[:, :, 8:20, 10:14] = 0
+    weights = {"bce": 30.0, "iou": 0.5, "ssim": 10.0, "mae": 100.0}
+    logits = torch.randn(2, 1, 32, 32, requires_grad=True)
+    changed = (logits.detach() + 5 * torch.randn_like(logits) * (1 - labelled)).requires_grad_()
+    terms, again = pixel_loss(logits, target, weights, labelled), pixel_loss(changed, target, weights, labelled)
+    for name in weights:
+        assert terms[name].item() == pytest.approx(again[name].item(), rel=1e-5), name
+        (grad,) = torch.autograd.grad(terms[name], logits, retain_graph=True)
+        assert grad[labelled == 0].abs().max() == 0 and grad[labelled == 1].abs().max() > 0, name
+    official = pixel_loss(logits, target, weights)
+    all_labelled = pixel_loss(logits, target, weights, torch.ones_like(target))
+    for name in weights:
+        assert all_labelled[name].item() == pytest.approx(official[name].item(), rel=1e-5), name
+
+
+def test_training_and_validation_run_on_voc_masks(tmp_path):
+    data = tmp_path / "voc"
+    (data / "im").mkdir(parents=True), (data / "gt").mkdir()
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 48, 3), np.uint8)).save(data / "im" / f"{i}.png")
+        _voc_mask(data / "gt" / f"{i}.png", size=48)
+    out = tmp_path / "run"
+    assert train(tiny_config(data, out, epochs=1, val_split=0.25)) == out / "final.safetensors"
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(record["loss"]) and 0 <= record["val_MAE"] <= 1
 
 
 def test_positive_finetune_length_means_the_same_phase_as_the_official_negative_form():

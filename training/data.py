@@ -173,7 +173,8 @@ class Augment:
             image, mask = _centre_crop(image, width, height), _centre_crop(mask, width, height)
         if self.rotate and rng.random() < 0.2:
             angle = int(rng.integers(-15, 15))
-            image, mask = image.rotate(angle, Image.BICUBIC), mask.rotate(angle, Image.BICUBIC)
+            corners = (0, 255) if mask.mode == "LA" else None  # rotated-in corners: labelled background
+            image, mask = image.rotate(angle, Image.BICUBIC), mask.rotate(angle, Image.BICUBIC, fillcolor=corners)
         if self.enhance:
             image = ImageEnhance.Brightness(image).enhance(rng.integers(5, 15) / 10)
             image = ImageEnhance.Contrast(image).enhance(rng.integers(5, 15) / 10)
@@ -198,7 +199,7 @@ def _centre_crop(image: Image.Image, width: int, height: int) -> Image.Image:
 def _synthesise_background(image: Image.Image, mask: Image.Image, rng) -> Image.Image:
     """fg·α + bg·(1−α) with a grey (p .4), near-foreground (p .4, hard negative) or random (p .2) colour."""
     fg = np.asarray(image, np.float32)
-    alpha = np.asarray(mask, np.float32)[..., None] / 255
+    alpha = np.asarray(mask.getchannel("L") if mask.mode == "LA" else mask, np.float32)[..., None] / 255
     choice = rng.random()
     if choice < 0.4:
         colour = np.full(3, rng.integers(0, 256), np.float32)
@@ -250,10 +251,20 @@ def read_sample(sample: Sample, rng: np.random.Generator, backgrounds=()) -> tup
     return image, mask
 
 
+class Item(NamedTuple):
+    """A loaded sample: the ImageNet-normalised image (3, h, w), the mask (1, h, w) in [0, 1] and,
+    for a mask with unlabelled pixels, `labelled` (1, h, w): 1 where labelled, 0 where not, soft
+    where resizing mixed the two (None when every pixel is labelled)."""
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    labelled: torch.Tensor | None = None
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
-    """Items are (index, (height, width)) from `SizedBatchSampler`; returns (image, mask, index)
-    with the image ImageNet-normalised (3, h, w) and the mask (1, h, w) in [0, 1]. Cut-outs are
-    composited over one of `backgrounds` (image files), or a synthesised texture when none."""
+    """Items are (index, (height, width)) from `SizedBatchSampler`; returns (image, mask, labelled,
+    index) as `Item` says. Cut-outs are composited over one of `backgrounds` (image files), or a
+    synthesised texture when none."""
 
     def __init__(self, pairs, augment: Augment | None, seed: int = 0, backgrounds=()):
         self.pairs = [Sample(*pair) for pair in pairs]
@@ -266,7 +277,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def load(self, index: int, size: tuple[int, int]):
+    def load(self, index: int, size: tuple[int, int]) -> Item:
         sample = self.pairs[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])  # cut-outs: a new backdrop every epoch
         image, mask = read_sample(sample, rng, self.backgrounds)
@@ -280,17 +291,18 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image, mask = image.resize((w, h), Image.BILINEAR), mask.resize((w, h), Image.BILINEAR)
         if self.augment is not None:
             image, mask = self.augment(image, mask, rng)
-        x = to_rgb_tensor(image)
-        y = torch.from_numpy(np.array(mask)).float().div(255).clamp(0, 1)[None]
-        return normalise(x[None])[0], y
+        x = normalise(to_rgb_tensor(image)[None])[0]
+        if mask.mode == "LA":  # resized and turned premultiplied: a mixed pixel's level is its labelled part's
+            grey, labelled = (torch.from_numpy(np.array(mask.getchannel(c))).float().div(255)[None] for c in "LA")
+            return Item(x, grey.clamp(0, 1), labelled.clamp(0, 1))
+        return Item(x, torch.from_numpy(np.array(mask)).float().div(255).clamp(0, 1)[None])
 
     def __getitem__(self, item):
         index, size = item
         for offset in range(len(self)):  # one bad file must not stop a long run: report it, use the next
             candidate = (index + offset) % len(self)
             try:
-                x, y = self.load(candidate, size)
-                return x, y, candidate
+                return (*self.load(candidate, size), candidate)
             except Exception as err:
                 _report(f"skipping unreadable sample {self.pairs[candidate][0]}: {err}")
         raise DatasetError("no sample of the dataset could be read")
@@ -338,5 +350,10 @@ class SizedBatchSampler(torch.utils.data.Sampler):
 
 
 def collate(items):
-    images, masks, indices = zip(*items)
-    return torch.stack(images), torch.stack(masks), torch.tensor(indices)
+    """(images, masks, labelled, indices); labelled is None when every pixel of the batch is."""
+    images, masks, labelled, indices = zip(*items)
+    if all(weight is None for weight in labelled):
+        weights = None
+    else:
+        weights = torch.stack([torch.ones_like(m) if w is None else w for m, w in zip(masks, labelled)])
+    return torch.stack(images), torch.stack(masks), weights, torch.tensor(indices)

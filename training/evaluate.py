@@ -18,7 +18,7 @@ from birefnet.inference import mask_to_image
 
 from .data import find_backgrounds, find_pairs, read_sample
 from .metrics import MetricSet, parse_metrics
-from .scoring import mask_array, read_mask_array, score_files, skip
+from .scoring import mask_array, read_mask, score_files, skip, void_pixels
 
 
 def evaluate_folders(
@@ -79,10 +79,9 @@ def evaluate_model(
     for index, sample in enumerate(bar):
         try:
             if sample.cutout:  # the same backdrop every time this set is evaluated
-                image, alpha = read_sample(sample, np.random.default_rng([0, index]), backgrounds)
-                gt = mask_array(alpha)
+                image, truth = read_sample(sample, np.random.default_rng([0, index]), backgrounds)
             else:
-                image, gt = read_image(sample.image), read_mask_array(sample.mask)
+                image, truth = read_image(sample.image), read_mask(sample.mask)
         except (OSError, ValueError) as err:
             skip(metrics, f"{sample.image} / {sample.mask}", err)
             _report_skipped(bar, metrics.skipped[-1:])
@@ -90,7 +89,7 @@ def evaluate_model(
         mask = birefnet.segment(model, image)
         if targets:
             save_image(mask_to_image(mask), targets[index])
-        metrics.step(mask, gt)
+        metrics.step(mask, mask_array(truth), void=void_pixels(truth))
     return metrics
 
 

@@ -46,44 +46,65 @@ def loss_weights(task: str, epoch: int, epochs: int, finetune_last_epochs: int |
     return {k: v * _FINETUNE_FACTORS[task].get(k, 1.0) ** steps for k, v in PRESETS[task].items()}
 
 
-def ssim_loss(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def ssim_loss(prob: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor | None = None) -> torch.Tensor:
     """1 - (1 + SSIM) / 2 with an 11x11 Gaussian (σ 1.5) and zero padding, as the official
-    loss (kornia's SSIM pads by reflection, which differs at the borders)."""
+    loss (kornia's SSIM pads by reflection, which differs at the borders).
+
+    With `labelled` (1 labelled, 0 unlabelled), each window's statistics are taken over its
+    labelled pixels only (normalised convolution, scaled so that a fully labelled window is the
+    official one) and the mean over labelled centres: unlabelled pixels have no effect at all."""
     window = kornia.filters.get_gaussian_kernel2d((11, 11), (1.5, 1.5)).to(prob)[None]  # (1, 1, 11, 11)
     channels = prob.shape[1]
     window = window.expand(channels, 1, 11, 11)
     blur = lambda x: F.conv2d(x, window, padding=5, groups=channels)
+    if labelled is not None:
+        coverage = blur(torch.ones_like(labelled)) / blur(labelled).clamp_min(1e-6)
+        plain, blur = blur, lambda x: plain(x * labelled) * coverage
     mu_p, mu_t = blur(prob), blur(target)
     var_p = blur(prob * prob) - mu_p**2
     var_t = blur(target * target) - mu_t**2
     cov = blur(prob * target) - mu_p * mu_t
     c1, c2 = 0.01**2, 0.03**2
     ssim = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
-    return 1 - (1 + ssim.mean()) / 2
+    return 1 - (1 + _mean(ssim, labelled)) / 2
 
 
-def iou_loss(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Σ over samples of 1 - IoU (a sum, not a mean, as in the official code)."""
+def iou_loss(prob: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ over samples of 1 - IoU (a sum, not a mean, as in the official code), over labelled pixels."""
+    if labelled is not None:
+        prob, target = prob * labelled, target * labelled
     inter = (prob * target).flatten(1).sum(1)
     union = (prob + target).flatten(1).sum(1) - inter
     return (1 - inter / union.clamp_min(1e-8)).sum()
 
 
-def pixel_loss(logits: torch.Tensor, target: torch.Tensor, weights: dict[str, float]) -> dict[str, torch.Tensor]:
-    """Weighted region terms for one prediction (upsampled to the target's size)."""
+def _mean(values: torch.Tensor, labelled: torch.Tensor | None) -> torch.Tensor:
+    """The mean, over labelled pixels (weighted by `labelled`) when given."""
+    if labelled is None:
+        return values.mean()
+    return (values * labelled).sum() / labelled.sum().clamp_min(1e-8)
+
+
+def pixel_loss(
+    logits: torch.Tensor, target: torch.Tensor, weights: dict[str, float], labelled: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Weighted region terms for one prediction (upsampled to the target's size). `labelled`
+    (the target's shape; 1 labelled, 0 not, e.g. VOC's void band) leaves unlabelled pixels out of
+    every term: neither their value nor their gradient counts. None: every pixel, the official loss."""
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=True)
     logits = logits.float()
     prob = torch.sigmoid(logits)
     terms = {}
     if weights.get("bce"):
-        terms["bce"] = weights["bce"] * F.binary_cross_entropy_with_logits(logits, target)
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none" if labelled is not None else "mean")
+        terms["bce"] = weights["bce"] * _mean(bce, labelled)
     if weights.get("iou"):
-        terms["iou"] = weights["iou"] * iou_loss(prob, target)
+        terms["iou"] = weights["iou"] * iou_loss(prob, target, labelled)
     if weights.get("ssim"):
-        terms["ssim"] = weights["ssim"] * ssim_loss(prob, target)
+        terms["ssim"] = weights["ssim"] * ssim_loss(prob, target, labelled)
     if weights.get("mae"):
-        terms["mae"] = weights["mae"] * F.l1_loss(prob, target)
+        terms["mae"] = weights["mae"] * _mean((prob - target).abs(), labelled)
     return terms
 
 
@@ -94,13 +115,19 @@ class LossResult:
 
 
 def birefnet_loss(
-    out: DecoderOutput, image: torch.Tensor, target: torch.Tensor, weights: dict[str, float]
+    out: DecoderOutput,
+    image: torch.Tensor,
+    target: torch.Tensor,
+    weights: dict[str, float],
+    labelled: torch.Tensor | None = None,
 ) -> LossResult:
-    """Pixel loss on [m4, m3, m2, final] plus the gradient loss at stages 4, 3, 2."""
+    """Pixel loss on [m4, m3, m2, final] plus the gradient loss at stages 4, 3, 2 (which compares
+    the model with the image's own edges, not with the target: `labelled` does not enter it)."""
     target = target.float().clamp(0, 1)
+    labelled = None if labelled is None else labelled.float().clamp(0, 1)
     totals: dict[str, torch.Tensor] = {}
     for logits in [*out.side_logits, out.logits]:
-        for name, value in pixel_loss(logits, target, weights).items():
+        for name, value in pixel_loss(logits, target, weights, labelled).items():
             totals[name] = totals.get(name, 0) + value
     if out.gradient_preds:
         size = image.shape[-2:]

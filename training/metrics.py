@@ -85,10 +85,17 @@ class MetricSet:
         self.count = 0
         self.skipped: list[tuple[str, str]] = []  # (pair, reason): could not be read, reported, not scored
 
-    def step(self, pred, gt) -> None:
+    def step(self, pred, gt, void=None) -> None:
+        """One pair; `void` (bool, the ground truth's shape, or None) marks unlabelled pixels. The
+        measures need whole images (S- and E-measure compare regions), so a void pixel is not cut
+        out but made to agree: prediction and ground truth both get the prediction's side of 128,
+        0 or 255, which counts as right at every threshold and adds nothing to MAE."""
         pred, gt = to_uint8(pred), to_uint8(gt)
         if pred.shape != gt.shape:  # the official evaluation resizes predictions to the GT (bilinear)
             pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
+        if void is not None:
+            agreed = np.where(pred > 128, 255, 0).astype(np.uint8)
+            pred, gt = np.where(void, agreed, pred), np.where(void, agreed, gt)
         for name, measure in self.measures.items():
             if name == "HCE" and self.hce_convention == "dis":  # binary 0/255: PySOD's normalisation keeps it
                 measure.step(pred=np.where(pred > 128, 255, 0).astype(np.uint8), gt=gt)

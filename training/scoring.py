@@ -17,12 +17,14 @@ from PIL import Image, ImageOps
 from .metrics import MetricSet
 
 HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+VOID_INDEX = 255  # in a palette mask (VOC): unlabelled, the band along each outline and unsure regions
 
 
 def read_mask(path) -> Image.Image:
     """A mask as an 8-bit 'L' image, or, when the file has more than 8 bits (16-bit PNG/TIFF, float
     TIFF), as an 'F' image of 0..255 floats: `convert("L")` would clip a 16-bit mask's soft edge to
-    255. Scaled like the inference input: 16-bit by 65535, float files read as [0, 1]. The file is
+    255. Scaled like the inference input: 16-bit by 65535, float files read as [0, 1]. A palette
+    mask with unlabelled pixels (VOC's void index) is an 'LA' image: alpha 0 where unlabelled. The file is
     opened as `birefnet.files.read_image` opens images (EXIF orientation applied), without importing
     the library (and torch with it)."""
     with Image.open(path) as image:
@@ -55,8 +57,17 @@ def _grey_palette(image: Image.Image) -> bool:
 def _palette_mask(image: Image.Image) -> Image.Image:
     """A palette mask (VOC style: index 0 background, 1.. the classes, shown as (128, 0, 0) ...)
     holds class numbers, not grey levels: `convert("L")` would read index 1 as the dark red's
-    luminance (38), a faint foreground. Every index above 0 is foreground (255)."""
-    return Image.fromarray(np.where(np.asarray(image) > 0, 255, 0).astype(np.uint8))
+    luminance (38), a faint foreground. Every class index is foreground (255). VOC's void index
+    (255, drawn cream along every outline) says "not labelled": counted as foreground it would
+    widen every object by a band of a few pixels, counted as background narrow it, so it becomes
+    alpha 0 of an 'LA' image, which training leaves out of the loss and evaluation out of the
+    scores (`void_pixels`)."""
+    indices = np.asarray(image)
+    grey = np.where((indices > 0) & (indices != VOID_INDEX), 255, 0).astype(np.uint8)
+    void = indices == VOID_INDEX
+    if not void.any():
+        return Image.fromarray(grey)
+    return Image.merge("LA", [Image.fromarray(grey), Image.fromarray(np.where(void, 0, 255).astype(np.uint8))])
 
 
 def _stretched_if_binary(mask: Image.Image) -> Image.Image:
@@ -68,8 +79,18 @@ def _stretched_if_binary(mask: Image.Image) -> Image.Image:
 
 def mask_array(mask: Image.Image) -> np.ndarray:
     """A mask image as the metrics read it: 8-bit masks as they are (uint8), deeper ones as float
-    [0, 1] so that 16-bit soft values are rounded once, not clipped."""
+    [0, 1] so that 16-bit soft values are rounded once, not clipped; an 'LA' mask's grey levels."""
+    if mask.mode == "LA":
+        mask = mask.getchannel("L")
     return np.asarray(mask) if mask.mode == "L" else np.asarray(mask, dtype=np.float32) / 255.0
+
+
+def void_pixels(mask: Image.Image) -> np.ndarray | None:
+    """Where a mask is not labelled (bool, alpha below half of an 'LA' mask); None when it all is."""
+    if mask.mode != "LA":
+        return None
+    void = np.asarray(mask.getchannel("A")) < 128
+    return void if void.any() else None
 
 
 def read_mask_array(path) -> np.ndarray:
@@ -93,9 +114,9 @@ def score_files(pairs, names, hce_convention) -> MetricSet:
     metrics = MetricSet(names, hce_convention)
     for pred_path, gt_path in pairs:
         try:
-            pred, gt = read_mask_array(pred_path), read_mask_array(gt_path)
+            pred, gt = read_mask_array(pred_path), read_mask(gt_path)
         except (OSError, ValueError) as err:
             skip(metrics, f"{pred_path} / {gt_path}", err)
             continue
-        metrics.step(pred, gt)
+        metrics.step(pred, mask_array(gt), void=void_pixels(gt))
     return metrics

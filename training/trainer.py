@@ -418,13 +418,14 @@ class Trainer:
         )
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=self.rank != 0, leave=False)
         self.optimizer.zero_grad(set_to_none=True)
-        for step, (images, masks, _) in enumerate(self._loader(self.train_set, self.sampler)):
+        for step, (images, masks, labelled, _) in enumerate(self._loader(self.train_set, self.sampler)):
             if step >= steps:
                 break
             images, masks = images.to(self.device), masks.to(self.device)
+            labelled = None if labelled is None else labelled.to(self.device)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 out = self.net(images)
-            result = birefnet_loss(out, images, masks, weights)
+            result = birefnet_loss(out, images, masks, weights, labelled)
             self.scaler.scale(result.total / cfg.accumulate).backward()
             if (step + 1) % cfg.accumulate == 0 or step + 1 == steps:
                 self.scaler.step(self.optimizer)
@@ -450,10 +451,10 @@ class Trainer:
         sampler = SizedBatchSampler(
             len(self.val_set), self.cfg.batch_size, self.cfg.size, None, shuffle=False, drop_last=False
         )
-        for images, masks, _ in self._loader(self.val_set, sampler):
+        for images, masks, labelled, _ in self._loader(self.val_set, sampler):
             probs = torch.sigmoid(self.model(images.to(self.device)).float()).cpu()
-            for prob, mask in zip(probs, masks):
-                metrics.step(prob[0], mask[0])
+            for i, (prob, mask) in enumerate(zip(probs, masks)):
+                metrics.step(prob[0], mask[0], void=None if labelled is None else (labelled[i, 0] < 0.5).numpy())
         return metrics.results()
 
     def run(self, stop_after_epoch: int | None = None) -> Path | None:
