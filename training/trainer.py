@@ -85,7 +85,7 @@ RUN_OUTPUTS = (LOG_FILE, "final.safetensors", BEST_FILE, "epoch_*.safetensors")
 
 def option(default=dataclasses.MISSING, help: str = "", **argparse_options):
     """A TrainConfig field and its command-line flag in one place: the flag, its help and its default
-    are generated from here (training/cli.py), so the two cannot drift apart."""
+    are generated from here (`add_config_flags` in training/__main__.py), so the two cannot drift apart."""
     extra = {"default_factory": default} if callable(default) else {"default": default}
     return field(**extra, metadata={"help": help, **argparse_options})
 

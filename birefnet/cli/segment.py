@@ -1,0 +1,286 @@
+"""`birefnet segment`: a mask PNG (and an RGBA cut-out) per image of files and folders, read a few
+at a time, batched through the model and written behind it; clips go to `segment_video`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..batching import AUTO, AUTO_MOST
+from ..compiled import compile_model
+from ..distributed import rank_and_world, shard, summed
+from ..files import check_outputs, list_images, output_paths, read_frames, save_image
+from ..guidance import clip_box
+from ..highres import DEFAULT_FINE_MEGAPIXELS
+from ..inference import mask_to_image, segment
+from ..pipeline import check_highres, cutout_image, finish, model_device, segment_image
+from ..refine import Refinement
+from ..write_behind import WriteBehind
+from .flags import (
+    add_refinement_flags,
+    add_tile_layout_flag,
+    batch_size_argument,
+    box_argument,
+    fraction,
+    load_for,
+    parse_resolution,
+    positive,
+    refinement_of,
+)
+from .segment_video import segment_videos
+
+
+def add_parser(sub) -> None:
+    seg = sub.add_parser("segment", help="write a mask PNG (and optionally an RGBA cut-out) per image")
+    seg.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    seg.add_argument("--out", required=True, help="output folder (mirrors the input folders)")
+    seg.add_argument(
+        "--weights",
+        help="weight file (.safetensors/.pth) or a known name from `birefnet list` (e.g. "
+        "general, hr, lite); default: $BIREFNET_WEIGHTS or the embedded demo model",
+    )
+    seg.add_argument(
+        "--download",
+        action="store_true",
+        help="download --weights NAME now if it is not downloaded yet (Hugging Face cache)",
+    )
+    seg.add_argument(
+        "--accept-license",
+        metavar="LICENCE",
+        help="with --download: accept a non-commercial licence by its id (RMBG-2.0: CC-BY-NC-4.0)",
+    )
+    seg.add_argument(
+        "--resolution",
+        type=parse_resolution,
+        default=None,
+        help="native (checkpoint default), aspect, 1024, or WIDTHxHEIGHT (multiples of 32)",
+    )
+    seg.add_argument(
+        "--max-megapixels", type=positive(float), default=None, help="cap on the working size (aspect mode: its area)"
+    )
+    seg.add_argument(
+        "--highres",
+        action="store_true",
+        help="coarse to fine for large images (4K+): a pass on the whole image finds the object, "
+        "a second pass re-segments its region at up to --fine-megapixels",
+    )
+    seg.add_argument(
+        "--fine-megapixels",
+        type=positive(float),
+        default=DEFAULT_FINE_MEGAPIXELS,
+        help="memory cap of the --highres fine pass (working area; default %(default).1f)",
+    )
+    seg.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model: a few %% faster per image after a warm-up of minutes "
+        "(and one more per new working size; cached for later runs in ~/.cache/birefnet/inductor); "
+        "for long batch jobs",
+    )
+    seg.add_argument("--cutout", action="store_true", help="also write <name>_cutout.png with the mask as alpha")
+    seg.add_argument(
+        "--batch-size",
+        type=batch_size_argument,
+        default=AUTO,
+        help="images or video frames per forward: a number, or auto (the default: as many as the GPU's free "
+        f"memory holds, up to {AUTO_MOST}; 1 on the CPU)",
+    )
+    seg.add_argument(
+        "--box",
+        action="append",
+        type=box_argument,
+        metavar="X,Y,W,H",
+        help="segment only the object in this box (pixels; repeat for several objects: the mask holds "
+        "them all and <name>_objectN.png each one); outside the boxes the mask is 0",
+    )
+    seg.add_argument(
+        "--video",
+        action="store_true",
+        help="video inputs: also write OUT/<clip>_mask.mp4 "
+        "(with --cutout also <clip>_cutout.mov, ProRes 4444 with alpha)",
+    )
+    seg.add_argument(
+        "--temporal",
+        type=fraction,
+        default=0.0,
+        metavar="S",
+        help="video inputs: temporal stability from 0 (off, default) to 1 (strongest); smooths only where "
+        "the image does not change",
+    )
+    seg.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs an earlier run left in --out (without it, existing outputs are refused; "
+        "an input file is never written onto)",
+    )
+    seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_refinement_flags(seg)
+    seg.set_defaults(func=cmd_segment)
+    add_tile_layout_flag(seg)
+    seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    seg.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16")
+    seg.add_argument(
+        "--backend",
+        choices=("torch", "openvino"),
+        default="torch",
+        help="openvino: the fastest CPU runtime (extra `openvino`); converts once per working size "
+        "(minutes), cached for later runs",
+    )
+
+
+def cmd_segment(args) -> int:
+    from tqdm import tqdm
+
+    missing = [item for item in args.inputs if not Path(item).exists()]
+    if missing:
+        raise ValueError(f"input not found: {', '.join(missing)}")
+    from ..video import VIDEO_SUFFIXES
+
+    videos = [
+        Path(item) for item in args.inputs if Path(item).is_file() and Path(item).suffix.lower() in VIDEO_SUFFIXES
+    ]
+    refinement = refinement_of(args)
+    if videos:
+        if refinement != Refinement():
+            raise ValueError("the refinement flags are for images; refine video masks with the Refine Edges node")
+        return segment_videos(args, videos, [item for item in args.inputs if Path(item) not in videos])
+    check_highres(args.box, args.highres)
+    out_dir = Path(args.out)
+    if is_an_input_folder(out_dir, args.inputs):
+        raise ValueError(
+            f"--out {out_dir} is an input folder: the masks written there would be read as images by the next "
+            f"run; choose another --out, e.g. {out_dir / 'masks'}"
+        )
+    files = list_images(args.inputs, exclude=out_dir if inside_an_input(out_dir, args.inputs) else None)
+    if not files:
+        raise ValueError("no images found in the given inputs (" + ", ".join(args.inputs) + ")")
+    outputs = planned_outputs(args, files, out_dir)
+    rank, world = rank_and_world()
+    renamed = sum(mask.stem != rel.stem for (_, rel), (mask, *_) in zip(files, outputs))
+    if renamed and rank == 0:
+        print(
+            f"birefnet: {renamed} input(s) share a name with another input; their outputs keep the "
+            "extension in the name (e.g. photo_jpg.png)",
+            file=sys.stderr,
+        )
+    total = len(files)
+    inputs = [file for file, _ in files]
+    files, outputs = shard(files, rank, world), shard(outputs, rank, world)  # names chosen before sharding
+    check_outputs([path for paths in outputs for path in written_paths(paths, args.cutout)], inputs, args.overwrite)
+    model = load_for(args, out_dir)
+    if rank == 0:
+        print(model.info.describe(), file=sys.stderr)
+    if world > 1:
+        print(f"birefnet: process {rank + 1}/{world}: {len(files)} of {total} input(s)", file=sys.stderr)
+    if args.compile and args.backend == "torch":  # pays off on long runs at one working size; the first image compiles
+        model = compile_model(model)
+    skipped, animated_said = 0, False
+    bar = tqdm(
+        total=len(files),
+        unit="img",
+        disable=args.quiet,
+        desc=f"rank {rank}" if world > 1 else None,
+        position=rank if world > 1 else None,
+    )
+    per_chunk = AUTO_MOST if args.batch_size == AUTO else args.batch_size  # images read at a time
+    with WriteBehind() as saver:  # the PNGs are compressed behind the model, by a few threads
+        for start in range(0, len(files), per_chunk):
+            chunk = []
+            for (file, _), paths in zip(files[start : start + per_chunk], outputs[start : start + per_chunk]):
+                try:
+                    image, frames = read_frames(file)
+                    if args.box:
+                        check_boxes_inside(args.box, image)
+                    chunk.append((image, paths))
+                except Exception as err:  # unreadable, not an image, or a box outside it: report and go on
+                    skipped += 1
+                    bar.write(f"birefnet: skipped {file}: {err}", file=sys.stderr)
+                    bar.update(1)
+                    continue
+                if frames > 1 and not animated_said:
+                    animated_said = True
+                    bar.write(f"birefnet: {file} is animated; only its first frame is segmented", file=sys.stderr)
+            if not chunk:
+                continue
+            if args.box:
+                guided = [
+                    segment_image(
+                        model, image, boxes=args.box, resolution=args.resolution, max_megapixels=args.max_megapixels
+                    )
+                    for image, _ in chunk
+                ]
+                masks = [combined for combined, _ in guided]
+                for (image, paths), (_, objects) in zip(chunk, guided):
+                    for box, single, path in zip(args.box, objects, paths[2:]):
+                        single, _ = finish(image, single, refinement, boxes=[box], device=model_device(model))
+                        save_image(mask_to_image(single), path, replace=args.overwrite)
+            elif args.highres:
+                masks = [
+                    segment_image(
+                        model,
+                        image,
+                        resolution=args.resolution,
+                        max_megapixels=args.max_megapixels,
+                        highres=True,
+                        fine_megapixels=args.fine_megapixels,
+                    )[0]
+                    for image, _ in chunk
+                ]
+            else:
+                masks = segment(
+                    model,
+                    [image for image, _ in chunk],
+                    resolution=args.resolution,
+                    max_megapixels=args.max_megapixels,
+                    batch_size=args.batch_size,
+                    device=model_device(model),  # `finish` refines there: no CPU round trip
+                )
+            for (image, (mask_path, cutout_path, *_)), mask in zip(chunk, masks):
+                mask, colours = finish(image, mask, refinement, boxes=args.box or (), device=model_device(model))
+                saver.submit(save_image, mask_to_image(mask), mask_path, args.overwrite)
+                if args.cutout:
+                    saver.submit(save_image, cutout_image(image, mask, colours), cutout_path, args.overwrite)
+                bar.update(1)
+    bar.close()
+    done, skipped = summed([len(files) - skipped, skipped])
+    if rank == 0:
+        print(
+            f"birefnet: wrote {done} mask(s) to {out_dir}"
+            + (f", skipped {skipped}" if skipped else "")
+            + (f" ({world} processes)" if world > 1 else ""),
+            file=sys.stderr,
+        )
+    return 1 if skipped else 0
+
+
+def planned_outputs(args, files, out_dir: Path) -> list[tuple[Path, ...]]:
+    """(mask, cut-out, object 1, ...) under --out for every input, chosen together so no two collide
+    (objects are written only for two boxes or more)."""
+    objects = len(args.box) if args.box and len(args.box) > 1 else 0
+    plan = output_paths([rel for _, rel in files], args.cutout, objects)
+    return [tuple(out_dir / path for path in paths) for paths in plan]
+
+
+def input_folders(inputs) -> list[Path]:
+    return [Path(item).resolve() for item in inputs if Path(item).is_dir()]
+
+
+def is_an_input_folder(out_dir: Path, inputs) -> bool:
+    return out_dir.resolve() in input_folders(inputs)
+
+
+def inside_an_input(out_dir: Path, inputs) -> bool:
+    """Whether --out lies strictly inside an input folder (its files are then earlier outputs, not inputs)."""
+    out = out_dir.resolve()
+    return any(out != folder and out.is_relative_to(folder) for folder in input_folders(inputs))
+
+
+def written_paths(paths: tuple[Path, ...], cutouts: bool) -> list[Path]:
+    """The planned (mask, cut-out, objects...) paths this run writes: the cut-out only with --cutout."""
+    return [paths[0], *([paths[1]] if cutouts else []), *paths[2:]]
+
+
+def check_boxes_inside(boxes, image) -> None:
+    """A box wholly outside this image is this image's problem (skipped), not the run's (ValueError)."""
+    for box in boxes:
+        clip_box(box, image.height, image.width)
