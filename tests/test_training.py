@@ -16,10 +16,11 @@ from safetensors import safe_open
 
 import birefnet
 from birefnet.files import current_umask
+from birefnet_training.config import TrainConfig
 from birefnet_training.data import DatasetError, find_pairs
 from birefnet_training.losses import birefnet_loss, loss_weights, ssim_loss
 from birefnet_training.synthetic import make_sample, write_dataset
-from birefnet_training.trainer import TrainConfig, train
+from birefnet_training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -374,7 +375,7 @@ def test_train_needs_a_starting_point(tmp_path):
 
 
 def test_epoch_summary_is_readable_and_scratch_backbones_warn(dataset, tmp_path, caplog):
-    from birefnet_training.trainer import summary
+    from birefnet_training.run_folder import summary
 
     assert summary({"epoch": 3, "loss": 0.412345, "lr": 7.0711e-06}) == "loss 0.4123, lr 7.071e-06"
     with caplog.at_level("INFO"):
@@ -418,7 +419,7 @@ def test_unavailable_training_device_is_one_line(dataset, tmp_path):
 def test_best_epoch_is_kept_and_can_be_picked_again(dataset, tmp_path):
     from safetensors.torch import load_file
 
-    from birefnet_training.trainer import best_epoch
+    from birefnet_training.run_folder import best_epoch
 
     out = tmp_path / "run"
     train(tiny_config(dataset, out, epochs=3, val_split=0.25, best_metric="MAE"))
@@ -798,7 +799,7 @@ def test_nothing_to_do_is_not_reported_as_written(dataset, tmp_path, capsys):
 
 
 def test_torn_last_log_line_is_left_out(dataset, tmp_path):
-    from birefnet_training.trainer import best_epoch
+    from birefnet_training.run_folder import best_epoch
 
     out = tmp_path / "run"
     train(tiny_config(dataset, out, epochs=2, max_steps_per_epoch=1, val_split=0.25), stop_after_epoch=1)

@@ -68,7 +68,8 @@ def _shown(value) -> str:
 
 
 def cmd_train(args) -> int:
-    from .trainer import TrainConfig, train
+    from .config import TrainConfig
+    from .trainer import train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     final = train(cfg, resume=not args.restart, stop_after_epoch=args.stop_after_epoch)
@@ -140,7 +141,7 @@ def cmd_best(args) -> int:
     """Pick the best epoch of a run again, by another metric: copy its checkpoint to best.safetensors."""
     import shutil
 
-    from .trainer import BEST_FILE, LOG_FILE, best_epoch
+    from .run_folder import BEST_FILE, LOG_FILE, best_epoch
 
     run = Path(args.run)
     if not (run / LOG_FILE).is_file():
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="fine-tune (or train) BiRefNet on im/ + gt/ folders")
-    from .trainer import BEST_METRICS, TrainConfig
+    from .config import BEST_METRICS, TrainConfig
 
     add_config_flags(t, TrainConfig)
     t.add_argument(

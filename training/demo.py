@@ -13,10 +13,12 @@ from pathlib import Path
 import birefnet
 from birefnet.files import atomic_path
 
+from .config import TrainConfig
 from .evaluate import evaluate_model
 from .metrics import format_table
+from .run_folder import LOG_FILE
 from .synthetic import write_dataset
-from .trainer import LOG_FILE, TrainConfig, train
+from .trainer import train
 
 INSTALLED = Path(birefnet.__file__).parent / "weights" / "default.safetensors"
 

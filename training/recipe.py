@@ -16,11 +16,12 @@ from PIL import Image, ImageDraw
 
 from birefnet.files import atomic_path
 
+from .config import TrainConfig
 from .demo import INSTALLED
 from .evaluate import evaluate_model
 from .metrics import format_table
 from .synthetic import SUPERSAMPLE
-from .trainer import TrainConfig, train
+from .trainer import train
 
 TRAIN_SAMPLES, VAL_SAMPLES, TEST_SAMPLES = 160, 20, 60
 SIZE = (224, 224)  # the embedded model's working size; official checkpoints: their own (1024 or 2048)

@@ -5,187 +5,41 @@ atomic checkpoints and exact resumption.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import os
-import re
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from birefnet import BiRefNet, backbones, build_model, load_model, save_checkpoint
+from birefnet import BiRefNet, build_model, load_model, save_checkpoint
 from birefnet.device import resolve_device
 from birefnet.files import atomic_path
 
+from .config import TrainConfig
 from .data import Augment, SegmentationDataset, SizedBatchSampler, collate, find_backgrounds, find_pairs
 from .losses import birefnet_loss, finetune_phase_length, loss_weights
 from .metrics import METRICS, MetricSet
+from .run_folder import (
+    BEST_FILE,
+    LOG_FILE,
+    RESUME_FILE,
+    best_epoch,
+    check_fresh_folder,
+    check_resume_settings,
+    read_log,
+    remove_run_outputs,
+    remove_stale_temporaries,
+    summary,
+    write_log,
+)
 
 log = logging.getLogger(__name__)
-RESUME_FILE = "resume.pt"
-BEST_FILE = "best.safetensors"
-# Validation scores training can choose the best epoch by (MetricSet keys without HCE, which validation skips).
-BEST_METRICS = (
-    "Sm",
-    "meanEm",
-    "maxEm",
-    "adpEm",
-    "maxFm",
-    "meanFm",
-    "adpFm",
-    "wFm",
-    "MAE",
-    "mBA",
-    "maxBIoU",
-    "meanBIoU",
-    "MSE",
-)
-LOWER_IS_BETTER = ("MAE", "HCE", "MSE")
-LOG_FILE = "metrics.jsonl"
-# Settings a resumed run must share with the run that wrote resume.pt: they decide the model, the
-# data and the optimisation. The others (--epochs to extend a run, --device, --workers, --save-every,
-# --best-metric, ...) may change between starts.
-PATH_SETTINGS = ("data", "init", "val", "backbone_weights")  # compared as the places they name
-RESUME_SETTINGS = (
-    "data",
-    "init",
-    "val",
-    "val_split",
-    "backbone",
-    "backbone_weights",
-    "tile_layout",
-    "task",
-    "finetune_last_epochs",
-    "batch_size",
-    "accumulate",
-    "size",
-    "dynamic_size",
-    "lr",
-    "weight_decay",
-    "lr_decay_epochs",
-    "precision",
-    "freeze_backbone",
-    "freeze_batchnorm",
-    "augment",
-    "background_synthesis",
-    "crop",
-    "seed",
-    "max_steps_per_epoch",
-)
-# What a run writes to its folder: a folder holding one of these and no resume.pt holds another run.
-RUN_OUTPUTS = (LOG_FILE, "final.safetensors", BEST_FILE, "epoch_*.safetensors")
-
-
-def option(default=dataclasses.MISSING, help: str = "", **argparse_options):
-    """A TrainConfig field and its command-line flag in one place: the flag, its help and its default
-    are generated from here (`add_config_flags` in training/__main__.py), so the two cannot drift apart."""
-    extra = {"default_factory": default} if callable(default) else {"default": default}
-    return field(**extra, metadata={"help": help, **argparse_options})
-
-
-@dataclass
-class TrainConfig:
-    data: list[str] = option(
-        help="dataset folder(s), each with im/ (images) and gt/ (masks) matched by name", nargs="+"
-    )
-    out: str = option(help="run folder: checkpoints, resume.pt, metrics.jsonl")
-    init: str = option(
-        help="what to start from: a checkpoint file or known name to fine-tune (e.g. general, lite, "
-        "after `birefnet download`), or 'scratch' (with --backbone)"
-    )
-    val: list[str] = option(list, help="validation dataset folder(s)", nargs="*")
-    val_split: float = option(
-        0.0,
-        help="hold out this fraction of --data for validation when no --val (0 up to 1, drawn by a "
-        "shuffle seeded by --seed over all --data folders together)",
-    )
-    best_metric: str = option(
-        "Sm",
-        help="validation score that picks best.safetensors (MAE, HCE, MSE: lower is better; the others higher)",
-        choices=BEST_METRICS,
-    )
-    backbone: str = option("swin_v1_l", help="backbone for --init scratch", choices=backbones.NAMES)
-    backbone_weights: str | None = option(
-        None,
-        help="pretrained weights for the --init scratch backbone: a file "
-        "(timm's, torchvision's or the original release's layout) or "
-        "'download' to fetch the official recipe's ImageNet/DINOv3 weights",
-    )
-    tile_layout: str | None = option(
-        None,
-        help="inward-reference tile layout; default: the --init checkpoint's own (current from scratch)",
-        choices=("current", "legacy"),
-    )
-    task: str = option("general", help="loss preset of the official recipe", choices=("DIS", "general", "matting"))
-    epochs: int = option(200, help="number of epochs")
-    finetune_last_epochs: int | None = option(
-        None,
-        help="length in epochs of the late fine-tuning phase (BCE off, the other losses reweighted "
-        "each epoch); -N, the official config's form, means the same; 0 turns it off; default: the "
-        "task's official value (DIS 40, general 20, matting 10)",
-    )
-    batch_size: int = option(4, help="images per step (per process)")
-    accumulate: int = option(1, help="gradient accumulation steps")
-    size: tuple[int, int] = option((1024, 1024), help="training size: 1024 or WIDTHxHEIGHT", parse="size")
-    dynamic_size: tuple[tuple[int, int], tuple[int, int]] | None = option(
-        None, help="LO,HI: a random multiple of 32 in this range per batch, instead of --size", parse="range"
-    )
-    lr: float | None = option(None, help="learning rate; default: official (1e-4 DIS, else 1e-5) x sqrt(batch/4)")
-    weight_decay: float = option(1e-2, help="AdamW weight decay")
-    lr_decay_epochs: list[int] = option(
-        list, help="epochs after which the learning rate is halved (the official lr_decay_rate, 0.5)", nargs="*"
-    )
-    precision: str = option(
-        "fp32", help="autocast precision (fp16 with loss scaling)", choices=("fp32", "bf16", "fp16")
-    )
-    freeze_backbone: bool | None = option(
-        None, help="train the decoder only; default: as the official recipe (frozen for DINOv3, trained for the others)"
-    )
-    freeze_batchnorm: bool | None = option(None, help="use BatchNorm running statistics; default: when batch size is 1")
-    grad_checkpointing: bool = option(False, help="recompute backbone activations in backward (less memory)")
-    compile: str | None = option(
-        None,
-        help="torch.compile the training forward with this backend: inductor (the "
-        "official default; faster steps after minutes of compiling), or aot_eager "
-        "(checks tracing, no speed-up)",
-        choices=("inductor", "aot_eager"),
-    )
-    augment: bool = option(True, help="the official augmentations (flip, rotate, colour, pepper)")
-    background_synthesis: bool = option(False, help="paste foregrounds on other backgrounds")
-    crop: bool = option(False, help="add the official random centre crop augmentation")
-    workers: int = option(0, help="data loader worker processes")
-    seed: int = option(7, help="random seed (data order, augmentation, initialisation)")
-    save_every: int = option(1, help="write epoch_N.safetensors every N epochs")
-    val_every: int = option(1, help="validate every N epochs")
-    max_steps_per_epoch: int | None = option(None, help="cut epochs short (quick trials)")
-    device: str = option("auto", help="auto, cpu, cuda, cuda:N, mps")
-    tensorboard: bool = option(False, help="also log to TensorBoard in the run folder")
-
-    def __post_init__(self):
-        """Settings that cannot train refused up front, as one line, rather than as a division by
-        zero after an epoch has run."""
-        for name in ("epochs", "batch_size", "accumulate", "save_every", "val_every", "max_steps_per_epoch"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {value}: use a whole number of 1 or more")
-        if min(self.size) < 32:
-            raise ValueError(f"--size {self.size[1]}x{self.size[0]}: use at least 32 pixels a side, e.g. 1024")
-        if not 0 <= self.val_split < 1:
-            raise ValueError(f"--val-split {self.val_split}: use a fraction from 0 up to (not including) 1, e.g. 0.1")
-        if self.workers < 0:
-            raise ValueError(f"--workers {self.workers}: use 0 (load in the main process) or more")
-
-    def learning_rate(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return (1e-4 if self.task == "DIS" else 1e-5) * math.sqrt(self.batch_size / 4)
 
 
 def _distributed(device: str) -> tuple[int, int]:
@@ -230,15 +84,6 @@ def _freeze_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
-def _remove_stale_temporaries(folder: Path) -> None:
-    """A run killed while writing leaves `.NAME.XXXXXXXX.tmp.EXT` files (atomic writes); a new start
-    clears them. Only this pattern: nothing else in the run folder is touched."""
-    for stale in folder.glob(".*.tmp.*"):
-        if stale.is_file() and re.fullmatch(r"\..+\.[0-9a-f]{8}\.tmp\.[A-Za-z0-9]+", stale.name):
-            log.info("removing %s, left by an interrupted write", stale.name)
-            stale.unlink(missing_ok=True)
-
-
 def split_validation(pairs: list, fraction: float, seed: int) -> tuple[list, list]:
     """(training, validation) pairs: `fraction` of them (at least one) held out, drawn by a
     shuffle seeded by `seed` over all --data folders together, so that validation is not the
@@ -263,7 +108,7 @@ class Trainer:
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
-            _remove_stale_temporaries(self.out)
+            remove_stale_temporaries(self.out)
         torch.manual_seed(cfg.seed + self.rank)
 
         pairs = find_pairs(cfg.data)
@@ -494,113 +339,6 @@ class Trainer:
             if self.world > 1:
                 torch.distributed.barrier()
         return final if last == cfg.epochs else self.out / f"epoch_{last}.safetensors"
-
-
-def _flag(name: str, value) -> str:
-    shown = " ".join(map(str, value)) if isinstance(value, list) else value
-    return f"--{name.replace('_', '-')} {shown}"
-
-
-def check_same_settings(saved: dict, cfg: TrainConfig, path: Path) -> None:
-    """Refuse to resume with settings that change the model, the data or the optimisation: the
-    result would be neither the old run nor a new one (or the weights would not even load)."""
-    now = json.loads(json.dumps(asdict(cfg)))  # tuples as lists, as they were saved
-    same_phase = lambda a, b: a is not None and b is not None and abs(a) == abs(b)  # -N and N: one phase
-    changed = [
-        name
-        for name in RESUME_SETTINGS
-        if name in saved
-        and saved[name] != now[name]
-        and not (name == "finetune_last_epochs" and same_phase(saved[name], now[name]))
-        and not (name in PATH_SETTINGS and same_places(saved[name], now[name]))
-    ]
-    if changed:
-        differences = ", ".join(f"{_flag(n, now[n])} (was {_flag(n, saved[n]).split(' ', 1)[1]})" for n in changed)
-        raise ValueError(
-            f"{path} was written with other settings: {differences}; resume with the same options, "
-            "use another --out, or add --restart to start over in this folder"
-        )
-
-
-def same_places(saved, now) -> bool:
-    """Paths written differently that name the same files from here (`ds`, `./ds/`, `/abs/ds`)."""
-    places = lambda value: [os.path.realpath(p) for p in (value if isinstance(value, list) else [value])]
-    return saved is not None and now is not None and places(saved) == places(now)
-
-
-def check_resume_settings(cfg: TrainConfig) -> None:
-    """`check_same_settings` before any model is built (a changed --init or --backbone would
-    otherwise fail first, in loading); resume.pt is memory-mapped, its weights are not read."""
-    path = Path(cfg.out) / RESUME_FILE
-    if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        if "config" in state:
-            check_same_settings(json.loads(state["config"]), cfg, path)
-
-
-def check_fresh_folder(out: Path) -> None:
-    """A new run never replaces another run's outputs: a folder holding them but no resume.pt
-    (deleted, or the run stopped before its first epoch ended) is refused."""
-    found = sorted({path.name for pattern in RUN_OUTPUTS for path in out.glob(pattern)})
-    if found and not (out / RESUME_FILE).is_file():
-        raise ValueError(
-            f"{out} holds another run's outputs ({_listing(found)}) but no {RESUME_FILE} to continue from: "
-            "use another --out, or add --restart to replace them"
-        )
-
-
-def remove_run_outputs(out: Path) -> None:
-    """A fresh run (an empty folder, or --restart) starts from nothing: an earlier run's log, epochs,
-    best and final checkpoints and resume.pt would otherwise pass for this run's (a longer run's last
-    epochs, a best this run without validation never replaces)."""
-    for pattern in (*RUN_OUTPUTS, RESUME_FILE):
-        for path in out.glob(pattern):
-            path.unlink()
-
-
-def _listing(names: list[str], limit: int = 3) -> str:
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def read_log(log_file) -> list[dict]:
-    """The records of metrics.jsonl. A last line cut short (a crash while it was written, by an
-    earlier version that appended in place) is left out rather than making the log unreadable."""
-    path = Path(log_file)
-    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number < len(lines):
-                raise ValueError(f"{path}: line {number} is not JSON; delete that line and run again") from None
-            log.warning("%s: leaving out its last line, cut short by an interrupted write", path)
-    return records
-
-
-def write_log(log_file, records: list[dict]) -> None:
-    """metrics.jsonl replaced in one step (atomically): a crash leaves the old or the new log, never
-    a torn line."""
-    with atomic_path(log_file) as tmp:
-        tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
-
-
-def best_epoch(log_file, metric: str = "Sm", among=None) -> int | None:
-    """The epoch of metrics.jsonl with the best `val_<metric>` (the earliest among equals), or None;
-    only epochs in `among` when given (those whose checkpoint was kept)."""
-    key, sign = f"val_{metric}", (-1 if metric in LOWER_IS_BETTER else 1)
-    best = None
-    for record in read_log(log_file):
-        if among is not None and record.get("epoch") not in among:
-            continue
-        if key in record and (best is None or sign * record[key] > sign * best[1]):
-            best = (record["epoch"], record[key])
-    return None if best is None else best[0]
-
-
-def summary(record: dict) -> str:
-    """'loss 0.4123, lr 7.07e-06, ...': four significant digits, scientific where small."""
-    return ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
 
 
 def train(cfg: TrainConfig, resume: bool = True, stop_after_epoch: int | None = None) -> Path | None:
