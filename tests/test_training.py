@@ -637,15 +637,18 @@ def test_palette_and_zero_one_masks_are_foreground(tmp_path):
         assert mask[0, 8, 8].item() == pytest.approx(level / 255), name
 
 
-def _voc_mask(path, size=32, band=2):
-    """A VOC palette mask: background 0, a square of class 1, and around it VOC's void index 255
-    (unlabelled) `band` pixels wide on each side of the outline."""
+VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128, 0, 128, 128, 128, 128, 128]
+
+
+def _voc_mask(path, size=32, band=2, label=1):
+    """A VOC palette mask: background 0, a square of class `label`, and around it VOC's void index
+    255 (unlabelled) `band` pixels wide on each side of the outline."""
     indices = np.zeros((size, size), np.uint8)
     lo, hi = size // 4, 3 * size // 4
     indices[lo - band : hi + band, lo - band : hi + band] = 255
-    indices[lo + band : hi - band, lo + band : hi - band] = 1
+    indices[lo + band : hi - band, lo + band : hi - band] = label
     palette = Image.fromarray(indices, "P")
-    palette.putpalette([0, 0, 0, 128, 0, 0] + [0] * 759 + [224, 224, 192])
+    palette.putpalette(VOC_PALETTE + [0] * (765 - len(VOC_PALETTE)) + [224, 224, 192])
     palette.save(path)
     return indices
 
@@ -678,6 +681,17 @@ def test_voc_void_band_is_unlabelled_in_reading_training_and_evaluation(tmp_path
     _, turned = augment(Image.new("RGB", (32, 32)), mask, np.random.default_rng(rotating))
     assert turned.mode == "LA" and turned.getpixel((0, 0)) == (0, 255)  # rotated-in corners: labelled background
     assert turned.getpixel((16, 16)) == (255, 255)
+
+    # A VOC mask of class 7 alone, drawn grey (128, 128, 128), holds a class, not a grey level.
+    _voc_mask(tmp_path / "car.png", band=0, label=7)
+    assert set(np.unique(mask_array(read_mask(tmp_path / "car.png")))) == {0, 255}
+
+    # As the alpha of a foreground (fg/ + alpha/), composited over a new backdrop.
+    (tmp_path / "matting" / "fg").mkdir(parents=True), (tmp_path / "matting" / "alpha").mkdir()
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "matting" / "fg" / "a.png")
+    _voc_mask(tmp_path / "matting" / "alpha" / "a.png")
+    composited = SegmentationDataset(find_pairs(tmp_path / "matting"), None).load(0, (32, 32))
+    assert torch.equal(composited.labelled[0] == 0, torch.from_numpy(band))
 
     # An object drawn with or without the void band scores perfectly; an error elsewhere still counts.
     (tmp_path / "with_band").mkdir(), (tmp_path / "without_band").mkdir(), (tmp_path / "wrong").mkdir()

@@ -196,10 +196,16 @@ def _centre_crop(image: Image.Image, width: int, height: int) -> Image.Image:
     return image.crop((left, top, left + width, top + height)).resize((w, h), Image.BILINEAR)
 
 
+def _alpha(mask: Image.Image) -> np.ndarray:
+    """A mask's levels as (h, w, 1) float alphas in [0, 1]; an 'LA' mask's grey channel (its
+    unlabelled pixels read 0 there: they are left out of the loss, whatever they show)."""
+    return np.asarray(mask.getchannel("L") if mask.mode == "LA" else mask, np.float32)[..., None] / 255
+
+
 def _synthesise_background(image: Image.Image, mask: Image.Image, rng) -> Image.Image:
     """fg·α + bg·(1−α) with a grey (p .4), near-foreground (p .4, hard negative) or random (p .2) colour."""
     fg = np.asarray(image, np.float32)
-    alpha = np.asarray(mask.getchannel("L") if mask.mode == "LA" else mask, np.float32)[..., None] / 255
+    alpha = _alpha(mask)
     choice = rng.random()
     if choice < 0.4:
         colour = np.full(3, rng.integers(0, 256), np.float32)
@@ -229,7 +235,7 @@ def _read(sample: Sample) -> tuple[Image.Image, Image.Image]:
 
 def _composite(colours: Image.Image, alpha: Image.Image, backdrop: np.ndarray) -> Image.Image:
     """colours·α + backdrop·(1−α), rounded to 8 bits like a photograph of the scene."""
-    a = np.asarray(alpha, np.float32)[..., None] / 255
+    a = _alpha(alpha)
     mixed = np.asarray(colours.resize(alpha.size, Image.BILINEAR), np.float32) / 255 * a + backdrop * (1 - a)
     return Image.fromarray((np.clip(mixed, 0, 1) * 255 + 0.5).astype(np.uint8))
 

@@ -45,10 +45,24 @@ def read_mask(path) -> Image.Image:
     return Image.fromarray((array * scale).astype(np.float32))  # float32 -> mode "F"
 
 
+def _voc_colours(count: int) -> np.ndarray:
+    """The first `count` colours of the VOC palette (class c's bits spread over R, G and B from
+    the top bit down), which VOC-style tools write whatever classes a mask uses."""
+    colours = np.zeros((count, 3), np.int32)
+    for c in range(count):
+        for bit in range(8):
+            for channel in range(3):
+                colours[c, channel] |= ((c >> (3 * bit + channel)) & 1) << (7 - bit)
+    return colours
+
+
 def _grey_palette(image: Image.Image) -> bool:
     """True when every colour the image uses is a grey: a grey mask some tool stored with a
-    palette, whose grey levels are the mask (not class numbers)."""
+    palette, whose grey levels are the mask (not class numbers). Never for the VOC palette, where
+    a mask of class 7 alone (drawn (128, 128, 128)) uses only greys but holds class numbers."""
     colours = np.asarray(image.getpalette() or [], np.int32).reshape(-1, 3)
+    if len(colours) >= 8 and (colours[:8] == _voc_colours(8)).all():
+        return False
     used = np.unique(np.asarray(image))
     used = used[used < len(colours)]
     return bool(len(colours)) and bool((colours[used] == colours[used][:, :1]).all())
