@@ -4,9 +4,10 @@
 # through the device tool, what each step measures and what is still owed.
 # Needs: .official (a checkout of ZhengPeng7/BiRefNet, code only) for the baseline rows; .whl with the
 # wheels the machine lacks (kornia, kornia_rs). STEPS picks parts, in this order of priority (default
-# all): bench tests isolation memory kernels. Each step has its own timeout; worst case about 9.5
-# minutes (call it with timeout_s=590), most steps end sooner. Files back: gpu.txt (card, versions, step
-# times), bench.md, tests.log, isolation.log, memory.md, kernels.md.
+# all): bench tests isolation frames memory kernels. Each step has its own timeout; worst case about 10.7
+# minutes, more than a device call's 590 s, but most steps end sooner, and where they do not, the last
+# steps (memory, kernels) are what the call's limit cuts; each step's file is written as it runs. Files back: gpu.txt (card, versions, step
+# times), bench.md, tests.log, isolation.log, frames.md, memory.md, kernels.md.
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 site=/tmp/site; mkdir -p "$site"
@@ -15,7 +16,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 ln -sfn "$PWD/training" "$site/birefnet_training"  # the training package's installed name, without installing
 export PYTHONPATH=$site PYTHONUNBUFFERED=1 BIREFNET_DEVICE=cuda
-STEPS=${STEPS:-bench tests isolation memory kernels}
+STEPS=${STEPS:-bench tests isolation frames memory kernels}
 official=(); [ -d .official ] && official=(--official .official)
 bench=(python3 -m birefnet.bench --variant swin_v1_l --threads 8)
 tests=(python3 -m pytest -v -ra -p no:cacheprovider -n 12 --dist load)
@@ -70,6 +71,14 @@ if want isolation; then
       2>&1 | tail -5
   } > "$OUT/isolation.log" 2>&1
   tail -12 "$OUT/isolation.log"
+fi
+if want frames; then
+  # The path video frames take, end to end (uint8 1080p frames -> masks on the CPU, at 1024²): the official
+  # inference recipe (CPU transforms per PIL frame) against segment() at batch 1 and 8 with graphs. Since
+  # session 14 segment() moves frames to the GPU as uint8 and converts and resizes them there.
+  log "frames"
+  timeout 75 "${bench[@]}" --resolution 1024 --frames 1920x1080 "${official[@]}" --official-dtype fp16 \
+    --runs 5 --warmup 2 --row-timeout 30 --row fp16/graphs/1 fp16/graphs/8 2>&1 | tee "$OUT/frames.md"
 fi
 if want memory; then
   # 4096² batch 1 with graphs, both forms (2048²/4096² eager were measured in session 12: 2.76 / 4.11 GB).

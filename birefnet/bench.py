@@ -28,8 +28,13 @@ in a fresh subprocess so that peak resident memory (CPU) or peak allocated memor
 to that row alone. Weights are random (seeded); speed and memory do not depend on their values.
 The error column is the final logits' ‖out − ref‖ / ‖ref‖ against this library in fp32 on the
 same weights and input; the last column the time per image over the official model's fp32 time
-per image. `--profile` prints each row's top kernels (torch.profiler, self device time on CUDA,
-self CPU time on the CPU) below the table. The device defaults to $BIREFNET_DEVICE, else the CPU.
+per image. `--frames WxH` times the path a clip's frames take instead of one forward: this
+library's `segment()` on --batch random uint8 frames of that size at the working size
+--resolution (conversion, resize in, forward, resize out, masks to the CPU), and the official
+model through the official inference recipe (torchvision's Resize, ToTensor and Normalize on
+the CPU per PIL frame; the mask back through ToPILImage and a PIL resize). `--profile` prints
+each row's top kernels (torch.profiler, self device time on CUDA, self CPU time on the CPU)
+below the table. The device defaults to $BIREFNET_DEVICE, else the CPU.
 """
 
 from __future__ import annotations
@@ -212,6 +217,8 @@ def _worker(args) -> dict:
 
         picture = torch.rand(3, h, w, generator=torch.Generator().manual_seed(1))
         run = lambda: segment_highres(model, picture, fine_megapixels=args.fine_megapixels)
+    if args.frames:
+        run = _frames_run(args, model, device, dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -230,7 +237,8 @@ def _worker(args) -> dict:
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
     profile = _profile(run, sync, device.type == "cuda", args.profile_rows) if args.profile else None
     error = None
-    if not args.highres and (dtype != torch.float32 or args.backend != "torch" or args.path != "eager"):
+    whole_path = args.highres or args.frames  # no logits to compare
+    if not whole_path and (dtype != torch.float32 or args.backend != "torch" or args.path != "eager"):
         out = out.float().cpu()
         del model, run
         with torch.inference_mode():
@@ -246,6 +254,38 @@ def _worker(args) -> dict:
         "label": label,
         "profile": profile,
     }
+
+
+def _frames_run(args, model, device, dtype):
+    """One call over --batch uint8 frames (H, W, 3) of size --frames, as decoded video gives them."""
+    import numpy as np
+
+    height, width = args.frames
+    frames = [np.random.default_rng(i).integers(0, 256, (height, width, 3), np.uint8) for i in range(args.batch)]
+    if args.backend == "torch":
+        from .inference import segment
+
+        return lambda: segment(model, frames, resolution=args.resolution, batch_size=args.batch)
+    if args.backend != "official":
+        raise SystemExit("n/a: --frames times this library's segment() and the official recipe")
+    from PIL import Image
+    from torchvision import transforms
+
+    prepare = transforms.Compose(
+        [
+            transforms.Resize(args.resolution),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+
+    def official_recipe():
+        pictures = [Image.fromarray(frame) for frame in frames]
+        batch = torch.stack([prepare(picture) for picture in pictures]).to(device=device, dtype=dtype)
+        preds = model(batch)[-1].sigmoid().float().cpu()
+        return [transforms.ToPILImage()(pred).resize(picture.size) for pred, picture in zip(preds, pictures)]
+
+    return official_recipe
 
 
 def _series(args, backends) -> list[tuple[str, str, str, int]]:
@@ -269,6 +309,7 @@ def _run_row(args, variant, resolution, backend, dtype, path, batch) -> tuple[di
     cmd += ["--threads", str(args.threads), "--fine-megapixels", str(args.fine_megapixels), "--cache", args.cache]
     cmd += ["--official", args.official] if args.official else []
     cmd += (["--highres"] if args.highres else []) + (["--profile"] if args.profile else [])
+    cmd += ["--frames", f"{args.frames[1]}x{args.frames[0]}"] if args.frames else []
     cmd += ["--profile-rows", str(args.profile_rows)]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=args.row_timeout)
@@ -310,6 +351,12 @@ def main(argv=None) -> int:
         help="time segment_highres on an image of each --resolution (e.g. 7680x4320) instead of one forward",
     )
     parser.add_argument("--fine-megapixels", type=float, default=4.2, help="with --highres: the fine pass's cap")
+    parser.add_argument(
+        "--frames",
+        type=parse_size,
+        metavar="WxH",
+        help="time segment() (official: its inference recipe) on --batch uint8 frames of this size, not one forward",
+    )
     parser.add_argument("--cache", help="OpenVINO IR cache and ONNX scratch folder (default: a fresh temporary one)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -352,6 +399,7 @@ def _table(args, backends) -> int:
         f"# {name}, torch {torch.__version__}, {args.threads} threads, device {args.device}, {args.runs} warm runs"
         f" after {max(args.warmup, 1)} warm-up"
         + (f", segment_highres (fine pass <= {args.fine_megapixels} MP)" if args.highres else "")
+        + (f", whole path on uint8 frames of {args.frames[1]}x{args.frames[0]}" if args.frames else "")
     )
     print(
         "| variant | resolution | backend | path | dtype | batch | median s | min s | images/s | first call s "

@@ -29,24 +29,35 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_RESOLUTION = (1024, 1024)
 
 
-def to_rgb_tensor(image) -> torch.Tensor:
-    """PIL image, numpy array (H, W[, C]) or tensor ([B,] C, H, W / H, W) -> float (3, H, W) in [0, 1].
+def to_rgb_tensor(image, device=None) -> torch.Tensor:
+    """PIL image, numpy array (H, W[, C]) or tensor ([B,] C, H, W / H, W) -> float (3, H, W) in [0, 1],
+    on `device` (default: where a tensor is, else the CPU).
 
     Grey is repeated to RGB; an alpha channel is dropped. uint8 and uint16 data is scaled by its
     type's maximum, bool is 0/1; float data must already be in [0, 1] (clamped). PIL's 16/32-bit
     modes are scaled by their mode, never by their pixels: 16-bit (I;16*, I) by 65535, float (F)
     as is, so a dark 16-bit picture stays dark.
     """
+    return rgb_unit(image_tensor(image), device)
+
+
+def image_tensor(image) -> torch.Tensor:
+    """An image as stored, (C, H, W) with 1 to 4 channels of uint8, uint16, bool or float, checked;
+    it shares memory with a numpy or tensor input where it can. No float copy yet: `rgb_unit`
+    makes it, after the move to the device that needs it (a third of the bytes to move for uint8,
+    and a GPU converts and resizes a frame in a fraction of a CPU core's time)."""
     if isinstance(image, Image.Image):
         if image.mode in PIL_SCALES:
-            return to_rgb_tensor(np.asarray(image, dtype=np.float32) / PIL_SCALES[image.mode])
-        return to_rgb_tensor(np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB")))
+            return image_tensor(np.asarray(image, dtype=np.float32) / PIL_SCALES[image.mode])
+        return image_tensor(np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB")))
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = image[:, :, None]
         if image.ndim != 3:
             raise ValueError(f"numpy images must be (H, W) or (H, W, C), got shape {image.shape}")
-        tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # copy: arrays may be read-only
+        if not image.flags.writeable:  # torch shares only writeable memory (PIL's arrays are read-only)
+            image = image.copy()
+        tensor = torch.from_numpy(image).permute(2, 0, 1)
     elif isinstance(image, torch.Tensor):
         tensor = image.detach()
         if tensor.ndim == 4 and tensor.shape[0] == 1:
@@ -61,29 +72,41 @@ def to_rgb_tensor(image) -> torch.Tensor:
         raise ValueError(f"images need 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA) channels, got {tensor.shape[0]}")
     if tensor.shape[-1] == 0 or tensor.shape[-2] == 0:
         raise ValueError(f"image has no pixels (shape {tuple(tensor.shape)})")
-    tensor = unit_range(tensor, "image")
-    colour = tensor[:3] if tensor.shape[0] >= 3 else tensor[:1].expand(3, -1, -1)
-    return colour.clamp(0, 1)
+    check_pixel_type(tensor.dtype, "image")
+    return tensor
+
+
+def rgb_unit(stored: torch.Tensor, device=None) -> torch.Tensor:
+    """An `image_tensor` as float RGB (3, H, W) in [0, 1] on `device` (None: where it is): the colour
+    channels are picked and moved as stored, then scaled there."""
+    colour = stored[:3] if stored.shape[0] >= 3 else stored[:1]
+    if device is not None:
+        colour = colour.to(device)
+    tensor = unit_range(colour, "image").expand(3, -1, -1)  # grey repeated, still one channel's memory
+    return tensor.clamp(0, 1) if stored.is_floating_point() or stored.shape[0] < 3 else tensor
 
 
 PIL_SCALES = {"I": 65535.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "F": 1.0}
 UNSIGNED_MAXIMA = {torch.uint8: 255.0, torch.uint16: 65535.0}
 
 
+def check_pixel_type(dtype: torch.dtype, what: str) -> None:
+    """Refuse integer types other than uint8 / uint16: their range says nothing about the pixels."""
+    if dtype != torch.bool and not dtype.is_floating_point and dtype not in UNSIGNED_MAXIMA:
+        raise ValueError(
+            f"{what} of type {str(dtype).removeprefix('torch.')}: pass uint8 (0-255), uint16 (0-65535), "
+            "bool, or float in [0, 1]"
+        )
+
+
 def unit_range(values, what: str) -> torch.Tensor:
     """Float values in [0, 1] from a tensor or numpy array: bool as 0/1, uint8 / uint16 by their range,
-    floats as they are; other integer types are refused (their range says nothing about the pixels)."""
+    floats as they are (`check_pixel_type` says which types)."""
     tensor = torch.from_numpy(np.array(values)) if isinstance(values, np.ndarray) else values
-    if tensor.dtype == torch.bool:
-        return tensor.float()
-    if tensor.is_floating_point():
-        return tensor.float()
+    check_pixel_type(tensor.dtype, what)
     if tensor.dtype in UNSIGNED_MAXIMA:
-        return tensor.float() / UNSIGNED_MAXIMA[tensor.dtype]
-    raise ValueError(
-        f"{what} of type {str(tensor.dtype).removeprefix('torch.')}: pass uint8 (0-255), uint16 (0-65535), "
-        "bool, or float in [0, 1]"
-    )
+        return tensor.float().div_(UNSIGNED_MAXIMA[tensor.dtype])  # a division, as torchvision's ToTensor
+    return tensor.float()
 
 
 def working_size(height: int, width: int, resolution=None, max_megapixels: float | None = None) -> tuple[int, int]:
@@ -253,14 +276,16 @@ def segment(
     "auto": as many as the GPU's free memory holds, up to 8 (one on the CPU; `batching`).
     callback(done, total) is called after each batch (progress, cancellation by raising).
     device: where the masks go (default the CPU); the model's device keeps a GPU pipeline on the GPU.
-    The masks are resized back on the model's device either way.
+    The images go to the model's device as stored (uint8: a quarter of float's bytes) and are
+    converted and resized there; the masks are resized back there too.
     """
     single = not isinstance(images, (list, tuple))
-    tensors = [to_rgb_tensor(images)] if single else [to_rgb_tensor(im) for im in images]
-    sizes = [model_working_size(model, t.shape[1], t.shape[2], resolution, max_megapixels) for t in tensors]
+    stored = [image_tensor(images)] if single else [image_tensor(im) for im in images]  # all checked first
+    sizes = [model_working_size(model, t.shape[1], t.shape[2], resolution, max_megapixels) for t in stored]
     check_batch_size(batch_size)  # a bad value fails before any work
-    masks: list[torch.Tensor | None] = [None] * len(tensors)
-    order = sorted(range(len(tensors)), key=lambda i: sizes[i])  # group equal sizes, stable
+    on = next(model.parameters()).device  # each image converted and shrunk there, one at a time
+    masks: list[torch.Tensor | None] = [None] * len(stored)
+    order = sorted(range(len(stored)), key=lambda i: sizes[i])  # group equal sizes, stable
     done = 0
     start = 0
     while start < len(order):
@@ -272,15 +297,15 @@ def segment(
             and sizes[order[start + len(group)]] == sizes[group[0]]
         ):
             group.append(order[start + len(group)])
-        batch = torch.stack([resize(tensors[i][None], sizes[i])[0] for i in group])
+        batch = torch.stack([resize(rgb_unit(stored[i], on)[None], sizes[i])[0] for i in group])
         probs = predict(model, batch)
         for row, i in enumerate(group):
-            mask = resize(probs[row : row + 1], tensors[i].shape[1:])[0, 0].clamp(0, 1)  # a normal tensor
+            mask = resize(probs[row : row + 1], stored[i].shape[1:])[0, 0].clamp(0, 1)  # a normal tensor
             masks[i] = mask.to(device)
         start += len(group)
         done += len(group)
         if callback is not None:
-            callback(done, len(tensors))
+            callback(done, len(stored))
     return masks[0] if single else masks
 
 

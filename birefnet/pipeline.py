@@ -73,7 +73,7 @@ def finish(image, mask: torch.Tensor, refinement: Refinement, *, boxes=(), devic
     """(mask (H, W) on the CPU, foreground colours (3, H, W) or None): `mask` refined on `device`,
     then 0 outside the boxes (grow, feather and the guided filter must not leak out of them);
     colours only when the refinement re-estimates them."""
-    rgb = to_rgb_tensor(image)[None].to(device)
+    rgb = to_rgb_tensor(image, device)[None] if refinement.reads_image else None  # moved as stored, converted there
     refined, colours = refine_mask(rgb, mask[None].to(device, torch.float32), refinement)
     refined = refined[0].cpu()
     if boxes:

@@ -157,12 +157,19 @@ class Refinement:
         if problems:
             raise ValueError("; ".join(problems))
 
+    @property
+    def reads_image(self) -> bool:
+        """Whether the image itself is needed (the guided filter, the foreground colours); the
+        other steps work on the mask alone."""
+        return self.guided_radius > 0 or self.foreground
 
-def refine_mask(rgb: torch.Tensor, mask: torch.Tensor, options: Refinement = Refinement()):
+
+def refine_mask(rgb: torch.Tensor | None, mask: torch.Tensor, options: Refinement = Refinement()):
     """(mask (B, H, W), colours (B, 3, H, W)) for images `rgb` (B, 3, H, W) and masks (B, H, W) in [0, 1].
 
     In order: levels, threshold, fill holes, grow/shrink, guided filter, feather; the colours are
-    the re-estimated foreground with `options.foreground`, else `rgb` itself.
+    the re-estimated foreground with `options.foreground`, else `rgb` itself. `rgb` may be None
+    where `options.reads_image` is False.
     """
     mask = levels(mask, options.black_point, options.white_point)
     if options.threshold > 0:

@@ -21,7 +21,7 @@ from PIL import Image
 from .batching import AUTO, batch_size_for, check_batch_size
 from .extras import require
 from .files import atomic_path
-from .inference import model_working_size, segment, to_rgb_tensor
+from .inference import image_tensor, model_working_size, segment, to_rgb_tensor
 from .temporal import TemporalSmoother
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
@@ -47,7 +47,7 @@ def segment_frames(
         first = next(frames, None)
         if first is None:
             return
-        height, width = to_rgb_tensor(first).shape[1:]
+        height, width = image_tensor(first).shape[1:]
         batch_size = batch_size_for(
             AUTO, model, math.prod(model_working_size(model, height, width, resolution, max_megapixels))
         )
@@ -55,7 +55,8 @@ def segment_frames(
     while chunk := list(itertools.islice(frames, batch_size)):
         masks = segment(model, chunk, resolution=resolution, max_megapixels=max_megapixels, batch_size=batch_size)
         for frame, mask in zip(chunk, masks):
-            mask = smoother(to_rgb_tensor(frame), mask)
+            if temporal:  # the smoother compares frames; off, a frame need not be converted again
+                mask = smoother(to_rgb_tensor(frame), mask)
             yield (frame, mask) if with_frames else mask
 
 
