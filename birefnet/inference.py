@@ -55,8 +55,10 @@ def image_tensor(image) -> torch.Tensor:
             image = image[:, :, None]
         if image.ndim != 3:
             raise ValueError(f"numpy images must be (H, W) or (H, W, C), got shape {image.shape}")
-        if not image.flags.writeable:  # torch shares only writeable memory (PIL's arrays are read-only)
-            image = image.copy()
+        if not image.flags.writeable or any(stride < 0 for stride in image.strides):
+            image = (
+                image.copy()
+            )  # torch shares neither read-only memory (PIL's arrays) nor reversed views (BGR[..., ::-1])
         tensor = torch.from_numpy(image).permute(2, 0, 1)
     elif isinstance(image, torch.Tensor):
         tensor = image.detach()

@@ -28,6 +28,8 @@ def test_image_kinds_convert_to_the_same_rgb():
         expected,
         expected[None],
         torch.from_numpy(rgb).permute(2, 0, 1),
+        np.ascontiguousarray(rgb[:, :, ::-1])[:, :, ::-1],  # OpenCV's BGR turned RGB: a reversed view
+        np.asarray(Image.fromarray(rgb)),  # read-only
     ):
         assert torch.allclose(to_rgb_tensor(image), expected, atol=1e-6)
     grey = rgb[:, :, 0]
