@@ -263,11 +263,13 @@ def _frames_run(args, model, device, dtype):
     height, width = args.frames
     frames = [np.random.default_rng(i).integers(0, 256, (height, width, 3), np.uint8) for i in range(args.batch)]
     if args.backend == "torch":
+        from . import cuda_graphs
         from .inference import segment
 
+        if args.path not in ("eager", "graphs"):
+            raise SystemExit("n/a: --frames runs segment() as users get it: path eager or graphs")
+        cuda_graphs.enable(model, args.path == "graphs")  # graphs: segment()'s own cache, captured at the 2nd call
         return lambda: segment(model, frames, resolution=args.resolution, batch_size=args.batch)
-    if args.backend != "official":
-        raise SystemExit("n/a: --frames times this library's segment() and the official recipe")
     from PIL import Image
     from torchvision import transforms
 
@@ -378,6 +380,8 @@ def main(argv=None) -> int:
     backends = list(dict.fromkeys((["official"] if args.official else []) + args.backend))
     if "official" in backends and not args.official:
         parser.error("--backend official needs --official DIR (a checkout of ZhengPeng7/BiRefNet)")
+    if args.frames and (args.highres or set(backends) - {"torch", "official"}):
+        parser.error("--frames times segment() and the official recipe: backends torch and official, without --highres")
     if args.cache is not None:
         return _table(args, backends)
     import tempfile

@@ -80,9 +80,12 @@ def image_tensor(image) -> torch.Tensor:
 
 def rgb_unit(stored: torch.Tensor, device=None) -> torch.Tensor:
     """An `image_tensor` as float RGB (3, H, W) in [0, 1] on `device` (None: where it is): the colour
-    channels are picked and moved as stored, then scaled there."""
+    channels are picked and moved as stored (uint8, bool, float16/32; float64 and uint16, which
+    not every device holds (Apple's MPS), become float32 first), then scaled there."""
     colour = stored[:3] if stored.shape[0] >= 3 else stored[:1]
-    if device is not None:
+    if device is not None and torch.device(device) != colour.device:
+        if colour.dtype not in MOVED_AS_STORED:
+            colour = unit_range(colour, "image")
         colour = colour.to(device)
     tensor = unit_range(colour, "image").expand(3, -1, -1)  # grey repeated, still one channel's memory
     return tensor.clamp(0, 1) if stored.is_floating_point() or stored.shape[0] < 3 else tensor
@@ -90,6 +93,7 @@ def rgb_unit(stored: torch.Tensor, device=None) -> torch.Tensor:
 
 PIL_SCALES = {"I": 65535.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "F": 1.0}
 UNSIGNED_MAXIMA = {torch.uint8: 255.0, torch.uint16: 65535.0}
+MOVED_AS_STORED = (torch.uint8, torch.bool, torch.float16, torch.float32)
 
 
 def check_pixel_type(dtype: torch.dtype, what: str) -> None:
@@ -107,7 +111,7 @@ def unit_range(values, what: str) -> torch.Tensor:
     tensor = torch.from_numpy(np.array(values)) if isinstance(values, np.ndarray) else values
     check_pixel_type(tensor.dtype, what)
     if tensor.dtype in UNSIGNED_MAXIMA:
-        return tensor.float().div_(UNSIGNED_MAXIMA[tensor.dtype])  # a division, as torchvision's ToTensor
+        return tensor.float().div_(UNSIGNED_MAXIMA[tensor.dtype])  # as ToTensor (CUDA: within an ulp of it)
     return tensor.float()
 
 
@@ -299,7 +303,7 @@ def segment(
             and sizes[order[start + len(group)]] == sizes[group[0]]
         ):
             group.append(order[start + len(group)])
-        batch = torch.stack([resize(rgb_unit(stored[i], on)[None], sizes[i])[0] for i in group])
+        batch = torch.stack([at_working_size(stored[i], sizes[i], on) for i in group])
         probs = predict(model, batch)
         for row, i in enumerate(group):
             mask = resize(probs[row : row + 1], stored[i].shape[1:])[0, 0].clamp(0, 1)  # a normal tensor
@@ -309,6 +313,20 @@ def segment(
         if callback is not None:
             callback(done, len(stored))
     return masks[0] if single else masks
+
+
+def at_working_size(stored: torch.Tensor, size, device) -> torch.Tensor:
+    """One `image_tensor` as float RGB (3, *size) on `device`, converted and resized there; a picture
+    too large for the device's free memory as float (a 32K panorama beside the model on a small
+    card) is converted and resized on the CPU instead, and only its working-size result moves."""
+    try:
+        return resize(rgb_unit(stored, device)[None], size)[0]
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err) or torch.device(device).type == "cpu":
+            raise
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # what the failed conversion held
+    return resize(rgb_unit(stored.cpu())[None], size)[0].to(device)
 
 
 def input_alpha(image) -> torch.Tensor | None:

@@ -681,3 +681,49 @@ def test_frames_go_to_the_gpu_as_stored_and_are_resized_there():
     assert pictures == [(torch.uint8, (3, 90, 120))]
     assert placement.resizes == {"cuda"}
     assert mask.device.type == "cpu" and mask.shape == (90, 120)
+
+
+@needs_cuda
+def test_a_picture_too_large_for_the_gpu_is_converted_on_the_cpu(cuda_fp16_model):
+    """A picture whose float copy does not fit beside the model (the memory capped here for the
+    test) is converted and resized on the CPU instead, with the same mask; the cap then goes."""
+    import numpy as np
+
+    model = cuda_fp16_model
+    cuda_graphs.enable(model, False)
+    picture = np.random.default_rng(0).integers(0, 256, (6000, 6000, 3), np.uint8)  # 108 MB; 432 MB as float
+    expected = segment(model, picture, resolution=64)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    cap = (torch.cuda.memory_allocated() + 250e6) / total  # the uint8 copy fits, its float copy does not
+    torch.cuda.set_per_process_memory_fraction(cap)
+    try:
+        mask = segment(model, picture, resolution=64)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        cuda_graphs.enable(model, None)
+    assert mask.shape == (6000, 6000) and relative_error(mask, expected) < 1e-3
+
+
+def test_pictures_of_types_not_every_gpu_holds_cross_as_float32():
+    """uint8, bool, float16/32 cross as stored; float64 and uint16 (which Apple's MPS cannot hold)
+    become float32 on the CPU first, with the same values."""
+    import numpy as np
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from birefnet.inference import to_rgb_tensor
+
+    grey = np.random.default_rng(1).integers(0, 256, (20, 30), np.uint8)
+    for picture, crossing in (
+        (grey, torch.uint8),
+        (grey > 127, torch.bool),
+        (grey.astype(np.float16) / 255, torch.float16),
+        (grey.astype(np.float64) / 255, torch.float32),
+        (grey.astype(np.uint16) * 257, torch.float32),
+    ):
+        placement = _Placement()
+        with FakeTensorMode(allow_non_fake_inputs=True), placement:
+            rgb = to_rgb_tensor(picture, "cuda")
+        assert placement.copies == [(crossing, (1, 20, 30))], picture.dtype
+        assert rgb.shape == (3, 20, 30) and rgb.dtype == torch.float32 and rgb.is_cuda
