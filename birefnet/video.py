@@ -40,7 +40,8 @@ def segment_frames(
     """Masks (H, W) float32 in [0, 1] for `frames` (PIL, numpy or tensors), in order, one batch in
     memory at a time. temporal: 0 (off) to 1, the strength of the temporal stabilisation.
     batch_size: frames per forward, or "auto" (as many as the GPU's memory holds at the first frame's
-    working size, up to 8; one on the CPU). with_frames: yield (frame, mask) pairs (for cut-outs of a stream)."""
+    working size, up to 8; one on the CPU). with_frames: yield (frame, mask) pairs (for cut-outs of a stream).
+    Masks come on the CPU; with temporal stability the frames are compared on the model's device."""
     smoother = TemporalSmoother(temporal)
     frames = iter(frames)
     if check_batch_size(batch_size) == AUTO:
@@ -52,11 +53,19 @@ def segment_frames(
             AUTO, model, math.prod(model_working_size(model, height, width, resolution, max_megapixels))
         )
         frames = itertools.chain([first], frames)
+    on = next(model.parameters()).device  # the smoother compares frames there, beside the masks
     while chunk := list(itertools.islice(frames, batch_size)):
-        masks = segment(model, chunk, resolution=resolution, max_megapixels=max_megapixels, batch_size=batch_size)
+        masks = segment(
+            model,
+            chunk,
+            resolution=resolution,
+            max_megapixels=max_megapixels,
+            batch_size=batch_size,
+            device=on if temporal else "cpu",
+        )
         for frame, mask in zip(chunk, masks):
-            if temporal:  # the smoother compares frames; off, a frame need not be converted again
-                mask = smoother(to_rgb_tensor(frame), mask)
+            if temporal:  # off, a frame need not be converted again
+                mask = smoother(to_rgb_tensor(frame, on), mask).cpu()
             yield (frame, mask) if with_frames else mask
 
 

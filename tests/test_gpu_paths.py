@@ -727,3 +727,26 @@ def test_pictures_of_types_not_every_gpu_holds_cross_as_float32():
             rgb = to_rgb_tensor(picture, "cuda")
         assert placement.copies == [(crossing, (1, 20, 30))], picture.dtype
         assert rgb.shape == (3, 20, 30) and rgb.dtype == torch.float32 and rgb.is_cuda
+
+
+def test_temporal_stability_compares_frames_on_the_gpu():
+    """On (fake) CUDA with temporal stability, frames cross as uint8 only, every resize (the
+    smoother's too) runs on the GPU, and the masks come back to the CPU."""
+    import numpy as np
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from birefnet.model import build_model
+    from birefnet.peak_memory import _fake_state
+
+    model = build_model("pvt_v2_b0").eval()
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        model.load_state_dict(_fake_state(model, mode, torch.device("cuda"), torch.float16), assign=True)
+    cuda_graphs.enable(model, False)  # a capture needs a real GPU
+    frames = [np.random.default_rng(i).integers(0, 256, (90, 120, 3), np.uint8) for i in range(3)]
+    placement = _Placement()
+    with mode, placement:
+        masks = list(segment_frames(model, frames, temporal=0.5, resolution=64, batch_size=2))
+    pictures = {copy for copy in placement.copies if copy[1][-2:] in ((90, 120), (64, 64))}
+    assert pictures == {(torch.uint8, (3, 90, 120))} and placement.resizes == {"cuda"}
+    assert all(mask.device.type == "cpu" and mask.shape == (90, 120) for mask in masks)
