@@ -4,10 +4,11 @@
 # through the device tool, what each step measures and what is still owed.
 # Needs: .official (a checkout of ZhengPeng7/BiRefNet, code only) for the baseline rows; .whl with the
 # wheels the machine lacks (kornia, kornia_rs). STEPS picks parts, in this order of priority (default
-# all): bench tests isolation frames memory kernels. Each step has its own timeout; worst case about 10.7
-# minutes, more than a device call's 590 s, but most steps end sooner, and where they do not, the last
-# steps (memory, kernels) are what the call's limit cuts; each step's file is written as it runs. Files back: gpu.txt (card, versions, step
-# times), bench.md, tests.log, isolation.log, frames.md, memory.md, kernels.md.
+# all): bench tests isolation frames memory kernels. Each step has its own timeout; worst case about
+# 10.7 minutes, more than a device call's 590 s, but most steps end sooner, and where they do not, the
+# last steps (memory, kernels) are what the call's limit cuts; each step's file is written as it runs.
+# Files back: gpu.txt (card, versions, step times), bench.md, tests.log, isolation.log, frames.md,
+# memory.md, kernels.md.
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 site=/tmp/site; mkdir -p "$site"

@@ -55,10 +55,9 @@ def image_tensor(image) -> torch.Tensor:
             image = image[:, :, None]
         if image.ndim != 3:
             raise ValueError(f"numpy images must be (H, W) or (H, W, C), got shape {image.shape}")
+        # torch shares neither read-only memory (PIL's arrays) nor reversed views (BGR[..., ::-1])
         if not image.flags.writeable or any(stride < 0 for stride in image.strides):
-            image = (
-                image.copy()
-            )  # torch shares neither read-only memory (PIL's arrays) nor reversed views (BGR[..., ::-1])
+            image = image.copy()
         tensor = torch.from_numpy(image).permute(2, 0, 1)
     elif isinstance(image, torch.Tensor):
         tensor = image.detach()
@@ -222,6 +221,11 @@ def native_megapixels(model) -> float:
     return height * width / 1e6
 
 
+def model_device(model) -> torch.device:
+    """Where the model's inputs go (its first parameter's device); conversion and refinement run there too."""
+    return next(model.parameters()).device
+
+
 def model_working_size(model, height: int, width: int, resolution=None, max_megapixels: float | None = None):
     """`working_size` with the checkpoint's defaults: its own size for None, its own area for "aspect"
     without a cap."""
@@ -289,7 +293,7 @@ def segment(
     stored = [image_tensor(images)] if single else [image_tensor(im) for im in images]  # all checked first
     sizes = [model_working_size(model, t.shape[1], t.shape[2], resolution, max_megapixels) for t in stored]
     check_batch_size(batch_size)  # a bad value fails before any work
-    on = next(model.parameters()).device  # each image converted and shrunk there, one at a time
+    on = model_device(model)  # each image converted and shrunk there, one at a time
     masks: list[torch.Tensor | None] = [None] * len(stored)
     order = sorted(range(len(stored)), key=lambda i: sizes[i])  # group equal sizes, stable
     done = 0

@@ -21,7 +21,7 @@ from PIL import Image
 from .batching import AUTO, batch_size_for, check_batch_size
 from .extras import require
 from .files import atomic_path
-from .inference import image_tensor, model_working_size, segment, to_rgb_tensor
+from .inference import image_tensor, model_device, model_working_size, segment, to_rgb_tensor
 from .temporal import TemporalSmoother
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
@@ -53,7 +53,7 @@ def segment_frames(
             AUTO, model, math.prod(model_working_size(model, height, width, resolution, max_megapixels))
         )
         frames = itertools.chain([first], frames)
-    on = next(model.parameters()).device  # the smoother compares frames there, beside the masks
+    on = model_device(model)  # the smoother compares frames there, beside the masks
     while chunk := list(itertools.islice(frames, batch_size)):
         masks = segment(
             model,

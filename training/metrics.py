@@ -69,6 +69,11 @@ def to_uint8(image) -> np.ndarray:
     return image
 
 
+def binarised(pred: np.ndarray) -> np.ndarray:
+    """0/255 uint8: above 128 is foreground, as the DIS benchmark and the official evaluator read a map."""
+    return np.where(pred > 128, 255, 0).astype(np.uint8)
+
+
 class MetricSet:
     """Accumulates one prediction/ground-truth pair at a time; `results()` gives the KEYS of the
     chosen `metrics` (official names; default all). Sets filled by separate processes over
@@ -94,11 +99,11 @@ class MetricSet:
         if pred.shape != gt.shape:  # the official evaluation resizes predictions to the GT (bilinear)
             pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
         if void is not None:
-            agreed = np.where(pred > 128, 255, 0).astype(np.uint8)
+            agreed = binarised(pred)
             pred, gt = np.where(void, agreed, pred), np.where(void, agreed, gt)
         for name, measure in self.measures.items():
             if name == "HCE" and self.hce_convention == "dis":  # binary 0/255: PySOD's normalisation keeps it
-                measure.step(pred=np.where(pred > 128, 255, 0).astype(np.uint8), gt=gt)
+                measure.step(pred=binarised(pred), gt=gt)
             else:
                 measure.step(pred=pred, gt=gt)
         self.count += 1

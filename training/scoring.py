@@ -56,12 +56,15 @@ def _voc_colours(count: int) -> np.ndarray:
     return colours
 
 
+VOC_FIRST_COLOURS = _voc_colours(8)  # background and classes 1-7: six of them are not grey
+
+
 def _grey_palette(image: Image.Image) -> bool:
     """True when every colour the image uses is a grey: a grey mask some tool stored with a
     palette, whose grey levels are the mask (not class numbers). Never for the VOC palette, where
     a mask of class 7 alone (drawn (128, 128, 128)) uses only greys but holds class numbers."""
     colours = np.asarray(image.getpalette() or [], np.int32).reshape(-1, 3)
-    if len(colours) >= 8 and (colours[:8] == _voc_colours(8)).all():
+    if len(colours) >= 8 and (colours[:8] == VOC_FIRST_COLOURS).all():
         return False
     used = np.unique(np.asarray(image))
     used = used[used < len(colours)]
@@ -74,8 +77,8 @@ def _palette_mask(image: Image.Image) -> Image.Image:
     luminance (38), a faint foreground. Every class index is foreground (255). VOC's void index
     (255, drawn cream along every outline) says "not labelled": counted as foreground it would
     widen every object by a band of a few pixels, counted as background narrow it, so it becomes
-    alpha 0 of an 'LA' image, which training leaves out of the loss and evaluation out of the
-    scores (`void_pixels`)."""
+    alpha 0 of an 'LA' image, which training leaves out of the loss and evaluation makes agree in
+    the scores (`void_pixels`)."""
     indices = np.asarray(image)
     grey = np.where((indices > 0) & (indices != VOID_INDEX), 255, 0).astype(np.uint8)
     void = indices == VOID_INDEX

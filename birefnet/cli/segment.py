@@ -12,8 +12,8 @@ from ..distributed import rank_and_world, shard, summed
 from ..files import check_outputs, list_images, output_paths, read_frames, save_image
 from ..guidance import clip_box
 from ..highres import DEFAULT_FINE_MEGAPIXELS
-from ..inference import mask_to_image, segment
-from ..pipeline import check_highres, cutout_image, finish, model_device, segment_image
+from ..inference import mask_to_image, model_device, segment
+from ..pipeline import check_highres, cutout_image, finish, segment_image
 from ..refine import Refinement
 from ..write_behind import WriteBehind
 from .flags import (

@@ -16,8 +16,8 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ..errors import OutOfMemory, first_line
 from ..highres import DEFAULT_FINE_MEGAPIXELS
-from ..inference import mask_to_image
-from ..pipeline import cutout_image, finish, model_device, segment_image
+from ..inference import mask_to_image, model_device
+from ..pipeline import cutout_image, finish, segment_image
 from ..version import __version__
 from ..zoo import listed
 from .errors import RequestError
