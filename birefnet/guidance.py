@@ -41,6 +41,17 @@ def mask_regions(region: torch.Tensor) -> list[tuple[int, int, int, int]]:
     return sorted(boxes, key=lambda b: -b[2] * b[3])
 
 
+def region_masks(region: torch.Tensor, height: int, width: int) -> list[torch.Tensor]:
+    """A region mask (H, W) or masks (N, H, W) as a list of (H, W) masks at the image's size."""
+    if region.ndim == 2:
+        region = region[None]
+    if region.ndim != 3:
+        raise ValueError(f"a region mask is (H, W) or (N, H, W), got shape {tuple(region.shape)}")
+    if region.shape[1:] != (height, width):
+        region = F.interpolate(region.float()[:, None], (height, width), mode="bilinear", align_corners=False)[:, 0]
+    return list(region)
+
+
 def clip_box(box, height: int, width: int) -> tuple[int, int, int, int]:
     """(top, left, bottom, right) of the box's part inside the image; a box wholly outside is an error."""
     x, y, w, h = box
@@ -81,21 +92,17 @@ def segment_regions(
     allow_empty: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(combined (H, W), objects (N, H, W)) masks in [0, 1] for the objects in `boxes` ((x, y, w, h)
-    in pixels) and in the connected regions of `region` ((H, W), > 0.5 inside). Each is segmented
-    alone in its box grown by `margin` (a fraction of its size) and kept inside its box only: outside
-    its box an object's mask is 0, outside every box the combined mask is 0. A box reaching over the
-    image's border is clipped to it; one wholly outside is a ValueError. Nothing to segment (no box, an
-    empty region) is a ValueError, or with `allow_empty` (video frames the object has left) an all-zero
-    mask and no objects."""
+        in pixels) and in the connected regions of `region` ((H, W), or (N, H, W): N masks for this image,
+    e.g. one per object from a segment-anything node; > 0.5 inside). Each is segmented
+        alone in its box grown by `margin` (a fraction of its size) and kept inside its box only: outside
+        its box an object's mask is 0, outside every box the combined mask is 0. A box reaching over the
+        image's border is clipped to it; one wholly outside is a ValueError. Nothing to segment (no box, an
+        empty region) is a ValueError, or with `allow_empty` (video frames the object has left) an all-zero
+        mask and no objects."""
     rgb = to_rgb_tensor(image)
     height, width = rgb.shape[1:]
-    if region is not None:
-        region = region.squeeze()
-        if region.shape != (height, width):
-            region = F.interpolate(
-                region.float()[None, None], size=(height, width), mode="bilinear", align_corners=False
-            )[0, 0]
-    found = list(boxes) + (mask_regions(region) if region is not None else [])
+    regions = [] if region is None else region_masks(region, height, width)
+    found = list(boxes) + [box for mask in regions for box in mask_regions(mask)]
     if not found and allow_empty:
         return torch.zeros(height, width), torch.zeros(0, height, width)
     if not found:

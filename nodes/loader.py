@@ -39,11 +39,12 @@ SPEC = NodeSpec(
     display_name="Load BiRefNet",
     category="BiRefNet",
     description=(
-        "Loads any BiRefNet checkpoint (.safetensors/.pth) from models/birefnet or models/background_removal: "
-        "general, lite (Swin-T), lite-2K, HR, matting, portrait, dynamic, DIS/COD/HRSOD, RMBG-2.0, Lucida, PVT "
-        "fine-tunes. The variant is read from the weights; no remote code runs. 'download: NAME' entries fetch an "
-        "official checkpoint into models/birefnet the first time they run. The embedded demo model is trained on "
-        "synthetic shapes only: use it to try the nodes, not on photos."
+        "Loads any BiRefNet checkpoint (.safetensors, .pth and the other PyTorch kinds) from models/birefnet or "
+        "models/background_removal: general, lite (Swin-T), lite-2K, HR, matting, portrait, dynamic, "
+        "DIS/COD/HRSOD, RMBG-2.0, Lucida, PVT fine-tunes. The variant is read from the weights; no remote code "
+        "runs. 'download: NAME' entries fetch an official checkpoint into models/birefnet the first time they "
+        "run. The embedded demo model is trained on synthetic shapes only: use it to try the nodes, not on "
+        "photos."
     ),
     inputs=(
         In(

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from birefnet import refine
+from birefnet.refine import MAX_GUIDED_EPS, MIN_GUIDED_EPS
 
 from . import host
 from .spec import In, NodeSpec, Out
@@ -102,8 +103,8 @@ SPEC = NodeSpec(
             "FLOAT",
             "Guided-filter smoothness: higher keeps the mask, lower follows the image.",
             default=0.001,
-            min=1e-6,
-            max=1.0,
+            min=MIN_GUIDED_EPS,
+            max=MAX_GUIDED_EPS,
             step=0.0001,
             advanced=True,
         ),

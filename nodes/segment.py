@@ -103,14 +103,25 @@ def parse_boxes(text: str) -> list[tuple[int, int, int, int]]:
 
 def segment_guided(handle, frames: torch.Tensor, boxes, region, resolution, max_megapixels: float):
     """(masks (B, H, W), objects (B*N, H, W)): each frame's objects in its boxes and region mask
-    (one region mask for all frames, or one per frame). A frame whose region is empty (the object left
-    the picture) and that has no box gets an all-zero mask and one all-zero object mask."""
+    (one region mask for all frames, one per frame, or for a single image any number: one per object,
+    as segment-anything nodes give them). A frame whose region is empty (the object left the picture)
+    and that has no box gets an all-zero mask and one all-zero object mask; a region mask empty in
+    every frame is an error (regions count where the mask is above 0.5)."""
     if region is not None:
         region = region[None] if region.ndim == 2 else region
-        if region.shape[0] not in (1, frames.shape[0]):
+        if frames.shape[0] == 1:
+            region = region[None]  # every mask is this image's
+        elif region.shape[0] in (1, frames.shape[0]):
+            region = region[:, None]  # one mask per frame, or the same one for all
+        else:
             raise ValueError(
                 f"Segment got {region.shape[0]} region masks for {frames.shape[0]} images; "
-                "give one region mask for all images or one per image"
+                "give one region mask for all images or one per image (several per image: one image at a time)"
+            )
+        if not boxes and not (region > 0.5).any():
+            raise ValueError(
+                f"Segment: the region mask has nothing above 0.5 (its largest value is {float(region.max()):.2f}); "
+                "regions count where the mask is above 0.5: connect a mask that covers the object"
             )
     pixels = working_pixels(handle, frames[0], resolution, max_megapixels)
     masks, objects = [], []
@@ -212,7 +223,7 @@ SPEC = NodeSpec(
             "batch_size",
             "INT",
             "Frames per model call; more is faster on GPUs and uses more memory. 0 = auto: as many as the "
-            "GPU's free memory holds, up to 8 (1 on the CPU).",
+            "GPU's free memory holds, up to 8 (1 off CUDA).",
             default=AUTO_BATCH,
             min=AUTO_BATCH,
             max=64,
@@ -260,8 +271,9 @@ SPEC = NodeSpec(
         In(
             "region",
             "MASK",
-            "Guided: segment only the objects in this mask's connected regions (e.g. from a SAM "
-            "node or painted), one object per region; combines with boxes.",
+            "Guided: segment only the objects in this mask's connected regions (above 0.5; e.g. from a SAM "
+            "node or painted), one object per region; combines with boxes. Video: one mask per frame or one for "
+            "all; a single image: any number of masks (one per object).",
             optional=True,
         ),
     ),

@@ -7,6 +7,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
+from birefnet.checkpoint_files import WEIGHT_SUFFIXES
 from birefnet.hub import download
 from birefnet.zoo import EMBEDDED_WEIGHTS, find_checkpoint, listed
 
@@ -42,12 +43,13 @@ def _downloadable() -> dict:
 
 
 def weight_choices() -> list[str]:
-    """Files in models/birefnet, then core's models/background_removal (prefixed), the demo model, then
-    the known checkpoints not on disk yet as download choices (nothing is fetched unless one is run)."""
+    """Weight files (the kinds `load_model` reads) in models/birefnet, then core's
+    models/background_removal (prefixed), the demo model, then the known checkpoints as download choices
+    (nothing is fetched unless one is run)."""
     names = []
     for folder in host.folders():
         prefix = "" if folder == host.FOLDER else f"{folder}/"
-        names += [prefix + n for n in host.file_names(folder)]
+        names += [prefix + n for n in host.file_names(folder) if n.lower().endswith(WEIGHT_SUFFIXES)]
     return names + [EMBEDDED] + list(_downloadable())
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -22,6 +23,8 @@ class HubServer:
         self.files: dict[tuple[str, str], Path] = {}
         self.gated: set[str] = set()
         self.requests: list[str] = []
+        self.chunk_delay = 0.0  # seconds per MiB sent: a slow connection, for cancelling a download
+        self.sent = 0  # body bytes sent, over all requests
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,7 +67,17 @@ class HubServer:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
                 if body:
-                    self.wfile.write(data[start:])
+                    self._send(data[start:])
+
+            def _send(self, data: bytes):
+                step = 1 << 20
+                try:
+                    for at in range(0, len(data), step):
+                        self.wfile.write(data[at : at + step])
+                        hub.sent += len(data[at : at + step])
+                        time.sleep(hub.chunk_delay)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away (a cancelled download)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

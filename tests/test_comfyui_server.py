@@ -95,12 +95,15 @@ def server(tmp_path_factory, b0_weights, hub):
     root = tmp_path_factory.mktemp("comfyui") / "ComfyUI"
     shutil.copytree(_comfyui_source(), root, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "extra_model_paths.yaml").rename(root / "extra_model_paths.yaml.disabled")
+    paths = root / "folder_paths.py"  # current ComfyUI lists pickles and .pt2 files as weights too
+    paths.write_text(paths.read_text().replace("'.safetensors'])", "'.safetensors', '.pkl', '.pt2'])", 1))
     (root / "custom_nodes" / "birefnet_toolkit").symlink_to(ROOT, target_is_directory=True)
     models = root / "models" / "birefnet"
     models.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(b0_weights, models / TEST_WEIGHTS)
     cut = b0_weights.read_bytes()
     (models / "corrupt.safetensors").write_bytes(cut[: len(cut) // 3])
+    (models / "notes.pkl").write_bytes(b"not weights")  # a kind ComfyUI lists and the loader cannot read
     import torch
 
     save_file(
@@ -185,6 +188,7 @@ def test_workflows_are_valid_and_carry_model_urls():
 def test_loader_lists_both_folders_and_the_embedded_model(server):
     choices = server.info["BiRefNetLoader"]["input"]["required"]["weights"][0]
     assert TEST_WEIGHTS in choices and any(c.startswith("embedded") for c in choices)
+    assert "notes.pkl" not in choices  # only the kinds load_model reads are offered
     downloads = [c for c in choices if c.startswith("download: ")]
     assert downloads[0] == "download: BiRefNet" and "download: BiRefNet_lite" in downloads
     assert any("RMBG-2.0 (CC BY-NC 4.0" in c and "gated" in c for c in downloads)
@@ -255,6 +259,33 @@ def test_download_entry_fetches_into_models_birefnet_once(server, hub, lite_weig
     message = _error_message(missing)
     assert "BiRefNet_HR" in message and "https://huggingface.co/ZhengPeng7/BiRefNet_HR/" in message
     assert str(server.root / "models" / "birefnet") in message
+
+
+def test_cancel_stops_a_download_entry(server, hub, lite_weights):
+    """ComfyUI's Cancel during a download entry's fetch stops the download (a 90 MB checkpoint at 5 MiB/s
+    here: the download's progress bar is ComfyUI's, whose updates raise on Cancel); no weight file is left
+    under its name, so the loader never sees a partial file."""
+    repo = ("ZhengPeng7/BiRefNet-portrait", "model.safetensors")
+    target = server.root / "models" / "birefnet" / "BiRefNet-portrait.safetensors"
+    hub.files[repo], hub.chunk_delay, hub.sent = lite_weights, 0.2, 0
+    try:
+        status, answer = server.submit(_load("gradient_preview.json", server, weights="download: BiRefNet-portrait"))
+        assert status == 200, answer
+        deadline = time.time() + 60
+        while hub.sent < 2 << 20 and time.time() < deadline:  # the download is under way
+            time.sleep(0.1)
+        urllib.request.urlopen(urllib.request.Request(f"{server.url}/interrupt", data=b"", method="POST"), timeout=30)
+        started = time.time()
+        while answer["prompt_id"] not in (history := _get(f"{server.url}/history/{answer['prompt_id']}")):
+            assert time.time() - started < 30, "the prompt went on after Cancel"
+            time.sleep(0.2)
+        entry = history[answer["prompt_id"]]
+        assert entry["status"]["status_str"] == "error"
+        assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"])
+        assert hub.sent < lite_weights.stat().st_size and not target.exists()
+    finally:
+        hub.chunk_delay = 0.0
+        del hub.files[repo]
 
 
 def _error_message(entry: dict) -> str:

@@ -247,6 +247,34 @@ def test_region_masks_per_frame_one_for_all_and_frames_without_the_object(pack, 
         pack.nodes.segment.segment(handle, image, region=region[:2], **options)
 
 
+def test_several_region_masks_for_one_image_one_object_each(pack, handle):
+    """A segment-anything node gives N masks for one image: each is that image's, one object per region."""
+    image = torch.rand(1, 60, 80, 3)
+    region = torch.zeros(2, 60, 80)
+    region[0, 5:25, 5:30] = 1
+    region[1, 35:55, 45:75] = 1
+    options = dict(resolution="custom", width=64, height=64)
+    mask, _, _, objects = pack.nodes.segment.segment(handle, image, region=region, **options)
+    assert mask.shape == (1, 60, 80) and objects.shape == (2, 60, 80)
+    assert objects[0, 5:25, 5:30].max() > 0 and objects[0, 35:].abs().sum() == 0
+    assert objects[1, 35:55, 45:75].max() > 0 and objects[1, :30].abs().sum() == 0
+    assert torch.equal(mask[0], objects.amax(0))
+
+
+def test_a_region_mask_with_nothing_above_half_is_one_line(pack, handle):
+    """A soft mask under 0.5 everywhere would silently give an empty result: it is refused, naming its peak."""
+    message = r"^Segment: the region mask has nothing above 0.5 \(its largest value is 0.45\)"
+    with pytest.raises(ValueError, match=message):
+        pack.nodes.segment.segment(handle, torch.rand(2, 40, 40, 3), region=torch.full((40, 40), 0.45))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 56), (1, 56, 1)])
+def test_a_one_pixel_thin_image_with_a_region(pack, handle, shape):
+    image = torch.rand(*shape, 3)
+    mask, _, _, objects = pack.nodes.segment.segment(handle, image, region=torch.ones(shape), resolution="custom")
+    assert mask.shape == shape and objects.shape == shape
+
+
 @pytest.mark.parametrize("option", [dict(coarse_to_fine=True), dict(temporal=0.5)])
 def test_guidance_refuses_options_it_would_ignore(pack, handle, option):
     with pytest.raises(ValueError, match="^Segment: boxes and region do not combine with coarse_to_fine or temporal"):
