@@ -46,10 +46,10 @@ def grow(mask: torch.Tensor, pixels: int) -> torch.Tensor:
 
 def feather(mask: torch.Tensor, radius: float) -> torch.Tensor:
     """Gaussian blur with sigma = radius / 2 (a soft edge about `radius` pixels wide)."""
-    if radius <= 0:
-        return mask
     sigma = radius / 2
     size = 2 * int(3 * sigma) + 1
+    if size == 1:  # a one-tap kernel changes nothing (and a sigma that rounds to 0 would be refused)
+        return mask
     return kornia.filters.gaussian_blur2d(mask[:, None], (size, size), (sigma, sigma), border_type="replicate")[:, 0]
 
 
@@ -124,6 +124,11 @@ def parse_colour(text: str) -> tuple[float, float, float]:
     return tuple(v / 255 for v in rgb)
 
 
+# The guided filter's smoothness for images in [0, 1]: below 1e-6 it only copies the image's noise, above 1
+# it is a plain blur of the mask (and far above, float32 overflows).
+MIN_GUIDED_EPS, MAX_GUIDED_EPS = 1e-6, 1.0
+
+
 @dataclass(frozen=True)
 class Refinement:
     """The Refine Edges options; the defaults change nothing (so a default run keeps the network's mask)."""
@@ -150,8 +155,8 @@ class Refinement:
             problems.append(f"threshold {self.threshold} must be from 0 (off) to below 1")
         if self.guided_radius < 0 or self.feather < 0:
             problems.append("guided_radius and feather must not be negative")
-        if not self.guided_eps > 0:
-            problems.append(f"guided_eps {self.guided_eps} must be positive")
+        if not MIN_GUIDED_EPS <= self.guided_eps <= MAX_GUIDED_EPS:
+            problems.append(f"guided_eps {self.guided_eps} must be from {MIN_GUIDED_EPS:g} to {MAX_GUIDED_EPS:g}")
         if self.foreground_radius < 1:
             problems.append(f"foreground_radius {self.foreground_radius} must be at least 1")
         if problems:

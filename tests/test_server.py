@@ -253,6 +253,8 @@ def _bad_requests():
     return {
         "not an image": ([("image", b"hello, this is text")], 400, "not an image"),
         "truncated file": ([("image", image[: len(image) // 2])], 400, "truncated"),
+        "header cut short": ([("image", image[:20])], 400, "truncated or damaged"),
+        "jpeg cut in its header": ([("image", good[:300])], 400, "truncated or damaged"),
         "zero bytes": ([("image", b"")], 400, "empty"),
         "missing image": ([("output", "mask")], 400, "image"),
         "unknown weights": ([("image", good), ("weights", "../../etc/passwd")], 400, "not offered"),
@@ -268,7 +270,7 @@ def _bad_requests():
         "fine pass of no area": ([("image", good), ("highres", "true"), ("fine_megapixels", "0")], 400, "positive"),
         "too many pixels": ([("image", big)], 413, "megapixels"),
         "decompression bomb": ([("image", bomb.getvalue())], 413, "megapixels"),
-        "a URL instead of a file": ([("image", "https://example.com/cat.png")], 400, "image"),
+        "a URL instead of a file": ([("image", "https://example.com/cat.png")], 400, "-F image=@photo.png"),
         "infinite box": ([("image", good), ("box", "inf,0,10,10")], 400, "x,y,w,h in pixels"),
         "box beyond floats": ([("image", good), ("box", "1e400,0,10,10")], 400, "x,y,w,h in pixels"),
         "box of nan": ([("image", good), ("box", "nan,0,10,10")], 400, "x,y,w,h"),
@@ -282,6 +284,11 @@ def _bad_requests():
         "huge guided_radius": ([("image", good), ("guided_radius", "1000")], 400, "up to 32"),
         "huge feather": ([("image", good), ("feather", "1e30")], 400, "up to 256"),
         "huge foreground_radius": ([("image", good), ("foreground_radius", "100000")], 400, "up to 256"),
+        "guided_eps of nothing": ([("image", good), ("guided_radius", "4"), ("guided_eps", "1e-30")], 400, "1e-06"),
+        "guided_eps past floats": ([("image", good), ("guided_radius", "4"), ("guided_eps", "1e39")], 400, "to 1"),
+        "working size past 2048²": ([("image", good), ("resolution", "4096")], 400, "up to 4.2 megapixels"),
+        "fine pass past 2048²": ([("image", good), ("highres", "true"), ("fine_megapixels", "9")], 400, "up to 4.2"),
+        "a box per pass, 33": ([("image", good)] + [("box", "1,1,20,20")] * 33, 400, "up to 32"),
     }
 
 
@@ -326,13 +333,18 @@ def test_chunked_uploads_urls_and_unknown_routes_are_refused(server):
     assert status == 400 and "never fetches URLs" in json.loads(body)["error"]
     status, _, body = call(server, "/v2/whatever")
     assert status == 404 and json.loads(body) == {"error": "no such endpoint: GET /v2/whatever"}
+    status, _, body = call(server, "/v1/segment", method="PUT")
+    assert status == 405 and json.loads(body) == {"error": "PUT /v1/segment is not served; use POST"}
+    for path in ("/v1/segment?output=rgba", "/api/remove?bgc=255,255,255,255"):  # rembg's client puts bgc there
+        status, _, body = call(server, path, [("image" if "v1" in path else "file", EXAMPLE.read_bytes())])
+        assert status == 400 and "are not read; send them as form fields" in json.loads(body)["error"]
 
 
 def test_foreign_origin_and_host_are_refused(server):
     status, _, body = call(server, "/health", headers={"Origin": "https://evil.example"})
     assert status == 403 and "--cors https://evil.example" in json.loads(body)["error"]
     status, _, body = call(server, "/v1/segment", [("image", EXAMPLE.read_bytes())], headers={"Origin": "null"})
-    assert status == 403
+    assert status == 403 and "a file:// page" in json.loads(body)["error"]  # no --cors could allow it
     status, _, body = call(server, "/health", headers={"Host": "attacker.example:80"})
     assert status == 403 and "DNS rebinding" in json.loads(body)["error"]
     assert call(server, "/health", headers={"Origin": server.url})[0] == 200  # the server's own page
@@ -357,6 +369,49 @@ def test_concurrent_requests_are_all_answered_alike(server):
         )
     assert all(status == 200 for status, _, _ in answers)
     assert len({body for _, _, body in answers}) == 1
+
+
+def _send_and_leave(server, fields) -> http.client.HTTPConnection:
+    """A request sent whole whose client will not wait for the answer (`close()` it: Krita's Cancel)."""
+    body, kind = multipart(fields)
+    connection = http.client.HTTPConnection(server.host, timeout=60)
+    connection.request("POST", "/v1/segment", body=body, headers={"Content-Type": kind})
+    return connection
+
+
+def _waiting(server) -> int:
+    return json.loads(call(server, "/health")[2])["waiting"]
+
+
+def _until(condition, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_requests_whose_client_left_leave_the_line_and_a_full_line_refuses_before_decoding(tmp_path):
+    """Cancelled requests never run: the ones behind them do not wait for them. A full line answers 503
+    before the upload is decoded (an undecodable upload would otherwise get its 400 first), so waiting
+    requests cost no decoded-image memory."""
+    server = Server(tmp_path / "line", "--max-queue", "4")
+    try:
+        slow = [("image", png(Image.open(EXAMPLE))), ("resolution", "1024")]  # seconds on the CPU
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(call, server, "/v1/segment", slow)
+            _until(lambda: _waiting(server) == 1)
+            leaving = [_send_and_leave(server, slow) for _ in range(3)]
+            _until(lambda: _waiting(server) == 4)
+            status, _, body = call(server, "/v1/segment", [("image", b"\x89PNG\r\n\x1a\n damaged")])
+            assert status == 503 and "busy" in json.loads(body)["error"]
+            for connection in leaving:
+                connection.close()
+            _until(lambda: _waiting(server) == 1)
+            assert not first.done()  # the three left the line while the first still ran
+            assert first.result()[0] == 200
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
 
 
 def _virtual_memory(pid: int) -> int:
@@ -401,6 +456,7 @@ def test_token(tmp_path):
         )
         assert status == 200
         assert call(server, "/")[0] == 200  # the page itself asks for the token
+        assert call(server, "/krita-plugin.zip")[0] == 200  # public code the page links to (a link sends no token)
         status, _, _ = call(
             server, "/health", headers={"Authorization": f"Bearer {TOKEN}", "Origin": "https://editor.example"}
         )
@@ -416,6 +472,7 @@ def test_token(tmp_path):
         (["--host", "0.0.0.0"], "--allow-remote"),
         (["--host", "0.0.0.0", "--allow-remote"], "needs a token"),
         (["--allow-weights", "no_such_thing"], "not a known name"),
+        (["--token", "pässwort"], "printable ASCII"),  # headers carry no other text: it could never match
     ],
 )
 def test_unsafe_or_impossible_setups_refuse_to_start(flags, words):

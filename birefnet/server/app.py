@@ -3,6 +3,7 @@ plug-in zip; every error as {"error": "<one line>"} with a 4xx status (5xx only 
 
 from __future__ import annotations
 
+import asyncio
 import io
 from importlib import resources
 from typing import Annotated
@@ -83,9 +84,20 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         'Every error is JSON {"error": "..."}.',
     )
 
-    async def answer(job: Job) -> Response:
+    async def answer(request: Request, job: Job) -> Response:
+        """The PNG for `job`; a request whose client goes away while it waits (Krita's Cancel, a closed
+        tab, a killed script) leaves the line and never runs."""
+        work = asyncio.ensure_future(worker.run(lambda model: segment_job(job, model), job.weights))
+        gone = asyncio.ensure_future(client_gone(request))
         try:
-            mask, colours = await worker.run(lambda model: segment_job(job, model), job.weights)
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not work.done():
+            work.cancel()
+            return Response(status_code=499)  # nobody reads it (nginx's code for a client that left)
+        try:
+            mask, colours = work.result()
         except ValueError as err:  # the library's one-line errors about this image and its options
             raise RequestError(400, first_line(err)) from None
         except OutOfMemory as err:  # this request was too large for the GPU now; smaller ones still run
@@ -119,6 +131,7 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
     ):
         """The mask (or cut-out) `birefnet segment` writes for this image and these options."""
         check_fields((await request.form()).keys(), SEGMENT_FIELDS)
+        check_query(request)
         refinement = dict(
             black_point=black_point,
             white_point=white_point,
@@ -131,17 +144,18 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
             foreground=foreground,
             foreground_radius=foreground_radius,
         )
-        job = parse_job(
-            await read_image(image),
-            output=output,
-            weights=weights,
-            resolution=resolution,
-            boxes=box,
-            refinement=refinement,
-            highres=highres,
-            fine_megapixels=fine_megapixels,
-        )
-        return await answer(job)
+        async with worker.place():
+            job = parse_job(
+                await read_image(image),
+                output=output,
+                weights=weights,
+                resolution=resolution,
+                boxes=box,
+                refinement=refinement,
+                highres=highres,
+                fine_megapixels=fine_megapixels,
+            )
+            return await answer(request, job)
 
     @app.post("/api/remove", responses=PNG, response_class=Response)
     async def remove(
@@ -153,15 +167,17 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         """rembg's server API: the cut-out, or the mask with om=true. rembg's other fields (a, af, ab, ae,
         ppm, bgc, extras) are accepted and ignored."""
         check_fields((await request.form()).keys(), REMBG_FIELDS)
-        job = parse_job(
-            await read_image(file),
-            output="mask" if om else "rgba",
-            weights=None,
-            resolution="native",
-            boxes=[],
-            refinement={},
-        )
-        return await answer(job)
+        check_query(request)
+        async with worker.place():
+            job = parse_job(
+                await read_image(file),
+                output="mask" if om else "rgba",
+                weights=None,
+                resolution="native",
+                boxes=[],
+                refinement={},
+            )
+            return await answer(request, job)
 
     @app.get("/api/remove", include_in_schema=False)
     async def remove_by_url():
@@ -213,12 +229,17 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
     async def invalid_field(_, err: RequestValidationError):
         first = err.errors()[0]
         field = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+        if field in ("image", "file") and first.get("type") != "missing":  # a text field, not a file
+            return error(400, f"field {field}: send the image as a file upload (curl: -F {field}=@photo.png)")
         return error(400, f"field {field}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException):
-        if err.status_code in (404, 405):
-            return error(err.status_code, f"no such endpoint: {request.method} {request.url.path}")
+        if err.status_code == 405:
+            allowed = err.headers.get("Allow", "") if err.headers else ""
+            return error(405, f"{request.method} {request.url.path} is not served; use {allowed or 'GET or POST'}")
+        if err.status_code == 404:
+            return error(404, f"no such endpoint: {request.method} {request.url.path}")
         return error(err.status_code, err.detail)
 
     @app.exception_handler(Exception)
@@ -227,6 +248,19 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
 
     add_guards(app, settings)
     return app
+
+
+async def client_gone(request: Request) -> None:
+    """Returns once the client has closed its connection."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.25)
+
+
+def check_query(request: Request) -> None:
+    """Options belong in the form: ones in the URL would otherwise be ignored without a word."""
+    if request.query_params:
+        names = ", ".join(sorted(request.query_params.keys()))
+        raise RequestError(400, f"options in the URL ({names}) are not read; send them as form fields")
 
 
 def add_guards(app: FastAPI, settings: Settings) -> None:

@@ -20,7 +20,9 @@ from starlette.responses import JSONResponse
 
 from .settings import Settings, is_loopback
 
-OPEN_PATHS = ("/",)  # the page: static, holds no data; it asks for the token itself
+# the page (static, holds no data; it asks for the token itself) and the Krita plug-in it links to (public
+# code, fetched by a plain link that cannot send the token)
+OPEN_PATHS = ("/", "/krita-plugin.zip")
 
 
 class Guard:
@@ -65,6 +67,11 @@ class SiteGuard(Guard):
                 )
         origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin.rstrip("/"), host):
+            if origin == "null":  # a file:// page or a sandboxed frame: no site that --cors could name
+                return 403, (
+                    "requests from pages without an origin (Origin null: a file:// page, a sandboxed frame) "
+                    "are refused; open the page from a web server and start this server with --cors ORIGIN"
+                )
             return 403, (
                 f"requests from web pages of other sites are refused (Origin {origin}); "
                 f"start the server with --cors {origin} to allow that site"

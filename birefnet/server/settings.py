@@ -58,6 +58,8 @@ def settings_from(args) -> Settings:
                 f"--host {args.host} with --allow-remote needs a token (--token or ${TOKEN_VARIABLE}); "
                 "clients then send `Authorization: Bearer TOKEN`"
             )
+    if token is not None and not (token.isascii() and token.isprintable() and " " not in token):
+        raise ValueError("the token must be printable ASCII without spaces (HTTP headers carry only those)")
     if not 0 <= args.port < 65536:
         raise ValueError(f"--port {args.port}: use a port from 1 to 65535 (0: any free port)")
     for origin in args.cors:

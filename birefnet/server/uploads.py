@@ -25,6 +25,11 @@ OUTPUTS = ("mask", "rgba")
 # square: on one CPU core and a 1-megapixel image, guided_radius 128 takes minutes), and the one model
 # thread waits meanwhile; far larger values change nothing visible anyway.
 MAX_RADIUS = {"grow": 64, "guided_radius": 32, "feather": 256, "foreground_radius": 256}
+# The working area a request may ask for (resolution, the fine pass of highres): the largest checkpoint's
+# own (BiRefNet_HR, 2048x2048, 4.2 megapixels). Larger gains nothing any checkpoint was trained for and costs
+# minutes on a CPU while every other request waits.
+MAX_WORKING_MEGAPIXELS = DEFAULT_FINE_MEGAPIXELS
+MAX_BOXES = 32  # each box is one forward pass
 _PILLOW_LIMIT = threading.Lock()  # decodes run in the thread pool; one changes Pillow's limit at a time
 
 
@@ -54,6 +59,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise RequestError(400, "the upload is not an image this server reads (PNG, JPEG, WebP, TIFF or BMP)") from None
     except Image.DecompressionBombError:
         image = None
+    except (OSError, SyntaxError, ValueError) as err:  # a header cut short, a damaged or oversized chunk
+        raise damaged(err) from None
     width, height = image.size if image is not None else (0, 0)
     if image is None or width * height > max_pixels:
         size = f"{width}x{height} ({width * height / 1e6:.1f} megapixels)" if image is not None else "too large"
@@ -64,10 +71,12 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         image = ImageOps.exif_transpose(image)
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise RequestError(
-            400, f"the image could not be decoded ({first_line(err)}); the file is truncated or damaged"
-        ) from None
+        raise damaged(err) from None
     return image
+
+
+def damaged(err: Exception) -> RequestError:
+    return RequestError(400, f"the image could not be decoded ({first_line(err)}); the file is truncated or damaged")
 
 
 @contextmanager
@@ -115,6 +124,13 @@ def parse_job(
         chosen = parse_resolution(resolution)
     except ValueError as err:
         raise RequestError(400, str(err)) from None
+    most = f"this server works at up to {MAX_WORKING_MEGAPIXELS} megapixels (2048x2048)"
+    if isinstance(chosen, tuple) and chosen[0] * chosen[1] > MAX_WORKING_MEGAPIXELS * 1e6:
+        raise RequestError(400, f"resolution {resolution}: {most}")
+    if fine_megapixels > MAX_WORKING_MEGAPIXELS:
+        raise RequestError(400, f"fine_megapixels {fine_megapixels}: {most}")
+    if len(boxes) > MAX_BOXES:
+        raise RequestError(400, f"{len(boxes)} boxes: this server takes up to {MAX_BOXES} per request")
     try:
         parsed = tuple(parse_box(text) for text in boxes)
         for box in parsed:

@@ -5,6 +5,7 @@ them in that thread and replaces the model; a request that fails changes nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -33,16 +34,23 @@ class Worker:
     def name(self) -> str:
         return model_name(self.model)
 
-    async def run(self, job: Callable, weights: str | None = None):
-        """job(model) in the model's thread, after the requests before it, with the weights it named."""
-        source = self.default if weights in (None, self.default_name) else self.catalog.source(weights)
+    @contextlib.asynccontextmanager
+    async def place(self):
+        """A place in the line, taken before the upload is decoded (a full line refuses a request before it
+        costs memory) and given back when its answer is ready."""
         if self.waiting >= self.max_queue:
             raise RequestError(503, f"the server is busy ({self.waiting} requests waiting); try again shortly")
         self.waiting += 1
         try:
-            return await asyncio.wrap_future(self._thread.submit(self._call, job, source))
+            yield
         finally:
             self.waiting -= 1
+
+    async def run(self, job: Callable, weights: str | None = None):
+        """job(model) in the model's thread, after the requests before it, with the weights it named.
+        Cancelled while it waits (its client went away), it never runs."""
+        source = self.default if weights in (None, self.default_name) else self.catalog.source(weights)
+        return await asyncio.wrap_future(self._thread.submit(self._call, job, source))
 
     def _call(self, job: Callable, source):
         if source != self.model_source:
