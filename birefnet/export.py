@@ -22,7 +22,7 @@ import torch
 
 from .extras import require
 from .fastpath import plain_graph
-from .files import current_umask
+from .files import check_writable, current_umask
 from .inference import IMAGENET_MEAN, IMAGENET_STD
 from .version import __version__
 
@@ -66,6 +66,7 @@ def check_target(path, fmt: str) -> Path:
     for existing in (path, path.with_suffix(".bin") if fmt == "openvino" else path):
         if existing.exists():
             raise ValueError(f"{existing} exists; choose another --out or delete it (exports never overwrite a file)")
+    check_writable(path.parent)  # made now, not after minutes of export
     return path
 
 

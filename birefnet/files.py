@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 import uuid
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif")
+_PILLOW_LIMIT = threading.Lock()  # images are opened in several threads; one changes Pillow's limit at a time
 
 
 def cache_folder(feature: str) -> Path:
@@ -67,10 +71,30 @@ def read_image(path) -> Image.Image:
     return read_frames(path)[0]
 
 
+@contextmanager
+def pillow_limit(max_pixels: float):
+    """Pillow refuses images over twice Image.MAX_IMAGE_PIXELS (~179 megapixels) and warns above it, as
+    decompression bombs; for one open, `max_pixels` decides instead (the server's --max-megapixels-in;
+    no limit for the user's own files). The limit is only raised, for the header read only (the image
+    is not decoded yet), and put back after, so other code keeps Pillow's default."""
+    with _PILLOW_LIMIT, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        before = Image.MAX_IMAGE_PIXELS
+        if before is not None and max_pixels > before:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
 def read_frames(path) -> tuple[Image.Image, int]:
     """(the first frame as `read_image` reads it, how many frames the file holds): an animated GIF,
-    WebP or PNG is one picture here, and the caller can say so."""
-    with Image.open(path) as image:
+    WebP or PNG is one picture here, and the caller can say so. A local file is the user's own: any
+    size is read (a 200-megapixel scan is no decompression bomb here)."""
+    with pillow_limit(math.inf):
+        image = Image.open(path)
+    with image:
         frames = getattr(image, "n_frames", 1)
         image = ImageOps.exif_transpose(image)
         image.load()
@@ -85,7 +109,8 @@ def save_image(image: Image.Image, path, replace: bool = True) -> None:
 
 
 def list_images(inputs, exclude=None) -> list[tuple[Path, Path]]:
-    """(file, path relative to its input) for every image file named or inside a named folder.
+    """(file, path relative to its input) for every image file named or inside a named folder (hidden
+    files and folders left out).
 
     Files a folder holds under `exclude` (the output folder, when it lies inside an input folder)
     are left out: they are earlier outputs, not inputs.
@@ -97,11 +122,17 @@ def list_images(inputs, exclude=None) -> list[tuple[Path, Path]]:
             for file in sorted(item.rglob("*")):
                 if skipped is not None and file.resolve().is_relative_to(skipped):
                     continue
-                if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+                hidden_folder = any(part.startswith(".") for part in file.relative_to(item).parent.parts)
+                if file.is_file() and is_image_name(file.name) and not hidden_folder:  # .thumbnails/, .git/
                     found.append((file, file.relative_to(item)))
         else:
             found.append((item, Path(item.name)))
     return found
+
+
+def is_image_name(name: str) -> bool:
+    """An image's file name, not a hidden file's (macOS's `._IMG_0001.jpg` resource forks)."""
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
 
 
 def output_paths(relatives: list[Path], cutouts: bool, objects: int = 0) -> list[tuple[Path, ...]]:
@@ -142,12 +173,20 @@ def output_paths(relatives: list[Path], cutouts: bool, objects: int = 0) -> list
 
 
 def check_outputs(outputs, inputs, replace: bool) -> None:
-    """Refuse, before any work, outputs that would land on an input file (always) or on an existing
-    file (unless `replace`): one line naming the first and the way out."""
+    """Refuse, before any work, outputs that would land on an input file or on an existing file beside
+    an input (always: `cat.png` beside the input `cat.jpg` may be the user's own picture, not an earlier
+    output), or on any other existing file (unless `replace`): one line naming the first and the way out."""
     sources = {Path(path).resolve() for path in inputs}
+    beside = {source.parent for source in sources}
     for path in outputs:
         if Path(path).resolve() in sources:
             raise FileExistsError(f"{path} would replace an input image; choose another --out")
+    for path in outputs:
+        if Path(path).exists() and Path(path).resolve().parent in beside:
+            raise FileExistsError(
+                f"{path} already exists beside the input images and may be one of them, not an earlier output; "
+                "choose another --out (or delete it)"
+            )
     if not replace:
         existing = [path for path in outputs if Path(path).exists()]
         if existing:

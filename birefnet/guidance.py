@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .inference import segment, to_rgb_tensor
+from .inference import mask_values, segment, to_rgb_tensor
 
 
 def parse_box(text: str) -> tuple[int, int, int, int]:
@@ -91,18 +91,19 @@ def segment_regions(
     max_megapixels: float | None = None,
     allow_empty: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(combined (H, W), objects (N, H, W)) masks in [0, 1] for the objects in `boxes` ((x, y, w, h)
-        in pixels) and in the connected regions of `region` ((H, W), or (N, H, W): N masks for this image,
-    e.g. one per object from a segment-anything node; > 0.5 inside). Each is segmented
-        alone in its box grown by `margin` (a fraction of its size) and kept inside its box only: outside
-        its box an object's mask is 0, outside every box the combined mask is 0. A box reaching over the
-        image's border is clipped to it; one wholly outside is a ValueError. Nothing to segment (no box, an
-        empty region) is a ValueError, or with `allow_empty` (video frames the object has left) an all-zero
-        mask and no objects."""
+    """(combined (H, W), objects (N, H, W)) masks in [0, 1] for the objects in `boxes` ((x, y, w, h) in
+    pixels, floats rounded) and in the connected regions of `region` (a mask as `mask_values` reads it,
+    (H, W), or (N, H, W): N masks for this image, e.g. one per object from a segment-anything node;
+    > 0.5 inside). Each is segmented alone in its box grown by `margin` (a fraction of its size) and kept
+    inside its box only: outside its box an object's mask is 0, outside every box the combined mask is 0.
+    A box reaching over the image's border is clipped to it; one wholly outside is a ValueError. Nothing
+    to segment (no box, an empty region) is a ValueError, or with `allow_empty` (video frames the object
+    has left) an all-zero mask and no objects."""
     rgb = to_rgb_tensor(image)
     height, width = rgb.shape[1:]
-    regions = [] if region is None else region_masks(region, height, width)
-    found = list(boxes) + [box for mask in regions for box in mask_regions(mask)]
+    regions = [] if region is None else region_masks(mask_values(region), height, width)
+    boxes = [tuple(round(float(v)) for v in box) for box in boxes]  # a detector's boxes are floats
+    found = boxes + [box for mask in regions for box in mask_regions(mask)]
     if not found and allow_empty:
         return torch.zeros(height, width), torch.zeros(0, height, width)
     if not found:

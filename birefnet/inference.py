@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from . import cuda_graphs
 from .batching import batch_size_for, check_batch_size
@@ -47,6 +47,7 @@ def image_tensor(image) -> torch.Tensor:
     makes it, after the move to the device that needs it (a third of the bytes to move for uint8,
     and a GPU converts and resizes a frame in a fraction of a CPU core's time)."""
     if isinstance(image, Image.Image):
+        image = upright(image)
         if image.mode in PIL_SCALES:
             return image_tensor(np.asarray(image, dtype=np.float32) / PIL_SCALES[image.mode])
         return image_tensor(np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB")))
@@ -75,6 +76,15 @@ def image_tensor(image) -> torch.Tensor:
         raise ValueError(f"image has no pixels (shape {tuple(tensor.shape)})")
     check_pixel_type(tensor.dtype, "image")
     return tensor
+
+
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """A PIL image as it is shown: turned by its EXIF orientation (a phone's portrait photo is stored
+    sideways), so masks and cut-outs line up with what the user sees."""
+    return ImageOps.exif_transpose(image) if image.getexif().get(ORIENTATION, 1) != 1 else image
 
 
 def rgb_unit(stored: torch.Tensor, device=None) -> torch.Tensor:
@@ -279,7 +289,8 @@ def segment(
 ):
     """Foreground masks (H, W) float32 in [0, 1] at each image's original size, on `device`.
 
-    images: one image or a sequence (PIL, numpy or tensor; see `to_rgb_tensor`).
+    images: one image or a sequence (PIL, numpy or tensor; see `to_rgb_tensor`), or a batch tensor
+    (B, C, H, W), whose masks come as one (B, H, W) tensor.
     resolution: None for the checkpoint's default; an int or (height, width); or "aspect" (the image's
     aspect ratio at an area of `max_megapixels`, default the checkpoint's own area).
     batch_size: images of equal working size are run together in one forward, this many at a time;
@@ -289,6 +300,9 @@ def segment(
     The images go to the model's device as stored (uint8: a quarter of float's bytes) and are
     converted and resized there; the masks are resized back there too.
     """
+    if isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[0] > 1:  # a batch tensor
+        options = dict(resolution=resolution, max_megapixels=max_megapixels, callback=callback, device=device)
+        return torch.stack(segment(model, list(images), batch_size=batch_size, **options))
     single = not isinstance(images, (list, tuple))
     stored = [image_tensor(images)] if single else [image_tensor(im) for im in images]  # all checked first
     sizes = [model_working_size(model, t.shape[1], t.shape[2], resolution, max_megapixels) for t in stored]
@@ -337,6 +351,7 @@ def input_alpha(image) -> torch.Tensor | None:
     """The image's own transparency (H, W) in [0, 1], or None when it has none (a palette's or a
     tRNS colour's transparency counts: PNG keeps one transparent colour for RGB and grey pictures)."""
     if isinstance(image, Image.Image):
+        image = upright(image)
         if "transparency" in image.info and image.mode in ("P", "RGB", "L") or image.mode in ("PA", "La"):
             image = image.convert("RGBA")
         if "A" not in image.getbands():
@@ -367,7 +382,15 @@ def cutout(image, mask: torch.Tensor) -> Image.Image:
     if own is not None:
         alpha = alpha * own
     rgba = torch.cat([rgb, alpha[None]], dim=0)
-    return Image.fromarray((rgba.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+    return with_colour_profile(Image.fromarray((rgba.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)), image)
+
+
+def with_colour_profile(picture: Image.Image, source) -> Image.Image:
+    """`picture` carrying the RGB colour profile of `source` (an Adobe RGB or Display P3 photo's colours
+    are only right with it); grey and CMYK profiles do not describe RGB pixels and stay behind."""
+    if isinstance(source, Image.Image) and source.mode in ("RGB", "RGBA") and source.info.get("icc_profile"):
+        picture.info["icc_profile"] = source.info["icc_profile"]
+    return picture
 
 
 def mask_to_image(mask: torch.Tensor) -> Image.Image:
@@ -376,6 +399,8 @@ def mask_to_image(mask: torch.Tensor) -> Image.Image:
 
 
 def mask_values(mask) -> torch.Tensor:
-    """A mask (tensor or numpy (H, W)) as float on the CPU in [0, 1]: uint8 / uint16 masks by their
+    """A mask (tensor, numpy (H, W) or a PIL grey image) as float on the CPU in [0, 1]: uint8 / uint16 masks by their
     range (255 is fully opaque, not 255 times), bool as 0/1, floats clamped."""
+    if isinstance(mask, Image.Image):  # a mask file opened with PIL: its grey levels
+        mask = np.asarray(mask.convert("L") if mask.mode not in ("L", "1", "F", "I;16") else mask)
     return unit_range(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, "mask").clamp(0, 1)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from .guidance import inside_boxes, segment_regions
 from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
-from .inference import cutout, model_device, parse_size, segment, to_rgb_tensor, working_size
+from .inference import cutout, model_device, parse_size, segment, to_rgb_tensor, with_colour_profile, working_size
 from .refine import Refinement, refine_mask
 
 
@@ -88,4 +88,4 @@ def cutout_image(image, mask: torch.Tensor, colours: torch.Tensor | None = None)
         return rgba
     pixels = np.array(rgba)
     pixels[..., :3] = (colours.permute(1, 2, 0).float().numpy() * 255 + 0.5).astype(np.uint8)
-    return Image.fromarray(pixels)
+    return with_colour_profile(Image.fromarray(pixels), image)

@@ -9,6 +9,7 @@ by the Refine Edges node, `birefnet segment` and `birefnet serve`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import kornia
@@ -145,6 +146,10 @@ class Refinement:
     foreground_radius: int = 90  # blur size of the foreground estimation's first pass
 
     def __post_init__(self):
+        numbers = {name: value for name, value in vars(self).items() if isinstance(value, (int, float))}
+        infinite = [f"{name} {value}" for name, value in numbers.items() if not math.isfinite(value)]
+        if infinite:
+            raise ValueError(f"{', '.join(infinite)}: use finite numbers")
         problems = []
         if not 0 <= self.black_point < self.white_point <= 1:
             problems.append(

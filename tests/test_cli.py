@@ -376,6 +376,14 @@ def test_outputs_never_replace_inputs_or_earlier_outputs(tmp_path):
         f"birefnet: {tmp_path / 'b.png'} would replace an input image; choose another --out"
     ]
     assert (tmp_path / "b.png").read_bytes() == original
+    _noise(tmp_path / "c.jpg", (20, 30, 3))  # c.png beside it is the user's own picture, not an output
+    (tmp_path / "c.png").write_bytes(original)
+    beside = run_cli("segment", tmp_path / "c.jpg", "--out", tmp_path, *FAST, "--overwrite")
+    assert beside.returncode == 2 and beside.stderr.strip().splitlines() == [
+        f"birefnet: {tmp_path / 'c.png'} already exists beside the input images and may be one of them, not an "
+        "earlier output; choose another --out (or delete it)"
+    ]
+    assert (tmp_path / "c.png").read_bytes() == original
     masks = src / "masks"  # inside the input folder: its files are earlier outputs, never inputs
     first = run_cli("segment", src, "--out", masks, "--cutout", *FAST)
     assert first.returncode == 0 and "wrote 1 mask(s)" in first.stderr, first.stderr
@@ -427,3 +435,50 @@ def test_long_names_and_animated_inputs(tmp_path):
     assert result.stderr.count("is animated; only its first frame is segmented") == 1
     assert Image.open(out / ("n" * 240 + "_cutout.png")).size == (24, 20)
     assert Image.open(out / "anim.png").size == (16, 12)
+
+
+def test_folders_take_every_picture_kind_and_leave_hidden_files_out(tmp_path):
+    """A folder copied from a Mac or a phone: GIF and JFIF pictures are segmented like PNGs, macOS's `._`
+    resource forks and thumbnail folders are not pictures (they were 'skipped' with exit 1, and a junk
+    mask was written for the thumbnail)."""
+    src = tmp_path / "in"
+    (src / ".thumbnails").mkdir(parents=True)
+    _noise(src / "a.gif", (20, 30, 3))
+    _noise(src / "b.jfif", (20, 30, 3))
+    _noise(src / ".thumbnails" / "b.png", (8, 8, 3))
+    (src / "._a.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    result = run_cli("segment", src, "--out", tmp_path / "out", *FAST)
+    assert result.returncode == 0 and "skipped" not in result.stderr, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["a.png", "b.png"]
+
+
+def test_a_large_scan_is_read_whole(tmp_path):
+    """A 182-megapixel scan is the user's own file, not a decompression bomb: read, without a warning."""
+    import warnings
+
+    from birefnet.files import read_image
+
+    Image.new("1", (14000, 13000)).save(tmp_path / "scan.png")  # 1 bit per pixel: a small file
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(tmp_path / "scan.png").size == (14000, 13000)
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # Pillow's own limit is back for everything else
+
+
+def test_a_box_over_the_left_edge_is_a_box(tmp_path):
+    """`--box -3,2,20,15` (a box reaching over the left edge, clipped to it) is a value, not an option."""
+    _noise(tmp_path / "a.png", (30, 40, 3))
+    result = run_cli("segment", tmp_path / "a.png", "--out", tmp_path / "out", "--box", "-3,2,20,15", *FAST)
+    assert result.returncode == 0, result.stderr
+    mask = np.asarray(Image.open(tmp_path / "out" / "a.png"))
+    assert mask[:, 17:].max() == 0 and mask[17:].max() == 0  # 0 outside the clipped box (x 0..16, y 2..16)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_refinement_of_no_finite_size_is_one_line_before_anything_is_written(tmp_path, value):
+    _noise(tmp_path / "a.png", (30, 40, 3))
+    result = run_cli("segment", tmp_path / "a.png", "--out", tmp_path / "out", "--feather", value, *FAST)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"birefnet: feather {float(value)}: use finite numbers"
+    ]
+    assert not (tmp_path / "out").exists()

@@ -166,6 +166,32 @@ def test_a_png_transparent_colour_stays_transparent_in_the_cutout(tmp_path):
         assert alpha[:, :3].max() == 0 and alpha[:, 3:].min() == 255, name
 
 
+def test_a_phone_photo_is_segmented_and_cut_out_as_it_is_shown(tmp_path, b0_model):
+    """A portrait photo stored sideways with EXIF orientation 6: `segment(Image.open(...))` and `cutout`
+    give the upright picture's size, as the command line does (it was the stored, sideways one)."""
+    stored = Image.fromarray(np.random.default_rng(0).integers(0, 256, (100, 200, 3), dtype=np.uint8))
+    exif = stored.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to show
+    stored.save(tmp_path / "phone.jpg", exif=exif)
+    mask = segment(b0_model, Image.open(tmp_path / "phone.jpg"), resolution=64)
+    assert tuple(mask.shape) == (200, 100)
+    assert cutout(Image.open(tmp_path / "phone.jpg"), mask).size == (100, 200)
+
+
+def test_a_cutout_keeps_the_photos_rgb_colour_profile(tmp_path):
+    """Adobe RGB or Display P3 pixels mean other colours than sRGB's: the cut-out carries the profile.
+    A CMYK photo's profile does not describe the RGB cut-out and stays behind."""
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgb = Image.new("RGB", (8, 6), (200, 40, 40))
+    rgb.save(tmp_path / "photo.jpg", icc_profile=profile)
+    mask = torch.ones(6, 8)
+    assert cutout(Image.open(tmp_path / "photo.jpg"), mask).info["icc_profile"] == profile
+    rgb.convert("CMYK").save(tmp_path / "print.jpg", icc_profile=profile)
+    assert "icc_profile" not in cutout(Image.open(tmp_path / "print.jpg"), mask).info
+
+
 def test_integer_and_bool_masks_mean_their_range_and_wrong_types_are_named():
     from birefnet import mask_to_image
 
@@ -249,3 +275,26 @@ def test_resize_falls_back_to_matrices_when_the_kernel_refuses_the_factor(monkey
 
     monkeypatch.setattr(inference.F, "interpolate", refuse)
     assert (inference.resize(x, (30, 40)) - expected).abs().max() < 5e-5
+
+
+def test_a_batch_tensor_gives_a_batch_of_masks(b0_model):
+    frames = torch.rand(3, 3, 40, 56)
+    masks = segment(b0_model, frames, resolution=64, batch_size=2)
+    assert masks.shape == (3, 40, 56)
+    assert torch.allclose(masks[1], segment(b0_model, frames[1], resolution=64), atol=1e-5)
+
+
+def test_library_calls_a_script_makes_take_what_it_has(b0_model):
+    """A mask file opened with PIL for `cutout`, a detector's float boxes and a numpy region mask for
+    `segment_regions`: read as what they mean (they raised AttributeError and TypeError)."""
+    from birefnet.guidance import segment_regions
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    mask = Image.fromarray(np.full((40, 56), 255, np.uint8))
+    assert np.array_equal(np.asarray(cutout(image, mask))[..., 3], np.full((40, 56), 255))
+    combined, objects = segment_regions(b0_model, image, boxes=[(10.4, 5.6, 20.7, 20.1)], resolution=64)
+    assert objects.shape == (1, 40, 56) and combined[:, 32:].max() == 0 and combined[:6].max() == 0
+    region = np.zeros((40, 56), np.uint8)
+    region[10:30, 10:30] = 255
+    combined, objects = segment_regions(b0_model, image, region=region, resolution=64)
+    assert objects.shape == (1, 40, 56) and combined[:, 30:].max() == 0

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from birefnet.files import IMAGE_SUFFIXES, read_image
+from birefnet.files import is_image_name, read_image
 from birefnet.inference import normalise, to_rgb_tensor
 
 from .scoring import read_mask
@@ -60,7 +60,7 @@ class DatasetError(ValueError):
 
 
 def _files_by_stem(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and is_image_name(p.name)}
 
 
 def _sub(folder: Path, names) -> Path | None:

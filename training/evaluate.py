@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 import birefnet
-from birefnet.files import IMAGE_SUFFIXES, read_image, save_image
+from birefnet.files import is_image_name, read_image, save_image
 from birefnet.inference import mask_to_image
 
 from .data import find_backgrounds, find_pairs, read_sample
@@ -31,7 +31,7 @@ def evaluate_folders(
     The workers are spawned, so a script that calls this with several workers needs the usual
     `if __name__ == "__main__":` guard (a spawned process imports the script that started it).
     """
-    files = lambda d: {p.stem: p for p in sorted(Path(d).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    files = lambda d: {p.stem: p for p in sorted(Path(d).iterdir()) if is_image_name(p.name)}
     preds, gts = files(pred_dir), files(gt_dir)
     missing = sorted(gts.keys() - preds.keys())
     if missing:

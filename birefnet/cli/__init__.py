@@ -57,8 +57,20 @@ def show_library_messages(quiet: bool) -> None:
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def joined_negative_values(argv: list[str]) -> list[str]:
+    """`--box -3,10,50,40` as `--box=-3,10,50,40`: argparse takes a value starting with '-' for an option
+    (a box reaching over the left or top edge starts at a negative x or y)."""
+    out = []
+    for arg in argv:
+        if out and out[-1] == "--box" and arg.startswith("-") and arg[1:2].isdigit():
+            out[-1] = f"--box={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(joined_negative_values(sys.argv[1:] if argv is None else list(map(str, argv))))
     show_library_messages(getattr(args, "quiet", False))
     try:
         return args.func(args)

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import io
 import math
-import threading
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import first_line
+from ..files import pillow_limit
 from ..guidance import clip_box, parse_box
 from ..highres import DEFAULT_FINE_MEGAPIXELS
 from ..pipeline import check_highres, parse_resolution
@@ -30,7 +28,6 @@ MAX_RADIUS = {"grow": 64, "guided_radius": 32, "feather": 256, "foreground_radiu
 # minutes on a CPU while every other request waits.
 MAX_WORKING_MEGAPIXELS = DEFAULT_FINE_MEGAPIXELS
 MAX_BOXES = 32  # each box is one forward pass
-_PILLOW_LIMIT = threading.Lock()  # decodes run in the thread pool; one changes Pillow's limit at a time
 
 
 @dataclass(frozen=True)
@@ -52,8 +49,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise RequestError(400, "the image upload is empty (0 bytes)")
     try:
-        with pillow_limit(max_pixels), warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below decides
+        with pillow_limit(max_pixels):  # the check below decides
             image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
         raise RequestError(400, "the upload is not an image this server reads (PNG, JPEG, WebP, TIFF or BMP)") from None
@@ -77,21 +73,6 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 
 def damaged(err: Exception) -> RequestError:
     return RequestError(400, f"the image could not be decoded ({first_line(err)}); the file is truncated or damaged")
-
-
-@contextmanager
-def pillow_limit(max_pixels: int):
-    """Pillow refuses images over twice Image.MAX_IMAGE_PIXELS (~179 megapixels) on its own; for this open,
-    the server's --max-megapixels-in decides. The limit is only raised, for the header read only (the image
-    is not decoded yet), and put back after, so other code keeps Pillow's default."""
-    with _PILLOW_LIMIT:
-        before = Image.MAX_IMAGE_PIXELS
-        if before is not None and max_pixels > before:
-            Image.MAX_IMAGE_PIXELS = max_pixels
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = before
 
 
 def check_numbers(fields: dict) -> None:
