@@ -10,10 +10,12 @@ import json
 import os
 import time
 import traceback
+import urllib.request
 from pathlib import Path
 
 from birefnet_krita import extension as birefnet
 from birefnet_krita import settings
+from birefnet_krita.docker import BiRefNetDocker
 from birefnet_krita.qt import QT_MAJOR
 from krita import Extension, Krita, Selection
 
@@ -261,6 +263,79 @@ def scenario_cancel():
     record("cancel", doc, doc.activeNode(), result, busy_after=birefnet.current().busy)
 
 
+def ask_server(path: str):
+    with urllib.request.urlopen(settings.server_url() + path, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def check_server(docker) -> list:
+    """The docker's Check server button; the weights list once it has changed (or after 60 s)."""
+    before = [docker.weights.itemText(i) for i in range(docker.weights.count())]
+    docker.check_server()
+    listed = before
+    deadline = time.monotonic() + 60
+    while listed == before and time.monotonic() < deadline:
+        wait(0.1)
+        listed = [docker.weights.itemText(i) for i in range(docker.weights.count())]
+    return listed
+
+
+def scenario_docker_weights():
+    """Check server fills the weights list; every entry is picked in turn and a request made with it. Then
+    a fresh docker whose saved pick ("general", which the old list offered from `known`) this server does
+    not offer."""
+    docker = BiRefNetDocker()
+    listed = check_server(docker)
+    picks = []
+    try:
+        for index, name in enumerate(listed):
+            docker.weights.setCurrentIndex(index)
+            open_image("rgba")
+            result = trigger(birefnet.REMOVE_BACKGROUND)
+            picks.append(
+                dict(result, pick=name, setting=settings.get("weights"), served=ask_server("/health")["model"])
+            )
+    finally:
+        settings.put("weights", "")
+    out = dict(listed=listed, picks=picks, models=ask_server("/v1/models"))
+    (RESULTS / "docker_weights.json").write_text(json.dumps(out))
+
+    settings.put("weights", "general")
+    try:
+        docker = BiRefNetDocker()
+        before = docker.weights.currentText()
+        listed = check_server(docker)
+        checked = dict(after=docker.weights.currentText(), setting=settings.get("weights"), state=docker.state.text())
+        open_image("rgba")
+        out = dict(trigger(birefnet.REMOVE_BACKGROUND), before=before, listed=listed, **checked)
+    finally:
+        settings.put("weights", "")
+    (RESULTS / "docker_stale_weights.json").write_text(json.dumps(out))
+
+
+def scenario_docker_numbers():
+    """The refinement boxes' ranges, and a request with every box at its maximum, then at its minimum (the
+    white point before the black point, then after it: each bounds the other)."""
+    docker = BiRefNetDocker()
+    boxes = docker.numbers
+    ranges = {
+        name: [box.minimum(), box.maximum(), getattr(box, "decimals", lambda: 0)()] for name, box in boxes.items()
+    }
+    requests = {}
+    try:
+        for end, order in (("maximum", ("white_point", *boxes)), ("minimum", ("black_point", *boxes))):
+            for name in order:
+                box = boxes[name]
+                box.setValue(getattr(box, end)())
+            open_image("rgba")
+            result = trigger(birefnet.REMOVE_BACKGROUND)
+            requests[end] = dict(result, values={name: settings.get(name) for name in boxes})
+    finally:
+        for name in settings.REFINEMENT:
+            settings.put(name, settings.FIELDS[name][0])
+    (RESULTS / "docker_numbers.json").write_text(json.dumps(dict(ranges=ranges, requests=requests)))
+
+
 def message_box_text():
     """The text of the plug-in's (non-modal) message box, closing it."""
     for widget in QApplication.topLevelWidgets():
@@ -282,6 +357,8 @@ SCENARIOS = [
     scenario_sixteen_bit,
     scenario_float,
     scenario_no_server,
+    scenario_docker_weights,
+    scenario_docker_numbers,
     scenario_cancel,
 ]
 

@@ -35,6 +35,21 @@ OFFSET, CANVAS = (260, 200), (700, 500)  # the moved layer runs past the canvas'
 ALLOWED_IMPORTS = {"krita", "pykrita", "PyQt5", "PyQt6", "json", "os"}
 
 
+def server_accepts(name: str, value) -> bool:
+    """Whether `birefnet serve` takes this one refinement field: its caps (MAX_RADIUS) and the library's
+    checks (Refinement), the two checks a request's numbers pass, with every other field at its default."""
+    from birefnet.refine import Refinement
+    from birefnet.server.errors import RequestError
+    from birefnet.server.uploads import check_numbers
+
+    try:
+        check_numbers({name: value})
+        Refinement(**{name: value})
+    except (RequestError, ValueError):
+        return False
+    return True
+
+
 def archive() -> zipfile.ZipFile:
     return zipfile.ZipFile(io.BytesIO(zip_bytes()))
 
@@ -146,10 +161,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(port: int, log: Path) -> subprocess.Popen:
+def start_server(port: int, log: Path, *flags: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("BIREFNET_WEIGHTS", "BIREFNET_SERVER_TOKEN")}
     server = subprocess.Popen(
-        [sys.executable, "-m", "birefnet", "serve", "--port", str(port), "--device", "cpu"],
+        [sys.executable, "-m", "birefnet", "serve", "--port", str(port), "--device", "cpu", *flags],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         env=env,
@@ -175,6 +190,16 @@ def synthetic_picture() -> Image.Image:
     alpha, colours = _object_mask(rng, 384, 512), _foreground(rng, 384, 512)
     frame = colours * alpha[..., None] + background(np.random.default_rng(5), 384, 512) * (1 - alpha[..., None])
     return Image.fromarray((frame * 255 + 0.5).astype(np.uint8))
+
+
+def other_weights(path: Path) -> Path:
+    """Weights the server may offer besides its own model: the demo's, halved (another mask)."""
+    from safetensors.torch import load_file, save_file
+
+    from birefnet.loading import EMBEDDED_WEIGHTS
+
+    save_file({k: v * 0.5 if v.is_floating_point() else v for k, v in load_file(EMBEDDED_WEIGHTS).items()}, path)
+    return path
 
 
 def write_images(work: Path) -> dict:
@@ -229,7 +254,8 @@ def krita_session(tmp_path_factory):
             }
         )
     )
-    server = start_server(port, base / "server.log")
+    # the server offers one file besides its own model (--allow-weights): the docker's weights list
+    server = start_server(port, base / "server.log", "--allow-weights", str(other_weights(base / "other.safetensors")))
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(base / "home"),
@@ -459,6 +485,47 @@ def test_cancel_leaves_the_layer_alone(krita_session):
     result = scenario(krita_session, "cancel")
     assert (result["ok"], result["message"]) == (False, "cancelled")
     assert result["masks"] == [] and not result["busy_after"]
+
+
+@needs_krita
+@pytest.mark.krita
+def test_docker_lists_only_the_weights_the_server_accepts(krita_session):
+    """The weights list is the server's own model ("") and what it offers, not every checkpoint it knows;
+    a request with each entry is served (with those weights). A saved pick the server does not offer goes
+    back to its model, with a line saying so."""
+    result = scenario(krita_session, "docker_weights")
+    models = result["models"]
+    assert models["offered"] == ["other.safetensors"] and len(models["known"]) > 1
+    assert result["listed"] == ["", *models["offered"]]
+    for pick in result["picks"]:
+        assert pick["ok"], pick["message"]
+        assert pick["setting"] == pick["pick"]
+    assert [pick["served"] for pick in result["picks"]] == ["demo", "other.safetensors"]
+    stale = scenario(krita_session, "docker_weights", "docker_stale_weights")
+    assert stale["before"] == "general" and stale["listed"] == ["", *models["offered"]]
+    assert stale["after"] == stale["setting"] == ""
+    assert "It does not offer the weights 'general'" in stale["state"]
+    assert stale["ok"], stale["message"]
+
+
+@needs_krita
+@pytest.mark.krita
+def test_docker_numbers_stop_where_the_server_does(krita_session):
+    """Each refinement box reaches exactly as far as the server accepts (its MAX_RADIUS caps, the library's
+    checks of levels and threshold): its ends are accepted, one step (its last decimal) beyond them is
+    not, and a request with every box at its maximum, then at its minimum, is served."""
+    result = scenario(krita_session, "docker_numbers")
+    ranges = result["ranges"]
+    assert set(ranges) == {"black_point", "white_point", "threshold", "grow", "guided_radius", "feather"}
+    for name, (low, high, decimals) in ranges.items():
+        step = 10**-decimals
+        assert server_accepts(name, low) and server_accepts(name, high), (name, low, high)
+        beyond = round(low - step, decimals), round(high + step, decimals)
+        assert not server_accepts(name, beyond[0]) and not server_accepts(name, beyond[1]), (name, low, high)
+    for end, index in (("maximum", 1), ("minimum", 0)):
+        request = result["requests"][end]
+        assert request["ok"], request["message"]
+        assert request["values"] == {name: limits[index] for name, limits in ranges.items()}
 
 
 @needs_krita

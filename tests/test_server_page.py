@@ -1,5 +1,6 @@
 """The page at / in headless Chromium (Playwright): pick an image, see mask and cut-out, coarse to fine,
-draw a box (the mask then stays 0 outside it), download the cut-out PNG; the Krita plug-in link."""
+draw a box (the mask then stays 0 outside it), download the cut-out PNG; the Krita plug-in link; number
+inputs that stop where the server's checks do."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
+from test_krita_plugin import server_accepts
 from test_server import EXAMPLE, Server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -97,4 +99,32 @@ def test_upload_see_results_draw_a_box_download(page):
     assert len(ys) and xs.min() >= 18 and ys.min() >= 18 and xs.max() <= 222 and ys.max() <= 202
     assert not np.array_equal(boxed, whole)
     assert page.is_visible("#krita")  # the Krita plug-in zip is offered
+    assert not page.errors, page.errors
+
+
+def test_number_inputs_stop_where_the_server_does(page):
+    """Each number input's range lies within what the server accepts, up to its caps (a radius input ends at
+    the cap itself): at the ends of every range the page's request is served, not refused with a 400."""
+    from birefnet.server.uploads import MAX_RADIUS
+
+    page.set_input_files("#file", str(EXAMPLE))
+    _wait_done(page)
+    ranges = page.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('input[type=number]')]"
+        ".map((input) => [input.id, [Number(input.min), Number(input.max)]]))"
+    )
+    assert set(ranges) == {"threshold", "guided_radius"}
+    for name, (low, high) in ranges.items():
+        assert server_accepts(name, low) and server_accepts(name, high), (name, low, high)
+        assert not server_accepts(name, round(high + 0.01, 2)), (name, high)  # it reaches what the server takes
+        if name in MAX_RADIUS:
+            assert high == MAX_RADIUS[name]
+    for end in (1, 0):  # every input at its maximum, then at its minimum
+        for name, limits in ranges.items():
+            page.evaluate(
+                "([id, value]) => { const input = document.getElementById(id); input.value = value;"
+                " input.dispatchEvent(new Event('change')); }",
+                [name, str(limits[end])],
+            )
+            _wait_done(page)
     assert not page.errors, page.errors

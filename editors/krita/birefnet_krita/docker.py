@@ -23,6 +23,10 @@ from .qt import (
 )
 
 RESOLUTIONS = ("native", "1024", "aspect")
+# What `birefnet serve` accepts (its MAX_RADIUS caps; the levels and threshold as birefnet.refine.Refinement
+# checks them): a box that went further would only get the request refused.
+MAX_GROW, MAX_GUIDED_RADIUS, MAX_FEATHER = 64, 32, 256
+STEP = 0.001  # the float boxes' resolution: the threshold stays below 1, the black point below the white point
 
 
 class BiRefNetDocker(DockWidget):
@@ -43,11 +47,10 @@ class BiRefNetDocker(DockWidget):
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
         form.addRow("Token", self.token)
         self.weights = QComboBox()
-        self.weights.setEditable(True)
-        self.weights.addItem("")
+        self.weights.addItems(["", settings.get("weights")] if settings.get("weights") else [""])
         self.weights.setCurrentText(settings.get("weights"))
-        self.weights.setToolTip("Empty: the server's model. Otherwise a short name the server knows (Check lists them)")
-        self.weights.currentTextChanged.connect(lambda text: settings.put("weights", text.strip()))
+        self.weights.setToolTip("Empty: the server's model. Check server lists the other weights it offers")
+        self.weights.currentTextChanged.connect(lambda text: settings.put("weights", text))
         form.addRow("Weights", self.weights)
         self.resolution = QComboBox()
         self.resolution.addItems(RESOLUTIONS)
@@ -62,12 +65,14 @@ class BiRefNetDocker(DockWidget):
 
         refine = QGroupBox("Edges (all off: the model's own mask)", root)
         form = QFormLayout(refine)
-        form.addRow("Black point", self._number("black_point", 0.0, 1.0, 0.01))
-        form.addRow("White point", self._number("white_point", 0.0, 1.0, 0.01))
-        form.addRow("Threshold (0 = soft)", self._number("threshold", 0.0, 1.0, 0.05))
-        form.addRow("Grow / shrink (px)", self._integer("grow", -256, 256))
-        form.addRow("Guided filter radius", self._integer("guided_radius", 0, 64))
-        form.addRow("Feather (px)", self._number("feather", 0.0, 100.0, 0.5))
+        self.numbers = {}  # setting name -> its box
+        form.addRow("Black point", self._number("black_point", 0.0, 1.0 - STEP, 0.01))
+        form.addRow("White point", self._number("white_point", STEP, 1.0, 0.01))
+        self._keep_levels_apart()
+        form.addRow("Threshold (0 = soft)", self._number("threshold", 0.0, 1.0 - STEP, 0.05))
+        form.addRow("Grow / shrink (px)", self._integer("grow", -MAX_GROW, MAX_GROW))
+        form.addRow("Guided filter radius", self._integer("guided_radius", 0, MAX_GUIDED_RADIUS))
+        form.addRow("Feather (px)", self._number("feather", 0.0, MAX_FEATHER, 0.5))
         form.addRow(self._toggle("fill_holes", "Fill holes"))
         form.addRow(self._toggle("foreground", "Cut out: clean edge colours (foreground estimation)"))
         layout.addWidget(refine)
@@ -105,19 +110,28 @@ class BiRefNetDocker(DockWidget):
 
     def _number(self, name: str, low: float, high: float, step: float):
         box = QDoubleSpinBox()
-        box.setRange(low, high)
+        box.setDecimals(3)  # before the range, which Qt rounds to the decimals
         box.setSingleStep(step)
-        box.setDecimals(3)
-        box.setValue(settings.get(name))
-        box.valueChanged.connect(lambda value: settings.put(name, value))
-        return box
+        return self._ranged(name, box, low, high)
 
     def _integer(self, name: str, low: int, high: int):
-        box = QSpinBox()
+        return self._ranged(name, QSpinBox(), low, high)
+
+    def _ranged(self, name: str, box, low, high):
+        """A stored value out of range (saved by an older plug-in) is clamped, and the clamped value saved."""
         box.setRange(low, high)
-        box.setValue(settings.get(name))
         box.valueChanged.connect(lambda value: settings.put(name, value))
+        box.setValue(settings.get(name))
+        self.numbers[name] = box
         return box
+
+    def _keep_levels_apart(self) -> None:
+        """The server needs black point < white point: each box stops one step short of the other's value."""
+        black, white = self.numbers["black_point"], self.numbers["white_point"]
+        black.valueChanged.connect(lambda value: white.setMinimum(value + STEP))
+        white.valueChanged.connect(lambda value: black.setMaximum(value - STEP))
+        black.setMaximum(white.value() - STEP)
+        white.setMinimum(black.value() + STEP)
 
     def _toggle(self, name: str, text: str):
         box = QCheckBox(text)
@@ -148,14 +162,23 @@ class BiRefNetDocker(DockWidget):
         )
         models = ServerCall(settings.server_url(), settings.token(), self)
         models.succeeded.connect(self._models)
+        models.failed.connect(self.state.setText)
         models.get("/v1/models")
         self._check = models
 
     def _models(self, body: bytes) -> None:
-        current = self.weights.currentText()
-        known = [entry.get("short") or entry.get("name") for entry in json.loads(body).get("known", [])]
+        """The weights list becomes what this server accepts: its own model ("") and what it offers
+        (`offered`; its `known` list names checkpoints it may not serve). A pick it does not offer goes
+        back to the server's model, saying so, rather than failing every request with a 400."""
+        info = json.loads(body)
+        offered = [name for name in info.get("offered", []) if name]
+        pick = self.weights.currentText()
+        keep = pick if pick in offered else ""
         self.weights.blockSignals(True)
         self.weights.clear()
-        self.weights.addItems([""] + [name for name in known if name])
-        self.weights.setCurrentText(current)
+        self.weights.addItems([""] + offered)
+        self.weights.setCurrentText(keep)
         self.weights.blockSignals(False)
+        settings.put("weights", keep)
+        if pick not in (keep, info.get("loaded")):
+            self.state.setText(f"{self.state.text()}\nIt does not offer the weights {pick!r}: its own model is used.")
