@@ -143,6 +143,17 @@ def intermediate_device() -> torch.device:
     return torch.device("cpu")
 
 
+def not_made(message: str):
+    """What an output that was not made carries: ComfyUI's ExecutionBlocker (since August 2024), which
+    stops the nodes connected to it with `message`; None on older hosts, which have none (the output is
+    made there after all)."""
+    try:
+        from comfy_execution.graph import ExecutionBlocker
+    except ImportError:
+        return None
+    return ExecutionBlocker(message)
+
+
 def rgb_channels_first(image: torch.Tensor) -> torch.Tensor:
     """ComfyUI IMAGE (B, H, W, C) with C = 1..4 -> RGB (B, 3, H, W); grey is repeated, alpha dropped."""
     x = image.permute(0, 3, 1, 2)

@@ -162,6 +162,7 @@ def segment(
     temporal=0.0,
     boxes="",
     region=None,
+    cutouts=True,
 ):
     chosen = resolution_for(resolution, width, height)
     box_list = parse_boxes(boxes)
@@ -180,6 +181,9 @@ def segment(
             objects = mask
     finally:
         birefnet_model.release_graphs()
+    skipped = None if cutouts else host.not_made("Segment's cutouts is off (mask only); turn it on for cutout and rgba")
+    if skipped is not None:
+        return mask, skipped, skipped, objects
     rgb = host.rgb_channels_first(image).to(mask.device)
     cutout = composite(rgb, mask, parse_colour(background)).permute(0, 2, 3, 1)
     rgba = torch.cat([rgb, mask[:, None]], dim=1).permute(0, 2, 3, 1)
@@ -274,6 +278,14 @@ SPEC = NodeSpec(
             "Guided: segment only the objects in this mask's connected regions (above 0.5; e.g. from a SAM "
             "node or painted), one object per region; combines with boxes. Video: one mask per frame or one for "
             "all; a single image: any number of masks (one per object).",
+            optional=True,
+        ),
+        In(
+            "cutouts",
+            "BOOLEAN",
+            "Also make the cutout and rgba images (7 floats per pixel beside the mask's 1). Off for long clips: "
+            "mask only; nodes connected to cutout or rgba then stop, saying so (ComfyUI from August 2024).",
+            default=True,
             optional=True,
         ),
     ),

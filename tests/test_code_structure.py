@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 PACKAGES = {"birefnet": ROOT / "birefnet", "nodes": ROOT / "nodes", "birefnet_training": ROOT / "training"}
-COMFYUI_MODULES = ("folder_paths", "comfy", "comfy_api", "comfy_extras", "server", "execution")
+COMFYUI_MODULES = ("folder_paths", "comfy", "comfy_api", "comfy_extras", "comfy_execution", "server", "execution")
 
 
 def _module_name(package: str, path: Path) -> str:

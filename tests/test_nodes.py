@@ -261,6 +261,31 @@ def test_several_region_masks_for_one_image_one_object_each(pack, handle):
     assert torch.equal(mask[0], objects.amax(0))
 
 
+def test_cutouts_off_makes_the_mask_alone(pack, handle, monkeypatch):
+    """Long clips: with cutouts off, cutout and rgba carry current ComfyUI's ExecutionBlocker (no image
+    memory; nodes connected to them stop with its message); a host without one gets them made as before."""
+    import types
+
+    image = torch.rand(2, 40, 48, 3)
+    options = dict(resolution="custom", width=64, height=64)
+    made = pack.nodes.segment.segment(handle, image, **options)
+    unchanged = pack.nodes.segment.segment(handle, image, cutouts=False, **options)  # no ExecutionBlocker here
+    assert all(torch.equal(a, b) for a, b in zip(made, unchanged))
+
+    class ExecutionBlocker:  # current ComfyUI's (comfy_execution.graph), which the 2024 host lacks
+        def __init__(self, message):
+            self.message = message
+
+    graph = types.ModuleType("comfy_execution.graph")
+    graph.ExecutionBlocker = ExecutionBlocker
+    monkeypatch.setitem(sys.modules, "comfy_execution", types.ModuleType("comfy_execution"))
+    monkeypatch.setitem(sys.modules, "comfy_execution.graph", graph)
+    mask, cutout, rgba, objects = pack.nodes.segment.segment(handle, image, cutouts=False, **options)
+    assert torch.equal(mask, made[0]) and torch.equal(objects, made[3])
+    assert isinstance(cutout, ExecutionBlocker) and isinstance(rgba, ExecutionBlocker)
+    assert "cutouts is off" in cutout.message
+
+
 def test_a_region_mask_with_nothing_above_half_is_one_line(pack, handle):
     """A soft mask under 0.5 everywhere would silently give an empty result: it is refused, naming its peak."""
     message = r"^Segment: the region mask has nothing above 0.5 \(its largest value is 0.45\)"
