@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import uuid
 import warnings
@@ -43,6 +44,13 @@ def atomic_path(path, replace: bool = True):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def is_atomic_temporary(name: str) -> bool:
+    """True for the name `atomic_path` gives its temporaries (`.tmp` + 8 hex digits + the suffix): a
+    write killed before its rename leaves such a file behind, and a program that owns a folder
+    (a training run's) clears them at its next start. Kept beside `atomic_path`: one place to change both."""
+    return re.fullmatch(r"\.tmp[0-9a-f]{8}(\.[^.]*)?", name) is not None
 
 
 def place_new(tmp: Path, path: Path) -> None:
@@ -184,7 +192,7 @@ def check_outputs(outputs, inputs, replace: bool) -> None:
     for path in outputs:
         if Path(path).exists() and Path(path).resolve().parent in beside:
             raise FileExistsError(
-                f"{path} already exists beside the input images and may be one of them, not an earlier output; "
+                f"{path} already exists beside the inputs and may be one of the user's files, not an earlier output; "
                 "choose another --out (or delete it)"
             )
     if not replace:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -73,28 +74,92 @@ def _av():
     return require("av", "video")
 
 
+# How players turn a frame for the display matrix its clip carries (phones store portrait clips
+# sideways and say so there): the signs of (a, b, c, d), where a stored pixel (x, y) is shown at
+# (a x + c y, b x + d y) with y pointing down, to the PIL transpose that does the same. FFmpeg's
+# angles are counter-clockwise: PyAV's `frame.rotation` 90 is (0, -1, 1, 0), ROTATE_90.
+TURNS = {
+    (1, 0, 0, 1): None,
+    (0, -1, 1, 0): Image.Transpose.ROTATE_90,
+    (-1, 0, 0, -1): Image.Transpose.ROTATE_180,
+    (0, 1, -1, 0): Image.Transpose.ROTATE_270,
+    (-1, 0, 0, 1): Image.Transpose.FLIP_LEFT_RIGHT,
+    (1, 0, 0, -1): Image.Transpose.FLIP_TOP_BOTTOM,
+    (0, 1, 1, 0): Image.Transpose.TRANSPOSE,
+    (0, -1, -1, 0): Image.Transpose.TRANSVERSE,
+}
+SIDEWAYS = (
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+)
+
+
+def display_turn(frame) -> Image.Transpose | None:
+    """The transpose that shows `frame` (a PyAV VideoFrame) as players do, from its display matrix;
+    None without one, or for an angle that is not a multiple of 90 degrees (left as stored)."""
+    side = frame.side_data.get("DISPLAYMATRIX")
+    if side is None:
+        return None
+    matrix = struct.unpack("=9i", bytes(side)[:36])
+    abcd = np.array([matrix[i] for i in (0, 1, 3, 4)], dtype=float)
+    signs = np.sign(abcd) * (np.abs(abcd) > np.abs(abcd).max() / 2)  # any scale; 45 degrees: no match
+    return TURNS.get(tuple(int(sign) for sign in signs))
+
+
+def reason(err: Exception) -> str:
+    """What FFmpeg says went wrong, without its error number and the path the message already names."""
+    said = getattr(err, "strerror", None) or str(err).strip()
+    return said.splitlines()[0] if said else type(err).__name__
+
+
 class VideoSource:
     """A clip opened for decoding: `fps`, `count` (frames, 0 when the container does not say),
-    `size` (width, height), and `frames()` yielding RGB PIL images."""
+    `size` (width, height), and `frames()` yielding RGB PIL images, both as players show the clip
+    (turned by its display rotation, so masks come out upright). A file that cannot be decoded, or
+    has no video stream, is a one-line ValueError here, before any frame is asked for."""
 
     def __init__(self, path):
         av = _av()
         self.path = Path(path)
         try:
             self.container = av.open(str(path))
+        except av.error.FFmpegError as err:
+            raise ValueError(f"{path}: not a readable video ({reason(err)})") from None
+        try:
+            if not self.container.streams.video:
+                raise ValueError(f"{path}: not a readable video (no video stream)")
             self.stream = self.container.streams.video[0]
-        except (av.error.FFmpegError, IndexError) as err:
-            raise ValueError(
-                f"{path}: not a readable video ({str(err).splitlines()[0] if str(err) else 'no video stream'})"
-            ) from None
-        self.stream.thread_type = "AUTO"
+            self.stream.thread_type = "AUTO"
+            self._decoded = self.container.decode(self.stream)
+            try:  # the first frame carries the display matrix, and shows the clip decodes
+                self._first = next(self._decoded, None)
+            except av.error.FFmpegError as err:
+                raise ValueError(f"{path}: not a readable video ({reason(err)})") from None
+        except BaseException:
+            self.container.close()
+            raise
         self.fps = self.stream.average_rate or self.stream.guessed_rate or Fraction(25)
         self.count = self.stream.frames or 0
-        self.size = (self.stream.codec_context.width, self.stream.codec_context.height)
+        self.turn = display_turn(self._first) if self._first is not None else None
+        width, height = self.stream.codec_context.width, self.stream.codec_context.height
+        self.size = (height, width) if self.turn in SIDEWAYS else (width, height)
 
     def frames(self) -> Iterator[Image.Image]:
-        for frame in self.container.decode(self.stream):
-            yield frame.to_image()
+        """Every frame, upright, turned as the first one is (one size for the whole clip). Damage
+        FFmpeg cannot decode past ends the clip with a ValueError naming the last good frame."""
+        first, self._first = self._first, None  # not held once handed on
+        decoded = itertools.chain([first] if first is not None else [], self._decoded)
+        for number in itertools.count():
+            try:
+                frame = next(decoded, None)
+            except _av().error.FFmpegError as err:
+                raise ValueError(f"{self.path}: damaged after frame {number} ({reason(err)})") from None
+            if frame is None:
+                return
+            image = frame.to_image()
+            yield image.transpose(self.turn) if self.turn is not None else image
 
     def close(self) -> None:
         self.container.close()

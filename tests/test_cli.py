@@ -380,8 +380,8 @@ def test_outputs_never_replace_inputs_or_earlier_outputs(tmp_path):
     (tmp_path / "c.png").write_bytes(original)
     beside = run_cli("segment", tmp_path / "c.jpg", "--out", tmp_path, *FAST, "--overwrite")
     assert beside.returncode == 2 and beside.stderr.strip().splitlines() == [
-        f"birefnet: {tmp_path / 'c.png'} already exists beside the input images and may be one of them, not an "
-        "earlier output; choose another --out (or delete it)"
+        f"birefnet: {tmp_path / 'c.png'} already exists beside the inputs and may be one of the user's files, "
+        "not an earlier output; choose another --out (or delete it)"
     ]
     assert (tmp_path / "c.png").read_bytes() == original
     masks = src / "masks"  # inside the input folder: its files are earlier outputs, never inputs

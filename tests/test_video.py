@@ -3,6 +3,8 @@ exact ground truth, and the CLI on a real encoded clip (PyAV)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -127,3 +129,140 @@ def test_cli_segments_a_clip_to_frames_and_videos(tmp_path):
     ]
     with pytest.raises(SystemExit):  # argparse's one-line usage error
         main(["segment", str(clip), "--out", str(tmp_path / "o2"), "--temporal", "2"])
+
+
+def _marked_clip(path, frames=3, width=64, height=48, rotation=None):
+    """A tiny clip whose every frame is `_marked(width, height)`, with a display rotation (PyAV:
+    counter-clockwise degrees) when given; returns the frame as stored."""
+    picture = _marked(width, height)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p"
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for _ in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return picture
+
+
+def _marked(width, height):
+    """Blue with a white block top left and a red one top right: no turn or flip looks like another."""
+    picture = np.zeros((height, width, 3), np.uint8)
+    picture[...] = (30, 60, 200)
+    picture[: height // 3, : width // 4] = 255
+    picture[: height // 3, -width // 4 :] = (230, 20, 20)
+    return picture
+
+
+@pytest.mark.parametrize("rotation, turns", [(90, 1), (-90, -1), (180, 2)])
+def test_a_clip_is_read_as_players_show_it(tmp_path, rotation, turns):
+    """PyAV's display rotation is counter-clockwise (FFmpeg's display matrix): a phone clip stored
+    sideways with rotation 90 is shown turned a quarter counter-clockwise, np.rot90's direction."""
+    from birefnet.video import VideoSource
+
+    stored = _marked_clip(tmp_path / "turned.mp4", rotation=rotation)
+    shown = np.rot90(stored, turns)
+    with VideoSource(tmp_path / "turned.mp4") as clip:
+        frames = [np.asarray(frame) for frame in clip.frames()]
+        assert clip.size == (shown.shape[1], shown.shape[0])
+    assert len(frames) == 3 and all(frame.shape == shown.shape for frame in frames)
+    assert np.abs(frames[0].astype(int) - shown).mean() < 4
+    assert np.abs(frames[0].astype(int) - np.rot90(stored, -turns if turns != 2 else 0)).mean() > 40
+
+
+def test_cli_writes_a_turned_clip_upright(tmp_path):
+    """Masks, mask video and cut-out video of a clip with display rotation 90 come out at the shown
+    size, the cut-out's colours where the shown frame has them."""
+    from birefnet.cli import main
+
+    shown = np.rot90(_marked_clip(tmp_path / "phone.mp4", rotation=90))
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "phone.mp4"), "--out", str(out), "--video", "--cutout", "--quiet"]) == 0
+    assert Image.open(out / "phone" / "000001.png").size == (48, 64)
+    with av.open(str(out / "phone_mask.mp4")) as masks:
+        frame = next(masks.decode(masks.streams.video[0]))
+        assert (frame.width, frame.height) == (48, 64)
+    with av.open(str(out / "phone_cutout.mov")) as cutouts:
+        rgba = next(cutouts.decode(cutouts.streams.video[0])).to_ndarray(format="rgba")
+    assert rgba.shape == (64, 48, 4)
+    assert np.abs(rgba[..., :3].astype(int) - shown).mean() < 4
+
+
+def test_clips_with_the_same_name_keep_their_own_outputs(tmp_path, capsys):
+    """`clip.mp4` beside `clip.mov`, or `a/clip.mp4` and `b/clip.mp4`, write where images with
+    shared names do (`clip_mp4`, `clip_mov`; `clip_mp4_2`), chosen before any clip is processed: none
+    replaces another's outputs, with or without --overwrite."""
+    from birefnet.cli import main
+
+    _marked_clip(tmp_path / "clip.mp4", frames=1)
+    _marked_clip(tmp_path / "clip.mov", frames=2)
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "clip.mp4"), str(tmp_path / "clip.mov"), "--out", str(out), "--video"]) == 0
+    assert "keep the extension" in capsys.readouterr().err
+    assert len(list((out / "clip_mp4").iterdir())) == 1 and len(list((out / "clip_mov").iterdir())) == 2
+    for name, count in (("clip_mp4", 1), ("clip_mov", 2)):
+        with av.open(str(out / f"{name}_mask.mp4")) as video:
+            assert len(list(video.decode(video.streams.video[0]))) == count
+    for folder, frames in (("a", 1), ("b", 2)):
+        (tmp_path / folder).mkdir()
+        _marked_clip(tmp_path / folder / "clip.mp4", frames=frames)
+    both = [str(tmp_path / "a" / "clip.mp4"), str(tmp_path / "b" / "clip.mp4")]
+    assert main(["segment", *both, "--out", str(tmp_path / "new"), "--video", "--overwrite", "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == [
+        "clip_mp4",
+        "clip_mp4_2",
+        "clip_mp4_2_mask.mp4",
+        "clip_mp4_mask.mp4",
+    ]
+    assert len(list((tmp_path / "new" / "clip_mp4").iterdir())) == 1
+    assert len(list((tmp_path / "new" / "clip_mp4_2").iterdir())) == 2
+
+
+def _damage(path, packet: int) -> None:
+    """Make `path` undecodable from its `packet`-th stored packet on (a NAL length past the packet's end)."""
+    with av.open(str(path)) as container:
+        positions = sorted(p.pos for p in container.demux(container.streams.video[0]) if p.size)
+    data = bytearray(path.read_bytes())
+    data[positions[packet] : positions[packet] + 4] = b"\xff\xff\xff\xff"
+    path.write_bytes(bytes(data))
+
+
+def test_an_unreadable_clip_is_skipped_and_the_others_written(tmp_path, capsys):
+    """As an unreadable image is: one line for it, the clips after it still written, exit 1; a file
+    without a video stream says so; a clip damaged part way keeps what came before the damage."""
+    from birefnet.cli import main
+
+    _marked_clip(tmp_path / "first.mp4", frames=1)
+    (tmp_path / "text.mp4").write_text("hi\n")
+    with av.open(str(tmp_path / "silent.mp4"), "w") as container:  # sound only, no video stream
+        stream = container.add_stream("aac", rate=8000)
+        sound = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        sound.sample_rate = 8000
+        for packet in [*stream.encode(sound), *stream.encode()]:
+            container.mux(packet)
+    _marked_clip(tmp_path / "broken.mp4", frames=6)
+    _damage(tmp_path / "broken.mp4", packet=3)
+    _marked_clip(tmp_path / "last.mp4", frames=2)
+    names = ("first.mp4", "text.mp4", "silent.mp4", "broken.mp4", "last.mp4")
+    out = tmp_path / "out"
+    assert main(["segment", *(str(tmp_path / name) for name in names), "--out", str(out), "--video", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"skipped {tmp_path / 'text.mp4'}: not a readable video" in err
+    assert f"skipped {tmp_path / 'silent.mp4'}: not a readable video (no video stream)" in err
+    assert "tuple index" not in err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "broken",
+        "broken_mask.mp4",
+        "first",
+        "first_mask.mp4",
+        "last",
+        "last_mask.mp4",
+    ]
+    assert len(list((out / "last").iterdir())) == 2
+    good = int(re.search(r"skipped the rest of .*broken\.mp4: damaged after frame (\d+)", err)[1])
+    assert 1 <= good < 6 and len(list((out / "broken").iterdir())) == good
+    with av.open(str(out / "broken_mask.mp4")) as video:
+        assert len(list(video.decode(video.streams.video[0]))) == good

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import check_outputs, save_image
+from ..files import check_outputs, output_paths, save_image
 from ..inference import cutout, mask_to_image
 from ..write_behind import WriteBehind
 from .flags import load_for
@@ -19,73 +19,106 @@ from .flags import load_for
 def segment_videos(args, videos: list[Path], others: list[str]) -> int:
     """Each clip as a stream: OUT/<clip>/000001.png ...; --cutout adds OUT/<clip>/000001_cutout.png ...
     (RGBA), or with --video OUT/<clip>_cutout.mov (ProRes 4444, alpha) beside OUT/<clip>_mask.mp4;
-    frames decoded and written one batch at a time."""
-    from tqdm import tqdm
-
-    from ..video import VideoSource, VideoWriter, segment_frames
+    frames decoded and written one batch at a time. A clip that cannot be read is skipped with one line
+    and the others go on (exit 1), as an unreadable image is."""
+    from ..video import VideoSource
 
     if others:
         raise ValueError("give videos and images in separate runs (videos: " + ", ".join(map(str, videos)) + ")")
     if args.highres or args.box:
         raise ValueError("--highres and --box are for images; for video use --resolution / --max-megapixels")
     out_dir = Path(args.out)
-    check_video_outputs(videos, out_dir, args)
+    names = clip_names(videos)
+    renamed = [name for path, name in zip(videos, names) if name != path.stem]
+    if renamed:
+        print(
+            f"birefnet: {len(renamed)} clip(s) share a name with another input; their outputs keep the "
+            f"extension in the name (e.g. {renamed[0]}/, {renamed[0]}_mask.mp4)",
+            file=sys.stderr,
+        )
+    check_video_outputs(videos, names, out_dir, args)
     model = load_for(args, out_dir)
     print(model.info.describe(), file=sys.stderr)
-    for path in videos:
-        with VideoSource(path) as source, contextlib.ExitStack() as outputs:
-            folder = out_dir / path.stem
-            writers = []
-            if args.video:
+    skipped = 0
+    for path, name in zip(videos, names):
+        try:
+            source = VideoSource(path)
+        except ValueError as err:  # not a video, damaged, no video stream: said, and the next clip goes on
+            skipped += 1
+            print(f"birefnet: skipped {err}", file=sys.stderr)
+            continue
+        with source:
+            damage = segment_clip(model, source, name, out_dir, args)
+        if damage is not None:  # the frames before it are written, whole; the rest cannot be read
+            skipped += 1
+            print(f"birefnet: skipped the rest of {damage}", file=sys.stderr)
+    if skipped:
+        print(f"birefnet: {skipped} of {len(videos)} clip(s) could not be read, wholly or in part", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def segment_clip(model, source, name: str, out_dir: Path, args) -> ValueError | None:
+    """One opened clip to OUT/<name>/000001.png ... (and its videos), said in one line when done; returns
+    the damage that ended it early, if any (what came before is written, videos included)."""
+    from tqdm import tqdm
+
+    from ..video import VideoWriter, segment_frames
+
+    folder = out_dir / name
+    with contextlib.ExitStack() as outputs:
+        writers = []
+        if args.video:
+            writers.append(
+                outputs.enter_context(
+                    VideoWriter(out_dir / f"{name}_mask.mp4", source.fps, source.size, "mask", replace=args.overwrite)
+                )
+            )
+            if args.cutout:
                 writers.append(
                     outputs.enter_context(
                         VideoWriter(
-                            out_dir / f"{path.stem}_mask.mp4", source.fps, source.size, "mask", replace=args.overwrite
+                            out_dir / f"{name}_cutout.mov", source.fps, source.size, "rgba", replace=args.overwrite
                         )
                     )
                 )
-                if args.cutout:
-                    writers.append(
-                        outputs.enter_context(
-                            VideoWriter(
-                                out_dir / f"{path.stem}_cutout.mov",
-                                source.fps,
-                                source.size,
-                                "rgba",
-                                replace=args.overwrite,
-                            )
-                        )
-                    )
-            bar = tqdm(total=source.count or None, unit="frame", disable=args.quiet, desc=path.name)
-            number = 0
-            pairs = segment_frames(
-                model,
-                source.frames(),
-                temporal=args.temporal,
-                resolution=args.resolution,
-                max_megapixels=args.max_megapixels,
-                batch_size=args.batch_size,
-                with_frames=True,
-            )
-            # PNGs saved by a few threads, video frames encoded by one in order, all behind the model
-            png_cutouts = args.cutout and not args.video  # without --video: an RGBA PNG sequence beside the masks
-            with WriteBehind() as pictures, WriteBehind(workers=1) as encoder:
-                for number, (frame, mask) in enumerate(pairs, start=1):
-                    grey = mask_to_image(mask)  # once, for the PNG and the video
-                    pictures.submit(save_frame, frame, mask, grey, folder, number, png_cutouts, args.overwrite)
-                    if args.video:
-                        encoder.submit(encode_frame, writers, frame, mask, grey)
-                    bar.update(1)
-            bar.close()
-        if args.overwrite:
-            remove_earlier_frames(folder, number, cutouts=png_cutouts)
-        print(
-            f"birefnet: {path.name}: wrote {number} mask(s) to {folder} at {float(source.fps):.3g} fps"
-            + (f", {path.stem}_mask.mp4" if args.video else "")
-            + (f", {path.stem}_cutout.mov" if args.video and args.cutout else ""),
-            file=sys.stderr,
+        bar = tqdm(total=source.count or None, unit="frame", disable=args.quiet, desc=source.path.name)
+        number, damage = 0, []
+        pairs = segment_frames(
+            model,
+            readable_part(source.frames(), damage),
+            temporal=args.temporal,
+            resolution=args.resolution,
+            max_megapixels=args.max_megapixels,
+            batch_size=args.batch_size,
+            with_frames=True,
         )
-    return 0
+        # PNGs saved by a few threads, video frames encoded by one in order, all behind the model
+        png_cutouts = args.cutout and not args.video  # without --video: an RGBA PNG sequence beside the masks
+        with WriteBehind() as pictures, WriteBehind(workers=1) as encoder:
+            for number, (frame, mask) in enumerate(pairs, start=1):
+                grey = mask_to_image(mask)  # once, for the PNG and the video
+                pictures.submit(save_frame, frame, mask, grey, folder, number, png_cutouts, args.overwrite)
+                if args.video:
+                    encoder.submit(encode_frame, writers, frame, mask, grey)
+                bar.update(1)
+        bar.close()
+    if args.overwrite:
+        remove_earlier_frames(folder, number, cutouts=png_cutouts)
+    print(
+        f"birefnet: {source.path}: wrote {number} mask(s) to {folder} at {float(source.fps):.3g} fps"
+        + (f", {name}_mask.mp4" if args.video else "")
+        + (f", {name}_cutout.mov" if args.video and args.cutout else ""),
+        file=sys.stderr,
+    )
+    return damage[0] if damage else None
+
+
+def readable_part(frames, damage: list):
+    """`frames` up to damage in the clip, which goes into `damage` instead of stopping the run."""
+    try:
+        yield from frames
+    except ValueError as err:
+        damage.append(err)
 
 
 def save_frame(frame, mask, grey, folder: Path, number: int, with_cutout: bool, replace: bool) -> None:
@@ -111,15 +144,34 @@ def remove_earlier_frames(folder: Path, count: int, cutouts: bool) -> None:
             path.unlink()
 
 
-def check_video_outputs(videos: list[Path], out_dir: Path, args) -> None:
-    """Before the model loads: each clip's frame folder must be empty and its videos absent (unless
+def clip_names(videos: list[Path]) -> list[str]:
+    """The name each clip's outputs start with (OUT/<name>/, <name>_mask.mp4), chosen for all clips
+    before any is processed, as images' are (`files.output_paths`): the stem, or where two clips share
+    one (`clip.mp4` and `clip.mov`, `a/clip.mp4` and `b/clip.mp4`) the extension kept (`clip_mp4`) and
+    a counter after it, so no clip writes over another's outputs."""
+    return [mask.stem for mask, *_ in output_paths([Path(path.name) for path in videos], cutouts=False)]
+
+
+def check_video_outputs(videos: list[Path], names: list[str], out_dir: Path, args) -> None:
+    """Before the model loads: no two clips' outputs may share a path (`a_mask.mp4.mp4`'s frame folder
+    is `a.mp4`'s mask video), each clip's frame folder must be empty and its videos absent (unless
     --overwrite), and no output may land on an input clip (ever)."""
-    for path in videos:
-        folder = out_dir / path.stem
+    owner: dict[str, int] = {}
+    for number, (path, name) in enumerate(zip(videos, names)):
+        for out in [out_dir / name, *clip_videos(out_dir, name, args)]:
+            first = owner.setdefault(str(out).lower(), number)
+            if first != number:
+                raise ValueError(f"{videos[first]} and {path} would both write {out}; rename one of them")
+        folder = out_dir / name
         if not args.overwrite and folder.is_dir() and any(folder.iterdir()):
             raise FileExistsError(
                 f"{folder} already holds files; choose another --out, or add --overwrite to replace earlier outputs"
             )
-    clips = [out_dir / f"{path.stem}_mask.mp4" for path in videos] if args.video else []
-    clips += [out_dir / f"{path.stem}_cutout.mov" for path in videos] if args.video and args.cutout else []
-    check_outputs(clips, videos, args.overwrite)
+    check_outputs([out for name in names for out in clip_videos(out_dir, name, args)], videos, args.overwrite)
+
+
+def clip_videos(out_dir: Path, name: str, args) -> list[Path]:
+    """The videos a clip named `name` writes beside its frame folder: with --video its mask video, and
+    with --cutout too its cut-out video."""
+    clips = [out_dir / f"{name}_mask.mp4"] if args.video else []
+    return clips + ([out_dir / f"{name}_cutout.mov"] if args.video and args.cutout else [])
