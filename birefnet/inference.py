@@ -34,7 +34,8 @@ def to_rgb_tensor(image, device=None) -> torch.Tensor:
     on `device` (default: where a tensor is, else the CPU).
 
     Grey is repeated to RGB; an alpha channel is dropped. uint8 and uint16 data is scaled by its
-    type's maximum, bool is 0/1; float data must already be in [0, 1] (clamped). PIL's 16/32-bit
+    type's maximum, bool is 0/1; float data must already be in [0, 1] (highlights above 1 are
+    clamped; 0-255 values, normalised inputs and NaN are refused: `check_float_range`). PIL's 16/32-bit
     modes are scaled by their mode, never by their pixels: 16-bit (I;16*, I) by 65535, float (F)
     as is, so a dark 16-bit picture stays dark.
     """
@@ -75,7 +76,25 @@ def image_tensor(image) -> torch.Tensor:
     if tensor.shape[-1] == 0 or tensor.shape[-2] == 0:
         raise ValueError(f"image has no pixels (shape {tuple(tensor.shape)})")
     check_pixel_type(tensor.dtype, "image")
+    if tensor.is_floating_point():
+        check_float_range(tensor)
     return tensor
+
+
+def check_float_range(tensor: torch.Tensor) -> None:
+    """Float pictures mean [0, 1] (HDR highlights above 1 are clamped); data far outside it would be
+    clamped into a white or black picture and a meaningless mask: 0-255 values, a normalised network
+    input, NaN. One pass each for the mean and the minimum."""
+    low, mean = float(tensor.min()), float(tensor.float().mean())
+    if low >= -0.5 and mean <= 1.5:
+        return
+    if low >= -0.5:
+        hint = "0-255 values? divide by 255, or pass uint8"
+    elif mean == mean:
+        hint = "a normalised input? pass the picture itself"
+    else:
+        hint = "NaN values"
+    raise ValueError(f"float images need values from 0 to 1, got a minimum of {low:g} and a mean of {mean:g} ({hint})")
 
 
 ORIENTATION = 0x0112  # the EXIF tag

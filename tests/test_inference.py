@@ -150,7 +150,17 @@ def test_sixteen_bit_and_float_images_scale_by_their_mode_not_their_pixels(tmp_p
     assert bright.mode == "F" and torch.allclose(to_rgb_tensor(bright), torch.full((3, 4, 5), 0.5))
     bright.save(tmp_path / "float.tif")
     assert torch.allclose(to_rgb_tensor(read_image(tmp_path / "float.tif")), torch.full((3, 4, 5), 0.5))
-    assert to_rgb_tensor(Image.fromarray(np.full((2, 2), 7.0, np.float32))).max() == 1  # clamped
+    highlight = np.full((4, 4), 0.5, np.float32)
+    highlight[0, 0] = 7.0  # an HDR picture's highlight: clamped
+    assert to_rgb_tensor(Image.fromarray(highlight)).max() == 1
+    for data, hint in (
+        (np.full((2, 2), 7.0, np.float32), "0-255 values?"),
+        (np.full((2, 2), -2.0, np.float32), "normalised"),
+    ):
+        with pytest.raises(ValueError, match=f"^float images need values from 0 to 1, .*{hint}"):
+            to_rgb_tensor(data)  # other data than a picture: a meaningless mask, said at once
+    with pytest.raises(ValueError, match="NaN"):
+        to_rgb_tensor(torch.full((3, 2, 2), float("nan")))
 
 
 def test_a_png_transparent_colour_stays_transparent_in_the_cutout(tmp_path):
