@@ -5,10 +5,13 @@ folder (Krita's importer finds the package by its directory entry) and no compil
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
 from .files import atomic_path
+
+ZIP_NAME = "birefnet_krita.zip"  # what the server's page offers too
 
 PLUGIN_NAME = "birefnet_krita"
 _FIXED_TIME = (2024, 1, 1, 0, 0, 0)  # the same files give the same zip
@@ -56,8 +59,12 @@ def zip_bytes() -> bytes:
 
 
 def build_zip(path) -> Path:
-    """Write the zip to `path` (atomically; an existing file is never replaced)."""
+    """Write the zip to `path` (atomically; an existing file is never replaced); a folder (existing, or
+    named with a trailing slash) gets `birefnet_krita.zip` in it."""
+    if Path(path).is_dir() or str(path).endswith(("/", os.sep)):
+        path = Path(path) / ZIP_NAME
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         raise FileExistsError(f"{path} already exists; choose another --out (files are never overwritten)")
     data = zip_bytes()

@@ -110,6 +110,11 @@ def test_cli_writes_the_zip(tmp_path):
     assert out.read_bytes() == zip_bytes()
     again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, check=False)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    folder = tmp_path / "plugins"  # named with a slash, or existing: the zip goes in it (was: a zip named plugins)
+    assert build_zip(f"{folder}/") == folder / "birefnet_krita.zip"
+    assert zipfile.is_zipfile(folder / "birefnet_krita.zip")
+    with pytest.raises(FileExistsError, match="birefnet_krita.zip already exists"):
+        build_zip(folder)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -209,7 +209,7 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
     @app.get("/krita-plugin.zip", responses={200: {"content": {"application/zip": {}}}}, response_class=Response)
     async def krita_plugin():
         """The Krita plug-in, ready for Krita's Tools > Scripts > Import Python Plugin from File."""
-        from ..krita_plugin import zip_bytes
+        from ..krita_plugin import ZIP_NAME, zip_bytes
 
         try:
             data = zip_bytes()
@@ -218,7 +218,7 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         return Response(
             data,
             media_type="application/zip",
-            headers={"Content-Disposition": 'attachment; filename="birefnet_krita.zip"'},
+            headers={"Content-Disposition": f'attachment; filename="{ZIP_NAME}"'},
         )
 
     @app.exception_handler(RequestError)
