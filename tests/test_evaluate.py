@@ -270,3 +270,41 @@ def test_saved_predictions_of_several_folders_never_overwrite(tmp_path, b0_weigh
     with pytest.raises(ValueError, match="00000.png exists .*another --save-pred"):
         evaluate_model(b0_weights, data, save_pred=preds)
     assert (preds / "test" / "00000.png").read_bytes() == before
+
+
+def test_masks_with_their_shape_in_the_alpha_are_read_by_it(folders, tmp_path):
+    """Ground truths kept as cut-outs (object colours, the shape in the alpha) score as their grey
+    copies (read by brightness, perfect predictions scored S 0.27). An opaque alpha (a grey mask saved
+    as RGBA or grey+alpha) keeps the grey; an all-transparent file shows nothing: an empty mask."""
+    from training.evaluate import evaluate_folders
+    from training.scoring import read_mask_array
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "rgba").mkdir()
+    for path in sorted((folders / "gt").iterdir()):
+        alpha = np.asarray(Image.open(path).convert("L"))
+        colours = rng.integers(0, 256, (*alpha.shape, 3), dtype=np.uint8)
+        Image.fromarray(np.dstack([colours, alpha]), "RGBA").save(tmp_path / "rgba" / path.name)
+    for pred in (folders / "pred", folders / "gt"):  # noisy, and perfect predictions
+        cutouts = evaluate_folders(pred, tmp_path / "rgba", workers=1).results()
+        assert cutouts == evaluate_folders(pred, folders / "gt", workers=1).results()
+
+    shape = _square(16, 4, 12)
+    Image.merge("LA", [Image.fromarray(shape), Image.new("L", (16, 16), 255)]).save(tmp_path / "opaque.png")
+    Image.merge("LA", [Image.new("L", (16, 16), 80), Image.fromarray(shape)]).save(tmp_path / "layer.png")
+    Image.new("RGBA", (16, 16), (255, 255, 255, 0)).save(tmp_path / "empty.png")
+    assert (read_mask_array(tmp_path / "opaque.png") == shape).all()
+    assert (read_mask_array(tmp_path / "layer.png") == shape).all()
+    assert read_mask_array(tmp_path / "empty.png").max() == 0
+
+
+def test_an_empty_gt_folder_is_named_with_its_mask_folder(folders, tmp_path, capsys):
+    """--gt naming a dataset folder (im/ + gt/) or an empty folder: one line naming it, and the
+    mask sub-folder when there is one, not "no pairs were evaluated" after the work."""
+    from training.__main__ import main
+
+    (tmp_path / "empty").mkdir()
+    for gt, fix in ((folders, f"name --gt {folders / 'gt'}"), (tmp_path / "empty", "ground-truth mask files")):
+        assert main(["evaluate", "--pred", str(folders / "pred"), "--gt", str(gt), "--workers", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"training: --gt {gt}: no mask files") and fix in err

@@ -199,18 +199,25 @@ def test_mask_of_another_size_is_reported_once(tmp_path, capsys):
 
 def test_resume_log_holds_each_epoch_once_and_stale_temporaries_go(dataset, tmp_path):
     """Killed after writing epoch 2's record but before its resume state: epoch 2 runs again and
-    is logged once. A temporary file of an interrupted write is removed at the next start."""
+    is logged once. A temporary file of an interrupted write is removed at the next start: made by
+    `atomic_path` itself, a write left unfinished as a kill leaves it, so a new temporary name
+    cannot slip past the clean-up unnoticed."""
+    from birefnet.files import atomic_path
+
     out = tmp_path / "run"
     train(tiny_config(dataset, out, epochs=3), stop_after_epoch=1)
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"epoch": 2, "loss": 1.0}) + "\n")
-    stale, keep = out / ".resume.0123abcd.tmp.pt", out / "notes.txt"
-    stale.write_bytes(b"half a resume file")
+    killed = [atomic_path(out / name) for name in ("resume.pt", "epoch_2.safetensors", "notes")]
+    stale = [writing.__enter__() for writing in killed]  # entered, never left: no rename, no clean-up
+    for path in stale:
+        path.write_bytes(b"half a file")
+    keep = out / "notes.txt"
     keep.write_text("mine")
     train(tiny_config(dataset, out, epochs=3))
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
-    assert not stale.exists() and keep.read_text() == "mine"
+    assert [path.name for path in stale if path.exists()] == [] and keep.read_text() == "mine"
 
 
 def train_under_torchrun(dataset, out, *extra):
@@ -755,7 +762,7 @@ def test_resuming_with_other_settings_or_over_another_run_is_one_line(dataset, t
     for changed, named in (
         (dict(lr=5e-4), "--lr 0.0005 (was 0.001)"),
         (dict(backbone="pvt_v2_b1"), "--backbone pvt_v2_b1 (was pvt_v2_b0)"),
-        (dict(init=str(tmp_path / "elsewhere.safetensors"), seed=4), "--seed 4 (was 3)"),
+        (dict(init=str(tmp_path / "elsewhere.safetensors"), backbone=None, seed=4), "--seed 4 (was 3)"),
     ):
         with pytest.raises(ValueError, match="written with other settings") as caught:
             train(tiny_config(dataset, out, epochs=2, max_steps_per_epoch=1, **changed))
@@ -836,6 +843,12 @@ def test_torn_last_log_line_is_left_out(dataset, tmp_path):
         ("--val-split", "1.0"),
         ("--val-split", "-0.1"),
         ("--epochs", "0"),
+        ("--size", "32"),  # the model takes at least 64 a side
+        ("--size", "100x64"),  # and multiples of 32
+        ("--dynamic-size", "96,64"),
+        ("--dynamic-size", "10,20"),
+        ("--dynamic-size", "40,80"),  # would draw 32 for some batches
+        ("--stop-after-epoch", "0"),
     ],
 )
 def test_settings_that_cannot_train_are_one_line(dataset, tmp_path, capsys, flag, value):
@@ -886,3 +899,109 @@ def test_synth_refuses_an_existing_dataset_and_a_negative_count(tmp_path, capsys
     assert main(["synth", "--out", str(tmp_path / "syn"), "--count", "1", "--seed", "5", "--size", "32"]) == 2
     assert "already holds a dataset" in capsys.readouterr().err
     assert (tmp_path / "syn" / "im" / "00000.jpg").read_bytes() == before
+
+
+def test_mask_shape_in_the_alpha_trains_as_that_shape(tmp_path):
+    """A white layer on transparency (a cut-out kept as its mask): its brightness is all white, so
+    read by brightness it would train as all foreground; it trains as its alpha, like a grey mask."""
+    from birefnet_training.data import SegmentationDataset
+
+    shape = np.zeros((48, 64), np.uint8)
+    shape[12:36, 16:40] = 255
+    white = np.full((48, 64, 4), 255, np.uint8)
+    white[..., 3] = shape
+    Image.fromarray(white, "RGBA").save(tmp_path / "layer.png")
+    Image.fromarray(shape).save(tmp_path / "grey.png")
+    Image.new("RGB", (64, 48), (90, 120, 30)).save(tmp_path / "i.png")
+    load = lambda mask: SegmentationDataset([(tmp_path / "i.png", tmp_path / mask)], None).load(0, (48, 64)).mask
+    assert torch.equal(load("layer.png"), load("grey.png"))
+
+
+def test_sixteen_bit_and_float_images_train_as_segment_reads_them(tmp_path):
+    """A 16-bit or float picture reaches the model with the levels `birefnet segment` gives it
+    (scaled by 65535, or read as [0, 1]), not clipped to white by convert("RGB")."""
+    from birefnet.files import read_image
+    from birefnet.inference import normalise, to_rgb_tensor
+    from birefnet_training.data import SegmentationDataset
+
+    ramp = np.linspace(0, 1, 64, dtype=np.float32)[None].repeat(48, 0)
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(ramp).save(tmp_path / "float.tif")
+    Image.new("L", (64, 48)).save(tmp_path / "m.png")
+    for name in ("deep.png", "float.tif"):
+        assert read_image(tmp_path / name).mode in ("I;16", "I", "F"), name
+        x = SegmentationDataset([(tmp_path / name, tmp_path / "m.png")], None).load(0, (48, 64)).image
+        library = normalise(to_rgb_tensor(read_image(tmp_path / name))[None])[0]
+        assert (x - library).abs().max() < 0.51 / 255 / 0.224, name  # within 8-bit rounding
+
+
+def test_one_training_pair_trains_at_the_default_batch_size(tmp_path):
+    """One pair (or --val-split leaving one) makes batches of one image: BatchNorm freezes its
+    statistics as with --batch-size 1, instead of torch's "more than 1 value per channel" error."""
+    from birefnet_training.trainer import Trainer
+
+    two = write_dataset(tmp_path / "two", 2, seed=1, size=(72, 64))
+    trainer = Trainer(tiny_config(two, tmp_path / "run", val_split=0.5, epochs=1, max_steps_per_epoch=1))
+    assert len(trainer.train_set) == 1 and trainer.cfg.batch_size == 2 and trainer.freeze_bn
+    before = trainer.model.squeeze_module[0].bn_in.running_mean.clone()
+    assert trainer.run() == tmp_path / "run" / "final.safetensors"
+    assert torch.equal(trainer.model.squeeze_module[0].bn_in.running_mean, before)
+
+
+def test_backbone_flags_with_a_checkpoint_init_are_refused(dataset, tmp_path, capsys, b0_weights):
+    """--backbone and --backbone-weights build a --init scratch model: with a checkpoint they would
+    be ignored without a word."""
+    from birefnet_training.__main__ import main
+
+    with pytest.raises(ValueError, match="--backbone only applies to --init scratch"):
+        TrainConfig(data=["d"], out="o", init=str(b0_weights), backbone="pvt_v2_b0")
+    assert TrainConfig(data=["d"], out="o", init="scratch").backbone == "swin_v1_l"  # the default, for scratch
+    args = ["train", "--data", str(dataset), "--out", str(tmp_path / "run"), "--init", str(b0_weights)]
+    assert main([*args, "--backbone-weights", "download"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("training: --backbone-weights only applies to --init scratch")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", ["out is a file", "offline download", "damaged resume.pt", "ctrl-c"])
+def test_failures_are_one_line_as_in_birefnet(dataset, tmp_path, capsys, monkeypatch, case):
+    """--out naming a file, --backbone-weights download without a connection, a damaged resume.pt and
+    Ctrl-C: one line each (and 130 for Ctrl-C, as `birefnet`), never a traceback."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    import birefnet_training.trainer
+    from birefnet_training.__main__ import main
+
+    out, extra, code = tmp_path / "run", [], 2
+    if case == "out is a file":
+        out.write_text("mine")
+        expected = ("--out", "run is a file", "name a folder")
+    elif case == "offline download":
+
+        def offline(variant):
+            raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub ...")
+
+        monkeypatch.setattr(birefnet.backbones.family("pvt_v2_b0"), "pretrained_state_dict", offline)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        extra, expected = ["--backbone-weights", "download"], ("could not be fetched", "HF_HUB_OFFLINE", "FILE")
+    elif case == "damaged resume.pt":
+        out.mkdir()
+        (out / "resume.pt").write_bytes(b"PK\x03\x04" + bytes(1000))  # a zip cut short
+        expected = ("resume.pt is damaged", "--restart")
+    else:
+
+        def interrupted(*_args, **_kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(birefnet_training.trainer, "train", interrupted)
+        code, expected = 130, ("training: interrupted",)
+    tiny = ["--init", "scratch", "--backbone", "pvt_v2_b0", "--size", "64", "--device", "cpu", "--epochs", "1"]
+    try:
+        assert main(["train", "--data", str(dataset), "--out", str(out), *tiny, *extra]) == code
+    except KeyboardInterrupt:  # escaping main() it would stop pytest itself
+        pytest.fail("Ctrl-C left main() as KeyboardInterrupt")
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("training: "), err
+    assert all(text in err for text in expected), err
+    if case == "out is a file":
+        assert out.read_text() == "mine"

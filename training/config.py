@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from birefnet import backbones
+from birefnet.model import MIN_SIZE
 
 # Validation scores training can choose the best epoch by (MetricSet keys without HCE, which validation skips).
 BEST_METRICS = (
@@ -26,6 +27,7 @@ BEST_METRICS = (
     "MSE",
 )
 LOWER_IS_BETTER = ("MAE", "HCE", "MSE")
+SCRATCH_BACKBONE = "swin_v1_l"  # --init scratch without --backbone: the official default
 
 
 def option(default=dataclasses.MISSING, help: str = "", **argparse_options):
@@ -56,7 +58,11 @@ class TrainConfig:
         help="validation score that picks best.safetensors (MAE, HCE, MSE: lower is better; the others higher)",
         choices=BEST_METRICS,
     )
-    backbone: str = option("swin_v1_l", help="backbone for --init scratch", choices=backbones.NAMES)
+    backbone: str | None = option(
+        None,
+        help=f"backbone for --init scratch (default then: {SCRATCH_BACKBONE}); a checkpoint --init has its own",
+        choices=backbones.NAMES,
+    )
     backbone_weights: str | None = option(
         None,
         help="pretrained weights for the --init scratch backbone: a file "
@@ -80,7 +86,10 @@ class TrainConfig:
     accumulate: int = option(1, help="gradient accumulation steps")
     size: tuple[int, int] = option((1024, 1024), help="training size: 1024 or WIDTHxHEIGHT", parse="size")
     dynamic_size: tuple[tuple[int, int], tuple[int, int]] | None = option(
-        None, help="LO,HI: a random multiple of 32 in this range per batch, instead of --size", parse="range"
+        None,
+        help=f"LO,HI: per batch, a random size from LO up to HI rounded down to a multiple of 32 "
+        f"(LO at least {MIN_SIZE}), instead of --size",
+        parse="range",
     )
     lr: float | None = option(None, help="learning rate; default: official (1e-4 DIS, else 1e-5) x sqrt(batch/4)")
     weight_decay: float = option(1e-2, help="AdamW weight decay")
@@ -120,12 +129,44 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} {value}: use a whole number of 1 or more")
-        if min(self.size) < 32:
-            raise ValueError(f"--size {self.size[1]}x{self.size[0]}: use at least 32 pixels a side, e.g. 1024")
+        self._check_sizes()
+        self._check_starting_point()
         if not 0 <= self.val_split < 1:
             raise ValueError(f"--val-split {self.val_split}: use a fraction from 0 up to (not including) 1, e.g. 0.1")
         if self.workers < 0:
             raise ValueError(f"--workers {self.workers}: use 0 (load in the main process) or more")
+
+    def _check_sizes(self) -> None:
+        """The model takes multiples of 32 of at least MIN_SIZE a side: anything else would fail in
+        the first step (--size) or draw sizes it cannot take (--dynamic-size), with no word of the flag."""
+        height, width = self.size
+        if height % 32 or width % 32 or min(height, width) < MIN_SIZE:
+            nearest = lambda v: max(MIN_SIZE, round(v / 32) * 32)
+            raise ValueError(
+                f"--size {width}x{height}: use multiples of 32, at least {MIN_SIZE} a side, "
+                f"e.g. {nearest(width)}x{nearest(height)}"
+            )
+        for low, high in self.dynamic_size or ():
+            if low < MIN_SIZE or high <= low:
+                raise ValueError(
+                    f"--dynamic-size {low},{high}: use LO of at least {MIN_SIZE} and HI above it "
+                    f"(each batch draws a size from LO up to HI, rounded down to a multiple of 32), e.g. 256,2304"
+                )
+
+    def _check_starting_point(self) -> None:
+        """--backbone and --backbone-weights build a new model: with a checkpoint --init, whose backbone
+        and weights are its own, they would be ignored without a word."""
+        if self.init == "scratch":
+            self.backbone = self.backbone or SCRATCH_BACKBONE
+            return
+        flags = (("--backbone", self.backbone), ("--backbone-weights", self.backbone_weights))
+        given = [flag for flag, value in flags if value]
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} only {'apply' if len(given) > 1 else 'applies'} to --init scratch; "
+                f"--init {self.init} brings its own backbone "
+                "and weights: leave them out, or use --init scratch"
+            )
 
     def learning_rate(self) -> float:
         if self.lr is not None:

@@ -28,9 +28,9 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from birefnet.files import is_image_name, read_image
-from birefnet.inference import normalise, to_rgb_tensor
+from birefnet.inference import PIL_SCALES, normalise, to_rgb_tensor
 
-from .scoring import read_mask
+from .scoring import alpha_channel, has_alpha, read_mask
 from .synthetic import background
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def _matched(folder: Path, first: Path, second: Path, what: str, cutout: bool) -
 def _has_alpha(path: Path) -> bool:
     try:
         with Image.open(path) as image:
-            return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+            return has_alpha(image)
     except OSError:
         return False
 
@@ -225,12 +225,23 @@ def _report(message: str) -> None:
     tqdm.write(f"training: {message}", file=sys.stderr)
 
 
+def rgb_image(image: Image.Image) -> Image.Image:
+    """An image as 8-bit RGB for the augmentations, with the colours `birefnet segment` reads
+    (`birefnet.inference.to_rgb_tensor`): a 16-bit picture scaled by 65535 and a float one read as
+    [0, 1], where `convert("RGB")` would clip every 16-bit value above 255 to white. The other modes
+    convert as that function converts them."""
+    if image.mode not in PIL_SCALES:
+        return image.convert("RGB")
+    unit = to_rgb_tensor(image).permute(1, 2, 0).numpy()
+    return Image.fromarray((unit * 255 + 0.5).astype(np.uint8))
+
+
 def _read(sample: Sample) -> tuple[Image.Image, Image.Image]:
     """(RGB image, mask) of a sample; for a cut-out, (its colours, its alpha)."""
     if sample.cutout and sample.image == sample.mask:  # one RGBA file
         image = read_image(sample.image)
-        return image.convert("RGB"), image.convert("RGBA").getchannel("A")
-    return read_image(sample.image).convert("RGB"), read_mask(sample.mask)
+        return rgb_image(image), alpha_channel(image)
+    return rgb_image(read_image(sample.image)), read_mask(sample.mask)
 
 
 def _composite(colours: Image.Image, alpha: Image.Image, backdrop: np.ndarray) -> Image.Image:
@@ -245,7 +256,7 @@ def _backdrop(backgrounds, rng: np.random.Generator, h: int, w: int) -> np.ndarr
     if not backgrounds:
         return background(rng, h, w)
     path = backgrounds[int(rng.integers(len(backgrounds)))]
-    image = ImageOps.fit(read_image(path).convert("RGB"), (w, h), Image.BILINEAR, centering=tuple(rng.random(2)))
+    image = ImageOps.fit(rgb_image(read_image(path)), (w, h), Image.BILINEAR, centering=tuple(rng.random(2)))
     return np.asarray(image, np.float32) / 255
 
 

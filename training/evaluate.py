@@ -16,7 +16,7 @@ import birefnet
 from birefnet.files import is_image_name, read_image, save_image
 from birefnet.inference import mask_to_image
 
-from .data import find_backgrounds, find_pairs, read_sample
+from .data import MASK_DIRS, find_backgrounds, find_pairs, read_sample
 from .metrics import MetricSet, parse_metrics
 from .scoring import mask_array, read_mask, score_files, skip, void_pixels
 
@@ -33,6 +33,8 @@ def evaluate_folders(
     """
     files = lambda d: {p.stem: p for p in sorted(Path(d).iterdir()) if is_image_name(p.name)}
     preds, gts = files(pred_dir), files(gt_dir)
+    if not gts:
+        raise ValueError(_no_masks(Path(gt_dir)))
     missing = sorted(gts.keys() - preds.keys())
     if missing:
         raise ValueError(f"{pred_dir}: no prediction for {len(missing)} ground truth(s): {', '.join(missing[:5])}")
@@ -56,6 +58,14 @@ def evaluate_folders(
             result.join(part)
             bar.update(part.count + len(part.skipped))
     return result
+
+
+def _no_masks(gt_dir: Path) -> str:
+    """An empty --gt folder named, with its mask sub-folder when it is a dataset folder (im/ + gt/):
+    otherwise the run ends with nothing evaluated and no word of which folder or why."""
+    inner = next((gt_dir / name for name in MASK_DIRS if (gt_dir / name).is_dir()), None)
+    fix = f"--gt {inner}, its mask folder" if inner else "the folder that holds the ground-truth mask files"
+    return f"--gt {gt_dir}: no mask files in it; name {fix}"
 
 
 def _report_skipped(bar, skipped) -> None:

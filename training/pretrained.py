@@ -3,11 +3,13 @@ family reads (timm's, torchvision's or the original release's: `birefnet.backbon
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
 
 from birefnet import BiRefNet, backbones
+from birefnet.errors import first_line
 
 
 def convert_backbone_state_dict(state_dict: dict, backbone: str) -> dict[str, torch.Tensor]:
@@ -21,7 +23,7 @@ def load_backbone_weights(model: BiRefNet, source) -> None:
     backbone = model.config.backbone
     family = backbones.family(backbone)
     if source in ("download", "timm"):
-        state_dict = family.pretrained_state_dict(backbones.variant(backbone))
+        state_dict = _downloaded(family, backbone)
     else:
         from birefnet import read_checkpoint
 
@@ -39,3 +41,17 @@ def load_backbone_weights(model: BiRefNet, source) -> None:
             f"{len(reshaped)} of another shape, e.g. {reshaped[:1]})"
         )
     model.bb.load_state_dict(converted, strict=False)
+
+
+def _downloaded(family, backbone: str) -> dict:
+    """The official starting weights, fetched by timm (from the Hugging Face Hub) or torchvision; no
+    connection, or HF_HUB_OFFLINE set, is one line with the way out, not the hub's traceback."""
+    try:
+        return family.pretrained_state_dict(backbones.variant(backbone))
+    except OSError as err:  # huggingface_hub's LocalEntryNotFoundError, urllib's URLError
+        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")  # as the hub reads it
+        cause = "HF_HUB_OFFLINE is set: unset it" if offline else f"{first_line(err, 120)}: connect to the internet"
+        raise OSError(
+            f"--backbone-weights download: the {backbone} weights could not be fetched ({cause}), "
+            "or pass a weights file: --backbone-weights FILE"
+        ) from None

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
+import pickle
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from birefnet.files import atomic_path
+from birefnet.files import atomic_path, is_atomic_temporary
 
 from .config import LOWER_IS_BETTER, TrainConfig
 
@@ -25,6 +25,7 @@ LOG_FILE = "metrics.jsonl"
 # data and the optimisation. The others (--epochs to extend a run, --device, --workers, --save-every,
 # --best-metric, ...) may change between starts.
 PATH_SETTINGS = ("data", "init", "val", "backbone_weights")  # compared as the places they name
+SCRATCH_SETTINGS = ("backbone", "backbone_weights")  # decide only a --init scratch model (a checkpoint has its own)
 RESUME_SETTINGS = (
     "data",
     "init",
@@ -56,10 +57,11 @@ RUN_OUTPUTS = (LOG_FILE, "final.safetensors", BEST_FILE, "epoch_*.safetensors")
 
 
 def remove_stale_temporaries(folder: Path) -> None:
-    """A run killed while writing leaves `.NAME.XXXXXXXX.tmp.EXT` files (atomic writes); a new start
-    clears them. Only this pattern: nothing else in the run folder is touched."""
-    for stale in folder.glob(".*.tmp.*"):
-        if stale.is_file() and re.fullmatch(r"\..+\.[0-9a-f]{8}\.tmp\.[A-Za-z0-9]+", stale.name):
+    """A run killed while writing leaves the temporary files of its atomic writes; a new start
+    clears them. Only those (`birefnet.files.is_atomic_temporary`): nothing else in the run folder
+    is touched."""
+    for stale in folder.glob(".tmp*"):
+        if stale.is_file() and is_atomic_temporary(stale.name):
             log.info("removing %s, left by an interrupted write", stale.name)
             stale.unlink(missing_ok=True)
 
@@ -81,6 +83,7 @@ def check_same_settings(saved: dict, cfg: TrainConfig, path: Path) -> None:
         and saved[name] != now[name]
         and not (name == "finetune_last_epochs" and same_phase(saved[name], now[name]))
         and not (name in PATH_SETTINGS and same_places(saved[name], now[name]))
+        and not (name in SCRATCH_SETTINGS and now["init"] != "scratch")
     ]
     if changed:
         differences = ", ".join(f"{_flag(n, now[n])} (was {_flag(n, saved[n]).split(' ', 1)[1]})" for n in changed)
@@ -101,9 +104,23 @@ def check_resume_settings(cfg: TrainConfig) -> None:
     otherwise fail first, in loading); resume.pt is memory-mapped, its weights are not read."""
     path = Path(cfg.out) / RESUME_FILE
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = load_resume_state(path, mmap=True)
         if "config" in state:
             check_same_settings(json.loads(state["config"]), cfg, path)
+
+
+def load_resume_state(path: Path, mmap: bool = False) -> dict:
+    """resume.pt's contents; a file torch cannot read (cut short by a full disk or a kill of an older
+    version, copied in part) is one line saying how to go on, not torch's traceback. Torch's own
+    reason is left out: it varies with the damage and guesses wrong (a cut file "was not saved with
+    the zip format" when memory-mapped)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError):
+        raise ValueError(
+            f"{path} is damaged (torch cannot read it): add --restart to start over in this folder, "
+            "or use another --out"
+        ) from None
 
 
 def check_fresh_folder(out: Path) -> None:

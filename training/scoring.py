@@ -24,12 +24,16 @@ def read_mask(path) -> Image.Image:
     """A mask as an 8-bit 'L' image, or, when the file has more than 8 bits (16-bit PNG/TIFF, float
     TIFF), as an 'F' image of 0..255 floats: `convert("L")` would clip a 16-bit mask's soft edge to
     255. Scaled like the inference input: 16-bit by 65535, float files read as [0, 1]. A palette
-    mask with unlabelled pixels (VOC's void index) is an 'LA' image: alpha 0 where unlabelled. The file is
+    mask with unlabelled pixels (VOC's void index) is an 'LA' image: alpha 0 where unlabelled. A
+    file with an alpha channel that varies is read by its alpha (`shape_in_alpha`). The file is
     opened as `birefnet.files.read_image` opens images (EXIF orientation applied), without importing
-    the library (and torch with it)."""
+    the library (and torch with it). Training and evaluation both read masks here."""
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
         image.load()
+    alpha = shape_in_alpha(image)
+    if alpha is not None:
+        return alpha
     if image.mode == "P" and "transparency" not in image.info and not _grey_palette(image):
         return _palette_mask(image)
     if image.mode not in HIGH_BIT_MODES:
@@ -43,6 +47,29 @@ def read_mask(path) -> Image.Image:
     else:
         scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 1.0
     return Image.fromarray((array * scale).astype(np.float32))  # float32 -> mode "F"
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """An alpha channel, or a palette with a transparent entry (as PNG cut-outs and masks hold it)."""
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+
+
+def alpha_channel(image: Image.Image) -> Image.Image:
+    """The alpha of an image `has_alpha` accepts, as an 8-bit 'L' image."""
+    return image.convert("RGBA").getchannel("A")
+
+
+def shape_in_alpha(image: Image.Image) -> Image.Image | None:
+    """The alpha of a mask whose shape is drawn in it (a white or coloured layer on transparency, a
+    cut-out kept as its mask), or None. Its brightness would read a white layer as all foreground.
+    When grey and alpha both vary, the alpha decides: in a cut-out the colours are the object's
+    picture, not its mask. A constant alpha holds no shape (an opaque RGBA or grey+alpha mask is
+    read by its grey), except an all-transparent file, which shows nothing: an empty mask."""
+    if not has_alpha(image):
+        return None
+    alpha = alpha_channel(image)
+    low, high = alpha.getextrema()
+    return alpha if low != high or high == 0 else None
 
 
 def _voc_colours(count: int) -> np.ndarray:

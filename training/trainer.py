@@ -32,6 +32,7 @@ from .run_folder import (
     best_epoch,
     check_fresh_folder,
     check_resume_settings,
+    load_resume_state,
     read_log,
     remove_run_outputs,
     remove_stale_temporaries,
@@ -106,6 +107,8 @@ class Trainer:
         if self.world > 1 and self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # NCCL collectives of objects (the RNG states) use the current GPU
         self.out = Path(cfg.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} is a file; name a folder for the run (it is created if new)")
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             remove_stale_temporaries(self.out)
@@ -135,7 +138,7 @@ class Trainer:
         self.frozen_backbone = cfg.freeze_backbone if cfg.freeze_backbone is not None else self.model.variant.frozen
         if self.frozen_backbone:
             self.model.bb.requires_grad_(False)
-        self.freeze_bn = cfg.freeze_batchnorm if cfg.freeze_batchnorm is not None else cfg.batch_size == 1
+        self.freeze_bn = cfg.freeze_batchnorm if cfg.freeze_batchnorm is not None else self.batch_of_one(len(pairs))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.lr_decay_epochs or [100000], 0.5)
@@ -173,6 +176,14 @@ class Trainer:
             except ImportError:
                 log.warning("tensorboard is not installed; logging to %s only", LOG_FILE)
 
+    def batch_of_one(self, pairs: int) -> bool:
+        """Whether every batch holds one image: --batch-size 1, or one training pair (a batch is never
+        larger than the data). BatchNorm then freezes its statistics, or training would stop at its
+        first step (no statistics of one value per channel)."""
+        if self.cfg.batch_size > 1 and pairs == 1 and self.rank == 0:
+            log.info("1 training pair: batches of one image, BatchNorm statistics frozen as with --batch-size 1")
+        return min(self.cfg.batch_size, pairs) == 1
+
     # ------------------------------------------------------------------ state
 
     def rng_states(self) -> list[dict]:
@@ -205,7 +216,7 @@ class Trainer:
         path = self.out / RESUME_FILE
         if not path.is_file():
             return False
-        state = torch.load(path, map_location="cpu", weights_only=True)  # settings checked by train() first
+        state = load_resume_state(path)  # settings checked by train() first
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -344,6 +355,8 @@ class Trainer:
 def train(cfg: TrainConfig, resume: bool = True, stop_after_epoch: int | None = None) -> Path | None:
     """Train (resuming from cfg.out's resume.pt unless `resume` is False: --restart); the last
     checkpoint written, or None when the run had already gone past the epochs asked for."""
+    if stop_after_epoch is not None and stop_after_epoch < 1:
+        raise ValueError(f"--stop-after-epoch {stop_after_epoch}: use an epoch of 1 or more")
     if resume:
         check_fresh_folder(Path(cfg.out))
         check_resume_settings(cfg)
