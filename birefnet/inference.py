@@ -57,6 +57,8 @@ def image_tensor(image) -> torch.Tensor:
             image = image[:, :, None]
         if image.ndim != 3:
             raise ValueError(f"numpy images must be (H, W) or (H, W, C), got shape {image.shape}")
+        if image.dtype.kind == "f" and image.size:
+            check_float_range(float(image.min()), float(image.mean(dtype=np.float64)))
         # torch shares neither read-only memory (PIL's arrays) nor reversed views (BGR[..., ::-1])
         if not image.flags.writeable or any(stride < 0 for stride in image.strides):
             image = image.copy()
@@ -69,6 +71,8 @@ def image_tensor(image) -> torch.Tensor:
             tensor = tensor[None]
         if tensor.ndim != 3:
             raise ValueError(f"tensor images must be (C, H, W) or (H, W), got shape {tuple(image.shape)}")
+        if tensor.is_floating_point() and tensor.numel():
+            check_float_range(float(tensor.min()), float(tensor.mean(dtype=torch.float32)))
     else:
         raise TypeError(f"cannot read an image from {type(image).__name__}; pass a PIL image, numpy array or tensor")
     if tensor.shape[0] not in (1, 2, 3, 4):
@@ -76,16 +80,13 @@ def image_tensor(image) -> torch.Tensor:
     if tensor.shape[-1] == 0 or tensor.shape[-2] == 0:
         raise ValueError(f"image has no pixels (shape {tuple(tensor.shape)})")
     check_pixel_type(tensor.dtype, "image")
-    if tensor.is_floating_point():
-        check_float_range(tensor)
     return tensor
 
 
-def check_float_range(tensor: torch.Tensor) -> None:
-    """Float pictures mean [0, 1] (HDR highlights above 1 are clamped); data far outside it would be
-    clamped into a white or black picture and a meaningless mask: 0-255 values, a normalised network
-    input, NaN. One pass each for the mean and the minimum."""
-    low, mean = float(tensor.min()), float(tensor.float().mean())
+def check_float_range(low: float, mean: float) -> None:
+    """Float pictures mean [0, 1] (HDR highlights above 1 are clamped); data far outside it, told by
+    its minimum and mean, would be clamped into a white or black picture and a meaningless mask:
+    0-255 values, a normalised network input, NaN."""
     if low >= -0.5 and mean <= 1.5:
         return
     if low >= -0.5:

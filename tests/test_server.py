@@ -4,6 +4,7 @@ with a one-line 4xx JSON error while the server keeps serving, concurrent reques
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -424,7 +425,8 @@ def _virtual_memory(pid: int) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="caps a running process's memory with prlimit")
 def test_a_request_too_large_for_the_memory_left_gets_503_and_the_next_one_runs(tmp_path):
     """A real allocation failure: the running server's address space is capped 1.5 GB above what it
-    uses after a first request, then asked for a 4096² working size (several GB for this model)."""
+    uses after a first request, then asked for a 2048² working size (2.4 GB for this model), the most
+    the server takes."""
     import resource
 
     server = Server(tmp_path / "memory")
@@ -432,12 +434,12 @@ def test_a_request_too_large_for_the_memory_left_gets_503_and_the_next_one_runs(
         upload = [("image", EXAMPLE.read_bytes())]
         status, _, first = call(server, "/v1/segment", upload)
         assert status == 200
-        limit = _virtual_memory(server.process.pid) + 1_500_000_000
+        limit = _virtual_memory(server.process.pid) + 1_000_000_000
         resource.prlimit(server.process.pid, resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
-        status, kind, body = call(server, "/v1/segment", [*upload, ("resolution", "4096")])
+        status, kind, body = call(server, "/v1/segment", [*upload, ("resolution", "2048")])
         assert status == 503 and kind == "application/json", body
         error = json.loads(body)["error"]
-        assert "ran out of memory" in error and "4096x4096" in error and "smaller resolution" in error
+        assert "ran out of memory" in error and "2048x2048" in error and "smaller resolution" in error
         assert call(server, "/v1/segment", upload) == (200, "image/png", first)  # the same answer as before
         assert "Traceback" not in server.log()
     finally:
@@ -588,7 +590,7 @@ def test_decoding_leaves_the_event_loop_free(tmp_path, monkeypatch):
     monkeypatch.setattr(app_module, "decode_image", slow_decode)
     sock = bind("127.0.0.1", 0)
     settings = Settings(port=sock.getsockname()[1])
-    worker = SimpleNamespace(name="demo", device="cpu", dtype="torch.float32", waiting=0)
+    worker = SimpleNamespace(name="demo", device="cpu", dtype="torch.float32", waiting=0, place=contextlib.nullcontext)
     runner = uvicorn.Server(uvicorn.Config(app_module.create_app(settings, worker), log_level="warning"))
     thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]})
     thread.start()
