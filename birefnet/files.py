@@ -186,11 +186,12 @@ def check_outputs(outputs, inputs, replace: bool) -> None:
     output), or on any other existing file (unless `replace`): one line naming the first and the way out."""
     sources = {Path(path).resolve() for path in inputs}
     beside = {source.parent for source in sources}
-    for path in outputs:
-        if Path(path).resolve() in sources:
+    resolved = [Path(path).resolve() for path in outputs]
+    for path, full in zip(outputs, resolved):
+        if full in sources:
             raise FileExistsError(f"{path} would replace an input image; choose another --out")
-    for path in outputs:
-        if Path(path).exists() and Path(path).resolve().parent in beside:
+    for path, full in zip(outputs, resolved):
+        if full.parent in beside and full.exists():
             raise FileExistsError(
                 f"{path} already exists beside the inputs and may be one of the user's files, not an earlier output; "
                 "choose another --out (or delete it)"

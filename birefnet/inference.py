@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from . import cuda_graphs
 from .batching import batch_size_for, check_batch_size
@@ -98,13 +98,10 @@ def check_float_range(low: float, mean: float) -> None:
     raise ValueError(f"float images need values from 0 to 1, got a minimum of {low:g} and a mean of {mean:g} ({hint})")
 
 
-ORIENTATION = 0x0112  # the EXIF tag
-
-
 def upright(image: Image.Image) -> Image.Image:
     """A PIL image as it is shown: turned by its EXIF orientation (a phone's portrait photo is stored
     sideways), so masks and cut-outs line up with what the user sees."""
-    return ImageOps.exif_transpose(image) if image.getexif().get(ORIENTATION, 1) != 1 else image
+    return ImageOps.exif_transpose(image) if image.getexif().get(ExifTags.Base.Orientation, 1) != 1 else image
 
 
 def rgb_unit(stored: torch.Tensor, device=None) -> torch.Tensor:

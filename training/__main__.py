@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from birefnet.errors import OutOfMemory
+from birefnet.cli import run_command
 from birefnet.files import atomic_path
 from birefnet.inference import parse_size
 
@@ -254,22 +254,7 @@ def main(argv=None) -> int:
     if args.command == "evaluate" and ((args.pred and not args.gt) or (args.weights and not args.data)):
         print("training: evaluate needs --pred with --gt, or --weights with --data", file=sys.stderr)
         return 2
-    try:
-        return args.func(args)
-    except (ValueError, FileExistsError) as err:  # DatasetError, CheckpointError and bad arguments: one line
-        print(f"training: {err}", file=sys.stderr)
-        return 2
-    except OutOfMemory as err:
-        print(f"training: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:  # a folder that cannot be written, a full disk, a failed download: one line
-        from birefnet.cli import os_error_line
-
-        print(f"training: {os_error_line(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # as `birefnet` (birefnet/cli/__init__.py): one line, the shell's code for Ctrl-C
-        print("training: interrupted", file=sys.stderr)
-        return 130
+    return run_command("training", args)  # one-line errors as `birefnet` gives them
 
 
 if __name__ == "__main__":

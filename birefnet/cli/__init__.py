@@ -72,17 +72,24 @@ def joined_negative_values(argv: list[str]) -> list[str]:
 def main(argv=None) -> int:
     args = build_parser().parse_args(joined_negative_values(sys.argv[1:] if argv is None else list(map(str, argv))))
     show_library_messages(getattr(args, "quiet", False))
+    return run_command("birefnet", args)
+
+
+def run_command(program: str, args) -> int:
+    """`args.func(args)`'s exit status; what the user can act on ends it with one line `program: ...`
+    instead of a traceback: a bad input or setting (2), out of memory (1), a folder that cannot be
+    created or written or a full disk (2), Ctrl-C (130, the shell's code for it)."""
     try:
         return args.func(args)
     except (CheckpointError, ValueError, FileExistsError) as err:
-        print(f"birefnet: {err}", file=sys.stderr)
+        print(f"{program}: {err}", file=sys.stderr)
         return 2
     except OutOfMemory as err:
-        print(f"birefnet: {err}", file=sys.stderr)
+        print(f"{program}: {err}", file=sys.stderr)
         return 1
-    except OSError as err:  # a folder that cannot be created or written, a full disk: one line, no traceback
-        print(f"birefnet: {os_error_line(err)}", file=sys.stderr)
+    except OSError as err:
+        print(f"{program}: {os_error_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("birefnet: interrupted", file=sys.stderr)
+        print(f"{program}: interrupted", file=sys.stderr)
         return 130

@@ -84,7 +84,15 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         'Every error is JSON {"error": "..."}.',
     )
 
-    async def answer(request: Request, job: Job) -> Response:
+    async def answer(request: Request, upload: UploadFile, **options) -> Response:
+        """The PNG for the uploaded image and `options` (`parse_job`'s). Options in the URL are refused
+        (they would be ignored); a place in the line is taken before the image is decoded, so a full
+        line refuses the request before it costs memory."""
+        check_query(request)
+        async with worker.place():
+            return await run_job(request, parse_job(await read_image(upload), **options))
+
+    async def run_job(request: Request, job: Job) -> Response:
         """The PNG for `job`; a request whose client goes away while it waits (Krita's Cancel, a closed
         tab, a killed script) leaves the line and never runs."""
         work = asyncio.ensure_future(worker.run(lambda model: segment_job(job, model), job.weights))
@@ -131,7 +139,6 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
     ):
         """The mask (or cut-out) `birefnet segment` writes for this image and these options."""
         check_fields((await request.form()).keys(), SEGMENT_FIELDS)
-        check_query(request)
         refinement = dict(
             black_point=black_point,
             white_point=white_point,
@@ -144,18 +151,17 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
             foreground=foreground,
             foreground_radius=foreground_radius,
         )
-        async with worker.place():
-            job = parse_job(
-                await read_image(image),
-                output=output,
-                weights=weights,
-                resolution=resolution,
-                boxes=box,
-                refinement=refinement,
-                highres=highres,
-                fine_megapixels=fine_megapixels,
-            )
-            return await answer(request, job)
+        return await answer(
+            request,
+            image,
+            output=output,
+            weights=weights,
+            resolution=resolution,
+            boxes=box,
+            refinement=refinement,
+            highres=highres,
+            fine_megapixels=fine_megapixels,
+        )
 
     @app.post("/api/remove", responses=PNG, response_class=Response)
     async def remove(
@@ -167,17 +173,9 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         """rembg's server API: the cut-out, or the mask with om=true. rembg's other fields (a, af, ab, ae,
         ppm, bgc, extras) are accepted and ignored."""
         check_fields((await request.form()).keys(), REMBG_FIELDS)
-        check_query(request)
-        async with worker.place():
-            job = parse_job(
-                await read_image(file),
-                output="mask" if om else "rgba",
-                weights=None,
-                resolution="native",
-                boxes=[],
-                refinement={},
-            )
-            return await answer(request, job)
+        return await answer(
+            request, file, output="mask" if om else "rgba", weights=None, resolution="native", boxes=[], refinement={}
+        )
 
     @app.get("/api/remove", include_in_schema=False)
     async def remove_by_url():
