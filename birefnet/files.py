@@ -10,10 +10,12 @@ import uuid
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif")
+CUTOUT, OBJECT = "_cutout", "_object"  # what an output's name adds to its input's stem (`output_paths`)
 _PILLOW_LIMIT = threading.Lock()  # images are opened in several threads; one changes Pillow's limit at a time
 
 
@@ -153,8 +155,8 @@ def output_paths(relatives: list[Path], cutouts: bool, objects: int = 0) -> list
     """
 
     def planned(rel: Path, stem: str) -> tuple[Path, ...]:
-        numbered = (rel.parent / f"{stem}_object{n}.png" for n in range(1, objects + 1))
-        return (rel.parent / f"{stem}.png", rel.parent / f"{stem}_cutout.png", *numbered)
+        numbered = (rel.parent / f"{stem}{OBJECT}{n}.png" for n in range(1, objects + 1))
+        return (rel.parent / f"{stem}.png", rel.parent / f"{stem}{CUTOUT}.png", *numbered)
 
     def names(p: tuple[Path, ...]) -> list[str]:
         written = [p[0], *([p[1]] if cutouts else []), *p[2:]]
@@ -178,6 +180,36 @@ def output_paths(relatives: list[Path], cutouts: bool, objects: int = 0) -> list
         plan[i] = p
         taken.update(names(p))
     return plan
+
+
+def output_stems(name: str, objects: bool = True) -> list[str]:
+    """Every STEM whose outputs `output_paths` could name `name` (`STEM.png`, `STEM_cutout.png`,
+    `STEM_objectN.png`; `objects=False`: no object masks, as for a clip's frames); `a_cutout.png` is both
+    the mask of `a_cutout` and the cut-out of `a`. Empty for a name it never gives."""
+    if not name.endswith(".png") or name.startswith("."):
+        return []
+    base = name.removesuffix(".png")
+    stems = [base]
+    if base.endswith(CUTOUT) and len(base) > len(CUTOUT):
+        stems.append(base.removesuffix(CUTOUT))
+    numbered = re.fullmatch(rf"(.+){OBJECT}[1-9][0-9]*", base) if objects else None
+    if numbered:
+        stems.append(numbered[1])
+    return stems
+
+
+def remove_unwritten(folder, owned: Callable[[str], bool], written: set[Path], objects: bool = True) -> int:
+    """Under --overwrite: remove the files in `folder` named as `output_paths` names the outputs of a stem
+    `owned` accepts (this run's inputs, or a clip's frame numbers) that this run did not write
+    (`written`: every output it plans, all inputs'): an earlier run's cut-out, third object or longer
+    clip's frames would pass for this run's. Nothing else is touched; returns how many were removed."""
+    folder = Path(folder)
+    removed = 0
+    for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if path not in written and path.is_file() and any(map(owned, output_stems(path.name, objects))):
+            path.unlink()
+            removed += 1
+    return removed
 
 
 def check_outputs(outputs, inputs, replace: bool) -> None:

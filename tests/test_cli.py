@@ -482,3 +482,72 @@ def test_a_refinement_of_no_finite_size_is_one_line_before_anything_is_written(t
         f"birefnet: feather {float(value)}: use finite numbers"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_leaves_one_run_in_out(tmp_path):
+    """--overwrite with fewer boxes and no --cutout: the earlier run's cut-outs and extra objects of the
+    inputs it segments are removed (they would pass for this run's); files the tool did not name, outputs
+    of inputs not in this run and of an input it could not read stay."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for seed, name in enumerate(("a.png", "b.png")):
+        _noise(src / name, (160, 240, 3), seed)
+    out = tmp_path / "out"
+    three = ("--box", "10,10,40,40", "--box", "150,90,60,50", "--box", "100,20,30,30")
+    first = run_cli("segment", src, "--out", out, "--cutout", *three, *FAST)
+    assert first.returncode == 0, first.stderr
+    assert len(list(out.iterdir())) == 10  # per input: mask, cut-out, three objects
+    mine = {"a_edited.png": b"mine", "notes.txt": b"mine", "c_cutout.png": b"an input not in this run"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    (src / "b.png").write_bytes(b"damaged since")  # unreadable now: its outputs are left as they were
+    b_before = {p.name: p.read_bytes() for p in out.glob("b*")}
+    second = run_cli("segment", src, "--out", out, *three[:4], "--overwrite", *FAST)
+    assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr
+    assert sorted(p.name for p in out.glob("a*")) == ["a.png", "a_edited.png", "a_object1.png", "a_object2.png"]
+    assert "wrote 1 mask(s)" in second.stderr and "removed 2 output(s) of an earlier run" in second.stderr
+    assert {p.name: p.read_bytes() for p in out.glob("b*")} == b_before
+    no_boxes = run_cli("segment", src / "a.png", "--out", out, "--overwrite", *FAST)
+    assert no_boxes.returncode == 0, no_boxes.stderr
+    assert sorted(p.name for p in out.glob("a*")) == ["a.png", "a_edited.png"]
+    assert "removed 2 output(s)" in no_boxes.stderr
+    assert all((out / name).read_bytes() == data for name, data in mine.items())
+    assert (src / "a.png").exists() and (src / "b.png").read_bytes() == b"damaged since"
+
+
+def test_skip_existing_resumes_an_interrupted_run(tmp_path):
+    """--skip-existing: inputs with all their outputs are not read again, missing outputs are written,
+    existing ones never replaced; with everything done no model loads (the weights here cannot load)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for seed, name in enumerate(("a.png", "b.png", "c.png")):
+        _noise(src / name, (20, 30, 3), seed)
+    out = tmp_path / "out"
+    assert run_cli("segment", src, "--out", out, "--cutout", *FAST).returncode == 0
+    for name in ("b_cutout.png", "c.png", "c_cutout.png"):  # killed between b's two writes, before c
+        (out / name).unlink()
+    kept = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    resumed = run_cli("segment", src, "--out", out, "--cutout", "--skip-existing", *FAST)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "wrote 2 mask(s)" in resumed.stderr and "kept the outputs 1 input(s) had already" in resumed.stderr
+    assert {name: (out / name).read_bytes() for name in kept} == {name: data for name, (data, _) in kept.items()}
+    assert all((out / name).stat().st_mtime_ns == mtime for name, (_, mtime) in kept.items())
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.png",
+        "a_cutout.png",
+        "b.png",
+        "b_cutout.png",
+        "c.png",
+        "c_cutout.png",
+    ]
+    broken = tmp_path / "never_read.safetensors"
+    broken.write_bytes(b"not weights")
+    done = run_cli("segment", src, "--out", out, "--cutout", "--skip-existing", "--weights", broken, *FAST)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"birefnet: wrote 0 mask(s) to {out}, kept the outputs 3 input(s) had already (--skip-existing)"
+    ]
+    both = run_cli("segment", src, "--out", out, "--skip-existing", "--overwrite", *FAST)
+    assert both.returncode == 2 and both.stderr.strip().splitlines() == [
+        "birefnet: --overwrite replaces existing outputs and --skip-existing keeps them; use one or the other"
+    ]

@@ -266,3 +266,34 @@ def test_an_unreadable_clip_is_skipped_and_the_others_written(tmp_path, capsys):
     assert 1 <= good < 6 and len(list((out / "broken").iterdir())) == good
     with av.open(str(out / "broken_mask.mp4")) as video:
         assert len(list(video.decode(video.streams.video[0]))) == good
+
+
+def test_an_odd_sized_clip_keeps_its_size_in_a_4_2_0_mask_video(tmp_path, capsys):
+    """H.264 4:2:0 cannot hold an odd size and 4:4:4 H.264 plays in few players: an odd-sized clip's mask
+    video is 4:2:0 (VP9) at the clip's exact size, its frames the PNG masks', said once per run."""
+    from birefnet.cli import main
+
+    _marked_clip(tmp_path / "odd.mp4", frames=3, width=65, height=47)
+    _marked_clip(tmp_path / "odd2.mp4", frames=2, width=64, height=47)
+    out = tmp_path / "out"
+    clips = [str(tmp_path / "odd.mp4"), str(tmp_path / "odd2.mp4")]
+    assert main(["segment", *clips, "--out", str(out), "--video", "--cutout", "--quiet"]) == 0
+    with av.open(str(out / "odd_mask.mp4")) as video:
+        stream = video.streams.video[0]
+        assert stream.codec_context.pix_fmt == "yuv420p"
+        frames = [frame.to_ndarray(format="gray") for frame in video.decode(stream)]
+    err = capsys.readouterr().err
+    assert err.count("needs even sizes") == 1 and "odd.mp4 is 65x47" in err
+    assert len(frames) == 3 and frames[0].shape == (47, 65)
+    png = np.asarray(Image.open(out / "odd" / "000001.png")).astype(int)
+    assert np.abs(frames[0].astype(int) - png).mean() < 1.5
+    with av.open(str(out / "odd_cutout.mov")) as cutouts:
+        assert next(cutouts.decode(cutouts.streams.video[0])).to_ndarray(format="rgba").shape == (47, 65, 4)
+    with av.open(str(out / "odd2_mask.mp4")) as video:
+        assert next(video.decode(video.streams.video[0])).to_ndarray(format="gray").shape == (47, 64)
+    capsys.readouterr()
+    assert main(["segment", *clips, "--out", str(out), "--video", "--skip-existing"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "birefnet: --skip-existing is for images (a clip's frame folder may be half written); run the clips that "
+        "are not done, or add --overwrite"
+    ]

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..batching import AUTO, AUTO_MOST
 from ..compiled import compile_model
 from ..distributed import rank_and_world, shard, summed
-from ..files import check_outputs, list_images, output_paths, read_frames, save_image
+from ..files import check_outputs, list_images, output_paths, read_frames, remove_unwritten, save_image
 from ..guidance import clip_box
 from ..highres import DEFAULT_FINE_MEGAPIXELS
 from ..inference import mask_to_image, model_device, segment
@@ -110,8 +110,15 @@ def add_parser(sub) -> None:
     seg.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace outputs an earlier run left in --out (without it, existing outputs are refused; "
-        "an input file is never written onto)",
+        help="replace outputs an earlier run left in --out, and remove that run's other outputs of the same "
+        "inputs (e.g. <name>_cutout.png when this run has no --cutout, <name>_object3.png with two boxes), so "
+        "--out holds one run; without it, existing outputs are refused; an input file is never written onto",
+    )
+    seg.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="resume an interrupted run: images whose outputs all exist in --out are not segmented again "
+        "(outputs are written whole or not at all), missing ones are written; nothing is replaced",
     )
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     add_refinement_flags(seg)
@@ -131,6 +138,8 @@ def add_parser(sub) -> None:
 def cmd_segment(args) -> int:
     from tqdm import tqdm
 
+    if args.overwrite and args.skip_existing:
+        raise ValueError("--overwrite replaces existing outputs and --skip-existing keeps them; use one or the other")
     missing = [item for item in args.inputs if not Path(item).exists()]
     if missing:
         raise ValueError(f"input not found: {', '.join(missing)}")
@@ -165,16 +174,29 @@ def cmd_segment(args) -> int:
         )
     total = len(files)
     inputs = [file for file, _ in files]
+    planned = {path for paths in outputs for path in written_paths(paths, args.cutout)}  # every process's
     files, outputs = shard(files, rank, world), shard(outputs, rank, world)  # names chosen before sharding
-    check_outputs([path for paths in outputs for path in written_paths(paths, args.cutout)], inputs, args.overwrite)
-    model = load_for(args, out_dir)
-    if rank == 0:
+    check_outputs(
+        [path for paths in outputs for path in written_paths(paths, args.cutout)],
+        inputs,
+        args.overwrite or args.skip_existing,  # --skip-existing never replaces: it writes only missing outputs
+    )
+    wanted = [set(written_paths(paths, args.cutout)) for paths in outputs]  # what each input writes
+    kept = 0
+    if args.skip_existing:
+        wanted = [{path for path in paths if not path.exists()} for paths in wanted]  # written atomically: whole
+        todo = [bool(paths) for paths in wanted]
+        kept = todo.count(False)
+        files, outputs, wanted = [[item for item, go in zip(column, todo) if go] for column in (files, outputs, wanted)]
+    model = load_for(args, out_dir) if files else None  # all done already: no model to load
+    if rank == 0 and model is not None:
         print(model.info.describe(), file=sys.stderr)
     if world > 1:
         print(f"birefnet: process {rank + 1}/{world}: {len(files)} of {total} input(s)", file=sys.stderr)
-    if args.compile and args.backend == "torch":  # pays off on long runs at one working size; the first image compiles
+    compiled = args.compile and args.backend == "torch" and model is not None
+    if compiled:  # pays off on long runs at one working size; the first image compiles
         model = compile_model(model)
-    skipped, animated_said = 0, False
+    skipped, animated_said, segmented = 0, False, []
     bar = tqdm(
         total=len(files),
         unit="img",
@@ -186,12 +208,14 @@ def cmd_segment(args) -> int:
     with WriteBehind() as saver:  # the PNGs are compressed behind the model, by a few threads
         for start in range(0, len(files), per_chunk):
             chunk = []
-            for (file, _), paths in zip(files[start : start + per_chunk], outputs[start : start + per_chunk]):
+            for (file, _), paths, writes in zip(
+                files[start : start + per_chunk], outputs[start : start + per_chunk], wanted[start : start + per_chunk]
+            ):
                 try:
                     image, frames = read_frames(file)
                     if args.box:
                         check_boxes_inside(args.box, image)
-                    chunk.append((image, paths))
+                    chunk.append((image, paths, writes))
                 except Exception as err:  # unreadable, not an image, or a box outside it: report and go on
                     skipped += 1
                     bar.write(f"birefnet: skipped {file}: {err}", file=sys.stderr)
@@ -207,13 +231,14 @@ def cmd_segment(args) -> int:
                     segment_image(
                         model, image, boxes=args.box, resolution=args.resolution, max_megapixels=args.max_megapixels
                     )
-                    for image, _ in chunk
+                    for image, *_ in chunk
                 ]
                 masks = [combined for combined, _ in guided]
-                for (image, paths), (_, objects) in zip(chunk, guided):
+                for (image, paths, writes), (_, objects) in zip(chunk, guided):
                     for box, single, path in zip(args.box, objects, paths[2:]):
-                        single, _ = finish(image, single, refinement, boxes=[box], device=model_device(model))
-                        save_image(mask_to_image(single), path, replace=args.overwrite)
+                        if path in writes:
+                            single, _ = finish(image, single, refinement, boxes=[box], device=model_device(model))
+                            save_image(mask_to_image(single), path, replace=args.overwrite)
             elif args.highres:
                 masks = [
                     segment_image(
@@ -224,33 +249,48 @@ def cmd_segment(args) -> int:
                         highres=True,
                         fine_megapixels=args.fine_megapixels,
                     )[0]
-                    for image, _ in chunk
+                    for image, *_ in chunk
                 ]
             else:
                 masks = segment(
                     model,
-                    [image for image, _ in chunk],
+                    [image for image, *_ in chunk],
                     resolution=args.resolution,
                     max_megapixels=args.max_megapixels,
                     batch_size=args.batch_size,
                     device=model_device(model),  # `finish` refines there: no CPU round trip
                 )
-            for (image, (mask_path, cutout_path, *_)), mask in zip(chunk, masks):
+            for (image, (mask_path, cutout_path, *_), writes), mask in zip(chunk, masks):
                 mask, colours = finish(image, mask, refinement, boxes=args.box or (), device=model_device(model))
-                saver.submit(save_image, mask_to_image(mask), mask_path, args.overwrite)
-                if args.cutout:
+                if mask_path in writes:
+                    saver.submit(save_image, mask_to_image(mask), mask_path, args.overwrite)
+                if cutout_path in writes:
                     saver.submit(save_image, cutout_image(image, mask, colours), cutout_path, args.overwrite)
+                segmented.append(mask_path)
                 bar.update(1)
     bar.close()
-    done, skipped = summed([len(files) - skipped, skipped])
+    removed = remove_earlier_outputs(segmented, planned) if args.overwrite else 0
+    done, skipped, kept, removed = summed([len(files) - skipped, skipped, kept, removed])
     if rank == 0:
         print(
             f"birefnet: wrote {done} mask(s) to {out_dir}"
             + (f", skipped {skipped}" if skipped else "")
+            + (f", kept the outputs {kept} input(s) had already (--skip-existing)" if args.skip_existing else "")
+            + (f", removed {removed} output(s) of an earlier run this run did not write again" if removed else "")
             + (f" ({world} processes)" if world > 1 else ""),
             file=sys.stderr,
         )
     return 1 if skipped else 0
+
+
+def remove_earlier_outputs(masks: list[Path], planned: set[Path]) -> int:
+    """--overwrite: the other outputs an earlier run wrote for the inputs this run segmented (their mask
+    paths `masks`) and this run did not write again, found by name (`files.output_stems`) one folder at a
+    time; never one of this run's `planned` outputs (`a_cutout.png` may be the input `a_cutout.jpg`'s mask)."""
+    stems: dict[Path, set[str]] = {}
+    for mask in masks:
+        stems.setdefault(mask.parent, set()).add(mask.stem)
+    return sum(remove_unwritten(folder, owned.__contains__, planned) for folder, owned in stems.items())
 
 
 def planned_outputs(args, files, out_dir: Path) -> list[tuple[Path, ...]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import check_outputs, output_paths, save_image
+from ..files import CUTOUT, check_outputs, output_paths, remove_unwritten, save_image
 from ..inference import cutout, mask_to_image
 from ..write_behind import WriteBehind
 from .flags import load_for
@@ -21,12 +21,17 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
     (RGBA), or with --video OUT/<clip>_cutout.mov (ProRes 4444, alpha) beside OUT/<clip>_mask.mp4;
     frames decoded and written one batch at a time. A clip that cannot be read is skipped with one line
     and the others go on (exit 1), as an unreadable image is."""
-    from ..video import VideoSource
+    from ..video import VideoSource, odd_size_note
 
     if others:
         raise ValueError("give videos and images in separate runs (videos: " + ", ".join(map(str, videos)) + ")")
     if args.highres or args.box:
         raise ValueError("--highres and --box are for images; for video use --resolution / --max-megapixels")
+    if args.skip_existing:
+        raise ValueError(
+            "--skip-existing is for images (a clip's frame folder may be half written); run the clips that are "
+            "not done, or add --overwrite"
+        )
     out_dir = Path(args.out)
     names = clip_names(videos)
     renamed = [name for path, name in zip(videos, names) if name != path.stem]
@@ -39,7 +44,7 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
     check_video_outputs(videos, names, out_dir, args)
     model = load_for(args, out_dir)
     print(model.info.describe(), file=sys.stderr)
-    skipped = 0
+    skipped, odd_said = 0, False
     for path, name in zip(videos, names):
         try:
             source = VideoSource(path)
@@ -47,6 +52,10 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
             skipped += 1
             print(f"birefnet: skipped {err}", file=sys.stderr)
             continue
+        note = odd_size_note(path, source.size) if args.video and not odd_said else None
+        if note:
+            odd_said = True
+            print(f"birefnet: {note}; the PNG masks in {out_dir / name} are the same frames", file=sys.stderr)
         with source:
             damage = segment_clip(model, source, name, out_dir, args)
         if damage is not None:  # the frames before it are written, whole; the rest cannot be read
@@ -121,11 +130,18 @@ def readable_part(frames, damage: list):
         damage.append(err)
 
 
+def frame_paths(folder: Path, number: int, with_cutout: bool) -> list[Path]:
+    """Frame `number`'s mask FOLDER/000001.png and, with cut-outs, FOLDER/000001_cutout.png: named as
+    `files.output_paths` names an image's (the frame number is the stem), so one rule finds stale ones."""
+    return [folder / f"{number:06d}.png", *([folder / f"{number:06d}{CUTOUT}.png"] if with_cutout else [])]
+
+
 def save_frame(frame, mask, grey, folder: Path, number: int, with_cutout: bool, replace: bool) -> None:
     """A clip's frame `number` as FOLDER/000001.png (the mask as `grey`), with its RGBA cut-out beside it."""
-    save_image(grey, folder / f"{number:06d}.png", replace=replace)
+    paths = frame_paths(folder, number, with_cutout)
+    save_image(grey, paths[0], replace=replace)
     if with_cutout:
-        save_image(cutout(frame, mask), folder / f"{number:06d}_cutout.png", replace=replace)
+        save_image(cutout(frame, mask), paths[1], replace=replace)
 
 
 def encode_frame(writers, frame, mask, grey) -> None:
@@ -137,11 +153,10 @@ def encode_frame(writers, frame, mask, grey) -> None:
 
 def remove_earlier_frames(folder: Path, count: int, cutouts: bool) -> None:
     """After --overwrite: the frames an earlier run left in `folder` beyond this clip's `count` (a longer
-    clip), and its cut-out frames when this run wrote none, would pass for this run's; removed."""
-    for path in folder.glob("*.png") if folder.is_dir() else ():
-        match = re.fullmatch(r"(\d{6})(_cutout)?\.png", path.name)
-        if match and (int(match[1]) > count or (match[2] and not cutouts)):
-            path.unlink()
+    clip), and its cut-out frames when this run wrote none, would pass for this run's; removed (only
+    frame names: the user's own files in the folder stay)."""
+    written = {path for number in range(1, count + 1) for path in frame_paths(folder, number, cutouts)}
+    remove_unwritten(folder, lambda stem: re.fullmatch(r"\d{6}", stem) is not None, written, objects=False)
 
 
 def clip_names(videos: list[Path]) -> list[str]:
