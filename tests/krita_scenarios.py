@@ -8,22 +8,26 @@ broke, and Krita is left with os._exit (closing modified documents would ask to 
 
 import json
 import os
+import threading
 import time
 import traceback
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from birefnet_krita import extension as birefnet
-from birefnet_krita import settings
+from birefnet_krita import pixels, settings
 from birefnet_krita.docker import BiRefNetDocker
 from birefnet_krita.qt import QT_MAJOR
 from krita import Extension, Krita, Selection
 
 if QT_MAJOR >= 6:
-    from PyQt6.QtCore import QEventLoop, QTimer
+    from PyQt6.QtCore import QByteArray, QEventLoop, Qt, QTimer
+    from PyQt6.QtGui import QImage
     from PyQt6.QtWidgets import QApplication, QMessageBox
 else:
-    from PyQt5.QtCore import QEventLoop, QTimer
+    from PyQt5.QtCore import QByteArray, QEventLoop, Qt, QTimer
+    from PyQt5.QtGui import QImage
     from PyQt5.QtWidgets import QApplication, QMessageBox
 
 WORK = Path(os.environ["BIREFNET_KRITA_TEST"])
@@ -336,6 +340,170 @@ def scenario_docker_numbers():
     (RESULTS / "docker_numbers.json").write_text(json.dumps(dict(ranges=ranges, requests=requests)))
 
 
+class Ticker:
+    """A 10 ms timer on Krita's UI thread: the longest gap between its ticks is the longest time the UI
+    thread was kept busy (Krita frozen for the user)."""
+
+    def __init__(self):
+        self.times = []
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(lambda: self.times.append(time.perf_counter()))
+
+    def __enter__(self):
+        self.times = [time.perf_counter()]
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.stop()
+        self.times.append(time.perf_counter())
+
+    @property
+    def longest_gap(self) -> float:
+        return max(b - a for a, b in zip(self.times, self.times[1:]))
+
+
+class StandIn:
+    """Another program on the port: a plain HTTP server inside Krita that answers every request with one
+    status and body (after reading the upload) and counts the requests that reached it."""
+
+    def __init__(self, status: int, body: bytes, content_type: str = "text/html"):
+        stand_in = self
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self):
+                stand_in.requests += 1
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        os.environ[settings.SERVER_ENV] = self.url
+        return self
+
+    def __exit__(self, *exc):
+        del os.environ[settings.SERVER_ENV]
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def big_document():
+    """The test picture scaled to PLAN["big"] (6000x4000: 24 megapixels, seconds of PNG encoding)."""
+    width, height = PLAN["big"]
+    doc = Krita.instance().createDocument(width, height, "big", "RGBA", "U8", "", 72.0)
+    image = QImage(PLAN["images"]["rgba"]).scaled(
+        width, height, Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation
+    )
+    image = image.convertToFormat(QImage.Format.Format_ARGB32)  # B,G,R,A bytes, as Krita's RGBA/U8
+    bits = image.constBits()
+    bits.setsize(width * height * 4)
+    doc.topLevelNodes()[0].setPixelData(QByteArray(bytes(bits)), 0, 0, width, height)
+    show(doc)
+    return doc
+
+
+def workers_done(timeout: float = 60) -> None:
+    """Waits until the plug-in's worker threads (encoding, decoding) have ended, and what they sent arrived."""
+    deadline = time.monotonic() + timeout
+    while any(t.name == "birefnet-krita" for t in threading.enumerate()) and time.monotonic() < deadline:
+        wait(0.1)
+    wait(0.5)
+
+
+def scenario_responsive():
+    """Each action on a 24-megapixel layer with a UI-thread timer running: its longest gap, against the
+    time the layer's PNG encoding alone takes on the UI thread (what the plug-in did before)."""
+    doc = big_document()
+    node = doc.activeNode()
+    x, y, w, h = region(doc, node)
+    raw = node.pixelData(x, y, w, h).data()
+    start = time.perf_counter()
+    pixels.encode_png(pixels.to_bgra8(raw, "RGBA", "U8"), w, h)
+    out = {"encode_seconds": time.perf_counter() - start, "width": w, "height": h, "actions": {}}
+    settings.put("foreground", False)  # the server's edge colours take minutes at 24 megapixels on a CPU
+    try:
+        for action_id in (birefnet.REMOVE_BACKGROUND, birefnet.SELECT_SUBJECT, birefnet.CUT_OUT):
+            with Ticker() as ticker:
+                result = trigger(action_id)
+            out["actions"][action_id] = dict(result, longest_gap=ticker.longest_gap)
+    finally:
+        settings.put("foreground", settings.FIELDS["foreground"][0])
+    (RESULTS / "responsive.json").write_text(json.dumps(out))
+
+
+def scenario_cancel_while_encoding():
+    """Cancelled at once (the layer's PNG still being made): nothing reaches the server, the plug-in is free
+    again and the selection untouched. Then a 200 answer that is not a PNG: its decoding fails on the
+    worker thread, which must say so and leave the plug-in free too."""
+    doc = big_document()
+    with StandIn(200, b"<html>not BiRefNet</html>") as stand_in:
+        cancelled = trigger(birefnet.SELECT_SUBJECT, cancel_after=0)
+        workers_done()
+        out = dict(
+            cancelled,
+            requests=stand_in.requests,
+            busy_after=birefnet.current().busy,
+            selection=doc.selection() is not None,
+            message_box=message_box_text(),
+        )
+        open_image("rgba")
+        answer = trigger(birefnet.SELECT_SUBJECT)
+        workers_done()
+        out["not_png"] = dict(
+            answer, requests=stand_in.requests, busy_after=birefnet.current().busy, message_box=message_box_text()
+        )
+    (RESULTS / "cancel_while_encoding.json").write_text(json.dumps(out))
+
+
+def scenario_docker_not_birefnet():
+    """Check server against another program on the port that answers 200 with a web page."""
+    docker = BiRefNetDocker()
+    with StandIn(200, b"<html><body>Some other program</body></html>") as stand_in:
+        docker.check_server()
+        deadline = time.monotonic() + 30
+        while docker.state.text().startswith("Asking") and time.monotonic() < deadline:
+            wait(0.1)
+        out = dict(state=docker.state.text(), url=stand_in.url, requests=stand_in.requests)
+    (RESULTS / "docker_not_birefnet.json").write_text(json.dumps(out))
+
+
+def scenario_select_subject_undo():
+    """Select Subject, then Krita's Undo (Ctrl+Z): the selection there was before, or none, is back."""
+    out = {}
+    for case in ("rectangle", "none"):
+        doc = open_image("rgba")
+        node = doc.activeNode()
+        x, y, w, h = region(doc, node)
+        if case == "rectangle":
+            bx, by, bw, bh = PLAN["box"]
+            selection = Selection()
+            selection.select(bx, by, bw, bh, 255)
+            doc.setSelection(selection)
+        before = doc.selection().pixelData(x, y, w, h).data() if doc.selection() else None
+        result = trigger(birefnet.SELECT_SUBJECT)
+        subject = doc.selection().pixelData(x, y, w, h).data() if doc.selection() else None
+        Krita.instance().action("edit_undo").trigger()
+        doc.waitForDone()
+        wait(0.3)
+        after = doc.selection().pixelData(x, y, w, h).data() if doc.selection() else None
+        out[case] = dict(result, had_before=before is not None, changed=subject != before, restored=after == before)
+    (RESULTS / "select_subject_undo.json").write_text(json.dumps(out))
+
+
 def message_box_text():
     """The text of the plug-in's (non-modal) message box, closing it."""
     for widget in QApplication.topLevelWidgets():
@@ -359,7 +527,11 @@ SCENARIOS = [
     scenario_no_server,
     scenario_docker_weights,
     scenario_docker_numbers,
+    scenario_select_subject_undo,
+    scenario_responsive,
+    scenario_cancel_while_encoding,
     scenario_cancel,
+    scenario_docker_not_birefnet,
 ]
 
 

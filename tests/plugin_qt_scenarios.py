@@ -1,14 +1,16 @@
-"""Runs the Krita plug-in's Qt-only modules (`qt`, `pixels`, `client`) outside Krita, on the binding Krita 6
-embeds (PyQt6), against a live `birefnet serve`: the layer bytes Krita would hand out go through the
-plug-in's own PNG encoding, request, and decoding, and the results land in a folder for
-tests/test_krita_plugin.py to compare with the library's output. Krita 5 (PyQt5) runs the whole plug-in
-in tests/test_krita_plugin.py; no Krita 6 can be installed here, so this is its Qt half.
+"""Runs the Krita plug-in's Qt-only modules (`qt`, `pixels`, `client`, `background`) outside Krita, on the
+binding Krita 6 embeds (PyQt6), against a live `birefnet serve`: the layer bytes Krita would hand out go
+through the plug-in's own PNG encoding (also on its worker thread), request, and decoding, and the
+results land in a folder for tests/test_krita_plugin.py to compare with the library's output. Krita 5
+(PyQt5) runs the whole plug-in in tests/test_krita_plugin.py; no Krita 6 can be installed here, so this
+is its Qt half.
 
     python plugin_qt_scenarios.py PLUGIN_DIR WORK     (WORK/plan.json in, WORK/results/*.json out)
 """
 
 import json
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -24,7 +26,7 @@ package = types.ModuleType("birefnet_krita")
 package.__path__ = [str(PLUGIN_DIR / "birefnet_krita")]
 sys.modules["birefnet_krita"] = package
 
-from birefnet_krita import client, pixels, qt  # noqa: E402
+from birefnet_krita import background, client, pixels, qt  # noqa: E402
 from PyQt6.QtCore import QEventLoop, QTimer  # noqa: E402
 from PyQt6.QtGui import QGuiApplication  # noqa: E402
 
@@ -56,6 +58,27 @@ def layer(name: str) -> dict:
 def segment(server: str, spec: dict, fields: list) -> dict:
     png = pixels.encode_png(pixels.to_bgra8(spec["data"], spec["model"], spec["depth"]), spec["width"], spec["height"])
     return call(server, lambda c: c.segment(png, fields))
+
+
+def off_the_ui_thread(work) -> dict:
+    """`work` through the plug-in's Background runner: where it ran, and what came back on this thread."""
+    result = {}
+    loop = QEventLoop()
+
+    def run():
+        result["worker"] = threading.current_thread() is not threading.main_thread()
+        return work()
+
+    def then(value, error):
+        result.update(value=value, error=None if error is None else str(error))
+        result["delivered_on_ui_thread"] = threading.current_thread() is threading.main_thread()
+        loop.quit()
+
+    runner = background.Background()  # kept until its answer came, as the plug-in keeps its one
+    runner.run(run, then)
+    QTimer.singleShot(60_000, loop.quit)
+    loop.exec()
+    return result
 
 
 def record(name: str, **values) -> None:
@@ -97,6 +120,14 @@ def main() -> None:
     start = time.perf_counter()
     cancelled = call(server, lambda c: c.segment(png, [("output", "mask")]), cancel_after=0.05)
     record("cancelled", emitted=sorted(cancelled), seconds=time.perf_counter() - start)
+    encoded = off_the_ui_thread(lambda: pixels.encode_png(spec["data"], spec["width"], spec["height"]))  # RGBA/U8
+    failed = off_the_ui_thread(lambda: pixels.decode_mask(b"not a png", 4, 4))
+    record(
+        "background",
+        same_png=encoded["value"] == png,
+        threads=[encoded["worker"], encoded["delivered_on_ui_thread"], failed["delivered_on_ui_thread"]],
+        error=failed["error"],
+    )
     try:
         pixels.decode_mask(b"not a png", 4, 4)
         record("not_png", message="")

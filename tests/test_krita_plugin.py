@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ACTION_IDS = ("birefnet_remove_background", "birefnet_select_subject", "birefnet_cut_out")
 BOX = (96, 56, 258, 250)  # a selection drawn around the test picture's object (106, 66, 238x230)
 OFFSET, CANVAS = (260, 200), (700, 500)  # the moved layer runs past the canvas's right and bottom edges
+BIG = (6000, 4000)  # 24 megapixels: seconds of PNG encoding, which must not freeze Krita
 # What the plug-in may import inside Krita: its own modules, Krita's, Qt's and the standard library.
 ALLOWED_IMPORTS = {"krita", "pykrita", "PyQt5", "PyQt6", "json", "os"}
 
@@ -256,6 +257,7 @@ def krita_session(tmp_path_factory):
                 "box": BOX,
                 "offset": OFFSET,
                 "canvas": CANVAS,
+                "big": BIG,
             }
         )
     )
@@ -494,6 +496,55 @@ def test_cancel_leaves_the_layer_alone(krita_session):
 
 @needs_krita
 @pytest.mark.krita
+def test_large_layer_keeps_krita_responsive(krita_session):
+    """The slow, Krita-free steps (colour conversion, PNG encoding and decoding) run off the UI thread: on
+    a 24-megapixel layer, no action keeps Krita's UI thread busy for as long as the layer's PNG encoding
+    alone takes there (the plug-in used to do that, and more, on the UI thread; what is left there is
+    Krita's own work: reading the layer, creating the mask, selection or layer)."""
+    result = scenario(krita_session, "responsive")
+    assert (result["width"], result["height"]) == BIG
+    for action_id, action in result["actions"].items():
+        assert action["ok"], (action_id, action["message"])
+        assert action["longest_gap"] < 0.75 * result["encode_seconds"], (action_id, action, result["encode_seconds"])
+
+
+@needs_krita
+@pytest.mark.krita
+def test_cancel_while_encoding_sends_nothing(krita_session):
+    result = scenario(krita_session, "cancel_while_encoding")
+    assert (result["ok"], result["message"]) == (False, "cancelled")
+    assert result["requests"] == 0 and not result["busy_after"]
+    assert not result["selection"] and result["message_box"] is None
+    not_png = result["not_png"]  # a failure on the worker thread (decoding) is said, and frees the plug-in
+    assert not_png["requests"] == 1 and not not_png["busy_after"]
+    assert not not_png["ok"]
+    assert not_png["message"] == not_png["message_box"] == "the server's answer is not a PNG image"
+
+
+@needs_krita
+@pytest.mark.krita
+def test_select_subject_can_be_undone(krita_session):
+    """Document.setSelection alone leaves no undo step in Krita 5.1.5: Krita's Undo must bring back the
+    selection there was before Select Subject (a rectangle), or none."""
+    result = scenario(krita_session, "select_subject_undo")
+    for case in ("rectangle", "none"):
+        assert result[case]["ok"], result[case]["message"]
+        assert result[case]["had_before"] == (case == "rectangle")
+        assert result[case]["changed"] and result[case]["restored"], case
+
+
+@needs_krita
+@pytest.mark.krita
+def test_docker_names_another_program_on_the_port(krita_session):
+    """Check server against a program that answers 200 with a web page: one line naming the problem."""
+    result = scenario(krita_session, "docker_not_birefnet")
+    assert result["requests"] == 1
+    assert result["state"].startswith(f"The program at {result['url']} is not a BiRefNet server")
+    assert "\n" not in result["state"]
+
+
+@needs_krita
+@pytest.mark.krita
 def test_docker_lists_only_the_weights_the_server_accepts(krita_session):
     """The weights list is the server's own model ("") and what it offers, not every checkpoint it knows;
     a request with each entry is served (with those weights). A saved pick the server does not offer goes
@@ -651,3 +702,12 @@ def test_pyqt6_plugin_failures_are_one_line_messages_and_cancel_is_silent(pyqt6_
     cancelled = qt6_result(pyqt6_session, "cancelled")
     assert cancelled["emitted"] == []  # neither succeeded nor failed within 2 s of the cancel
     assert qt6_result(pyqt6_session, "not_png")["message"] == "the server's answer is not a PNG image"
+
+
+@needs_pyqt6
+def test_pyqt6_plugin_encodes_and_decodes_off_the_ui_thread(pyqt6_session):
+    """The plug-in's worker runner on Krita 6's binding: the work runs on another thread and gives the
+    same PNG; its result, or its error, comes back on the UI thread."""
+    result = qt6_result(pyqt6_session, "background")
+    assert result["same_png"] and result["threads"] == [True, True, True]
+    assert result["error"] == "the server's answer is not a PNG image"

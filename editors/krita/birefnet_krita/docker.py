@@ -154,8 +154,25 @@ class BiRefNetDocker(DockWidget):
         self.state.setText(f"Asking {settings.server_url()}...")
         self._check.get("/health")
 
+    def _info(self, body: bytes, path: str):
+        """The answer's JSON object, or None after saying that another program answers there (a 200 that is
+        not JSON would otherwise raise inside this Qt slot and leave "Asking..." on screen)."""
+        try:
+            info = json.loads(body)
+        except ValueError:  # includes bytes that are not UTF-8
+            info = None
+        if not isinstance(info, dict):
+            self.state.setText(
+                f"The program at {settings.server_url()} is not a BiRefNet server: its {path} answer is not "
+                "BiRefNet's JSON. Start one with: birefnet serve, or fix the URL."
+            )
+            return None
+        return info
+
     def _health(self, body: bytes) -> None:
-        info = json.loads(body)
+        info = self._info(body, "/health")
+        if info is None:
+            return
         self.state.setText(
             f"Server OK: {info.get('model')} on {info.get('device')} ({info.get('dtype')}), "
             f"version {info.get('version')}"
@@ -170,7 +187,9 @@ class BiRefNetDocker(DockWidget):
         """The weights list becomes what this server accepts: its own model ("") and what it offers
         (`offered`; its `known` list names checkpoints it may not serve). A pick it does not offer goes
         back to the server's model, saying so, rather than failing every request with a 400."""
-        info = json.loads(body)
+        info = self._info(body, "/v1/models")
+        if info is None:
+            return
         offered = [name for name in info.get("offered", []) if name]
         pick = self.weights.currentText()
         keep = pick if pick in offered else ""

@@ -1,16 +1,19 @@
 """The three actions (Remove background, Select subject, Cut out) and the job that runs one of them.
 
-A job reads the active layer's pixels on the canvas, sends them to the server off the UI thread, and
-applies the answer when it comes: a transparency mask, a selection or a new layer. Nothing is written
-into the layer's own pixels. With an active selection its bounding box goes to the server as the
-guiding box (the object inside it; nothing outside it), and the selection is left as it was."""
+A job reads the active layer's pixels on the canvas, encodes them off the UI thread, sends them to the
+server, decodes the answer off the UI thread and applies it on the UI thread: a transparency mask, a
+selection or a new layer. Nothing is written into the layer's own pixels. With an active selection its
+bounding box goes to the server as the guiding box (the object inside it; nothing outside it), and the
+selection is left as it was."""
 
 from krita import Extension, Krita, Selection
 
 from . import settings
+from .background import Background
 from .client import ServerCall
-from .pixels import UnsupportedLayer, check_colour_space, decode_bgra, decode_mask, encode_png, from_bgra8, to_bgra8
-from .qt import QByteArray, QMessageBox, QProgressDialog, QRect, Qt, pyqtSignal
+from .pixels import UnsupportedLayer, check_colour_space
+from .qt import QByteArray, QMessageBox, QProgressDialog, Qt, pyqtSignal
+from .source import Source
 
 REMOVE_BACKGROUND = "birefnet_remove_background"
 SELECT_SUBJECT = "birefnet_select_subject"
@@ -22,7 +25,6 @@ ACTIONS = {
 }
 MENU = "tools/scripts/birefnet"
 MASK_NAME = "Background removed (BiRefNet)"
-PIXEL_LAYERS = ("paintlayer",)  # their own pixels; other layers are read through their projection
 _current = None
 
 
@@ -31,43 +33,12 @@ def current():
     return _current
 
 
-class Source:
-    """What a job works on: the document, the layer, its pixels on the canvas and the guiding box."""
+class Job:
+    """One action's run, from reading the layer to applying the answer; `call` is its request while it is
+    on the way."""
 
-    def __init__(self, doc, node):
-        self.doc, self.node = doc, node
-        check_colour_space(node.colorModel(), node.colorDepth())
-        bounds = node.bounds().intersected(QRect(0, 0, doc.width(), doc.height()))
-        if bounds.isEmpty():
-            raise UnsupportedLayer(f'The layer "{node.name()}" has no pixels on the canvas.')
-        self.x, self.y, self.width, self.height = bounds.x(), bounds.y(), bounds.width(), bounds.height()
-        read = node.pixelData if node.type() in PIXEL_LAYERS else node.projectionPixelData
-        raw = read(self.x, self.y, self.width, self.height).data()
-        self.png = encode_png(to_bgra8(raw, node.colorModel(), node.colorDepth()), self.width, self.height)
-        self.selection = doc.selection()
-        self.box = self._box(bounds)
-
-    def _box(self, bounds):
-        """The selection's bounding box in the uploaded pixels' coordinates, or None for no (or an all
-        covering) selection."""
-        if self.selection is None:
-            return None
-        sel = self.selection
-        box = QRect(sel.x(), sel.y(), sel.width(), sel.height()).intersected(bounds)
-        if box.isEmpty():
-            raise UnsupportedLayer(
-                "The selection does not overlap the layer: select around the object, or "
-                "deselect (Ctrl+Shift+A) to use the whole layer."
-            )
-        if box == bounds:
-            return None
-        return f"{box.x() - self.x},{box.y() - self.y},{box.width()},{box.height()}"
-
-    def fields(self, output: str) -> list:
-        fields = settings.request_fields(output, boxed=bool(self.box))
-        if self.box:
-            fields.append(("box", self.box))
-        return fields
+    def __init__(self, action_id: str, source: Source):
+        self.action_id, self.source, self.call = action_id, source, None
 
 
 class BiRefNetExtension(Extension):
@@ -80,8 +51,8 @@ class BiRefNetExtension(Extension):
         super().__init__(parent)
         global _current
         _current = self
-        self.call = None
-        self.action_id = ""
+        self.job = None
+        self._background = Background(self)
         self._progress = None
         self._message_box = None
 
@@ -95,9 +66,10 @@ class BiRefNetExtension(Extension):
 
     @property
     def busy(self) -> bool:
-        return self.call is not None
+        return self.job is not None
 
     def run(self, action_id: str) -> None:
+        """Reads the layer (Krita's API: here, on the UI thread); its PNG is made on a worker thread."""
         if self.busy:
             self._notify("BiRefNet is still working on the previous request (cancel it in the BiRefNet docker).")
             return
@@ -114,27 +86,41 @@ class BiRefNetExtension(Extension):
         try:
             if action_id == CUT_OUT:  # the new layer takes the image's colour space
                 check_colour_space(doc.colorModel(), doc.colorDepth(), "This image")
-            source = Source(doc, node)
+            source = Source(doc, node, "rgba" if action_id == CUT_OUT else "mask")
         except UnsupportedLayer as err:
             self._fail(action_id, str(err))
             return
-        output = "rgba" if action_id == CUT_OUT else "mask"
-        call = ServerCall(settings.server_url(), settings.token(), self)
-        call.succeeded.connect(lambda body: self._apply(action_id, source, body))
-        call.failed.connect(lambda message: self._fail(action_id, message))
-        self.call, self.action_id = call, action_id
+        job = self.job = Job(action_id, source)
         self._show_progress(action_id, source)
+        self._background.run(source.png, lambda png, error: self._send(job, png, error))
+
+    def _send(self, job: Job, png, error) -> None:
+        if job is not self.job:  # cancelled while encoding: nothing is sent
+            return
+        if error is not None:
+            self._fail(job.action_id, f"Could not prepare the layer: {error}")
+            return
+        call = job.call = ServerCall(settings.server_url(), settings.token(), self)
+        call.succeeded.connect(lambda body: self._received(job, body))
+        call.failed.connect(lambda message: self._fail(job.action_id, message))
         try:
-            call.segment(source.png, source.fields(output))
+            call.segment(png, job.source.fields())
         except Exception as err:  # noqa: BLE001 - whatever it is, say it and never leave the plug-in busy
-            self._fail(action_id, f"Could not send the request: {err}")
+            self._fail(job.action_id, f"Could not send the request: {err}")
+
+    def _received(self, job: Job, body: bytes) -> None:
+        job.call = None
+        self._background.run(lambda: job.source.answer(body), lambda data, error: self._apply(job, data, error))
 
     def cancel(self) -> None:
-        if self.call is not None:
-            self.call.cancel()
+        """Stops the job at any stage: an upload is aborted, a result still being encoded or decoded is dropped."""
+        job = self.job
+        if job is not None:
+            if job.call is not None:
+                job.call.cancel()
             self._end()
             self.status.emit("Cancelled.")
-            self.finished.emit(self.action_id, False, "cancelled")
+            self.finished.emit(job.action_id, False, "cancelled")
 
     def _show_progress(self, action_id: str, source) -> None:
         window = Krita.instance().activeWindow()
@@ -151,28 +137,34 @@ class BiRefNetExtension(Extension):
         self.status.emit(text)
 
     def _end(self) -> None:
-        self.call = None
+        self.job = None
         if self._progress is not None:
             self._progress.canceled.disconnect(self.cancel)
             self._progress.close()
             self._progress.deleteLater()
             self._progress = None
 
-    def _apply(self, action_id: str, source, body: bytes) -> None:
+    def _apply(self, job: Job, data, error) -> None:
+        """The decoded answer into the document (Krita's API: on the UI thread)."""
+        if job is not self.job:  # cancelled while decoding
+            return
         self._end()
+        action_id, source = job.action_id, job.source
+        if error is not None:
+            reason = str(error) if isinstance(error, ValueError) else f"Could not read the answer: {error}"
+            self._fail(action_id, reason)
+            return
         if source.doc not in Krita.instance().documents():
             self._fail(action_id, "The document was closed before the result came.")
             return
         try:
             if action_id == CUT_OUT:
-                message = self._cut_out(source, decode_bgra(body, source.width, source.height))
+                message = self._cut_out(source, data)
+            elif action_id == SELECT_SUBJECT:
+                message = self._select(source, data)
             else:
-                mask = decode_mask(body, source.width, source.height)
-                if action_id == SELECT_SUBJECT:
-                    message = self._select(source, mask)
-                else:
-                    message = self._remove_background(source, mask)
-        except (ValueError, UnsupportedLayer) as err:
+                message = self._remove_background(source, data)
+        except UnsupportedLayer as err:
             self._fail(action_id, str(err))
             return
         self._notify(message)
@@ -184,7 +176,13 @@ class BiRefNetExtension(Extension):
         return selection
 
     def _select(self, source, mask: bytes) -> str:
-        """The mask becomes the selection (soft: 0-255 selectedness); it lies inside the guiding box."""
+        """The mask becomes the selection (soft: 0-255 selectedness); it lies inside the guiding box.
+        Document.setSelection leaves no undo step (Krita 5.1 to 5.3), so Krita's own Deselect runs first:
+        its undo step brings back the selection there was (or none), and Ctrl+Z does what users expect."""
+        if Krita.instance().activeDocument() != source.doc:  # the action works on the active image only
+            raise UnsupportedLayer("Switch back to the image Select Subject was started on and try again.")
+        Krita.instance().action("deselect").trigger()
+        source.doc.waitForDone()
         source.doc.setSelection(self._mask_selection(source, mask))
         return "Subject selected."
 
@@ -220,11 +218,13 @@ class BiRefNetExtension(Extension):
         elif doc.selection() is not None:
             Krita.instance().action("deselect").trigger()
 
-    def _cut_out(self, source, bgra: bytes) -> str:
+    def _cut_out(self, source, pixels: bytes) -> str:
+        """`pixels` were converted to the image's colour space off the UI thread: a new layer takes it."""
         doc, node = source.doc, source.node
         layer = doc.createNode(f"{node.name()} (cut out)", "paintlayer")
-        data = from_bgra8(bgra, layer.colorModel(), layer.colorDepth())
-        layer.setPixelData(QByteArray(data), source.x, source.y, source.width, source.height)
+        if (layer.colorModel(), layer.colorDepth()) != source.image_space:
+            raise UnsupportedLayer("The image's colour space changed while BiRefNet worked: try again.")
+        layer.setPixelData(QByteArray(pixels), source.x, source.y, source.width, source.height)
         node.parentNode().addChildNode(layer, node)
         doc.setActiveNode(layer)
         return f'Cut out to the new layer "{layer.name()}".'
