@@ -58,7 +58,7 @@ def image_tensor(image) -> torch.Tensor:
         if image.ndim != 3:
             raise ValueError(f"numpy images must be (H, W) or (H, W, C), got shape {image.shape}")
         if image.dtype.kind == "f" and image.size:
-            check_float_range(float(image.min()), float(image.mean(dtype=np.float64)))
+            check_float_range(image)
         # torch shares neither read-only memory (PIL's arrays) nor reversed views (BGR[..., ::-1])
         if not image.flags.writeable or any(stride < 0 for stride in image.strides):
             image = image.copy()
@@ -72,7 +72,7 @@ def image_tensor(image) -> torch.Tensor:
         if tensor.ndim != 3:
             raise ValueError(f"tensor images must be (C, H, W) or (H, W), got shape {tuple(image.shape)}")
         if tensor.is_floating_point() and tensor.numel():
-            check_float_range(float(tensor.min()), float(tensor.mean(dtype=torch.float32)))
+            check_float_range(tensor)
     else:
         raise TypeError(f"cannot read an image from {type(image).__name__}; pass a PIL image, numpy array or tensor")
     if tensor.shape[0] not in (1, 2, 3, 4):
@@ -83,10 +83,20 @@ def image_tensor(image) -> torch.Tensor:
     return tensor
 
 
-def check_float_range(low: float, mean: float) -> None:
+def check_float_range(values) -> None:
     """Float pictures mean [0, 1] (HDR highlights above 1 are clamped); data far outside it, told by
     its minimum and mean, would be clamped into a white or black picture and a meaningless mask:
-    0-255 values, a normalised network input, NaN."""
+    0-255 values, a normalised network input, NaN. A picture within [0, 1.5] is passed after one read
+    (`within_zero_and_1_5`); the minimum and mean, two more reads, only decide the others: a ComfyUI
+    frame is checked each time it is segmented, and those two reads took longer than converting it
+    (docs/benchmarks.md). numpy pictures are read with numpy (under FakeTensorMode torch's copy is fake)."""
+    if within_zero_and_1_5(values):
+        return
+    if isinstance(values, np.ndarray):
+        low, mean = float(values.min()), float(values.mean(dtype=np.float64))
+    else:
+        flat = memory_order(values)
+        low, mean = float(flat.min()), float(flat.mean(dtype=torch.float32))
     if low >= -0.5 and mean <= 1.5:
         return
     if low >= -0.5:
@@ -96,6 +106,29 @@ def check_float_range(low: float, mean: float) -> None:
     else:
         hint = "NaN values"
     raise ValueError(f"float images need values from 0 to 1, got a minimum of {low:g} and a mean of {mean:g} ({hint})")
+
+
+def within_zero_and_1_5(values) -> bool:
+    """Whether every value lies in [0, 1.5] (no NaN), from one read of the memory: `torch.aminmax`, or
+    for numpy, which has no one-pass minimum and maximum, the largest bit pattern of the values read
+    as unsigned integers (non-negative floats are ordered as their patterns; -0.0, negative values and
+    NaN have patterns above 1.5's)."""
+    if not isinstance(values, np.ndarray):
+        low, high = torch.aminmax(memory_order(values))
+        return 0 <= float(low) and float(high) <= 1.5
+    if values.dtype.itemsize not in (2, 4, 8):  # long double: no unsigned type of its size
+        return False
+    patterns = values.dtype.str.replace("f", "u")  # the same size and byte order
+    return values.view(patterns).max() <= np.array(1.5, values.dtype).view(patterns)
+
+
+def memory_order(tensor: torch.Tensor) -> torch.Tensor:
+    """The elements as one flat view in the order memory holds them, when they fill it densely (a
+    ComfyUI frame seen as (C, H, W) is its (H, W, C) memory permuted), else the tensor: torch reduces a
+    permuted view element by element, about 30 times slower than the same memory in order."""
+    order = sorted(range(tensor.ndim), key=lambda dim: tensor.stride(dim), reverse=True)
+    view = tensor.permute(order)
+    return view.view(-1) if view.is_contiguous() else tensor
 
 
 def upright(image: Image.Image) -> Image.Image:

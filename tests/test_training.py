@@ -1005,3 +1005,74 @@ def test_failures_are_one_line_as_in_birefnet(dataset, tmp_path, capsys, monkeyp
     assert all(text in err for text in expected), err
     if case == "out is a file":
         assert out.read_text() == "mine"
+
+
+def test_out_of_memory_in_a_step_is_one_line_and_the_run_resumes(dataset, tmp_path, capsys, monkeypatch):
+    """A device out of memory in a training step ends as one line naming what did not fit and the
+    settings that need less (exit code 1), not torch's traceback; resume.pt keeps the last finished
+    epoch and the advised --grad-checkpointing continues from it. This machine has no GPU: the forward
+    raises torch's CUDA error where it would come, in a real run."""
+    from birefnet_training.__main__ import main
+
+    out = tmp_path / "run"
+    tiny = ["--init", "scratch", "--backbone", "pvt_v2_b0", "--size", "64", "--device", str(DEVICE), "--epochs", "2"]
+    args = [
+        "train",
+        "--data",
+        str(dataset),
+        "--out",
+        str(out),
+        *tiny,
+        "--batch-size",
+        "2",
+        "--max-steps-per-epoch",
+        "1",
+    ]
+    assert main([*args, "--stop-after-epoch", "1"]) == 0
+    finished = (out / "resume.pt").read_bytes()
+    capsys.readouterr()
+    forward = birefnet.BiRefNet.forward
+
+    def out_of_memory(model, *inputs, **options):
+        if model.training:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity")
+        return forward(model, *inputs, **options)
+
+    monkeypatch.setattr(birefnet.BiRefNet, "forward", out_of_memory)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("training: ")]
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert "ran out of memory training 2 image(s) at 64x64 in epoch 2: run again with --grad-checkpointing " in lines[0]
+    assert "continue from resume.pt (epoch 1)" in lines[0] and "--restart" in lines[0]
+    assert "--batch-size" in lines[0] and "--size" in lines[0] and "--freeze-backbone" in lines[0]
+    assert (out / "resume.pt").read_bytes() == finished
+    monkeypatch.setattr(birefnet.BiRefNet, "forward", forward)
+    assert main([*args, "--grad-checkpointing"]) == 0
+    log = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2] and (out / "final.safetensors").is_file()
+
+
+def test_no_freeze_batchnorm_with_batches_of_one_is_refused_up_front(dataset, tmp_path, capsys):
+    """--no-freeze-batchnorm asks for each batch's own statistics, which one image cannot give (torch's
+    "Expected more than 1 value per channel" at the first step): refused before any work, naming the ways
+    out. A last batch of one never comes (training leaves the remainder out), so odd counts train."""
+    from birefnet_training.__main__ import main
+    from birefnet_training.trainer import Trainer
+
+    one = write_dataset(tmp_path / "one", 1, seed=1, size=(72, 64))
+    tiny = ["--init", "scratch", "--backbone", "pvt_v2_b0", "--size", "64", "--device", "cpu", "--epochs", "1"]
+    for data, batch, given in ((dataset, "1", "--batch-size 1"), (one, "2", "1 training pair")):
+        out = tmp_path / f"run{batch}"
+        args = ["train", "--data", str(data), "--out", str(out), *tiny, "--batch-size", batch]
+        assert main([*args, "--no-freeze-batchnorm"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert err.startswith(f"training: --no-freeze-batchnorm with batches of one image ({given}): ")
+        assert "leave the flag out" in err and "--batch-size 2 or more" in err and not out.exists()
+    three = write_dataset(tmp_path / "three", 3, seed=2, size=(72, 64))
+    trainer = Trainer(tiny_config(three, tmp_path / "odd", freeze_batchnorm=False, epochs=1, max_steps_per_epoch=None))
+    assert len(trainer.sampler) == 1  # one batch of two; the third pair waits for another epoch's shuffle
+    before = trainer.model.squeeze_module[0].bn_in.running_mean.clone()
+    trainer.run()
+    assert not torch.equal(trainer.model.squeeze_module[0].bn_in.running_mean, before)  # its own statistics

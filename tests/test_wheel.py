@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -18,10 +19,9 @@ from conftest import ROOT
 pytestmark = pytest.mark.wheel
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """Built from a copy of the tree: an in-tree build would leave build/ behind, whose stale modules
-    a later build would ship."""
+def copy_of_tree(tmp_path_factory) -> Path:
+    """The tree to build from, copied: an in-tree build would leave build/ and *.egg-info behind, whose
+    stale modules a later build would ship."""
     source = tmp_path_factory.mktemp("source") / "tree"
     shutil.copytree(
         ROOT,
@@ -30,6 +30,12 @@ def wheel(tmp_path_factory) -> Path:
             ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "out"
         ),
     )
+    return source
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    source = copy_of_tree(tmp_path_factory)
     out = tmp_path_factory.mktemp("wheel")
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(source), "-w", str(out)],
@@ -185,3 +191,50 @@ def test_serve_from_the_installed_package(installed):
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) == 0
+
+
+def collected_tests(tree: Path) -> subprocess.Popen:
+    """pytest --collect-only in `tree`, started: every test module imported with its conftest and helpers."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n0", "-p", "no:cacheprovider"],
+        cwd=tree,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def tracked_files(tree: Path) -> set[str]:
+    """The source an sdist must carry: the tracked files of a clone, or every file of an unpacked sdist's
+    tree (its build metadata aside: a build writes it anew)."""
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+        return set(filter(None, listed.stdout.split("\0"))) - {".gitignore"}
+    return {str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file()} - {"PKG-INFO", "setup.cfg"}
+
+
+def test_sdist_is_the_whole_source_and_its_tests_run_unpacked(tmp_path_factory):
+    """setuptools alone ships tests/test*.py without conftest.py, the helpers, tests/fixtures and docs/:
+    unpacked, such an sdist could not run a test. Built through setuptools' own PEP 517 hook (what
+    `python -m build --sdist` calls), from a copy of the tree."""
+    source = copy_of_tree(tmp_path_factory)
+    out = tmp_path_factory.mktemp("sdist")
+    build = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
+    result = subprocess.run(
+        [sys.executable, "-c", build, str(out)], cwd=source, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    unpacked = tmp_path_factory.mktemp("unpacked")
+    with tarfile.open(out / result.stdout.split()[-1]) as tar:
+        tar.extractall(unpacked, filter="data")
+    (root,) = unpacked.iterdir()
+    shipped = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    assert {"tests/conftest.py", "tests/random_weights.py", "docs/training.md"} <= shipped
+    assert any(name.startswith("tests/fixtures/parity/") for name in shipped)
+    missing = sorted(tracked_files(source) - shipped)
+    assert not missing, f"not in the sdist (add them to MANIFEST.in): {missing[:20]}"
+    in_tree, in_sdist = collected_tests(source), collected_tests(root)
+    tree_ids, sdist_ids = in_tree.communicate(timeout=600)[0], in_sdist.communicate(timeout=600)[0]
+    assert in_sdist.returncode == 0, sdist_ids[-3000:]
+    tests = lambda listing: sorted(line for line in listing.splitlines() if "::" in line)
+    assert tests(sdist_ids) == tests(tree_ids) and len(tests(tree_ids)) > 100

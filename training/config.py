@@ -102,7 +102,11 @@ class TrainConfig:
     freeze_backbone: bool | None = option(
         None, help="train the decoder only; default: as the official recipe (frozen for DINOv3, trained for the others)"
     )
-    freeze_batchnorm: bool | None = option(None, help="use BatchNorm running statistics; default: when batch size is 1")
+    freeze_batchnorm: bool | None = option(
+        None,
+        help="use BatchNorm running statistics; default: when batches hold one image (--no-freeze-batchnorm "
+        "needs 2 or more)",
+    )
     grad_checkpointing: bool = option(False, help="recompute backbone activations in backward (less memory)")
     compile: str | None = option(
         None,

@@ -5,6 +5,7 @@ atomic checkpoints and exact resumption.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +20,9 @@ from torch import nn
 
 from birefnet import BiRefNet, build_model, load_model, save_checkpoint
 from birefnet.device import resolve_device
+from birefnet.errors import OutOfMemory
 from birefnet.files import atomic_path
+from birefnet.inference import is_out_of_memory
 
 from .config import TrainConfig
 from .data import Augment, SegmentationDataset, SizedBatchSampler, collate, find_backgrounds, find_pairs
@@ -78,11 +81,14 @@ def build_initial_model(cfg: TrainConfig) -> BiRefNet:
     return load_model(cfg.init, tile_layout=cfg.tile_layout)
 
 
+def _batchnorms(model: nn.Module) -> list[nn.Module]:
+    return [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+
+
 def _freeze_batchnorm(model: nn.Module) -> None:
     """Use running statistics (batch size 1 has none of its own); affine terms still train."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
+    for module in _batchnorms(model):
+        module.eval()
 
 
 def split_validation(pairs: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -109,9 +115,6 @@ class Trainer:
         self.out = Path(cfg.out)
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} is a file; name a folder for the run (it is created if new)")
-        self.out.mkdir(parents=True, exist_ok=True)
-        if self.rank == 0:
-            remove_stale_temporaries(self.out)
         torch.manual_seed(cfg.seed + self.rank)
 
         pairs = find_pairs(cfg.data)
@@ -132,13 +135,17 @@ class Trainer:
         if len(self.sampler) == 0:
             raise ValueError(f"{len(pairs)} training pairs make no full batch of {cfg.batch_size} per rank")
 
-        self.model = build_initial_model(cfg).to(self.device)
+        model = build_initial_model(cfg)
+        self.freeze_bn = self.batchnorm_frozen(model, len(pairs))
+        self.out.mkdir(parents=True, exist_ok=True)  # the settings are checked: the run can begin
+        if self.rank == 0:
+            remove_stale_temporaries(self.out)
+        self.model = model.to(self.device)
         if cfg.grad_checkpointing:
             self.model.bb.set_grad_checkpointing(True)
         self.frozen_backbone = cfg.freeze_backbone if cfg.freeze_backbone is not None else self.model.variant.frozen
         if self.frozen_backbone:
             self.model.bb.requires_grad_(False)
-        self.freeze_bn = cfg.freeze_batchnorm if cfg.freeze_batchnorm is not None else self.batch_of_one(len(pairs))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.lr_decay_epochs or [100000], 0.5)
@@ -176,13 +183,26 @@ class Trainer:
             except ImportError:
                 log.warning("tensorboard is not installed; logging to %s only", LOG_FILE)
 
-    def batch_of_one(self, pairs: int) -> bool:
-        """Whether every batch holds one image: --batch-size 1, or one training pair (a batch is never
-        larger than the data). BatchNorm then freezes its statistics, or training would stop at its
-        first step (no statistics of one value per channel)."""
+    def batchnorm_frozen(self, model: nn.Module, pairs: int) -> bool:
+        """Whether BatchNorm trains on running statistics. Batches of one image (--batch-size 1, or one
+        training pair: a batch is never larger than the data) have no statistics of their own (the pooled
+        1x1 branch holds one value per channel), so by default they freeze them; --no-freeze-batchnorm
+        there is refused before any work rather than failing in torch at the first step: the user asked
+        for statistics one image cannot give, and silently freezing would ignore the flag. A last batch
+        of one never comes: training batches leave out the remainder (SizedBatchSampler, drop_last)."""
+        one = min(self.cfg.batch_size, pairs) == 1
+        if self.cfg.freeze_batchnorm is not None:
+            if one and not self.cfg.freeze_batchnorm and _batchnorms(model):
+                given = "--batch-size 1" if self.cfg.batch_size == 1 else "1 training pair"
+                raise ValueError(
+                    f"--no-freeze-batchnorm with batches of one image ({given}): BatchNorm cannot compute "
+                    "statistics from one image; leave the flag out (statistics frozen), or train with "
+                    "--batch-size 2 or more on 2 or more pairs"
+                )
+            return self.cfg.freeze_batchnorm
         if self.cfg.batch_size > 1 and pairs == 1 and self.rank == 0:
             log.info("1 training pair: batches of one image, BatchNorm statistics frozen as with --batch-size 1")
-        return min(self.cfg.batch_size, pairs) == 1
+        return one
 
     # ------------------------------------------------------------------ state
 
@@ -272,26 +292,27 @@ class Trainer:
         steps = (
             len(self.sampler) if cfg.max_steps_per_epoch is None else min(len(self.sampler), cfg.max_steps_per_epoch)
         )
-        bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=self.rank != 0, leave=False)
         self.optimizer.zero_grad(set_to_none=True)
-        for step, (images, masks, labelled, _) in enumerate(self._loader(self.train_set, self.sampler)):
-            if step >= steps:
-                break
-            images, masks = images.to(self.device), masks.to(self.device)
-            labelled = None if labelled is None else labelled.to(self.device)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                out = self.net(images)
-            result = birefnet_loss(out, images, masks, weights, labelled)
-            self.scaler.scale(result.total / cfg.accumulate).backward()
-            if (step + 1) % cfg.accumulate == 0 or step + 1 == steps:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-            for name, value in {"loss": float(result.total.detach()), **result.terms}.items():
-                sums[name] = sums.get(name, 0.0) + value
-            bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.3f}")
-            bar.update(1)
-        bar.close()
+        # closed on any error too: the one-line report then starts a line of its own, not after the bar
+        with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=self.rank != 0, leave=False) as bar:
+            for step, (images, masks, labelled, _) in enumerate(self._loader(self.train_set, self.sampler)):
+                if step >= steps:
+                    break
+                images, masks = images.to(self.device), masks.to(self.device)
+                labelled = None if labelled is None else labelled.to(self.device)
+                with self.out_of_memory_as_one_line(images, epoch, "training"):
+                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                        out = self.net(images)
+                    result = birefnet_loss(out, images, masks, weights, labelled)
+                    self.scaler.scale(result.total / cfg.accumulate).backward()
+                    if (step + 1) % cfg.accumulate == 0 or step + 1 == steps:
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                        self.optimizer.zero_grad(set_to_none=True)
+                for name, value in {"loss": float(result.total.detach()), **result.terms}.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.3f}")
+                bar.update(1)
         self.scheduler.step()
         means = {k: v / steps for k, v in sums.items()}
         if self.world > 1:  # the epoch's figures over all ranks, not rank 0's share
@@ -300,15 +321,54 @@ class Trainer:
             means = dict(zip(means, (values / self.world).tolist()))
         return means
 
+    @contextlib.contextmanager
+    def out_of_memory_as_one_line(self, images: torch.Tensor, epoch: int, doing: str):
+        """A device out of memory as one line (`birefnet.errors.OutOfMemory`, which run_command reports
+        with exit code 1, as `birefnet` does) instead of torch's traceback. resume.pt is left as it is:
+        written atomically after each finished epoch, it still holds the last one."""
+        try:
+            yield
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err):
+                raise
+            b, _, h, w = images.shape
+            raise OutOfMemory(
+                f"{self.device} ran out of memory {doing} {b} image(s) at {w}x{h} in epoch {epoch}: "
+                + self._ways_to_less_memory(epoch)
+            ) from err
+
+    def _ways_to_less_memory(self, epoch: int) -> str:
+        """The settings that need less memory and this run does not use yet. --grad-checkpointing first:
+        it recomputes activations and trains the same, so a resume may add it and continue from resume.pt;
+        the others change the optimisation, which a resume refuses (RESUME_SETTINGS): they need --restart."""
+        cfg = self.cfg
+        smaller = ["a smaller --batch-size (--accumulate keeps the effective batch)"] * (cfg.batch_size > 1)
+        smaller.append("a smaller --dynamic-size HI" if cfg.dynamic_size else "a smaller --size")
+        if cfg.precision == "fp32":
+            smaller.append("--precision " + ("fp16" if self.device.type == "cuda" else "bf16"))
+        if not self.frozen_backbone:
+            smaller.append("--freeze-backbone")
+        settings = " or ".join(filter(None, (", ".join(smaller[:-1]), smaller[-1])))
+        resumable = (self.out / RESUME_FILE).is_file()
+        if cfg.grad_checkpointing:
+            return f"start over (--restart) with {settings}" if resumable else f"run again with {settings}"
+        if resumable:
+            return (
+                f"run again with --grad-checkpointing to continue from {RESUME_FILE} (epoch {epoch - 1}), "
+                f"or start over (--restart) with {settings}"
+            )
+        return f"run again with --grad-checkpointing, {settings}"
+
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
+    def validate(self, epoch: int) -> dict[str, float]:
         self.model.eval()
         metrics = MetricSet([name for name in METRICS if name != "HCE"])
         sampler = SizedBatchSampler(
             len(self.val_set), self.cfg.batch_size, self.cfg.size, None, shuffle=False, drop_last=False
         )
         for images, masks, labelled, _ in self._loader(self.val_set, sampler):
-            probs = torch.sigmoid(self.model(images.to(self.device)).float()).cpu()
+            with self.out_of_memory_as_one_line(images, epoch, "validating"):
+                probs = torch.sigmoid(self.model(images.to(self.device)).float()).cpu()
             for i, (prob, mask) in enumerate(zip(probs, masks)):
                 metrics.step(prob[0], mask[0], void=None if labelled is None else (labelled[i, 0] < 0.5).numpy())
         return metrics.results()
@@ -328,7 +388,7 @@ class Trainer:
             record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], **self.train_epoch(epoch)}
             if self.rank == 0:
                 if self.val_set is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
-                    record.update({f"val_{k}": v for k, v in self.validate().items()})
+                    record.update({f"val_{k}": v for k, v in self.validate(epoch).items()})
                 record["seconds"] = round(time.time() - started, 2)
                 write_log(self.out / LOG_FILE, [*read_log(self.out / LOG_FILE), record])
                 if self.writer is not None:
