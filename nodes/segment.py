@@ -17,6 +17,8 @@ from .spec import In, NodeSpec, Out
 
 RESOLUTION_MODES = ("native", "custom", "aspect")
 AUTO_BATCH = 0  # batch_size 0: `birefnet.batching.auto_batch_size`
+# What nodes connected to cutout or rgba say when cutouts is off (ComfyUI shows it as "Execution Blocked: ...")
+CUTOUTS_OFF = "Segment's cutouts is off (mask only); turn it on for cutout and rgba"
 
 
 def resolution_for(mode: str, width: int, height: int):
@@ -181,7 +183,7 @@ def segment(
             objects = mask
     finally:
         birefnet_model.release_graphs()
-    skipped = None if cutouts else host.not_made("Segment's cutouts is off (mask only); turn it on for cutout and rgba")
+    skipped = None if cutouts else host.not_made(CUTOUTS_OFF)
     if skipped is not None:
         return mask, skipped, skipped, objects
     rgb = host.rgb_channels_first(image).to(mask.device)

@@ -46,6 +46,18 @@ def _options(inp: In) -> list:
     return list(inp.options() if callable(inp.options) else inp.options)
 
 
+def checked(spec: NodeSpec, kwargs: dict) -> dict:
+    """`kwargs`, once every fixed combo value in it is one of its choices: ComfyUI checks them before running,
+    except a V3 node's before December 2025 (ComfyUI#11345), where an unknown value from an API prompt passed
+    silently (device "cuda:1" ran on the default device). The weight list is checked where it is read."""
+    for inp in spec.inputs:
+        if inp.type == "COMBO" and not callable(inp.options) and inp.name in kwargs:
+            if kwargs[inp.name] not in inp.options:
+                choices = ", ".join(map(repr, inp.options))
+                raise ValueError(f"{spec.display_name}: {inp.name} must be one of {choices}, got {kwargs[inp.name]!r}")
+    return kwargs
+
+
 def v1_class(spec: NodeSpec) -> type:
     """A classic node class (INPUT_TYPES, RETURN_TYPES, FUNCTION...)."""
 
@@ -61,7 +73,7 @@ def v1_class(spec: NodeSpec) -> type:
         return {"required": required, "optional": optional}
 
     def run(self, **kwargs):
-        return spec.run(**kwargs)
+        return spec.run(**checked(spec, kwargs))
 
     return type(
         spec.node_id,
@@ -130,7 +142,7 @@ def v3_class(spec: NodeSpec, io) -> type:
             return io.Schema(**fields)
 
     def execute(cls, **kwargs):
-        return io.NodeOutput(*spec.run(**kwargs))
+        return io.NodeOutput(*spec.run(**checked(spec, kwargs)))
 
     return type(
         spec.node_id,

@@ -97,7 +97,9 @@ def weight_path(name: str) -> Path:
     folder, rel = (core, name[len(core) + 1 :]) if name.startswith(core + "/") else (host.FOLDER, name)
     full = host.full_path(folder, rel)
     if full is None:
-        if Path(name).is_file():
+        # A path of any file is for calls from Python; a prompt names one of the choices (ComfyUI before December
+        # 2025 does not check a V3 node's combo values, so a prompt could otherwise load any file on the server).
+        if not host.in_comfyui() and Path(name).is_file():
             return Path(name)
         raise FileNotFoundError(
             f"BiRefNet weights {name!r} not found in models/{folder}; put the file there and refresh"

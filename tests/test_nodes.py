@@ -76,6 +76,49 @@ def test_specs_satisfy_the_v3_schema_rules(pack):
         assert all(i.tooltip for i in spec.inputs) and all(o.tooltip for o in spec.outputs)
 
 
+def test_unknown_combo_values_are_refused_in_one_line(pack):
+    """ComfyUI before December 2025 (ComfyUI#11345) runs V3 nodes without checking combo values: an API prompt's
+    device "cuda:7" loaded on the default device without a word. The nodes check them themselves."""
+    import types
+
+    loader = pack.NODE_CLASS_MAPPINGS["BiRefNetLoader"]()
+    message = r"^Load BiRefNet: device must be one of 'auto', 'cpu', 'cpu \(OpenVINO\)', got 'cuda:7'$"
+    with pytest.raises(ValueError, match=message):
+        loader.run(weights=pack.nodes.weights.EMBEDDED, device="cuda:7", dtype="auto", tile_layout="auto")
+
+    class NodeOutput(tuple):  # current ComfyUI's V3 classes, as far as v3_class uses them
+        def __new__(cls, *values):
+            return super().__new__(cls, values)
+
+    class Input:
+        def __init__(self, *args, **kwargs):
+            pass
+
+    kind = types.SimpleNamespace(Input=Input, Output=Input)
+    io = types.SimpleNamespace(ComfyNode=object, NodeOutput=NodeOutput, Schema=dict, Custom=lambda name: kind)
+    io.Image = io.Mask = io.Int = io.Float = io.Boolean = io.String = io.Combo = kind
+    preview = pack.nodes.spec.v3_class(pack.nodes.gradient_preview.SPEC, io)
+    with pytest.raises(ValueError, match=r"^BiRefNet Gradient Preview: colormap must be one of 'turbo', .*got 'jet'$"):
+        preview.execute(birefnet_model=None, image=torch.rand(1, 8, 8, 3), colormap="jet")
+
+
+def test_a_prompt_cannot_load_a_file_outside_the_weight_folders(pack, b0_weights, monkeypatch):
+    """Inside ComfyUI the weights are one of the loader's choices: before December 2025 the host let a V3 prompt
+    name any path, and the loader read it (a file anywhere on the server). From Python any path still loads."""
+    import types
+
+    weights = pack.nodes.weights
+    assert weights.weight_path(str(b0_weights)) == b0_weights  # outside ComfyUI
+    empty = types.SimpleNamespace(
+        folder_names_and_paths={"birefnet": ([str(b0_weights.parent / "none")], {".safetensors"})},
+        get_full_path=lambda folder, name: None,
+        get_filename_list=lambda folder: [],
+    )
+    monkeypatch.setattr(pack.nodes.host, "folder_paths", empty)
+    with pytest.raises(FileNotFoundError, match=r"not found in models/birefnet; put the file there and refresh$"):
+        weights.weight_path(str(b0_weights))
+
+
 def test_loader_reports_the_variant(handle):
     assert handle.info.config.backbone == "pvt_v2_b0" and handle.dtype == torch.float32
     assert "pvt_v2_b0" in repr(handle)
@@ -283,7 +326,7 @@ def test_cutouts_off_makes_the_mask_alone(pack, handle, monkeypatch):
     mask, cutout, rgba, objects = pack.nodes.segment.segment(handle, image, cutouts=False, **options)
     assert torch.equal(mask, made[0]) and torch.equal(objects, made[3])
     assert isinstance(cutout, ExecutionBlocker) and isinstance(rgba, ExecutionBlocker)
-    assert "cutouts is off" in cutout.message
+    assert cutout.message == pack.nodes.segment.CUTOUTS_OFF
 
 
 def test_a_region_mask_with_nothing_above_half_is_one_line(pack, handle):
