@@ -7,7 +7,7 @@ the conversion to float RGB in [0, 1] (`rgb_unit`) and the conversion with the r
 (`at_working_size`). Milliseconds per frame, median (and minimum) over every frame of every round; the
 check as a share of the conversion. Results: docs/benchmarks.md.
 
-    python docs/bench_float_check.py [--threads 2] [--rounds 5]
+    python -m birefnet.bench_float_check [--threads 2] [--rounds 5]
 """
 
 from __future__ import annotations
