@@ -59,8 +59,11 @@ def image_tensor(image) -> torch.Tensor:
             raise ValueError(f"numpy images must be (H, W) or (H, W, C), got shape {image.shape}")
         if image.dtype.kind == "f" and image.size:
             check_float_range(image)
-        # torch shares neither read-only memory (PIL's arrays) nor reversed views (BGR[..., ::-1])
-        if not image.flags.writeable or any(stride < 0 for stride in image.strides):
+        # torch shares neither read-only memory (PIL's arrays) nor reversed views (BGR[..., ::-1]) nor
+        # the other byte order (big-endian data from FITS or scientific TIFF readers)
+        if not image.dtype.isnative:
+            image = image.astype(image.dtype.newbyteorder("="))
+        elif not image.flags.writeable or any(stride < 0 for stride in image.strides):
             image = image.copy()
         tensor = torch.from_numpy(image).permute(2, 0, 1)
     elif isinstance(image, torch.Tensor):

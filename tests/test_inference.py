@@ -163,6 +163,23 @@ def test_sixteen_bit_and_float_images_scale_by_their_mode_not_their_pixels(tmp_p
         to_rgb_tensor(torch.full((3, 2, 2), float("nan")))
 
 
+@pytest.mark.parametrize("layout", ["comfyui_view", "numpy", "numpy_big_endian_fp16"])
+def test_one_nan_pixel_in_any_layout_is_refused_and_in_range_pictures_pass(layout):
+    """The one-read range check (memory order for tensors, bit patterns for numpy) sees a single bad
+    pixel wherever it lies, and passes a picture in [0, 1] holding a -0.0."""
+
+    def picture(value):
+        frame = np.random.default_rng(0).random((1, 6, 7, 3), dtype=np.float32)
+        frame[0, 4, 5, 2] = value
+        if layout == "comfyui_view":  # ComfyUI's IMAGE is (B, H, W, C); the node passes (C, H, W) views
+            return torch.from_numpy(frame)[0].permute(2, 0, 1)
+        return frame[0] if layout == "numpy" else frame[0].astype(">f2")
+
+    with pytest.raises(ValueError, match="NaN"):
+        to_rgb_tensor(picture(np.nan))
+    assert to_rgb_tensor(picture(-0.0))[2, 4, 5] == 0
+
+
 def test_a_png_transparent_colour_stays_transparent_in_the_cutout(tmp_path):
     from birefnet.files import read_image
 
