@@ -10,7 +10,7 @@ import uuid
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from PIL import Image, ImageOps
 
@@ -236,6 +236,23 @@ def check_outputs(outputs, inputs, replace: bool) -> None:
                 f"{existing[0]} already exists{more}; choose another --out, or add --overwrite to replace "
                 "earlier outputs"
             )
+
+
+def unfinished(planned: list[Collection[Path]], *columns: list) -> tuple[int, list[set[Path]], list[list]]:
+    """--skip-existing (resuming an interrupted run), for images and clips alike: an input is done when
+    every output it `planned` exists (each is written under a temporary name and renamed when
+    whole, `atomic_path`, so one that exists is complete); an input that plans none (a clip whose frames
+    cannot be counted) is never done. Returns (how many inputs are done, the missing outputs of each other
+    input, each of `columns`, one item per input, without the done inputs)."""
+    missing = [{path for path in paths if not Path(path).exists()} for paths in planned]
+    todo = [bool(absent) or not paths for absent, paths in zip(missing, planned)]
+    left = [[item for item, go in zip(column, todo) if go] for column in (missing, *columns)]
+    return todo.count(False), left[0], left[1:]
+
+
+def kept_note(kept: int, what: str = "input(s)") -> str:
+    """The summary's words for the inputs --skip-existing found done (images and clips say it alike)."""
+    return f", kept the outputs {kept} {what} had already (--skip-existing)"
 
 
 def check_writable(folder) -> None:

@@ -171,6 +171,21 @@ class VideoSource:
         self.close()
 
 
+def stored_frames(path) -> int:
+    """How many frames a clip holds, without decoding any (the CLI's --skip-existing counts a clip's frame
+    folder against it): from the header, or where the container does not say (Matroska, WebM) by counting
+    the video stream's packets. 0 for a file that cannot be read or holds no video."""
+    av = _av()
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return 0
+            stream = container.streams.video[0]
+            return stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+    except av.error.FFmpegError:
+        return 0
+
+
 def mask_encoding(width: int, height: int) -> tuple[str, str, dict]:
     """(encoder, pixel format, options) of a mask video at the clip's exact size (compositing needs it).
     Even sizes: H.264 4:2:0, which every player plays. H.264 4:2:0 cannot code an odd width or height

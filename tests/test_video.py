@@ -4,6 +4,7 @@ exact ground truth, and the CLI on a real encoded clip (PyAV)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,9 +292,55 @@ def test_an_odd_sized_clip_keeps_its_size_in_a_4_2_0_mask_video(tmp_path, capsys
         assert next(cutouts.decode(cutouts.streams.video[0])).to_ndarray(format="rgba").shape == (47, 65, 4)
     with av.open(str(out / "odd2_mask.mp4")) as video:
         assert next(video.decode(video.streams.video[0])).to_ndarray(format="gray").shape == (47, 64)
+
+
+def _state(folder):
+    """Every file under `folder`: its bytes and modification time."""
+    return {p.relative_to(folder): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_skip_existing_resumes_interrupted_clips(tmp_path, capsys):
+    """--skip-existing on clips: a clip whose videos exist (renamed into place after all its frames), or
+    without --video whose frame folder holds all its frames, is done and not decoded; another is segmented
+    again and only its missing files are written, nothing there replaced (bytes and times kept); a killed
+    write's temporary is no output; with every clip done no model loads (the weights here cannot load)."""
+    from birefnet.cli import main
+
+    _marked_clip(tmp_path / "a.mp4", frames=3)
+    _marked_clip(tmp_path / "b.mkv", frames=4)  # Matroska stores no frame count: its packets are counted
+    clips = [str(tmp_path / "a.mp4"), str(tmp_path / "b.mkv")]
+    out, seq = tmp_path / "out", tmp_path / "seq"
+    assert main(["segment", *clips, "--out", str(out), "--video", "--cutout", "--quiet"]) == 0
+    assert main(["segment", *clips, "--out", str(seq), "--cutout", "--quiet"]) == 0
+    complete = {folder: _state(folder) for folder in (out, seq)}
+    # killed in b: the cut-out video renamed, the mask video not yet (a temporary left); frames missing
+    for path in (out / "b_mask.mp4", out / "b" / "000003.png", out / "b" / "000004.png"):
+        path.unlink()
+    (out / ".tmp0123abcd.mp4").write_bytes(b"half a video")
+    for path in (seq / "b" / "000002_cutout.png", seq / "b" / "000004.png"):  # PNGs finish in any order
+        path.unlink()
+    before = {folder: _state(folder) for folder in (out, seq)}
     capsys.readouterr()
-    assert main(["segment", *clips, "--out", str(out), "--video", "--skip-existing"]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == [
-        "birefnet: --skip-existing is for images (a clip's frame folder may be half written); run the clips that "
-        "are not done, or add --overwrite"
-    ]
+    assert main(["segment", *clips, "--out", str(out), "--video", "--cutout", "--skip-existing", "--quiet"]) == 0
+    assert main(["segment", *clips, "--out", str(seq), "--cutout", "--skip-existing", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    for folder in (out, seq):
+        after = _state(folder)
+        assert {path: after[path] for path in before[folder]} == before[folder]  # nothing replaced
+        assert set(after) - set(before[folder]) == set(complete[folder]) - set(before[folder])  # all missing
+        assert set(after) == set(complete[folder]) | ({Path(".tmp0123abcd.mp4")} if folder == out else set())
+    with av.open(str(out / "b_mask.mp4")) as video:
+        assert len(list(video.decode(video.streams.video[0]))) == 4
+    assert str(tmp_path / "a.mp4") not in err  # done: not decoded
+    assert f"b.mkv: wrote 2 mask(s) to {out / 'b'} at 10 fps (2 were there already), b_mask.mp4\n" in err
+    assert f"b.mkv: wrote 1 mask(s) to {seq / 'b'} at 10 fps (3 were there already)\n" in err
+    assert f"segmented 1 of 2 clip(s) into {out}, kept the outputs 1 clip(s) had already (--skip-existing)" in err
+    broken = tmp_path / "never_read.safetensors"
+    broken.write_bytes(b"not weights")
+    for folder, flags in ((out, ["--video", "--cutout"]), (seq, ["--cutout"])):
+        args = ["segment", *clips, "--out", str(folder), *flags, "--skip-existing", "--weights", str(broken)]
+        assert main(args) == 0
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"birefnet: segmented 0 of 2 clip(s) into {folder}, kept the outputs 2 clip(s) had already "
+            "(--skip-existing)"
+        ]

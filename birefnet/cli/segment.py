@@ -9,7 +9,16 @@ from pathlib import Path
 from ..batching import AUTO, AUTO_MOST
 from ..compiled import compile_model
 from ..distributed import rank_and_world, shard, summed
-from ..files import check_outputs, list_images, output_paths, read_frames, remove_unwritten, save_image
+from ..files import (
+    check_outputs,
+    kept_note,
+    list_images,
+    output_paths,
+    read_frames,
+    remove_unwritten,
+    save_image,
+    unfinished,
+)
 from ..guidance import clip_box
 from ..highres import DEFAULT_FINE_MEGAPIXELS
 from ..inference import mask_to_image, model_device, segment
@@ -117,8 +126,10 @@ def add_parser(sub) -> None:
     seg.add_argument(
         "--skip-existing",
         action="store_true",
-        help="resume an interrupted run: images whose outputs all exist in --out are not segmented again "
-        "(outputs are written whole or not at all), missing ones are written; nothing is replaced",
+        help="resume an interrupted run: inputs whose outputs all exist in --out are not read again (outputs are "
+        "written whole or not at all), missing ones are written; nothing is replaced. A clip is done when its "
+        "videos exist (--video) or, frames only, its folder holds every frame; one not done is segmented again "
+        "from its first frame, writing only the frame files and videos it lacks",
     )
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     add_refinement_flags(seg)
@@ -183,11 +194,8 @@ def cmd_segment(args) -> int:
     )
     wanted = [set(written_paths(paths, args.cutout)) for paths in outputs]  # what each input writes
     kept = 0
-    if args.skip_existing:
-        wanted = [{path for path in paths if not path.exists()} for paths in wanted]  # written atomically: whole
-        todo = [bool(paths) for paths in wanted]
-        kept = todo.count(False)
-        files, outputs, wanted = [[item for item, go in zip(column, todo) if go] for column in (files, outputs, wanted)]
+    if args.skip_existing:  # only the missing outputs of the inputs not done
+        kept, wanted, (files, outputs) = unfinished(wanted, files, outputs)
     model = load_for(args, out_dir) if files else None  # all done already: no model to load
     if rank == 0 and model is not None:
         print(model.info.describe(), file=sys.stderr)
@@ -275,7 +283,7 @@ def cmd_segment(args) -> int:
         print(
             f"birefnet: wrote {done} mask(s) to {out_dir}"
             + (f", skipped {skipped}" if skipped else "")
-            + (f", kept the outputs {kept} input(s) had already (--skip-existing)" if args.skip_existing else "")
+            + (kept_note(kept) if args.skip_existing else "")
             + (f", removed {removed} output(s) of an earlier run this run did not write again" if removed else "")
             + (f" ({world} processes)" if world > 1 else ""),
             file=sys.stderr,

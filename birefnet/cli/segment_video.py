@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import CUTOUT, check_outputs, output_paths, remove_unwritten, save_image
+from ..files import CUTOUT, check_outputs, kept_note, output_paths, remove_unwritten, save_image, unfinished
 from ..inference import cutout, mask_to_image
 from ..write_behind import WriteBehind
 from .flags import load_for
@@ -20,18 +20,14 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
     """Each clip as a stream: OUT/<clip>/000001.png ...; --cutout adds OUT/<clip>/000001_cutout.png ...
     (RGBA), or with --video OUT/<clip>_cutout.mov (ProRes 4444, alpha) beside OUT/<clip>_mask.mp4;
     frames decoded and written one batch at a time. A clip that cannot be read is skipped with one line
-    and the others go on (exit 1), as an unreadable image is."""
+    and the others go on (exit 1), as an unreadable image is. --skip-existing leaves the clips that are
+    done (`clip_plan`) undecoded, and loads no model when all are."""
     from ..video import VideoSource, odd_size_note
 
     if others:
         raise ValueError("give videos and images in separate runs (videos: " + ", ".join(map(str, videos)) + ")")
     if args.highres or args.box:
         raise ValueError("--highres and --box are for images; for video use --resolution / --max-megapixels")
-    if args.skip_existing:
-        raise ValueError(
-            "--skip-existing is for images (a clip's frame folder may be half written); run the clips that are "
-            "not done, or add --overwrite"
-        )
     out_dir = Path(args.out)
     names = clip_names(videos)
     renamed = [name for path, name in zip(videos, names) if name != path.stem]
@@ -42,8 +38,13 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
             file=sys.stderr,
         )
     check_video_outputs(videos, names, out_dir, args)
-    model = load_for(args, out_dir)
-    print(model.info.describe(), file=sys.stderr)
+    total, kept = len(videos), 0
+    if args.skip_existing:
+        plans = [clip_plan(path, name, out_dir, args) for path, name in zip(videos, names)]
+        kept, _, (videos, names) = unfinished(plans, videos, names)
+    model = load_for(args, out_dir) if videos else None  # all done already: no model to load
+    if model is not None:
+        print(model.info.describe(), file=sys.stderr)
     skipped, odd_said = 0, False
     for path, name in zip(videos, names):
         try:
@@ -61,37 +62,50 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
         if damage is not None:  # the frames before it are written, whole; the rest cannot be read
             skipped += 1
             print(f"birefnet: skipped the rest of {damage}", file=sys.stderr)
-    if skipped:
-        print(f"birefnet: {skipped} of {len(videos)} clip(s) could not be read, wholly or in part", file=sys.stderr)
+    if skipped or args.skip_existing:
+        print(
+            f"birefnet: segmented {len(videos) - skipped} of {total} clip(s) into {out_dir}"
+            + (f", {skipped} could not be read, wholly or in part" if skipped else "")
+            + (kept_note(kept, "clip(s)") if args.skip_existing else ""),
+            file=sys.stderr,
+        )
     return 1 if skipped else 0
+
+
+def clip_plan(path: Path, name: str, out_dir: Path, args) -> list[Path]:
+    """--skip-existing: the outputs whose presence marks a clip done (`files.unfinished`). With --video its
+    videos: they are renamed into place after all the clip's frame PNGs are written, so they stand for the
+    frames too. Frames only: every frame file, FOLDER/000001.png to the clip's stored frame count
+    (`video.stored_frames`, nothing decoded); none when it cannot be counted (the clip is then done again)."""
+    from ..video import stored_frames
+
+    if args.video:
+        return clip_videos(out_dir, name, args)
+    folder = out_dir / name
+    return [frame for number in range(1, stored_frames(path) + 1) for frame in frame_paths(folder, number, args.cutout)]
 
 
 def segment_clip(model, source, name: str, out_dir: Path, args) -> ValueError | None:
     """One opened clip to OUT/<name>/000001.png ... (and its videos), said in one line when done; returns
-    the damage that ended it early, if any (what came before is written, videos included)."""
+    the damage that ended it early, if any (what came before is written, videos included). With
+    --skip-existing the clip is segmented whole (temporal stability needs the frames before) and only its
+    missing files are written: existing frames and videos are kept as they are."""
     from tqdm import tqdm
 
     from ..video import VideoWriter, segment_frames
 
-    folder = out_dir / name
+    folder, keep = out_dir / name, args.skip_existing
+    missing = [path for path in clip_videos(out_dir, name, args) if not (keep and path.exists())]
+    mask_path, cutout_path = out_dir / f"{name}_mask.mp4", out_dir / f"{name}_cutout.mov"
     with contextlib.ExitStack() as outputs:
-        writers = []
-        if args.video:
-            writers.append(
-                outputs.enter_context(
-                    VideoWriter(out_dir / f"{name}_mask.mp4", source.fps, source.size, "mask", replace=args.overwrite)
-                )
-            )
-            if args.cutout:
-                writers.append(
-                    outputs.enter_context(
-                        VideoWriter(
-                            out_dir / f"{name}_cutout.mov", source.fps, source.size, "rgba", replace=args.overwrite
-                        )
-                    )
-                )
+        writers = [  # (mask video, cut-out video), each None when not written
+            outputs.enter_context(VideoWriter(path, source.fps, source.size, kind, replace=args.overwrite))
+            if path in missing
+            else None
+            for path, kind in ((mask_path, "mask"), (cutout_path, "rgba"))
+        ]
         bar = tqdm(total=source.count or None, unit="frame", disable=args.quiet, desc=source.path.name)
-        number, damage = 0, []
+        number, written, damage = 0, 0, []
         pairs = segment_frames(
             model,
             readable_part(source.frames(), damage),
@@ -106,17 +120,21 @@ def segment_clip(model, source, name: str, out_dir: Path, args) -> ValueError | 
         with WriteBehind() as pictures, WriteBehind(workers=1) as encoder:
             for number, (frame, mask) in enumerate(pairs, start=1):
                 grey = mask_to_image(mask)  # once, for the PNG and the video
-                pictures.submit(save_frame, frame, mask, grey, folder, number, png_cutouts, args.overwrite)
-                if args.video:
+                planned = frame_paths(folder, number, png_cutouts)
+                paths = [path for path in planned if not (keep and path.exists())]
+                if paths:
+                    pictures.submit(save_frame, frame, mask, grey, paths, args.overwrite)
+                written += planned[0] in paths
+                if missing:
                     encoder.submit(encode_frame, writers, frame, mask, grey)
                 bar.update(1)
         bar.close()
     if args.overwrite:
         remove_earlier_frames(folder, number, cutouts=png_cutouts)
     print(
-        f"birefnet: {source.path}: wrote {number} mask(s) to {folder} at {float(source.fps):.3g} fps"
-        + (f", {name}_mask.mp4" if args.video else "")
-        + (f", {name}_cutout.mov" if args.video and args.cutout else ""),
+        f"birefnet: {source.path}: wrote {written} mask(s) to {folder} at {float(source.fps):.3g} fps"
+        + (f" ({number - written} were there already)" if written < number else "")
+        + "".join(f", {path.name}" for path in missing),
         file=sys.stderr,
     )
     return damage[0] if damage else None
@@ -136,19 +154,20 @@ def frame_paths(folder: Path, number: int, with_cutout: bool) -> list[Path]:
     return [folder / f"{number:06d}.png", *([folder / f"{number:06d}{CUTOUT}.png"] if with_cutout else [])]
 
 
-def save_frame(frame, mask, grey, folder: Path, number: int, with_cutout: bool, replace: bool) -> None:
-    """A clip's frame `number` as FOLDER/000001.png (the mask as `grey`), with its RGBA cut-out beside it."""
-    paths = frame_paths(folder, number, with_cutout)
-    save_image(grey, paths[0], replace=replace)
-    if with_cutout:
-        save_image(cutout(frame, mask), paths[1], replace=replace)
+def save_frame(frame, mask, grey, paths: list[Path], replace: bool) -> None:
+    """A clip's frame files among `frame_paths`: the mask FOLDER/000001.png (as `grey`), its RGBA cut-out
+    FOLDER/000001_cutout.png."""
+    for path in paths:
+        save_image(cutout(frame, mask) if path.stem.endswith(CUTOUT) else grey, path, replace=replace)
 
 
 def encode_frame(writers, frame, mask, grey) -> None:
-    """One frame into the mask video (`grey`) and, when there is a second writer, the cut-out video."""
-    writers[0].write(np.asarray(grey))
-    if len(writers) > 1:
-        writers[1].write(np.asarray(cutout(frame, mask)))
+    """One frame into the mask video (`grey`) and the cut-out video, those of the two `writers` there are."""
+    mask_video, cutout_video = writers
+    if mask_video is not None:
+        mask_video.write(np.asarray(grey))
+    if cutout_video is not None:
+        cutout_video.write(np.asarray(cutout(frame, mask)))
 
 
 def remove_earlier_frames(folder: Path, count: int, cutouts: bool) -> None:
@@ -170,7 +189,7 @@ def clip_names(videos: list[Path]) -> list[str]:
 def check_video_outputs(videos: list[Path], names: list[str], out_dir: Path, args) -> None:
     """Before the model loads: no two clips' outputs may share a path (`a_mask.mp4.mp4`'s frame folder
     is `a.mp4`'s mask video), each clip's frame folder must be empty and its videos absent (unless
-    --overwrite), and no output may land on an input clip (ever)."""
+    --overwrite or --skip-existing), and no output may land on an input clip (ever)."""
     owner: dict[str, int] = {}
     for number, (path, name) in enumerate(zip(videos, names)):
         for out in [out_dir / name, *clip_videos(out_dir, name, args)]:
@@ -178,11 +197,12 @@ def check_video_outputs(videos: list[Path], names: list[str], out_dir: Path, arg
             if first != number:
                 raise ValueError(f"{videos[first]} and {path} would both write {out}; rename one of them")
         folder = out_dir / name
-        if not args.overwrite and folder.is_dir() and any(folder.iterdir()):
+        if not (args.overwrite or args.skip_existing) and folder.is_dir() and any(folder.iterdir()):
             raise FileExistsError(
                 f"{folder} already holds files; choose another --out, or add --overwrite to replace earlier outputs"
             )
-    check_outputs([out for name in names for out in clip_videos(out_dir, name, args)], videos, args.overwrite)
+    clips = [out for name in names for out in clip_videos(out_dir, name, args)]
+    check_outputs(clips, videos, args.overwrite or args.skip_existing)  # --skip-existing writes only missing ones
 
 
 def clip_videos(out_dir: Path, name: str, args) -> list[Path]:
