@@ -73,6 +73,13 @@ def show(doc):
     return doc
 
 
+def undo(doc) -> None:
+    """Krita's Undo (Ctrl+Z), as the Edit menu runs it."""
+    Krita.instance().action("edit_undo").trigger()
+    doc.waitForDone()
+    wait(0.3)
+
+
 def open_image(name: str):
     """A PNG opened as a document: its one layer is the active one."""
     doc = Krita.instance().openDocument(PLAN["images"][name])
@@ -142,6 +149,24 @@ def scenario_remove_background():
     window.grab().save(str(RESULTS / "screenshot.png"))
     # again, with the new mask active: the next mask goes on the same layer
     record("remove_background_again", doc, node, trigger(birefnet.REMOVE_BACKGROUND))
+    # Undo, once per action: each removes its mask and nothing else (no selection appears)
+    undone = {}
+    for step in ("once", "twice"):
+        undo(doc)
+        undone[step] = dict(masks=len(masks_of(node)), selection=doc.selection() is not None)
+    # an active local selection mask on the layer (as Krita leaves a new one) must not become the mask
+    selection = Selection()
+    selection.select(*PLAN["box"], 255)
+    doc.setSelection(selection)
+    Krita.instance().action("add_new_selection_mask").trigger()
+    doc.waitForDone()
+    doc.setActiveNode(node)
+    wait(0.3)
+    record("remove_background_local", doc, node, trigger(birefnet.REMOVE_BACKGROUND))
+    undo(doc)
+    children = [child.type() for child in node.childNodes()]
+    undone["local"] = dict(masks=len(masks_of(node)), selection=doc.selection() is not None, children=children)
+    (RESULTS / "remove_background_undo.json").write_text(json.dumps(undone))
 
 
 def scenario_select_subject():
@@ -181,6 +206,11 @@ def scenario_box():
     result = trigger(birefnet.REMOVE_BACKGROUND)
     after = doc.selection()
     record("box", doc, node, result, selection_kept=after is not None and after.pixelData(x, y, w, h).data() == before)
+    undo(doc)  # the mask goes, the selection stays as it was (not the mask's shape)
+    after = doc.selection()
+    undone = dict(
+        masks=len(masks_of(node)), selection_kept=after is not None and after.pixelData(x, y, w, h).data() == before
+    )
     subject = trigger(birefnet.SELECT_SUBJECT)
     record(
         "box_select",
@@ -188,6 +218,7 @@ def scenario_box():
         node,
         subject,
         selection=save("box_select_selection.raw", doc.selection().pixelData(x, y, w, h).data()),
+        undone=undone,
     )
 
 
@@ -496,9 +527,7 @@ def scenario_select_subject_undo():
         before = doc.selection().pixelData(x, y, w, h).data() if doc.selection() else None
         result = trigger(birefnet.SELECT_SUBJECT)
         subject = doc.selection().pixelData(x, y, w, h).data() if doc.selection() else None
-        Krita.instance().action("edit_undo").trigger()
-        doc.waitForDone()
-        wait(0.3)
+        undo(doc)
         after = doc.selection().pixelData(x, y, w, h).data() if doc.selection() else None
         out[case] = dict(result, had_before=before is not None, changed=subject != before, restored=after == before)
     (RESULTS / "select_subject_undo.json").write_text(json.dumps(out))

@@ -371,6 +371,26 @@ def test_remove_background_adds_the_librarys_mask_as_a_transparency_mask(krita_s
 
 @needs_krita
 @pytest.mark.krita
+def test_remove_background_is_one_undo_step(krita_session):
+    """Krita's Undo after Remove Background removes the mask and leaves the selection as it was: none here (on
+    Krita 5.1 the mask used to come from a temporary selection, which Undo brought back), and a rectangle in
+    test_selection_is_the_guiding_box_and_stays. An active local selection mask on the layer (Krita 5.1's Add
+    Transparency Mask copies the active selection) does not become the mask either."""
+    undone = json.loads(
+        (scenario(krita_session, "remove_background")["dir"] / "remove_background_undo.json").read_text()
+    )
+    assert undone["once"] == {"masks": 1, "selection": False}
+    assert undone["twice"] == {"masks": 0, "selection": False}
+    first = scenario(krita_session, "remove_background")
+    local = scenario(krita_session, "remove_background", "remove_background_local")
+    assert local["ok"], local["message"]
+    assert local["masks"] == ["Background removed (BiRefNet)"]
+    assert np.array_equal(raw(local, "mask", 1), raw(first, "mask", 1))  # the whole layer's object, not the rectangle
+    assert undone["local"] == {"masks": 0, "selection": False, "children": ["selectionmask"]}
+
+
+@needs_krita
+@pytest.mark.krita
 def test_select_subject_makes_the_mask_the_selection(krita_session, model):
     result = scenario(krita_session, "select_subject")
     assert result["ok"], result["message"]
@@ -411,6 +431,7 @@ def test_selection_is_the_guiding_box_and_stays(krita_session, model):
     assert mask[outside].max() == 0
     assert result["selection_kept"]
     subject = scenario(krita_session, "box", "box_select")
+    assert subject["undone"] == {"masks": 0, "selection_kept": True}  # Undo: the mask goes, the rectangle stays
     assert subject["ok"], subject["message"]
     assert_same_mask(raw(subject, "selection", 1), expected)
 

@@ -188,35 +188,49 @@ class BiRefNetExtension(Extension):
 
     def _remove_background(self, source, mask: bytes) -> str:
         doc, node = source.doc, source.node
-        if hasattr(doc, "createTransparencyMask"):  # Krita 5.2+
+        if hasattr(doc, "createTransparencyMask"):  # Krita 5.2+: adding the node is one undo step
             layer_mask = doc.createTransparencyMask(MASK_NAME)
             layer_mask.setPixelData(QByteArray(mask), source.x, source.y, source.width, source.height)
             node.addChildNode(layer_mask, None)
-        else:  # Krita 5.1: the built-in action turns the global selection into a mask on the active layer
-            # (or, when a mask is active, on that mask's layer)
-            if Krita.instance().activeDocument() != doc:
-                raise UnsupportedLayer("Switch back to the image the background removal was started on and try again.")
-            active = doc.activeNode()
-            if active is None or node.uniqueId() not in (active.uniqueId(), active.parentNode().uniqueId()):
-                raise UnsupportedLayer(
-                    f'The active layer changed while BiRefNet worked: select "{node.name()}" and try again.'
-                )
-            kept = source.selection.duplicate() if source.selection is not None else None
-            before = {child.uniqueId() for child in node.childNodes()}
-            doc.setSelection(self._mask_selection(source, mask))
-            Krita.instance().action("add_new_transparency_mask").trigger()
-            doc.waitForDone()
-            for child in node.childNodes():
-                if child.uniqueId() not in before and child.type() == "transparencymask":
-                    child.setName(MASK_NAME)
-            self._restore_selection(doc, kept)
+        else:
+            self._add_mask_with_krita_action(source, mask)
         return f'Background removed: a transparency mask on "{node.name()}".'
 
-    def _restore_selection(self, doc, kept) -> None:
+    def _add_mask_with_krita_action(self, source, mask: bytes) -> None:
+        """Krita 5.1 has no createTransparencyMask, and a mask from createNode has no pixels to write: Krita's own
+        Add Transparency Mask makes it (on the active layer, or beside the active mask), then the mask's pixels
+        are written. No selection is set for it: that action's undo step brings back the global selection
+        there was when it ran, so a temporary selection would reappear on Undo. The user's selection is put
+        aside without an undo step and put back the same way; an active local selection mask only seeds the
+        new mask, whose pixels are all overwritten. One Undo removes the mask and nothing else."""
+        doc, node = source.doc, source.node
+        if Krita.instance().activeDocument() != doc:
+            raise UnsupportedLayer("Switch back to the image the background removal was started on and try again.")
+        active = doc.activeNode()
+        if active is None or node.uniqueId() not in (active.uniqueId(), active.parentNode().uniqueId()):
+            raise UnsupportedLayer(
+                f'The active layer changed while BiRefNet worked: select "{node.name()}" and try again.'
+            )
+        kept = doc.selection()
+        before = {child.uniqueId() for child in node.childNodes()}
         if kept is not None:
-            doc.setSelection(kept)
-        elif doc.selection() is not None:
-            Krita.instance().action("deselect").trigger()
+            doc.setSelection(None)
+        try:
+            Krita.instance().action("add_new_transparency_mask").trigger()
+            doc.waitForDone()
+        finally:
+            if kept is not None:
+                doc.setSelection(kept)
+        added = [c for c in node.childNodes() if c.uniqueId() not in before and c.type() == "transparencymask"]
+        if not added:
+            raise UnsupportedLayer(f'Krita did not add a transparency mask to "{node.name()}" (is it locked?).')
+        layer_mask = added[0]
+        layer_mask.setName(MASK_NAME)
+        bounds = node.bounds()  # the new mask shows everything: hidden beyond the canvas, as on Krita 5.2+
+        x, y, width, height = bounds.x(), bounds.y(), bounds.width(), bounds.height()
+        layer_mask.setPixelData(QByteArray(bytes(width * height)), x, y, width, height)
+        layer_mask.setPixelData(QByteArray(mask), source.x, source.y, source.width, source.height)
+        doc.refreshProjection()
 
     def _cut_out(self, source, pixels: bytes) -> str:
         """`pixels` were converted to the image's colour space off the UI thread: a new layer takes it."""
