@@ -185,14 +185,15 @@ def cmd_segment(args) -> int:
         )
     total = len(files)
     inputs = [file for file, _ in files]
-    planned = {path for paths in outputs for path in written_paths(paths, args.cutout)}  # every process's
-    files, outputs = shard(files, rank, world), shard(outputs, rank, world)  # names chosen before sharding
+    writes = [written_paths(paths, args.cutout) for paths in outputs]  # what each input writes, named before sharding
+    planned = {path for paths in writes for path in paths}  # every process's
+    files, outputs, writes = (shard(column, rank, world) for column in (files, outputs, writes))
     check_outputs(
-        [path for paths in outputs for path in written_paths(paths, args.cutout)],
+        [path for paths in writes for path in paths],
         inputs,
         args.overwrite or args.skip_existing,  # --skip-existing never replaces: it writes only missing outputs
     )
-    wanted = [set(written_paths(paths, args.cutout)) for paths in outputs]  # what each input writes
+    wanted = [set(paths) for paths in writes]
     kept = 0
     if args.skip_existing:  # only the missing outputs of the inputs not done
         kept, wanted, (files, outputs) = unfinished(wanted, files, outputs)

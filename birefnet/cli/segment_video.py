@@ -96,13 +96,12 @@ def segment_clip(model, source, name: str, out_dir: Path, args) -> ValueError | 
 
     folder, keep = out_dir / name, args.skip_existing
     missing = [path for path in clip_videos(out_dir, name, args) if not (keep and path.exists())]
-    mask_path, cutout_path = out_dir / f"{name}_mask.mp4", out_dir / f"{name}_cutout.mov"
     with contextlib.ExitStack() as outputs:
         writers = [  # (mask video, cut-out video), each None when not written
             outputs.enter_context(VideoWriter(path, source.fps, source.size, kind, replace=args.overwrite))
             if path in missing
             else None
-            for path, kind in ((mask_path, "mask"), (cutout_path, "rgba"))
+            for path, kind in zip(video_paths(out_dir, name), ("mask", "rgba"))
         ]
         bar = tqdm(total=source.count or None, unit="frame", disable=args.quiet, desc=source.path.name)
         number, written, damage = 0, 0, []
@@ -208,5 +207,10 @@ def check_video_outputs(videos: list[Path], names: list[str], out_dir: Path, arg
 def clip_videos(out_dir: Path, name: str, args) -> list[Path]:
     """The videos a clip named `name` writes beside its frame folder: with --video its mask video, and
     with --cutout too its cut-out video."""
-    clips = [out_dir / f"{name}_mask.mp4"] if args.video else []
-    return clips + ([out_dir / f"{name}_cutout.mov"] if args.video and args.cutout else [])
+    mask_video, cutout_video = video_paths(out_dir, name)
+    return ([mask_video] if args.video else []) + ([cutout_video] if args.video and args.cutout else [])
+
+
+def video_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
+    """The names of a clip's mask video and cut-out video, beside its frame folder (written or not)."""
+    return out_dir / f"{name}_mask.mp4", out_dir / f"{name}_cutout.mov"
