@@ -33,6 +33,12 @@ def current():
     return _current
 
 
+def _require_active(doc, action: str) -> None:
+    """Krita's own actions (Deselect, Add Transparency Mask) work on the active image only."""
+    if Krita.instance().activeDocument() != doc:
+        raise UnsupportedLayer(f"Switch back to the image {action} was started on and try again.")
+
+
 class Job:
     """One action's run, from reading the layer to applying the answer; `call` is its request while it is
     on the way."""
@@ -179,8 +185,7 @@ class BiRefNetExtension(Extension):
         """The mask becomes the selection (soft: 0-255 selectedness); it lies inside the guiding box.
         Document.setSelection leaves no undo step (Krita 5.1 to 5.3), so Krita's own Deselect runs first:
         its undo step brings back the selection there was (or none), and Ctrl+Z does what users expect."""
-        if Krita.instance().activeDocument() != source.doc:  # the action works on the active image only
-            raise UnsupportedLayer("Switch back to the image Select Subject was started on and try again.")
+        _require_active(source.doc, "Select Subject")
         Krita.instance().action("deselect").trigger()
         source.doc.waitForDone()
         source.doc.setSelection(self._mask_selection(source, mask))
@@ -204,8 +209,7 @@ class BiRefNetExtension(Extension):
         aside without an undo step and put back the same way; an active local selection mask only seeds the
         new mask, whose pixels are all overwritten. One Undo removes the mask and nothing else."""
         doc, node = source.doc, source.node
-        if Krita.instance().activeDocument() != doc:
-            raise UnsupportedLayer("Switch back to the image the background removal was started on and try again.")
+        _require_active(doc, "Remove Background")
         active = doc.activeNode()
         if active is None or node.uniqueId() not in (active.uniqueId(), active.parentNode().uniqueId()):
             raise UnsupportedLayer(
