@@ -518,15 +518,16 @@ def test_cancel_leaves_the_layer_alone(krita_session):
 @needs_krita
 @pytest.mark.krita
 def test_large_layer_keeps_krita_responsive(krita_session):
-    """The slow, Krita-free steps (colour conversion, PNG encoding and decoding) run off the UI thread: on
-    a 24-megapixel layer, no action keeps Krita's UI thread busy for as long as the layer's PNG encoding
-    alone takes there (the plug-in used to do that, and more, on the UI thread; what is left there is
-    Krita's own work: reading the layer, creating the mask, selection or layer)."""
+    """The slow, Krita-free steps (colour conversion, PNG encoding and decoding) run off the UI thread for
+    every action on a 24-megapixel layer (the plug-in used to run them on it: a 2-second freeze). The UI
+    thread's longest stall beside the encode time is in the result as a measurement (docs/krita.md), not
+    asserted: on a loaded machine Krita's own work there (reading the layer, making the mask, selection or
+    layer) varies as much."""
     result = scenario(krita_session, "responsive")
     assert (result["width"], result["height"]) == BIG
     for action_id, action in result["actions"].items():
         assert action["ok"], (action_id, action["message"])
-        assert action["longest_gap"] < 0.75 * result["encode_seconds"], (action_id, action, result["encode_seconds"])
+        assert action["on_ui_thread"] == {"png": [False], "answer": [False]}, (action_id, action["on_ui_thread"])
 
 
 @needs_krita
