@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -53,6 +54,20 @@ def is_atomic_temporary(name: str) -> bool:
     write killed before its rename leaves such a file behind, and a program that owns a folder
     (a training run's) clears them at its next start. Kept beside `atomic_path`: one place to change both."""
     return re.fullmatch(r"\.tmp[0-9a-f]{8}(\.[^.]*)?", name) is not None
+
+
+def remove_killed_writes(folders: Collection[Path], before: float) -> list[Path]:
+    """Remove the temporaries (`is_atomic_temporary`) that writes killed before their rename left in
+    `folders`, last changed before `before` (a `time.time()`): a writer still at work (another run into
+    the same folder) changes its file later than that. Returns what was removed; nothing else is touched."""
+    removed = []
+    for folder in folders:
+        for stale in Path(folder).glob(".tmp*"):
+            with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove: left as it is
+                if is_atomic_temporary(stale.name) and stale.is_file() and stale.stat().st_mtime < before:
+                    stale.unlink()
+                    removed.append(stale)
+    return removed
 
 
 def place_new(tmp: Path, path: Path) -> None:

@@ -517,7 +517,8 @@ def test_overwrite_leaves_one_run_in_out(tmp_path):
 
 def test_skip_existing_resumes_an_interrupted_run(tmp_path):
     """--skip-existing: inputs with all their outputs are not read again, missing outputs are written,
-    existing ones never replaced; with everything done no model loads (the weights here cannot load)."""
+    existing ones never replaced; with everything done no model loads (the weights here cannot load). The
+    temporary file of the killed write is removed; one another writer changed since the run began is not."""
     src = tmp_path / "in"
     src.mkdir()
     for seed, name in enumerate(("a.png", "b.png", "c.png")):
@@ -527,19 +528,29 @@ def test_skip_existing_resumes_an_interrupted_run(tmp_path):
     for name in ("b_cutout.png", "c.png", "c_cutout.png"):  # killed between b's two writes, before c
         (out / name).unlink()
     kept = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    (out / ".tmp0123abcd.png").write_bytes(b"the killed write of b's cut-out")
+    os.utime(out / ".tmp0123abcd.png", (1e9, 1e9))
+    others = {".tmp89abcdef.png": b"another run's write, still at work", ".tmp_mine.png": b"the user's"}
+    for name, data in others.items():
+        (out / name).write_bytes(data)
+        os.utime(out / name, (4e9, 4e9))  # changed after this run started
     resumed = run_cli("segment", src, "--out", out, "--cutout", "--skip-existing", *FAST)
     assert resumed.returncode == 0, resumed.stderr
     assert "wrote 2 mask(s)" in resumed.stderr and "kept the outputs 1 input(s) had already" in resumed.stderr
     assert {name: (out / name).read_bytes() for name in kept} == {name: data for name, (data, _) in kept.items()}
     assert all((out / name).stat().st_mtime_ns == mtime for name, (_, mtime) in kept.items())
     assert sorted(p.name for p in out.iterdir()) == [
+        *others,
         "a.png",
         "a_cutout.png",
         "b.png",
         "b_cutout.png",
         "c.png",
         "c_cutout.png",
-    ]
+    ]  # the killed write's temporary is gone
+    assert all((out / name).read_bytes() == data for name, data in others.items())
+    for name in others:
+        (out / name).unlink()
     broken = tmp_path / "never_read.safetensors"
     broken.write_bytes(b"not weights")
     done = run_cli("segment", src, "--out", out, "--cutout", "--skip-existing", "--weights", broken, *FAST)

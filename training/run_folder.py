@@ -8,12 +8,13 @@ import json
 import logging
 import os
 import pickle
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from birefnet.files import atomic_path, is_atomic_temporary
+from birefnet.files import atomic_path, remove_killed_writes
 
 from .config import LOWER_IS_BETTER, TrainConfig
 
@@ -58,12 +59,9 @@ RUN_OUTPUTS = (LOG_FILE, "final.safetensors", BEST_FILE, "epoch_*.safetensors")
 
 def remove_stale_temporaries(folder: Path) -> None:
     """A run killed while writing leaves the temporary files of its atomic writes; a new start
-    clears them. Only those (`birefnet.files.is_atomic_temporary`): nothing else in the run folder
-    is touched."""
-    for stale in folder.glob(".tmp*"):
-        if stale.is_file() and is_atomic_temporary(stale.name):
-            log.info("removing %s, left by an interrupted write", stale.name)
-            stale.unlink(missing_ok=True)
+    clears them (`birefnet.files.remove_killed_writes`): nothing else in the run folder is touched."""
+    for stale in remove_killed_writes([folder], before=time.time()):
+        log.info("removed %s, left by an interrupted write", stale.name)
 
 
 def _flag(name: str, value) -> str:

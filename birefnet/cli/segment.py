@@ -4,6 +4,7 @@ at a time, batched through the model and written behind it; clips go to `segment
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from ..batching import AUTO, AUTO_MOST
@@ -15,6 +16,7 @@ from ..files import (
     list_images,
     output_paths,
     read_frames,
+    remove_killed_writes,
     remove_unwritten,
     save_image,
     unfinished,
@@ -149,6 +151,7 @@ def add_parser(sub) -> None:
 def cmd_segment(args) -> int:
     from tqdm import tqdm
 
+    started = time.time()
     if args.overwrite and args.skip_existing:
         raise ValueError("--overwrite replaces existing outputs and --skip-existing keeps them; use one or the other")
     missing = [item for item in args.inputs if not Path(item).exists()]
@@ -279,8 +282,9 @@ def cmd_segment(args) -> int:
                 bar.update(1)
     bar.close()
     removed = remove_earlier_outputs(segmented, planned) if args.overwrite else 0
-    done, skipped, kept, removed = summed([len(files) - skipped, skipped, kept, removed])
-    if rank == 0:
+    done, skipped, kept, removed = summed([len(files) - skipped, skipped, kept, removed])  # all writes are done
+    if rank == 0:  # an earlier run killed while writing left temporaries in this run's folders
+        remove_killed_writes({path.parent for path in planned}, before=started)
         print(
             f"birefnet: wrote {done} mask(s) to {out_dir}"
             + (f", skipped {skipped}" if skipped else "")
