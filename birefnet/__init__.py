@@ -14,6 +14,7 @@ from .checkpoint_files import model_to_official_keys, read_checkpoint, save_chec
 from .decoder import DecoderOutput, image_tiles
 from .detection import detect_config
 from .errors import CheckpointError, OutOfMemory
+from .guidance import segment_regions
 from .highres import segment_highres
 from .hub import download
 from .inference import cutout, mask_to_image, segment, to_rgb_tensor, working_size
@@ -45,6 +46,7 @@ __all__ = [
     "save_checkpoint",
     "segment",
     "segment_highres",
+    "segment_regions",
     "strip_prefixes",
     "to_rgb_tensor",
     "working_size",

@@ -343,7 +343,7 @@ def segment(
     """Foreground masks (H, W) float32 in [0, 1] at each image's original size, on `device`.
 
     images: one image or a sequence (PIL, numpy or tensor; see `to_rgb_tensor`), or a batch tensor
-    (B, C, H, W), whose masks come as one (B, H, W) tensor.
+    (B, C, H, W), whose masks come as one (B, H, W) tensor, also for B = 1.
     resolution: None for the checkpoint's default; an int or (height, width); or "aspect" (the image's
     aspect ratio at an area of `max_megapixels`, default the checkpoint's own area).
     batch_size: images of equal working size are run together in one forward, this many at a time;
@@ -353,7 +353,9 @@ def segment(
     The images go to the model's device as stored (uint8: a quarter of float's bytes) and are
     converted and resized there; the masks are resized back there too.
     """
-    if isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[0] > 1:  # a batch tensor
+    if isinstance(images, torch.Tensor) and images.ndim == 4:  # a batch tensor, of one image too
+        if not images.shape[0]:
+            return torch.zeros(0, *images.shape[2:], device=device)
         options = dict(resolution=resolution, max_megapixels=max_megapixels, callback=callback, device=device)
         return torch.stack(segment(model, list(images), batch_size=batch_size, **options))
     single = not isinstance(images, (list, tuple))

@@ -25,7 +25,7 @@ class BiRefNetConfig:
     """What varies between BiRefNet checkpoints.
 
     backbone: one of BACKBONES.
-    tile_layout: inward-reference tile order, "current" or "legacy" (spec pitfall 1).
+    tile_layout: inward-reference tile order, "current" or "legacy" (see `image_tiles`).
     batch_norm: False only for models trained with batch size 1 (BatchNorm becomes Identity).
     """
 

@@ -18,6 +18,8 @@ EMBEDDED_WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
 
 @dataclass(frozen=True)
 class KnownCheckpoint:
+    """A released checkpoint: where to download it, what it is, and the names that find it again."""
+
     name: str
     repo: str  # Hugging Face repo id
     filename: str  # file inside the repo

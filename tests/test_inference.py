@@ -309,6 +309,9 @@ def test_a_batch_tensor_gives_a_batch_of_masks(b0_model):
     masks = segment(b0_model, frames, resolution=64, batch_size=2)
     assert masks.shape == (3, 40, 56)
     assert torch.allclose(masks[1], segment(b0_model, frames[1], resolution=64), atol=1e-5)
+    # a batch of one is a batch too: (1, H, W), so `for mask in masks` walks masks, not rows
+    assert segment(b0_model, frames[:1], resolution=64).shape == (1, 40, 56)
+    assert segment(b0_model, frames[:0], resolution=64).shape == (0, 40, 56)
 
 
 def test_library_calls_a_script_makes_take_what_it_has(b0_model):

@@ -55,7 +55,7 @@ class TrainConfig:
     )
     best_metric: str = option(
         "Sm",
-        help="validation score that picks best.safetensors (MAE, HCE, MSE: lower is better; the others higher)",
+        help="validation score that picks best.safetensors (MAE, MSE: lower is better; the others higher)",
         choices=BEST_METRICS,
     )
     backbone: str | None = option(
