@@ -7,8 +7,11 @@ blends each mask with the previous output only where two gates agree that the pi
 static:
 
 - image change: the frame difference, block-averaged so that sensor noise cancels out and
-  compared with the frame's own noise level (the median block difference), dilated by a few
-  blocks (the network's answer near a moving edge changes too);
+  compared with the frame's own noise level (the median block difference, at most that of heavy
+  sensor noise: at a cut to another shot, or in a pan, every block changes and the median is no
+  noise, so the blocks that changed more than noise can are still seen moving, and the previous
+  shot's subject does not linger in the next), dilated by a few blocks (the network's answer near
+  a moving edge changes too);
 - mask change: a change of the mask larger than flicker (from 0.1, fully from 0.3) is taken
   as real and followed, whatever the image says (e.g. a camera pan, where every block moves
   and the median no longer measures noise).
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 MAX_KEEP = 0.9  # strength 1 still lets 10% of each new mask in: a static scene never freezes
 FLICKER, REAL = 0.1, 0.3  # mask changes up to FLICKER may be smoothed; from REAL on they are followed
 REACH = 8  # blocks around a changed block that count as moving (the network sees beyond the pixel)
+MAX_NOISE = 8 / 255  # the median block difference of heavy sensor noise (sigma 7/255): more is a change
 
 
 def static_weight(previous: torch.Tensor, current: torch.Tensor, block: int) -> torch.Tensor:
@@ -33,7 +37,7 @@ def static_weight(previous: torch.Tensor, current: torch.Tensor, block: int) -> 
     h, w = current.shape[-2:]
     diff = (current - previous).abs().mean(0, keepdim=True)[None]  # (1, 1, H, W)
     blocks = F.avg_pool2d(diff, block, ceil_mode=True)
-    noise = blocks.median()
+    noise = blocks.median().clamp(max=MAX_NOISE)
     threshold = 3 * noise + 2 / 255
     moving = ((blocks - threshold) / threshold).clamp(0, 1)
     moving = F.max_pool2d(moving, 2 * REACH + 1, stride=1, padding=REACH)

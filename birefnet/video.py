@@ -116,9 +116,11 @@ def reason(err: Exception) -> str:
 
 class VideoSource:
     """A clip opened for decoding: `fps`, `count` (frames, 0 when the container does not say),
-    `size` (width, height), and `frames()` yielding RGB PIL images, both as players show the clip
-    (turned by its display rotation, so masks come out upright). A file that cannot be decoded, or
-    has no video stream, is a one-line ValueError here, before any frame is asked for."""
+    `size` (width, height), and `frames()` yielding PIL images, both as players show the clip
+    (turned by its display rotation, so masks come out upright). `time_base` and `colours` are what
+    a `VideoWriter` needs to write the clip's frames at their own times and in its colours. A file
+    that cannot be decoded, or has no video stream, is a one-line ValueError here, before any frame
+    is asked for."""
 
     def __init__(self, path):
         av = _av()
@@ -132,7 +134,7 @@ class VideoSource:
                 raise ValueError(f"{path}: not a readable video (no video stream)")
             self.stream = self.container.streams.video[0]
             self.stream.thread_type = "AUTO"
-            self._decoded = self.container.decode(self.stream)
+            self._decoded = decode(self.container, self.stream)
             try:  # the first frame carries the display matrix, and shows the clip decodes
                 self._first = next(self._decoded, None)
             except av.error.FFmpegError as err:
@@ -142,15 +144,22 @@ class VideoSource:
             raise
         self.fps = self.stream.average_rate or self.stream.guessed_rate or Fraction(25)
         self.count = self.stream.frames or 0
+        self.time_base = self.stream.time_base or 1 / Fraction(self.fps)
         self.turn = display_turn(self._first) if self._first is not None else None
+        self.colours = colour_tags(self._first) if self._first is not None else UNTAGGED
         width, height = self.stream.codec_context.width, self.stream.codec_context.height
         self.size = (height, width) if self.turn in SIDEWAYS else (width, height)
 
     def frames(self) -> Iterator[Image.Image]:
-        """Every frame, upright, turned as the first one is (one size for the whole clip). Damage
-        FFmpeg cannot decode past ends the clip with a ValueError naming the last good frame."""
+        """Every frame, upright, turned as the first one is (one size for the whole clip): RGB, or RGBA
+        where the clip has alpha (ProRes 4444, PNG or VP9 with alpha), which cut-outs keep as an image's.
+        Each image's info["time"] is its presentation time after the first frame's, in seconds (a
+        Fraction; None where the container stores none): a variable frame rate clip's times, which
+        `VideoWriter.write` keeps. Damage FFmpeg cannot decode past ends the clip with a ValueError
+        naming the last good frame."""
         first, self._first = self._first, None  # not held once handed on
         decoded = itertools.chain([first] if first is not None else [], self._decoded)
+        start = None
         for number in itertools.count():
             try:
                 frame = next(decoded, None)
@@ -158,8 +167,17 @@ class VideoSource:
                 raise ValueError(f"{self.path}: damaged after frame {number} ({reason(err)})") from None
             if frame is None:
                 return
-            image = frame.to_image()
-            yield image.transpose(self.turn) if self.turn is not None else image
+            if any(component.is_alpha for component in frame.format.components):
+                image = Image.fromarray(frame.to_ndarray(format="rgba"), "RGBA")
+            else:
+                image = frame.to_image()
+            image = image.transpose(self.turn) if self.turn is not None else image
+            if frame.pts is not None and start is None:
+                start = frame.pts
+            image.info["time"] = (
+                None if frame.pts is None else (frame.pts - start) * (frame.time_base or self.time_base)
+            )
+            yield image
 
     def close(self) -> None:
         self.container.close()
@@ -169,6 +187,30 @@ class VideoSource:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def decode(container, stream) -> Iterator:
+    """The stream's frames in presentation order. WebM's VP9 with alpha keeps its alpha in a side channel
+    that only libvpx's decoder reads (FFmpeg's own VP9 decoder drops it), so such a clip is decoded by libvpx."""
+    av = _av()
+    if stream.metadata.get("alpha_mode") != "1" or stream.codec_context.name != "vp9":
+        return container.decode(stream)
+    if "libvpx-vp9" not in av.codecs_available:  # a PyAV built without libvpx: the colours, without alpha
+        return container.decode(stream)
+    decoder = av.CodecContext.create("libvpx-vp9", "r")
+    decoder.thread_type = "AUTO"
+    return (frame for packet in container.demux(stream) for frame in decoder.decode(packet))
+
+
+# FFmpeg's colour tags (matrix, primaries, transfer): 2 is "unspecified", where players guess (BT.709 for HD)
+UNTAGGED = (2, 2, 2)
+
+
+def colour_tags(frame) -> tuple[int, int, int]:
+    """(matrix, primaries, transfer) a clip's frames are tagged with: frames are read to RGB by the tagged
+    matrix, and a cut-out video converts back by the same one and carries the same tags, so a player shows
+    the cut-out's colours as it shows the clip's (an untagged clip's cut-out stays untagged: guessed alike)."""
+    return (int(frame.colorspace), int(frame.color_primaries), int(frame.color_trc))
 
 
 def stored_frames(path) -> int:
@@ -192,11 +234,12 @@ def mask_encoding(width: int, height: int) -> tuple[str, str, dict]:
     (its frame cropping moves in 2-pixel steps; libx264 refuses, even with crop-rect), so odd sizes are
     VP9 4:2:0 in the same .mp4: exact size, 5x faster to encode than the H.264 4:4:4 it replaces, and
     played by browsers and VLC, where H.264 4:4:4 plays in FFmpeg-based players only; neither plays in
-    QuickTime. A grey mask loses nothing to 4:2:0 (its colour planes are flat)."""
+    QuickTime. A grey mask loses nothing to 4:2:0 (its colour planes are flat). H.264 without B-frames:
+    with them a variable frame rate clip's decode times end the MP4 before its last frames (browsers stop there)."""
     if width % 2 == 0 and height % 2 == 0:
-        return "libx264", "yuv420p", {"crf": "12"}
+        return "libx264", "yuv420p", {"crf": "12", "bf": "0"}
     if "libvpx-vp9" not in _av().codecs_available:  # a PyAV built without libvpx: the exact size still
-        return "libx264", "yuv444p", {"crf": "12"}
+        return "libx264", "yuv444p", {"crf": "12", "bf": "0"}
     return "libvpx-vp9", "yuv420p", {"crf": "12", "b": "0", "row-mt": "1", "cpu-used": "4"}
 
 
@@ -215,9 +258,21 @@ def odd_size_note(path, size: tuple[int, int]) -> str | None:
 class VideoWriter:
     """Writes frames to `path` atomically (a temporary name until `close`): "mask" frames (H, W)
     as H.264 (`mask_encoding`), or "rgba" frames (H, W, 4) uint8 as ProRes 4444 with alpha (.mov). An existing `path`
-    is refused unless `replace` (the CLI's --overwrite)."""
+    is refused unless `replace` (the CLI's --overwrite). `time_base` and `colours` (a `VideoSource`'s) keep
+    the clip's frame times exact and its colours as players show them; frames written without a time
+    follow each other at `fps`."""
 
-    def __init__(self, path, fps, size: tuple[int, int], kind: str, replace: bool = False):
+    def __init__(
+        self,
+        path,
+        fps,
+        size: tuple[int, int],
+        kind: str,
+        replace: bool = False,
+        *,
+        time_base: Fraction | None = None,
+        colours: tuple[int, int, int] = UNTAGGED,
+    ):
         self.av = av = _av()
         self.path, self.kind = Path(path), kind
         if self.path.exists() and not replace:
@@ -228,20 +283,32 @@ class VideoWriter:
         self._tmp = self._atomic.__enter__()
         self.container = av.open(str(self._tmp), mode="w", format="mov" if kind == "rgba" else "mp4")
         width, height = size
+        self.fps = Fraction(fps).limit_denominator(100000)
         if kind == "rgba":
-            self.stream = self.container.add_stream("prores_ks", rate=Fraction(fps).limit_denominator(100000))
-            self.stream.pix_fmt, self.stream.options = "yuva444p10le", {"profile": "4444"}
+            codec, self.pix_fmt, options = "prores_ks", "yuva444p10le", {"profile": "4444"}
         else:
-            codec, pix_fmt, options = mask_encoding(width, height)
-            self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(100000))
-            self.stream.pix_fmt, self.stream.options = pix_fmt, options
+            codec, self.pix_fmt, options = mask_encoding(width, height)
+        self.stream = self.container.add_stream(codec, rate=self.fps)
+        self.stream.pix_fmt, self.stream.options = self.pix_fmt, options
         self.stream.width, self.stream.height = width, height
+        self.time_base = Fraction(time_base) if time_base else 1 / self.fps
+        self.stream.codec_context.time_base = self.stream.time_base = self.time_base
+        self.colours = colours if kind == "rgba" else UNTAGGED  # a grey mask has no colours to get wrong
+        self._written, self._last = 0, None
 
-    def write(self, array: np.ndarray) -> None:
+    def write(self, array: np.ndarray, time: Fraction | None = None) -> None:
+        """One frame, shown from `time` (seconds after the first frame; None: 1/fps after the one before)."""
         if self.kind == "rgba":
             frame = self.av.VideoFrame.from_ndarray(array, format="rgba")
+            frame = frame.reformat(format=self.pix_fmt, dst_colorspace=self.colours[0], dst_color_range=1)
+            frame.colorspace, frame.color_primaries, frame.color_trc = self.colours  # the encoder tags what it is given
         else:
             frame = self.av.VideoFrame.from_ndarray(np.repeat(array[..., None], 3, axis=2), format="rgb24")
+        pts = round((time if time is not None else self._written / self.fps) / self.time_base)
+        if self._last is not None and pts <= self._last:  # times must grow: a damaged or untimed frame goes next
+            pts = self._last + max(1, round(1 / (self.fps * self.time_base)))
+        frame.pts, frame.time_base = pts, self.time_base
+        self._written, self._last = self._written + 1, pts
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
 

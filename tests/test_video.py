@@ -344,3 +344,135 @@ def test_skip_existing_resumes_interrupted_clips(tmp_path, capsys):
             f"birefnet: segmented 0 of 2 clip(s) into {folder}, kept the outputs 2 clip(s) had already "
             "(--skip-existing)"
         ]
+
+
+def test_a_cut_to_another_shot_leaves_no_trace_of_the_last(demo_model):
+    """At a cut every block of the frame changes, so the median block difference is no noise level: the
+    smoother must still see the change, and the next shot's masks are those it gets on its own (before,
+    the image gate called the whole cut still and the last shot's soft edges lingered, up to 0.1)."""
+    from birefnet_training.synthetic import make_sample
+
+    rng = np.random.default_rng(1)
+
+    def shot(index, frames):
+        picture = np.asarray(make_sample(2, index, (SIZE, SIZE))[0]).astype(float)
+        return [np.clip(picture + rng.normal(0, 3, picture.shape), 0, 255).astype(np.uint8) for _ in range(frames)]
+
+    first, second = shot(16, 4), shot(5, 4)
+    alone = [mask.numpy() for mask in segment_frames(demo_model, second, temporal=1.0)]
+    after_cut = [mask.numpy() for mask in segment_frames(demo_model, first + second, temporal=1.0)][4:]
+    assert max(np.abs(a - b).max() for a, b in zip(after_cut, alone)) < 1e-6
+
+
+def _timed_clip(path, times, fps=30, tags=None, width=64, height=48):
+    """A clip of `_marked` frames shown at `times` (seconds; a phone's variable frame rate), with colour tags
+    (matrix, primaries, transfer, range) when given, the frames converted to YUV by that matrix."""
+    from fractions import Fraction
+
+    picture = _marked(width, height)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt, stream.options = width, height, "yuv444p", {"crf": "0"}
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 600)
+        if tags:
+            context = stream.codec_context
+            context.colorspace, context.color_primaries, context.color_trc, context.color_range = tags
+        for time in times:
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            if tags:
+                frame = frame.reformat(format="yuv444p", dst_colorspace=tags[0], dst_color_range=tags[3])
+            frame.pts, frame.time_base = round(time * 600), Fraction(1, 600)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return picture
+
+
+def _frame_times(path):
+    with av.open(str(path)) as video:
+        return [float(frame.time) for frame in video.decode(video.streams.video[0])]
+
+
+def test_a_variable_frame_rate_clip_keeps_its_frame_times(tmp_path):
+    """Phones record at a variable frame rate: the mask and cut-out videos show each frame when the clip
+    does (they are laid over it in an editor), where before they were spread evenly at the average rate
+    (here 1.5 s of clip in 0.77 s of mask video, all frames after the second out of step); and a browser
+    plays them to the last frame (the mask video has no B-frames, whose decode times cut a variable frame
+    rate clip's duration short)."""
+    from birefnet.cli import main
+
+    times = [0, 1 / 30, 2 / 30, 0.2, 0.6, 0.6 + 1 / 30, 1.0, 1.5]
+    _timed_clip(tmp_path / "phone.mp4", times)
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "phone.mp4"), "--out", str(out), "--video", "--cutout", "--quiet"]) == 0
+    for video in (out / "phone_mask.mp4", out / "phone_cutout.mov"):
+        assert _frame_times(video) == pytest.approx(times, abs=1e-3), video.name
+        with av.open(str(video)) as container:
+            assert container.duration / 1e6 > 1.5, video.name
+    constant = [n / 30 for n in range(6)]  # and a constant rate stays so, at the clip's rate
+    _timed_clip(tmp_path / "steady.mp4", constant)
+    assert main(["segment", str(tmp_path / "steady.mp4"), "--out", str(out), "--video", "--quiet"]) == 0
+    assert _frame_times(out / "steady_mask.mp4") == pytest.approx(constant, abs=1e-3)
+
+
+def test_a_cutout_video_keeps_the_clips_colours(tmp_path):
+    """An HD clip is BT.709: its cut-out video is converted by BT.709 and says so, so players show the
+    clip's colours (before: converted by BT.601 and untagged, which players read as BT.709 for HD:
+    its red 25 levels off)."""
+    from birefnet.cli import main
+
+    picture = _timed_clip(tmp_path / "hd.mp4", [0, 0.04], tags=(1, 1, 1, 1))  # its red and blue are saturated
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "hd.mp4"), "--out", str(out), "--video", "--cutout", "--quiet"]) == 0
+    with av.open(str(out / "hd_cutout.mov")) as video:
+        frame = next(video.decode(video.streams.video[0]))
+    assert (frame.colorspace, frame.color_primaries, frame.color_trc) == (1, 1, 1)
+    shown = frame.reformat(format="rgb24", src_colorspace=1).to_ndarray()  # as a player reads BT.709
+    assert np.abs(shown.astype(int) - picture).max() <= 3
+
+
+def _transparent_clip(path, codec, pix_fmt, options=None, frames=2):
+    """A clip with alpha (`codec` in `pix_fmt`): held-out synthetic sample 16, its left half transparent."""
+    from birefnet_training.synthetic import make_sample
+
+    rgba = np.zeros((SIZE, SIZE, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3], rgba[:, : SIZE // 2, 3] = np.asarray(make_sample(2, 16, (SIZE, SIZE))[0]), 255, 0
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, pix_fmt
+        stream.options = options or {}
+        for _ in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgba, format="rgba")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize(
+    "name, codec, pix_fmt, options",
+    [
+        ("prores.mov", "prores_ks", "yuva444p10le", {"profile": "4444"}),
+        ("png.mov", "png", "rgba", None),
+        ("vp9.webm", "libvpx-vp9", "yuva420p", None),
+    ],
+)
+def test_a_clips_transparency_stays_in_its_cutouts(tmp_path, name, codec, pix_fmt, options):
+    """As an RGBA image's does: what is transparent in a clip with alpha (ProRes 4444, PNG in MOV, WebM's VP9
+    with alpha) stays transparent in its cut-out frames and cut-out video, where the mask alone would show it."""
+    from birefnet.cli import main
+
+    _transparent_clip(tmp_path / name, codec, pix_fmt, options)
+    out, sequence = tmp_path / "out", tmp_path / "seq"
+    assert main(["segment", str(tmp_path / name), "--out", str(out), "--video", "--cutout", "--quiet"]) == 0
+    assert main(["segment", str(tmp_path / name), "--out", str(sequence), "--cutout", "--quiet"]) == 0
+    stem = name.split(".")[0]
+    mask = np.asarray(Image.open(out / stem / "000001.png")).astype(int)
+    with av.open(str(out / f"{stem}_cutout.mov")) as video:
+        from_video = next(video.decode(video.streams.video[0])).to_ndarray(format="rgba")[..., 3].astype(int)
+    from_png = np.asarray(Image.open(sequence / stem / "000001_cutout.png"))[..., 3].astype(int)
+    half = SIZE // 2
+    assert mask[:, :half].max() > 128  # the mask finds the object in the transparent half too
+    for alpha in (from_video, from_png):
+        assert alpha[:, :half].max() == 0
+        assert np.abs(alpha[:, half:] - mask[:, half:]).max() <= 1

@@ -98,7 +98,17 @@ def segment_clip(model, source, name: str, out_dir: Path, args) -> ValueError | 
     missing = [path for path in clip_videos(out_dir, name, args) if not (keep and path.exists())]
     with contextlib.ExitStack() as outputs:
         writers = [  # (mask video, cut-out video), each None when not written
-            outputs.enter_context(VideoWriter(path, source.fps, source.size, kind, replace=args.overwrite))
+            outputs.enter_context(
+                VideoWriter(
+                    path,
+                    source.fps,
+                    source.size,
+                    kind,
+                    replace=args.overwrite,
+                    time_base=source.time_base,
+                    colours=source.colours,
+                )
+            )
             if path in missing
             else None
             for path, kind in zip(video_paths(out_dir, name), ("mask", "rgba"))
@@ -161,12 +171,14 @@ def save_frame(frame, mask, grey, paths: list[Path], replace: bool) -> None:
 
 
 def encode_frame(writers, frame, mask, grey) -> None:
-    """One frame into the mask video (`grey`) and the cut-out video, those of the two `writers` there are."""
+    """One frame into the mask video (`grey`) and the cut-out video, those of the two `writers` there are,
+    at the frame's own time in the clip (`VideoSource.frames`)."""
     mask_video, cutout_video = writers
+    time = frame.info.get("time")
     if mask_video is not None:
-        mask_video.write(np.asarray(grey))
+        mask_video.write(np.asarray(grey), time)
     if cutout_video is not None:
-        cutout_video.write(np.asarray(cutout(frame, mask)))
+        cutout_video.write(np.asarray(cutout(frame, mask)), time)
 
 
 def remove_earlier_frames(folder: Path, count: int, cutouts: bool) -> None:
