@@ -3,8 +3,8 @@ exact ground truth, and the CLI on a real encoded clip (PyAV)."""
 
 from __future__ import annotations
 
+import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,8 +302,8 @@ def _state(folder):
 def test_skip_existing_resumes_interrupted_clips(tmp_path, capsys):
     """--skip-existing on clips: a clip whose videos exist (renamed into place after all its frames), or
     without --video whose frame folder holds all its frames, is done and not decoded; another is segmented
-    again and only its missing files are written, nothing there replaced (bytes and times kept); a killed
-    write's temporary is no output; with every clip done no model loads (the weights here cannot load)."""
+    again and only its missing files are written, nothing there replaced (bytes and times kept); the killed
+    writes' temporaries are removed; with every clip done no model loads (the weights here cannot load)."""
     from birefnet.cli import main
 
     _marked_clip(tmp_path / "a.mp4", frames=3)
@@ -316,10 +316,13 @@ def test_skip_existing_resumes_interrupted_clips(tmp_path, capsys):
     # killed in b: the cut-out video renamed, the mask video not yet (a temporary left); frames missing
     for path in (out / "b_mask.mp4", out / "b" / "000003.png", out / "b" / "000004.png"):
         path.unlink()
-    (out / ".tmp0123abcd.mp4").write_bytes(b"half a video")
     for path in (seq / "b" / "000002_cutout.png", seq / "b" / "000004.png"):  # PNGs finish in any order
         path.unlink()
     before = {folder: _state(folder) for folder in (out, seq)}
+    killed = [out / ".tmp0123abcd.mp4", seq / "b" / ".tmp89abcdef.png"]  # temporaries of the killed writes
+    for path in killed:
+        path.write_bytes(b"half written")
+        os.utime(path, (1e9, 1e9))
     capsys.readouterr()
     assert main(["segment", *clips, "--out", str(out), "--video", "--cutout", "--skip-existing", "--quiet"]) == 0
     assert main(["segment", *clips, "--out", str(seq), "--cutout", "--skip-existing", "--quiet"]) == 0
@@ -328,7 +331,8 @@ def test_skip_existing_resumes_interrupted_clips(tmp_path, capsys):
         after = _state(folder)
         assert {path: after[path] for path in before[folder]} == before[folder]  # nothing replaced
         assert set(after) - set(before[folder]) == set(complete[folder]) - set(before[folder])  # all missing
-        assert set(after) == set(complete[folder]) | ({Path(".tmp0123abcd.mp4")} if folder == out else set())
+        assert set(after) == set(complete[folder])  # the killed writes' temporaries are gone
+    assert not any(path.exists() for path in killed)
     with av.open(str(out / "b_mask.mp4")) as video:
         assert len(list(video.decode(video.streams.video[0]))) == 4
     assert str(tmp_path / "a.mp4") not in err  # done: not decoded

@@ -6,11 +6,21 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
-from ..files import CUTOUT, check_outputs, kept_note, output_paths, remove_unwritten, save_image, unfinished
+from ..files import (
+    CUTOUT,
+    check_outputs,
+    kept_note,
+    output_paths,
+    remove_killed_writes,
+    remove_unwritten,
+    save_image,
+    unfinished,
+)
 from ..inference import cutout, mask_to_image
 from ..write_behind import WriteBehind
 from .flags import load_for
@@ -24,6 +34,7 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
     done (`clip_plan`) undecoded, and loads no model when all are."""
     from ..video import VideoSource, odd_size_note
 
+    started = time.time()
     if others:
         raise ValueError("give videos and images in separate runs (videos: " + ", ".join(map(str, videos)) + ")")
     if args.highres or args.box:
@@ -38,6 +49,7 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
             file=sys.stderr,
         )
     check_video_outputs(videos, names, out_dir, args)
+    folders = {out_dir, *(out_dir / name for name in names)}  # every clip's, done before or not
     total, kept = len(videos), 0
     if args.skip_existing:
         plans = [clip_plan(path, name, out_dir, args) for path, name in zip(videos, names)]
@@ -62,6 +74,7 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
         if damage is not None:  # the frames before it are written, whole; the rest cannot be read
             skipped += 1
             print(f"birefnet: skipped the rest of {damage}", file=sys.stderr)
+    remove_killed_writes(folders, before=started)  # an earlier run killed while writing left them
     if skipped or args.skip_existing:
         print(
             f"birefnet: segmented {len(videos) - skipped} of {total} clip(s) into {out_dir}"
