@@ -11,6 +11,7 @@ needs nothing else. onnxruntime/onnx/onnxscript (extra `onnx`) and openvino (ext
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
 import uuid
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .backbones import variant
 from .extras import require
 from .fastpath import plain_graph
 from .files import check_writable, current_umask
@@ -29,6 +31,9 @@ from .version import __version__
 FORMATS = ("onnx", "openvino")
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
 OPSET = 19  # the first with DeformConv
+# timm's DINOv3 normalises its rotary grid by float(size): the exporter keeps the traced size's value
+# as a constant, so a free-size file runs at other sizes with wrong masks (DINOv3-S: 0.7 to 11% off).
+FIXED_SIZE_FAMILIES = ("dinov3",)
 
 
 def metadata(model, size: tuple[int, int], dtype: torch.dtype) -> dict[str, str]:
@@ -38,6 +43,10 @@ def metadata(model, size: tuple[int, int], dtype: torch.dtype) -> dict[str, str]
     return {
         "birefnet.input": "image: (batch, 3, height, width) RGB in [0, 1], normalised: (x - mean) / std",
         "birefnet.output": "logits: (batch, 1, height, width); mask = sigmoid(logits)",
+        # The official code resizes without antialiasing, its model card with PIL; this library (and the
+        # outputs the tests compare) antialias, so a runtime without the library is told which.
+        "birefnet.resize": "image to (height, width) and mask back to the image's size: bilinear, antialiased "
+        "when shrinking (PIL's BILINEAR; torch interpolate antialias=True)",
         "birefnet.height": str(height),
         "birefnet.width": str(width),
         "birefnet.mean": ",".join(map(str, IMAGENET_MEAN)),
@@ -56,6 +65,29 @@ def _example(model, size: tuple[int, int], batch: int = 2) -> torch.Tensor:
     return torch.zeros(batch, 3, *size, device=param.device, dtype=param.dtype)
 
 
+def check_request(fmt: str, dtype: torch.dtype, dynamic_size: bool = False) -> None:
+    """Format, dtype, free size and the format's extra, checked before a model loads or any work."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; use {' or '.join(FORMATS)}")
+    if dtype not in (torch.float32, torch.float16):
+        raise ValueError(
+            f"export dtype {dtype}: use fp32 or fp16 (bf16 is a runtime choice: OpenVINO's precision hint)"
+        )
+    if dynamic_size and fmt != "onnx":
+        raise ValueError("--dynamic-size is for ONNX; OpenVINO IR is exported per working size")
+    if fmt == "onnx":
+        require("onnxscript", "onnx")
+    else:
+        require("openvino", "openvino")
+
+
+def _parts(path: Path, fmt: str) -> tuple[Path, ...]:
+    """The files an export writes: the IR's .bin, or an ONNX file's external weights (`NAME.onnx.data`,
+    written when the weights pass protobuf's 2 GB limit, e.g. DINOv3-H+ in fp32), the named file last."""
+    extra = path.with_suffix(".bin") if fmt == "openvino" else path.with_name(path.name + ".data")
+    return extra, path
+
+
 def check_target(path, fmt: str) -> Path:
     """The output path, if it has the format's extension and does not exist yet (checked before any work)."""
     path = Path(path)
@@ -63,11 +95,42 @@ def check_target(path, fmt: str) -> Path:
         raise ValueError(
             f"{path}: a {fmt} export is written as a {SUFFIXES[fmt]} file; choose --out NAME{SUFFIXES[fmt]}"
         )
-    for existing in (path, path.with_suffix(".bin") if fmt == "openvino" else path):
+    for existing in _parts(path, fmt):
         if existing.exists():
             raise ValueError(f"{existing} exists; choose another --out or delete it (exports never overwrite a file)")
-    check_writable(path.parent)  # made now, not after minutes of export
+    try:
+        check_writable(path.parent)  # made now, not after minutes of export
+    except OSError as err:
+        reason = "a file is in the way" if isinstance(err, (FileExistsError, NotADirectoryError)) else err.strerror
+        raise ValueError(
+            f"--out {path}: cannot write in {path.parent} ({reason or err}); choose another --out"
+        ) from None
     return path
+
+
+@contextmanager
+def _staged(path: Path, fmt: str):
+    """A fresh folder to write `path`'s files in under their final names (so the references between
+    them hold); on success they move beside `path`, the named file last: it appears only when whole."""
+    staging = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp")
+    staging.mkdir(parents=True)
+    try:
+        yield staging / path.name
+        for part in _parts(path, fmt):
+            if (staging / part.name).exists():
+                (staging / part.name).chmod(0o666 & ~current_umask())
+                (staging / part.name).replace(part)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_as(model, dtype: torch.dtype, device: torch.device | None = None):
+    """`model` in `dtype` (on `device`): itself when it already is, else a converted copy, so an
+    export never changes the caller's model (a round trip through fp16 would lose its fp32 weights)."""
+    param = next(model.parameters())
+    if param.dtype == dtype and (device is None or param.device == device):
+        return model
+    return copy.deepcopy(model).to(device=device, dtype=dtype)
 
 
 def _check_size(model, size) -> tuple[int, int]:
@@ -140,6 +203,12 @@ def export_onnx(model, path, size: tuple[int, int], *, dynamic_size: bool = Fals
     optimise a fixed size better (TensorRT wants one), so it is off by default.
     """
     require("onnxscript", "onnx")
+    if dynamic_size and variant(model.config.backbone).family in FIXED_SIZE_FAMILIES:
+        raise ValueError(
+            f"{model.config.backbone} does not export with a free height and width (its rotary position "
+            "table is traced at one size: the file runs at others with wrong masks); export without "
+            "--dynamic-size (one file per working size)"
+        )
     path = check_target(path, "onnx")
     height, width = _check_size(model, size)
     dims = {0: torch.export.Dim("batch")}
@@ -175,13 +244,8 @@ def export_onnx(model, path, size: tuple[int, int], *, dynamic_size: bool = Fals
     program.model.metadata_props.update(metadata(model, (height, width), next(model.parameters()).dtype))
     # height/width: the working size the checkpoint was made for; with a free size, any multiple of 32 runs.
     program.model.metadata_props["birefnet.free_size"] = "true" if dynamic_size else "false"
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.onnx")
-    try:
-        program.save(str(tmp), external_data=False)
-        tmp.chmod(0o666 & ~current_umask())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _staged(path, "onnx") as staged:
+        program.save(str(staged), external_data=False)  # torch still writes NAME.onnx.data past 2 GB
     return path
 
 
@@ -189,7 +253,7 @@ def to_openvino(model, size: tuple[int, int]):
     """The plain graph as an `openvino.Model` for (height, width) `size`, batch free (not yet compiled)."""
     ov = require("openvino", "openvino")
     height, width = _check_size(model, size)
-    model = model.eval().float()
+    model = _copy_as(model, torch.float32, torch.device("cpu")).eval()
     with torch.no_grad(), plain_graph(), _quiet():
         converted = ov.convert_model(model, example_input=_example(model, (height, width)))
     # The traced input shape stays open: OpenVINO 2026's CPU plugin fails to compile Swin's graph with
@@ -206,15 +270,8 @@ def save_openvino(converted, path, meta: dict[str, str], *, compress_to_fp16: bo
     path = Path(path)
     for key, value in meta.items():
         converted.set_rt_info(value, ["birefnet", key.removeprefix("birefnet.")])
-    staging = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp")
-    staging.mkdir(parents=True)
-    try:
-        ov.save_model(converted, str(staging / path.name), compress_to_fp16=compress_to_fp16)
-        for part in (path.with_suffix(".bin"), path):  # the .xml last: it appears only when both are whole
-            (staging / part.name).chmod(0o666 & ~current_umask())
-            (staging / part.name).replace(part)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _staged(path, "openvino") as staged:
+        ov.save_model(converted, str(staged), compress_to_fp16=compress_to_fp16)
     return path
 
 
@@ -237,16 +294,9 @@ def export(
     """`export_onnx` or `export_openvino` by `fmt` ("onnx" or "openvino").
 
     dtype: float32, or float16 (ONNX: an fp16 graph for GPU runtimes such as onnxruntime's CUDA
-    provider or TensorRT; OpenVINO: fp16 weights in the file).
+    provider or TensorRT; OpenVINO: fp16 weights in the file). `model` itself is left as it was.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; use {' or '.join(FORMATS)}")
-    if dtype not in (torch.float32, torch.float16):
-        raise ValueError(
-            f"export dtype {dtype}: use fp32 or fp16 (bf16 is a runtime choice: OpenVINO's precision hint)"
-        )
+    check_request(fmt, dtype, dynamic_size)
     if fmt == "onnx":
-        return export_onnx(model.to(dtype=dtype), path, size, dynamic_size=dynamic_size)
-    if dynamic_size:
-        raise ValueError("--dynamic-size is for ONNX; OpenVINO IR is exported per working size")
-    return export_openvino(model.float(), path, size, compress_to_fp16=dtype == torch.float16)
+        return export_onnx(_copy_as(model, dtype), path, size, dynamic_size=dynamic_size)
+    return export_openvino(model, path, size, compress_to_fp16=dtype == torch.float16)

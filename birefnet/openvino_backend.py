@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .distributed import rank_and_world
 from .export import metadata, save_openvino, to_openvino
 from .extras import require
 from .files import cache_folder
@@ -74,8 +75,10 @@ class OpenVINOModel(nn.Module):
             raise ValueError(f"OpenVINO precision {precision}: use fp32, bf16 or fp16")
         self.core = ov.Core()
         hint = PRECISIONS[precision]
-        if hint in _CAPABILITY and _CAPABILITY[hint] not in self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-            raise ValueError(f"this CPU has no {hint} support for OpenVINO; use fp32")
+        capabilities = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if hint in _CAPABILITY and _CAPABILITY[hint] not in capabilities:
+            usable = ["fp32"] + [name for name, cap in (("bf16", "BF16"), ("fp16", "FP16")) if cap in capabilities]
+            raise ValueError(f"this CPU has no {_CAPABILITY[hint]} support in OpenVINO; use {' or '.join(usable)}")
         self.__dict__["torch_model"] = model.float().cpu().eval()  # not a submodule: .to()/.parameters() leave it alone
         # segment()/predict() read the device and input dtype from the first parameter.
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
@@ -84,6 +87,8 @@ class OpenVINOModel(nn.Module):
         self.precision = precision
         self.cache = Path(cache) if cache is not None else cache_dir()
         self.options = {"INFERENCE_PRECISION_HINT": hint}
+        if threads is None and rank_and_world()[1] > 1:  # torchrun's processes share the cores as torch's threads
+            threads = torch.get_num_threads()  # (OpenVINO ignores OMP_NUM_THREADS: each took every core)
         if threads:
             self.options["INFERENCE_NUM_THREADS"] = int(threads)
         self.key = weights_key(model)
@@ -97,9 +102,37 @@ class OpenVINOModel(nn.Module):
     def _compile(self, size: tuple[int, int]):
         path = self.ir_path(size)
         if not path.exists():
+            self._convert(size, path)
+        self.core.set_property({"CACHE_DIR": str(self.cache / "compiled")})
+        compiled = self.core.compile_model(str(path), "CPU", self.options)
+        self._compiled[size] = compiled
+        return compiled
+
+    def _convert(self, size: tuple[int, int], path: Path) -> None:
+        """Convert into the cache, one process at a time: the processes of a torchrun job start
+        together, and each conversion holds gigabytes (12 GB for Swin-L), so the others wait for
+        the first one's file instead of converting too."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(path.with_suffix(".lock"))
+        try:
+            self.cache.mkdir(parents=True, exist_ok=True)
+            try:
+                lock.acquire(blocking=False)
+            except Timeout:  # an OSError too: caught first
+                log.warning("OpenVINO: waiting for another process converting into %s", self.cache)
+                lock.acquire()
+        except OSError as err:
+            reason = err.strerror or str(err)
+            raise ValueError(
+                f"the OpenVINO cache {self.cache} cannot be written ({reason}); set BIREFNET_CACHE to a writable folder"
+            ) from None
+        try:
+            if path.exists():  # the process this one waited for converted it
+                return
             height, width = size
             log.warning(
-                "birefnet: OpenVINO: converting %s for %dx%d, once for this working size (minutes for large "
+                "OpenVINO: converting %s for %dx%d, once for this working size (minutes for large "
                 "backbones; cached in %s)",
                 self.config.backbone,
                 width,
@@ -107,13 +140,10 @@ class OpenVINOModel(nn.Module):
                 self.cache,
             )
             start = time.perf_counter()
-            self.cache.mkdir(parents=True, exist_ok=True)
             save_openvino(to_openvino(self.torch_model, size), path, metadata(self.torch_model, size, torch.float32))
-            log.warning("birefnet: OpenVINO: converted in %.0f s", time.perf_counter() - start)
-        self.core.set_property({"CACHE_DIR": str(self.cache / "compiled")})
-        compiled = self.core.compile_model(str(path), "CPU", self.options)
-        self._compiled[size] = compiled
-        return compiled
+            log.warning("OpenVINO: converted in %.0f s", time.perf_counter() - start)
+        finally:
+            lock.release()
 
     def prepare(self, size: tuple[int, int]) -> "OpenVINOModel":
         """Convert (or load from the cache) and compile for (height, width) now rather than at the first call."""

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from conftest import REFERENCES, random_input, random_state_dict, relative_error
+from conftest import REFERENCES, ROOT, random_input, random_state_dict, relative_error, torchrun
 from safetensors.torch import load_file, save_file
 
 from birefnet import load_model, segment
@@ -101,8 +101,64 @@ def test_export_cli_refuses_to_overwrite_and_names_bad_targets(tmp_path, b0_weig
     assert existing.read_bytes() == b"earlier work"
     assert main(["export", str(b0_weights), "--out", str(tmp_path / "model.bin")]) == 2
     assert "name it .onnx or .xml" in capsys.readouterr().err
-    assert main(["export", str(b0_weights), "--out", str(tmp_path / "m.onnx"), "--dtype", "bf16"]) == 2
-    assert "use fp32 or fp16" in capsys.readouterr().err
+    # Settings that cannot export are said before the weights load (these do not exist).
+    missing = str(tmp_path / "not_downloaded.safetensors")
+    assert main(["export", missing, "--out", str(tmp_path / "m.onnx"), "--dtype", "bf16"]) == 2
+    assert capsys.readouterr().err.startswith("birefnet: export dtype torch.bfloat16: use fp32 or fp16")
+    assert main(["export", missing, "--out", str(tmp_path / "m.xml"), "--dynamic-size"]) == 2
+    assert capsys.readouterr().err.startswith("birefnet: --dynamic-size is for ONNX")
+    (tmp_path / "a_file").write_bytes(b"")
+    assert main(["export", missing, "--out", str(tmp_path / "a_file" / "m.onnx")]) == 2
+    assert "cannot write in" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "model.onnx"]
+
+
+def test_fp16_onnx_export_runs_in_onnxruntime_and_leaves_the_model_alone(b0_weights, tmp_path):
+    """fp16 is exported from a copy: the caller's fp32 model kept its weights (it was turned into fp16 in
+    place, and a round trip back would lose bits). The file passes onnx's full check (what TensorRT's
+    parser reads first) and says how to resize for a runtime without this library."""
+    from birefnet.export import export
+
+    model = load_model(b0_weights, tile_layout="current")
+    x, expected = random_input(1, 256, 256), official_logits("pvt_v2_b0", 256, 256)
+    path = export(model, tmp_path / "half.onnx", "onnx", (256, 256), dtype=torch.float16)
+    assert next(model.parameters()).dtype == torch.float32
+    with torch.inference_mode():
+        assert relative_error(model(x), expected) < 1e-4
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"image": torch.cat([x, x]).half().numpy()})[0]
+    assert out.dtype.name == "float16" and relative_error(torch.from_numpy(out[1:]).float(), expected) < 1e-2
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert meta["birefnet.dtype"] == "float16" and "antialiased when shrinking" in meta["birefnet.resize"]
+
+
+def test_onnx_weights_past_2_gb_are_written_beside_the_file_under_its_name(b0_weights, tmp_path, monkeypatch):
+    """Past protobuf's 2 GB (DINOv3-H+ in fp32) torch writes the weights to NAME.onnx.data; they were
+    written under the temporary file's hidden name, which the moved .onnx then pointed to. Here torch's
+    limit is lowered so that a small model takes the same path."""
+    from torch.onnx._internal.exporter import _onnx_program
+
+    from birefnet.export import export
+
+    monkeypatch.setattr(_onnx_program, "_LARGE_MODEL_THRESHOLD", 1_000_000)
+    model = load_model(b0_weights, tile_layout="current")
+    path = export(model, tmp_path / "big" / "model.onnx", "onnx", (64, 64))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    locations = {
+        entry.value
+        for tensor in onnx.load(str(path), load_external_data=False).graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    assert locations == {"model.onnx.data"}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = random_input(2, 64, 64)
+    with torch.inference_mode():
+        assert relative_error(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), model(x)) < 1e-4
+    path.unlink()  # its weights are still there: a new export must not overwrite them
+    with pytest.raises(ValueError, match="model.onnx.data exists"):
+        export(model, path, "onnx", (64, 64))
 
 
 def test_export_cli_writes_a_free_size_onnx_with_the_official_outputs(tmp_path, b0_weights):
@@ -140,6 +196,50 @@ def test_openvino_backend_says_it_runs_on_the_cpu(b0_weights):
         load_model(b0_weights, backend="tensorrt")
 
 
+def test_openvino_backend_names_an_unwritable_cache(b0_weights, tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_bytes(b"")
+    monkeypatch.setenv("BIREFNET_CACHE", str(tmp_path / "a_file"))
+    model = load_model(b0_weights, backend="openvino")
+    with pytest.raises(ValueError, match=r"^the OpenVINO cache .* cannot be written .*; set BIREFNET_CACHE"):
+        model(random_input(1, 64, 64))
+
+
+def test_openvino_backend_names_the_precisions_this_cpu_has(b0_weights):
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "FP16" in capabilities:
+        pytest.skip("this CPU runs fp16 in OpenVINO")
+    usable = "fp32 or bf16" if "BF16" in capabilities else "fp32"
+    with pytest.raises(ValueError, match=f"^this CPU has no FP16 support in OpenVINO; use {usable}$"):
+        load_model(b0_weights, backend="openvino", dtype="fp16")
+
+
+def test_openvino_backend_converts_once_for_a_torchrun_job(b0_weights, tmp_path, monkeypatch):
+    """Both processes start together and reach the same working size: one converts, the other waits for
+    its file (each converting held gigabytes for the large backbones) and both segment with it."""
+    monkeypatch.setenv("BIREFNET_CACHE", str(tmp_path / "cache"))
+    args = ["segment", ROOT / "examples" / "images", "--weights", b0_weights, "--resolution", "64"]
+    args += ["--backend", "openvino", "--quiet", "--tile-layout", "current", "--out", tmp_path / "masks"]
+    result = torchrun("birefnet", *args, scratch=tmp_path / "torchrun")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("birefnet: OpenVINO: converting pvt_v2_b0 for 64x64") == 1, result.stderr[-2000:]
+    assert len(list((tmp_path / "cache" / "openvino").glob("*.xml"))) == 1
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 3
+
+
+def test_openvino_backend_under_torchrun_takes_torchs_thread_count(b0_weights, tmp_path, monkeypatch):
+    """Under torchrun each process gets its share of the cores as torch's threads (OMP_NUM_THREADS);
+    OpenVINO ignores that variable, so without this every process ran on every core."""
+    monkeypatch.setenv("BIREFNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # fewer than the cores OpenVINO would take
+    try:
+        model = load_model(b0_weights, backend="openvino").prepare((64, 64))
+    finally:
+        torch.set_num_threads(threads)
+    assert int(model._compiled[(64, 64)].get_property("INFERENCE_NUM_THREADS")) == 1
+
+
 @pytest.mark.parametrize("variant", ["vgg16", "dino_v3_s"])
 def test_other_backbone_families_export_exactly(variant, tmp_path):
     """A CNN and a ViT backbone through both exporters reproduce the official outputs."""
@@ -155,3 +255,16 @@ def test_other_backbone_families_export_exactly(variant, tmp_path):
     ir = export(model, tmp_path / "model.xml", "openvino", (256, 256))
     compiled = ov.Core().compile_model(str(ir), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     assert relative_error(torch.from_numpy(compiled(x.numpy())[0]), expected) < 1e-4
+
+
+def test_dinov3_free_size_export_is_refused(tmp_path):
+    """timm's DINOv3 rotary table was traced at one size: the free-size file ran at others with masks
+    up to 11% off (relative) instead of failing, so it is refused before any work."""
+    from birefnet.export import export
+
+    weights = tmp_path / "dino_v3_s.safetensors"
+    save_file(random_state_dict("dino_v3_s", 0), str(weights))
+    model = load_model(weights, tile_layout="current")
+    with pytest.raises(ValueError, match="^dino_v3_s does not export with a free height and width"):
+        export(model, tmp_path / "free.onnx", "onnx", (256, 256), dynamic_size=True)
+    assert not (tmp_path / "free.onnx").exists()

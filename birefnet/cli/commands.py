@@ -184,13 +184,14 @@ def cmd_download(args) -> int:
 def cmd_export(args) -> int:
     import time
 
-    from ..export import check_target, export
+    from ..export import check_request, check_target, export
 
     fmt = args.format or {".onnx": "onnx", ".xml": "openvino"}.get(Path(args.out).suffix.lower())
     if fmt is None:
         raise ValueError(f"--out {args.out}: name it .onnx or .xml (OpenVINO IR), or give --format")
-    check_target(args.out, fmt)
     dtype = parse_dtype(args.dtype)
+    check_request(fmt, dtype, args.dynamic_size)
+    check_target(args.out, fmt)
     model = load_model(weights_source(args.weights, args.download, args.accept_license), tile_layout=args.tile_layout)
     size = args.size or model.info.resolution or (1024, 1024)
     print(
