@@ -536,7 +536,8 @@ def test_skip_existing_resumes_an_interrupted_run(tmp_path):
         os.utime(out / name, (4e9, 4e9))  # changed after this run started
     resumed = run_cli("segment", src, "--out", out, "--cutout", "--skip-existing", *FAST)
     assert resumed.returncode == 0, resumed.stderr
-    assert "wrote 2 mask(s)" in resumed.stderr and "kept the outputs 1 input(s) had already" in resumed.stderr
+    assert "wrote 1 mask(s) and 2 cut-out(s)" in resumed.stderr  # c's both, b's cut-out
+    assert "kept the outputs 1 input(s) had already" in resumed.stderr
     assert {name: (out / name).read_bytes() for name in kept} == {name: data for name, (data, _) in kept.items()}
     assert all((out / name).stat().st_mtime_ns == mtime for name, (_, mtime) in kept.items())
     assert sorted(p.name for p in out.iterdir()) == [

@@ -208,7 +208,7 @@ def cmd_segment(args) -> int:
     compiled = args.compile and args.backend == "torch" and model is not None
     if compiled:  # pays off on long runs at one working size; the first image compiles
         model = compile_model(model)
-    skipped, animated_said, segmented = 0, False, []
+    skipped, animated_said, segmented, masks_written, cutouts_written = 0, False, [], 0, 0
     bar = tqdm(
         total=len(files),
         unit="img",
@@ -276,17 +276,22 @@ def cmd_segment(args) -> int:
                 mask, colours = finish(image, mask, refinement, boxes=args.box or (), device=model_device(model))
                 if mask_path in writes:
                     saver.submit(save_image, mask_to_image(mask), mask_path, args.overwrite)
+                    masks_written += 1
                 if cutout_path in writes:
                     saver.submit(save_image, cutout_image(image, mask, colours), cutout_path, args.overwrite)
+                    cutouts_written += 1
                 segmented.append(mask_path)
                 bar.update(1)
     bar.close()
     removed = remove_earlier_outputs(segmented, planned) if args.overwrite else 0
-    done, skipped, kept, removed = summed([len(files) - skipped, skipped, kept, removed])  # all writes are done
+    counts = [masks_written, cutouts_written, skipped, kept, removed]
+    masks_written, cutouts_written, skipped, kept, removed = summed(counts)  # all processes' writes are done
     if rank == 0:  # an earlier run killed while writing left temporaries in this run's folders
         remove_killed_writes({path.parent for path in planned}, before=started)
         print(
-            f"birefnet: wrote {done} mask(s) to {out_dir}"
+            f"birefnet: wrote {masks_written} mask(s)"
+            + (f" and {cutouts_written} cut-out(s)" if cutouts_written else "")
+            + f" to {out_dir}"
             + (f", skipped {skipped}" if skipped else "")
             + (kept_note(kept) if args.skip_existing else "")
             + (f", removed {removed} output(s) of an earlier run this run did not write again" if removed else "")
