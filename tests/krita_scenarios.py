@@ -22,13 +22,13 @@ from birefnet_krita.qt import QT_MAJOR
 from krita import Extension, Krita, Selection
 
 if QT_MAJOR >= 6:
-    from PyQt6.QtCore import QByteArray, QEventLoop, Qt, QTimer
+    from PyQt6.QtCore import QBuffer, QByteArray, QEventLoop, QIODevice, Qt, QTimer
     from PyQt6.QtGui import QImage
-    from PyQt6.QtWidgets import QApplication, QMessageBox
+    from PyQt6.QtWidgets import QAbstractItemView, QApplication, QDockWidget, QMessageBox
 else:
-    from PyQt5.QtCore import QByteArray, QEventLoop, Qt, QTimer
+    from PyQt5.QtCore import QBuffer, QByteArray, QEventLoop, QIODevice, Qt, QTimer
     from PyQt5.QtGui import QImage
-    from PyQt5.QtWidgets import QApplication, QMessageBox
+    from PyQt5.QtWidgets import QAbstractItemView, QApplication, QDockWidget, QMessageBox
 
 WORK = Path(os.environ["BIREFNET_KRITA_TEST"])
 RESULTS = WORK / "results"
@@ -73,11 +73,36 @@ def show(doc):
     return doc
 
 
-def undo(doc) -> None:
-    """Krita's Undo (Ctrl+Z), as the Edit menu runs it."""
-    Krita.instance().action("edit_undo").trigger()
+def undo(doc, action: str = "edit_undo") -> None:
+    """Krita's Undo (Ctrl+Z), as the Edit menu runs it (or its Redo), once Krita's pending signals have
+    arrived, as they have before a user's next key press: the Undo History docker learns of a new step
+    through one, and when it arrives after the Undo it moves the history back to that step (a Redo)."""
+    wait(0.3)
+    Krita.instance().action(action).trigger()
     doc.waitForDone()
     wait(0.3)
+
+
+def redo(doc) -> None:
+    undo(doc, "edit_redo")
+
+
+def undo_history() -> list:
+    """The step names Krita's Undo History docker lists for the active image, oldest first (steps undone
+    stay listed until a new step replaces them)."""
+    docker = Krita.instance().activeWindow().qwindow().findChild(QDockWidget, "History")
+    model = docker.findChild(QAbstractItemView).model()
+    return [model.index(row, 0).data() for row in range(1, model.rowCount())]  # row 0: the image as opened
+
+
+def selected(doc, area) -> bytes | None:
+    """The global selection's pixels over `area` (x, y, width, height), or None when nothing is selected."""
+    selection = doc.selection()
+    return selection.pixelData(*area).data() if selection else None
+
+
+def children_of(node) -> list:
+    return [[child.type(), child.name()] for child in node.childNodes()]
 
 
 def open_image(name: str):
@@ -537,24 +562,148 @@ def scenario_docker_not_birefnet():
 
 
 def scenario_select_subject_undo():
-    """Select Subject, then Krita's Undo (Ctrl+Z): the selection there was before, or none, is back."""
+    """Select Subject, then Krita's Undo (Ctrl+Z) and Redo: Undo brings back the selection there was before
+    (none, a rectangle, everything), Redo the subject; the undo history gains one step, the layer keeps its
+    masks and stays active."""
     out = {}
-    for case in ("rectangle", "none"):
+    for case in ("none", "rectangle", "all"):
         doc = open_image("rgba")
         node = doc.activeNode()
-        x, y, w, h = region(doc, node)
+        area = region(doc, node)
         if case == "rectangle":
-            bx, by, bw, bh = PLAN["box"]
             selection = Selection()
-            selection.select(bx, by, bw, bh, 255)
+            selection.select(*PLAN["box"], 255)
             doc.setSelection(selection)
-        before = doc.selection().pixelData(x, y, w, h).data() if doc.selection() else None
+        elif case == "all":
+            Krita.instance().action("select_all").trigger()
+            doc.waitForDone()
+        before, steps = selected(doc, area), undo_history()
         result = trigger(birefnet.SELECT_SUBJECT)
-        subject = doc.selection().pixelData(x, y, w, h).data() if doc.selection() else None
+        subject, added = selected(doc, area), undo_history()[len(steps) :]
+        after = dict(children=children_of(node), active=doc.activeNode().name())
         undo(doc)
-        after = doc.selection().pixelData(x, y, w, h).data() if doc.selection() else None
-        out[case] = dict(result, had_before=before is not None, changed=subject != before, restored=after == before)
+        undone = selected(doc, area)
+        redo(doc)
+        out[case] = dict(
+            result,
+            **after,
+            had_before=before is not None,
+            changed=subject != before,
+            restored=undone == before,
+            redone=selected(doc, area) == subject,
+            steps=added,
+        )
     (RESULTS / "select_subject_undo.json").write_text(json.dumps(out))
+
+
+def local_selection_mask(doc, node, box):
+    """A layer with a transparency mask (showing everything) and an active local selection mask holding
+    `box`, then the global selection PLAN["box"] (Krita moves the global selection into a new local one)."""
+    Krita.instance().action("add_new_transparency_mask").trigger()
+    doc.waitForDone()
+    selection = Selection()
+    selection.select(*box, 255)
+    doc.setSelection(selection)
+    Krita.instance().action("add_new_selection_mask").trigger()
+    doc.waitForDone()
+    selection = Selection()
+    selection.select(*PLAN["box"], 255)
+    doc.setSelection(selection)
+    local = [child for child in node.childNodes() if child.type() == "selectionmask"][0]
+    return local
+
+
+def scenario_select_subject_local_mask():
+    """Select Subject with an active local selection mask on the layer (the layer active, or the mask):
+    the subject replaces the local selection, as Krita's own selection commands do; the global selection,
+    which guides, is left alone. Undo brings back the local selection, Redo the subject."""
+    out = {}
+    for active in ("layer", "local mask"):
+        doc = open_image("rgba")
+        node = doc.activeNode()
+        area = region(doc, node)
+        local = local_selection_mask(doc, node, (300, 20, 150, 100))
+        doc.setActiveNode(node if active == "layer" else local)
+        wait(0.3)
+        children, steps = children_of(node), undo_history()
+        before = dict(local=local.selection().pixelData(*area).data(), glob=selected(doc, area))
+        result = trigger(birefnet.SELECT_SUBJECT)
+        subject = local.selection().pixelData(*area).data()
+        after = dict(
+            children=children_of(node),
+            active=doc.activeNode().name(),
+            global_kept=selected(doc, area) == before["glob"],
+            steps=undo_history()[len(steps) :],
+        )
+        undo(doc)
+        undone = dict(local=local.selection().pixelData(*area).data() == before["local"])
+        undone["global_kept"] = selected(doc, area) == before["glob"]
+        redo(doc)
+        redone = dict(local=local.selection().pixelData(*area).data() == subject)
+        redone["global_kept"] = selected(doc, area) == before["glob"]
+        name = "select_subject_local_" + active.replace(" ", "_")
+        record(
+            name,
+            doc,
+            node,
+            result,
+            **after,
+            children_before=children,
+            local_changed=subject != before["local"],
+            local=save(f"{name}_local.raw", subject),
+            undone=undone,
+            redone=redone,
+        )
+        out[active] = name
+    doc = open_image("rgba")  # a locked local selection mask: Krita lets nothing change it
+    node = doc.activeNode()
+    area = region(doc, node)
+    local = local_selection_mask(doc, node, (300, 20, 150, 100))
+    local.setLocked(True)
+    doc.setActiveNode(node)
+    wait(0.3)
+    children, steps, before = children_of(node), undo_history(), local.selection().pixelData(*area).data()
+    result = trigger(birefnet.SELECT_SUBJECT)
+    out["locked"] = dict(
+        result,
+        kept=local.selection().pixelData(*area).data() == before,
+        steps=undo_history()[len(steps) :],
+        children_kept=children_of(node) == children,
+        message_box=message_box_text(),
+    )
+    (RESULTS / "select_subject_local_mask.json").write_text(json.dumps(out))
+
+
+def grey_png(width: int, height: int, value: int) -> bytes:
+    image = QImage(width, height, QImage.Format.Format_Grayscale8)
+    image.fill(value)
+    buffer = QBuffer()
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    image.save(buffer, "PNG")
+    return buffer.data().data()
+
+
+def scenario_select_subject_nothing_found():
+    """An answer that selects nothing (all black, from a stand-in server): the selection stays as it was,
+    no undo step is added, and a message says so."""
+    doc = open_image("rgba")
+    node = doc.activeNode()
+    area = region(doc, node)
+    selection = Selection()
+    selection.select(*PLAN["box"], 255)
+    doc.setSelection(selection)
+    before, steps = selected(doc, area), undo_history()
+    with StandIn(200, grey_png(area[2], area[3], 0), "image/png") as stand_in:
+        result = trigger(birefnet.SELECT_SUBJECT)
+    out = dict(
+        result,
+        requests=stand_in.requests,
+        kept=selected(doc, area) == before,
+        steps=undo_history()[len(steps) :],
+        children=children_of(node),
+        message_box=message_box_text(),
+    )
+    (RESULTS / "select_subject_nothing_found.json").write_text(json.dumps(out))
 
 
 def message_box_text():
@@ -581,6 +730,8 @@ SCENARIOS = [
     scenario_docker_weights,
     scenario_docker_numbers,
     scenario_select_subject_undo,
+    scenario_select_subject_local_mask,
+    scenario_select_subject_nothing_found,
     scenario_responsive,
     scenario_cancel_while_encoding,
     scenario_cancel,

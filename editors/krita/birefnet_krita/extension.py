@@ -6,7 +6,7 @@ selection or a new layer. Nothing is written into the layer's own pixels. With a
 bounding box goes to the server as the guiding box (the object inside it; nothing outside it), and the
 selection is left as it was."""
 
-from krita import Extension, Krita, Selection
+from krita import Extension, Krita
 
 from . import settings
 from .background import Background
@@ -14,6 +14,7 @@ from .client import ServerCall
 from .pixels import UnsupportedLayer, check_colour_space
 from .qt import QByteArray, QMessageBox, QProgressDialog, Qt, pyqtSignal
 from .source import Source
+from .undoable_selection import select_mask
 
 REMOVE_BACKGROUND = "birefnet_remove_background"
 SELECT_SUBJECT = "birefnet_select_subject"
@@ -176,19 +177,18 @@ class BiRefNetExtension(Extension):
         self._notify(message)
         self.finished.emit(action_id, True, message)
 
-    def _mask_selection(self, source, mask: bytes):
-        selection = Selection()
-        selection.setPixelData(QByteArray(mask), source.x, source.y, source.width, source.height)
-        return selection
-
     def _select(self, source, mask: bytes) -> str:
-        """The mask becomes the selection (soft: 0-255 selectedness); it lies inside the guiding box.
-        Document.setSelection leaves no undo step (Krita 5.1 to 5.3), so Krita's own Deselect runs first:
-        its undo step brings back the selection there was (or none), and Ctrl+Z does what users expect."""
+        """The mask becomes the active selection (soft: 0-255 selectedness) in one undo step, as Krita's own
+        Select Opaque makes it (undoable_selection.py); it lies inside the guiding box. An empty mask would
+        only deselect: the selection is left as it was and the message says why."""
         _require_active(source.doc, "Select Subject")
-        Krita.instance().action("deselect").trigger()
-        source.doc.waitForDone()
-        source.doc.setSelection(self._mask_selection(source, mask))
+        if mask.count(0) == len(mask):
+            raise UnsupportedLayer(
+                f'BiRefNet found no subject on "{source.node.name()}"'
+                + (" inside the selection" if source.box else "")
+                + ": the selection is unchanged."
+            )
+        select_mask(source.doc, source.node, mask, source.x, source.y, source.width, source.height)
         return "Subject selected."
 
     def _remove_background(self, source, mask: bytes) -> str:
