@@ -213,9 +213,8 @@ def scenario_cut_out():
     x, y, w, h = region(doc, node)
     names = [n.name() for n in doc.topLevelNodes()]
     new = doc.topLevelNodes()[-1]
-    record(
-        "cut_out", doc, node, result, layers=names, cut_out=save("cut_out_layer.raw", new.pixelData(x, y, w, h).data())
-    )
+    cut_out = save("cut_out_layer.raw", new.pixelData(x, y, w, h).data())
+    record("cut_out", doc, node, result, layers=names, active=doc.activeNode().name(), cut_out=cut_out)
 
 
 def scenario_box():

@@ -243,8 +243,9 @@ class BiRefNetExtension(Extension):
         if (layer.colorModel(), layer.colorDepth()) != source.image_space:
             raise UnsupportedLayer("The image's colour space changed while BiRefNet worked: try again.")
         layer.setPixelData(QByteArray(pixels), source.x, source.y, source.width, source.height)
+        # the layer you worked on stays the active one: Krita (5.1.5) cannot activate a layer a plug-in has
+        # just added (Document.setActiveNode then only logs an assertion: its canvas has no shape for it)
         node.parentNode().addChildNode(layer, node)
-        doc.setActiveNode(layer)
         return f'Cut out to the new layer "{layer.name()}".'
 
     def _fail(self, action_id: str, message: str) -> None:
