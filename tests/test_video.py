@@ -480,3 +480,224 @@ def test_a_clips_transparency_stays_in_its_cutouts(tmp_path, name, codec, pix_fm
     for alpha in (from_video, from_png):
         assert alpha[:, :half].max() == 0
         assert np.abs(alpha[:, half:] - mask[:, half:]).max() <= 1
+
+
+def _sounding_clip(path, *, codec="aac", rate=44100, sound_from=0.0, frames_from=0.0, seconds=0.25, tones=(440,)):
+    """A clip of 12 fps `_marked` frames (H.264; VP9 in WebM) with a sound stream per tone (a sine, its loudness
+    swelling 3 times a second), the sound starting `sound_from` and the frames `frames_from` seconds in."""
+    from fractions import Fraction
+
+    picture, webm = _marked(64, 48), path.suffix == ".webm"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libvpx-vp9" if webm else "libx264", rate=12)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        sounds = [container.add_stream(codec, rate=rate, layout="mono") for _ in tones]
+        packets = []
+        for number in range(round(seconds * 12)):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts, frame.time_base = number + round(frames_from * 12), Fraction(1, 12)
+            packets += video.encode(frame)
+        packets += video.encode()
+        t = np.arange(round(seconds * rate)) / rate
+        for stream, tone in zip(sounds, tones):
+            wave = (0.3 * np.sin(2 * np.pi * tone * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+            for first in range(0, len(wave), 960):
+                frame = av.AudioFrame.from_ndarray(wave[None, first : first + 960].copy(), format="fltp", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = (
+                    rate,
+                    first + round(sound_from * rate),
+                    Fraction(1, rate),
+                )
+                packets += stream.encode(frame)
+            packets += stream.encode()
+        for packet in sorted(packets, key=lambda packet: packet.dts * packet.time_base):
+            container.mux(packet)
+
+
+def _start_by_edit_list(path, seconds: float) -> None:
+    """Give the sound track of an MP4 `_sounding_clip` the edit list a phone writes for sound that starts
+    `seconds` after the picture: an empty edit, then the media from after the AAC encoder's 1024 samples of
+    delay (FFmpeg's muxer writes such a track's edit list with that delay played)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    box = data.find(b"elst", data.find(b"elst") + 1)  # the second track's: the sound's
+    assert data[box + 4] == 0 and struct.unpack(">I", data[box + 8 : box + 12]) == (2,)
+    struct.pack_into(">Ii", data, box + 12, round(seconds * 1000), -1)  # the movie's units: 1/1000 s
+    struct.pack_into(">i", data, box + 28, 1024)
+    path.write_bytes(bytes(data))
+
+
+def _sound(path, stream=0):
+    """(first channel's samples, start in seconds after the first frame, rate, sound streams in the file)."""
+    with av.open(str(path)) as container:
+        first_frame = float(next(container.decode(video=0)).time)
+    with av.open(str(path)) as container:
+        frames = list(container.decode(container.streams.audio[stream]))
+        count = len(container.streams.audio)
+    samples = np.concatenate([frame.to_ndarray()[0] for frame in frames])  # planar (fltp) or mono
+    return samples, float(frames[0].time) - first_frame, frames[0].sample_rate, count
+
+
+def _sound_packets(path, stream=0):
+    with av.open(str(path)) as container:
+        return [bytes(packet) for packet in container.demux(container.streams.audio[stream]) if packet.size]
+
+
+def _onset(samples, start, rate):
+    """When the sound starts, in seconds after the first frame: its first sample louder than 0.05."""
+    return start + int(np.argmax(np.abs(samples) > 0.05)) / rate
+
+
+@pytest.mark.parametrize(
+    "name, make, copied",
+    [
+        ("aac.mp4", {}, True),
+        ("late.mp4", {"sound_from": 0.1}, True),  # as FFmpeg writes a late sound: its encoder delay played
+        ("phone.mp4", {"sound_from": 0.1}, False),  # as a phone writes it (`_start_by_edit_list`)
+        ("early.mp4", {"frames_from": 0.1}, True),  # the sound before the first frame is cut
+        ("pcm.mov", {"codec": "pcm_s16le"}, True),
+        ("opus.webm", {"codec": "libopus", "rate": 48000}, False),
+        ("late.webm", {"codec": "libopus", "rate": 48000, "sound_from": 0.1}, False),
+    ],
+)
+def test_a_cutout_video_keeps_the_clips_sound(tmp_path, name, make, copied):
+    """Dropped into a video editor, the cut-out video plays the clip's sound in step with its frames (before: no
+    sound). AAC, PCM (and MP3, ALAC, AC-3) are copied packet for packet, Opus from WebM is converted to AAC, as is
+    a sound a phone starts after the picture (copied, FFmpeg's .mov would play its encoder delay: 23 ms early); a
+    sound starting after the first frame starts as late, its end where the clip's is; the frames are unchanged and
+    the mask video, a matte, stays silent."""
+    from birefnet.cli import main
+
+    clip = tmp_path / name
+    _sounding_clip(clip, **make)
+    if name == "phone.mp4":
+        _start_by_edit_list(clip, 0.1)
+    out = tmp_path / "out"
+    assert main(["segment", str(clip), "--out", str(out), "--video", "--cutout", "--quiet"]) == 0
+    stem = clip.stem
+    cutout = out / f"{stem}_cutout.mov"
+    clip_times = _frame_times(clip)
+    assert _frame_times(cutout) == pytest.approx([time - clip_times[0] for time in clip_times], abs=1e-3)
+    with av.open(str(out / f"{stem}_mask.mp4")) as matte:
+        assert not matte.streams.audio
+    source, source_start, rate, _ = _sound(clip)
+    written, written_start, written_rate, streams = _sound(cutout)
+    with av.open(str(cutout)) as video, av.open(str(clip)) as original:
+        codec, original_codec = video.streams.audio[0].codec_context.name, original.streams.audio[0].codec_context.name
+    assert streams == 1 and written_rate == rate and codec == (original_codec if copied else "aac")
+    onset = _onset(source, source_start, rate)
+    if "late" in name or name == "phone.mp4":
+        assert onset == pytest.approx(0.1, abs=0.03)
+    if onset > 0:  # lip-sync: heard when the clip's is
+        assert _onset(written, written_start, rate) == pytest.approx(onset, abs=1e-3)
+    else:
+        assert written_start == pytest.approx(0, abs=1e-3)
+    source_end, written_end = source_start + len(source) / rate, written_start + len(written) / rate
+    assert written_end == pytest.approx(source_end, abs=1 / 12)  # within a frame
+    shift = round((written_start - source_start) * rate)  # the samples of one time side by side
+    source, written = (source[shift:], written) if shift >= 0 else (source, written[-shift:])
+    length = min(len(source), len(written))
+    source, written = source[:length], written[:length]
+    if copied:
+        assert b"".join(_sound_packets(cutout)) == b"".join(_sound_packets(clip))  # PCM: chunked anew
+        assert np.array_equal(source, written)
+    else:
+        assert np.corrcoef(source, written)[0, 1] > 0.99
+        assert np.sqrt(np.mean((source - written) ** 2)) < 0.1 * np.sqrt(np.mean(source**2))
+
+
+def test_the_sound_is_written_beside_the_frames(tmp_path):
+    """Memory stays flat over a long clip: each sound packet goes into the cut-out video beside the frames of its
+    time (read by a demuxer of its own), not at the end, where FFmpeg would hold every frame to interleave them;
+    and where the sound starts late (here 3 s in) the frames before it reach the file as they are written (FFmpeg
+    holds up to 10 s of frames waiting for a stream that has no packet yet)."""
+    from fractions import Fraction
+
+    from birefnet.video import VideoSource, VideoWriter
+
+    clip, out = tmp_path / "long.mp4", tmp_path / "out" / "long_cutout.mov"
+    _sounding_clip(clip, sound_from=3.0, seconds=6.0)
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 4), np.uint8)  # ProRes: about 60 kB a frame
+    with VideoSource(clip) as source:
+        with VideoWriter(out, 12, (128, 128), "rgba", time_base=source.time_base, sound=source.sound()) as writer:
+            for number in range(72):
+                writer.write(noise, Fraction(number, 12))
+                if number == 30:  # 2.5 s written, the sound not begun
+                    (temporary,) = out.parent.glob(".tmp*.mov")
+                    on_disk = temporary.stat().st_size
+    with av.open(str(out)) as video:  # (kind, time, size) of each packet, in the file's order
+        packets = [
+            (p.stream.type, float(p.pts * p.time_base), p.size)
+            for p in sorted((p for p in video.demux() if p.size), key=lambda packet: packet.pos)
+        ]
+    frame_bytes = [size for kind, _, size in packets if kind == "video"]
+    assert len(frame_bytes) == 72 and on_disk > sum(frame_bytes[:19])  # none a second old held back
+    assert sum(kind == "audio" for kind, _, _ in packets) > 100
+    last_frame = None
+    for kind, time, _ in packets:  # a sound packet follows the frames of its time (after the last: the clip's rest)
+        if kind == "video":
+            last_frame = time
+        elif time < 6:
+            assert last_frame is not None and abs(time - last_frame) < 0.5
+
+
+def test_a_damaged_or_interrupted_clip_keeps_its_sound_with_its_frames(tmp_path, capsys):
+    """A clip damaged part way: its cut-out video holds the frames before the damage and the sound up to the
+    last one's end, packet for packet (not the rest of the clip's sound under no picture). An interrupted write
+    (Ctrl-C) leaves no video and no temporary."""
+    from birefnet.cli import main
+    from birefnet.video import VideoSource, VideoWriter
+
+    clip, out = tmp_path / "broken.mp4", tmp_path / "out"
+    _sounding_clip(clip, seconds=0.5)
+    _damage(clip, packet=3)
+    assert main(["segment", str(clip), "--out", str(out), "--video", "--cutout", "--quiet"]) == 1
+    good = int(re.search(r"damaged after frame (\d+)", capsys.readouterr().err)[1])
+    assert 1 <= good < 6 and len(_frame_times(out / "broken_cutout.mov")) == good
+    written, start, rate, _ = _sound(out / "broken_cutout.mov")
+    end = good / 12  # the last frame's end
+    assert start == pytest.approx(0, abs=1e-3) and end <= start + len(written) / rate <= end + 1024 / rate
+    kept = _sound_packets(out / "broken_cutout.mov")
+    assert kept == _sound_packets(clip)[: len(kept)]
+
+    target, whole = tmp_path / "stopped" / "clip_cutout.mov", tmp_path / "whole.mp4"
+    _sounding_clip(whole, seconds=0.5)
+    with VideoSource(whole) as source, pytest.raises(KeyboardInterrupt):
+        with VideoWriter(target, source.fps, source.size, "rgba", sound=source.sound()) as writer:
+            for number, frame in enumerate(source.frames()):
+                writer.write(np.asarray(frame.convert("RGBA")), frame.info["time"])
+                if number == 1:
+                    raise KeyboardInterrupt
+    assert list(target.parent.iterdir()) == []
+
+
+def test_the_first_of_several_sounds_is_kept_and_a_silent_clip_stays_silent(tmp_path, capsys):
+    """A clip with two sound streams (two languages): the first goes into its cut-out video, also when
+    --skip-existing writes that video again; a clip without sound gets a silent one, as before; an empty sound
+    stream is said in one line for the run, and its clips' videos are written without it."""
+    from birefnet.cli import main
+
+    _sounding_clip(tmp_path / "two.mp4", tones=(440, 660))
+    _marked_clip(tmp_path / "silent.mp4", frames=2)
+    for name in ("empty.mkv", "empty2.mkv"):  # a sound stream without packets
+        with av.open(str(tmp_path / name), "w") as container:
+            video = container.add_stream("libx264", rate=10)
+            video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+            container.add_stream("aac", rate=44100, layout="mono")
+            for packet in [*video.encode(av.VideoFrame.from_ndarray(_marked(64, 48), format="rgb24")), *video.encode()]:
+                container.mux(packet)
+    clips = [str(tmp_path / name) for name in ("two.mp4", "silent.mp4", "empty.mkv", "empty2.mkv")]
+    out = tmp_path / "out"
+    assert main(["segment", *clips, "--out", str(out), "--video", "--cutout", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("without sound") == 1 and "empty.mkv: its sound stream holds no sound" in err
+    first = _sound_packets(tmp_path / "two.mp4", stream=0)
+    assert first != _sound_packets(tmp_path / "two.mp4", stream=1)
+    assert _sound(out / "two_cutout.mov")[3] == 1 and _sound_packets(out / "two_cutout.mov") == first
+    for name in ("silent", "empty", "empty2"):
+        with av.open(str(out / f"{name}_cutout.mov")) as video:
+            assert not video.streams.audio and len(list(video.decode(video=0))) == (2 if name == "silent" else 1)
+    (out / "two_cutout.mov").unlink()
+    assert main(["segment", *clips[:1], "--out", str(out), "--video", "--cutout", "--skip-existing", "--quiet"]) == 0
+    assert _sound_packets(out / "two_cutout.mov") == first and len(_frame_times(out / "two_cutout.mov")) == 3

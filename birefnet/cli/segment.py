@@ -108,7 +108,7 @@ def add_parser(sub) -> None:
         "--video",
         action="store_true",
         help="video inputs: also write OUT/<clip>_mask.mp4 "
-        "(with --cutout also <clip>_cutout.mov, ProRes 4444 with alpha)",
+        "(with --cutout also <clip>_cutout.mov, ProRes 4444 with alpha and the clip's sound)",
     )
     seg.add_argument(
         "--temporal",

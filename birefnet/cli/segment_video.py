@@ -28,7 +28,7 @@ from .flags import load_for
 
 def segment_videos(args, videos: list[Path], others: list[str]) -> int:
     """Each clip as a stream: OUT/<clip>/000001.png ...; --cutout adds OUT/<clip>/000001_cutout.png ...
-    (RGBA), or with --video OUT/<clip>_cutout.mov (ProRes 4444, alpha) beside OUT/<clip>_mask.mp4;
+    (RGBA), or with --video OUT/<clip>_cutout.mov (ProRes 4444, alpha, the clip's sound) beside OUT/<clip>_mask.mp4;
     frames decoded and written one batch at a time. A clip that cannot be read is skipped with one line
     and the others go on (exit 1), as an unreadable image is. --skip-existing leaves the clips that are
     done (`clip_plan`) undecoded, and loads no model when all are."""
@@ -57,7 +57,7 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
     model = load_for(args, out_dir) if videos else None  # all done already: no model to load
     if model is not None:
         print(model.info.describe(), file=sys.stderr)
-    skipped, odd_said = 0, False
+    skipped, odd_said, said = 0, False, set()
     for path, name in zip(videos, names):
         try:
             source = VideoSource(path)
@@ -70,7 +70,7 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
             odd_said = True
             print(f"birefnet: {note}; the PNG masks in {out_dir / name} are the same frames", file=sys.stderr)
         with source:
-            damage = segment_clip(model, source, name, out_dir, args)
+            damage = segment_clip(model, source, name, out_dir, args, said)
         if damage is not None:  # the frames before it are written, whole; the rest cannot be read
             skipped += 1
             print(f"birefnet: skipped the rest of {damage}", file=sys.stderr)
@@ -98,11 +98,12 @@ def clip_plan(path: Path, name: str, out_dir: Path, args) -> list[Path]:
     return [frame for number in range(1, stored_frames(path) + 1) for frame in frame_paths(folder, number, args.cutout)]
 
 
-def segment_clip(model, source, name: str, out_dir: Path, args) -> ValueError | None:
+def segment_clip(model, source, name: str, out_dir: Path, args, said: set) -> ValueError | None:
     """One opened clip to OUT/<name>/000001.png ... (and its videos), said in one line when done; returns
-    the damage that ended it early, if any (what came before is written, videos included). With
-    --skip-existing the clip is segmented whole (temporal stability needs the frames before) and only its
-    missing files are written: existing frames and videos are kept as they are."""
+    the damage that ended it early, if any (what came before is written, videos included, the cut-out
+    video's sound up to its last frame). With --skip-existing the clip is segmented whole (temporal
+    stability needs the frames before) and only its missing files are written: existing frames and videos
+    are kept as they are. `said`: the notes this run gave already (each is given once)."""
     from tqdm import tqdm
 
     from ..video import VideoWriter, segment_frames
@@ -120,6 +121,7 @@ def segment_clip(model, source, name: str, out_dir: Path, args) -> ValueError | 
                     replace=args.overwrite,
                     time_base=source.time_base,
                     colours=source.colours,
+                    sound=clip_sound(source, said) if kind == "rgba" else None,
                 )
             )
             if path in missing
@@ -151,6 +153,15 @@ def segment_clip(model, source, name: str, out_dir: Path, args) -> ValueError | 
                     encoder.submit(encode_frame, writers, frame, mask, grey)
                 bar.update(1)
         bar.close()
+        for writer in writers:
+            if writer is not None and damage:
+                writer.end_sound_with_frames()
+    stopped = next((w.sound.stopped for w in writers if w is not None and w.sound is not None), None)
+    if stopped:
+        print(
+            f"birefnet: {source.path}: its sound is damaged; the cut-out video's ends there ({stopped})",
+            file=sys.stderr,
+        )
     if args.overwrite:
         remove_earlier_frames(folder, number, cutouts=png_cutouts)
     print(
@@ -160,6 +171,18 @@ def segment_clip(model, source, name: str, out_dir: Path, args) -> ValueError | 
         file=sys.stderr,
     )
     return damage[0] if damage else None
+
+
+def clip_sound(source, said: set):
+    """The clip's sound for its cut-out video (`VideoSource.sound`), or None: a silent clip, or a sound that
+    can be neither copied nor converted, said once a run (the video is written without it)."""
+    try:
+        return source.sound()
+    except ValueError as err:
+        if "sound" not in said:
+            said.add("sound")
+            print(f"birefnet: {err}; its cut-out video is written without sound", file=sys.stderr)
+        return None
 
 
 def readable_part(frames, damage: list):
