@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from .backbones import variant
 from .extras import require
 from .fastpath import plain_graph
 from .files import check_writable, current_umask
@@ -31,9 +30,6 @@ from .version import __version__
 FORMATS = ("onnx", "openvino")
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
 OPSET = 19  # the first with DeformConv
-# timm's DINOv3 normalises its rotary grid by float(size): the exporter keeps the traced size's value
-# as a constant, so a free-size file runs at other sizes with wrong masks (DINOv3-S: 0.7 to 11% off).
-FIXED_SIZE_FAMILIES = ("dinov3",)
 
 
 def metadata(model, size: tuple[int, int], dtype: torch.dtype) -> dict[str, str]:
@@ -203,12 +199,6 @@ def export_onnx(model, path, size: tuple[int, int], *, dynamic_size: bool = Fals
     optimise a fixed size better (TensorRT wants one), so it is off by default.
     """
     require("onnxscript", "onnx")
-    if dynamic_size and variant(model.config.backbone).family in FIXED_SIZE_FAMILIES:
-        raise ValueError(
-            f"{model.config.backbone} does not export with a free height and width (its rotary position "
-            "table is traced at one size: the file runs at others with wrong masks); export without "
-            "--dynamic-size (one file per working size)"
-        )
     path = check_target(path, "onnx")
     height, width = _check_size(model, size)
     dims = {0: torch.export.Dim("batch")}
@@ -256,8 +246,10 @@ def to_openvino(model, size: tuple[int, int]):
     model = _copy_as(model, torch.float32, torch.device("cpu")).eval()
     with torch.no_grad(), plain_graph(), _quiet():
         converted = ov.convert_model(model, example_input=_example(model, (height, width)))
-    # The traced input shape stays open: OpenVINO 2026's CPU plugin fails to compile Swin's graph with
-    # a static one. The graph holds constants of this size, so only this size is valid (the metadata).
+    # Height and width fixed, batch free: a traced graph may keep constants of its size (DINOv3's rotary
+    # table did: 3% off at other sizes), so runtimes refuse another size rather than risk wrong masks.
+    # OpenVINO 2026.4's CPU plugin compiles this for every backbone family (Swin-L 1024² too), f32 and bf16.
+    converted.reshape({converted.inputs[0]: ov.PartialShape([-1, 3, height, width])})
     converted.inputs[0].get_tensor().set_names({"image"})
     converted.outputs[0].get_tensor().set_names({"logits"})
     return converted

@@ -69,6 +69,11 @@ def test_openvino_export_matches_the_official_outputs(b0_weights, tmp_path):  # 
     batch = torch.cat([x, x])
     out = torch.from_numpy(compiled(batch.numpy())[0])
     assert relative_error(out[1:], expected) < 1e-4
+    # One size, batch free: a graph may hold constants of its size (an open shape ran DINOv3's former
+    # graph at other sizes with masks 3% off), so the runtime refuses another size.
+    assert str(read.inputs[0].get_partial_shape()) == "[?,3,256,256]"
+    with pytest.raises(RuntimeError, match=r"model input \(shape=\[\?,3,256,256\]\) .* are incompatible"):
+        compiled(random_input(1, 320, 256).numpy())
 
 
 def test_openvino_backend_is_a_drop_in_model_with_a_disk_cache(swin_t, tmp_path, monkeypatch, caplog):
@@ -257,14 +262,34 @@ def test_other_backbone_families_export_exactly(variant, tmp_path):
     assert relative_error(torch.from_numpy(compiled(x.numpy())[0]), expected) < 1e-4
 
 
-def test_dinov3_free_size_export_is_refused(tmp_path):
-    """timm's DINOv3 rotary table was traced at one size: the free-size file ran at others with masks
-    up to 11% off (relative) instead of failing, so it is refused before any work."""
-    from birefnet.export import export
-
+def test_dinov3_free_size_onnx_follows_the_size(tmp_path):
+    """timm's DINOv3 divides its rotary grid by float(size), which the exporter kept as the traced size's
+    value: the free-size file ran at other sizes with masks 0.7 to 11% off (relative). The plain graph
+    builds the grid from the input's shape, so the file is exact at sizes other than the traced one."""
     weights = tmp_path / "dino_v3_s.safetensors"
     save_file(random_state_dict("dino_v3_s", 0), str(weights))
+    out = tmp_path / "free.onnx"
+    args = ["export", str(weights), "--out", str(out), "--size", "256", "--dynamic-size", "--tile-layout", "current"]
+    assert main(args) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x, expected = random_input(1, 256, 256), official_logits("dino_v3_s", 256, 256)
+    assert relative_error(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), expected) < 1e-4
     model = load_model(weights, tile_layout="current")
-    with pytest.raises(ValueError, match="^dino_v3_s does not export with a free height and width"):
-        export(model, tmp_path / "free.onnx", "onnx", (256, 256), dynamic_size=True)
-    assert not (tmp_path / "free.onnx").exists()
+    for height, width in ((192, 320), (416, 256)):  # traced at 352x480: neither size's table is a constant
+        x = random_input(2, height, width)
+        with torch.inference_mode():
+            assert relative_error(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), model(x)) < 1e-4
+
+
+def test_dinov3_plain_graph_rope_table_is_timms_bit_for_bit():
+    """The table the exporters trace is built by tensor arithmetic; in eager mode it equals timm's."""
+    from timm.layers import RotaryEmbeddingDinoV3
+
+    from birefnet.backbones.dinov3 import DINOv3
+    from birefnet.fastpath import plain_graph
+
+    rope = DINOv3("dino_v3_s").model.rope.eval()
+    for shape in ((16, 16), (20, 28), (7, 13)):
+        with plain_graph():
+            table = rope.get_embed(shape)
+        assert torch.equal(table, RotaryEmbeddingDinoV3.get_embed(rope, shape))

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..device_constants import device_constant
 from ..errors import CheckpointError
+from ..fastpath import plain_graph_requested
 from .base import Variant, count
 
 _SPECS = {  # name: (timm model, blocks tapped, embed width, depth, SwiGLU MLP)
@@ -47,17 +48,38 @@ class RopeTablesOnDevice(RotaryEmbeddingDinoV3):
     dynamic-size model: a copy that makes the CPU wait for the GPU each time and that a CUDA graph
     cannot capture. Outside training (where coordinate augmentation may change it) the table of
     a grid shape is a constant: it is made once by timm's own code and kept (`device_constant`).
+
+    In the plain graph (`fastpath.plain_graph`, what exporters trace) the grid is built from the
+    shape by tensor arithmetic instead: timm divides by `float(size)`, which a tracer records as
+    the traced size's value, so a free-size export ran at other sizes with a wrong table.
     """
 
     def get_embed(self, shape=None, *args, **kwargs) -> torch.Tensor:
         # Whatever timm passes after the shape (newer releases add a dtype) goes through unchanged.
         if shape is None or self.training:
             return super().get_embed(shape, *args, **kwargs)
+        if plain_graph_requested():
+            return self._traced_embed(shape, *args, **kwargs)
         settings = (self.dim, self.temperature, self.min_period, self.max_period, self.normalize_coords)
         settings += (self.grid_offset, self.grid_indexing, self.rotate_half, tuple(shape), args)
         settings += tuple(sorted(kwargs.items()))
         make = lambda: super(RopeTablesOnDevice, self).get_embed(shape, *args, **kwargs)
         return device_constant(("dinov3_rope", *settings), self.periods, make)
+
+    def _traced_embed(self, shape, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """timm's table (`_build_grid`'s centred grid, then its sin/cos) with each axis divided by its
+        size as a number in the graph; in eager mode the same values, bit for bit."""
+        sizes = list(shape)[:: -1 if self.grid_indexing == "xy" else 1]
+        denominators = sizes
+        if self.normalize_coords != "separate":  # "min" or "max": both axes by the smaller or larger size
+            denominators = [{"min": torch.sym_min, "max": torch.sym_max}[self.normalize_coords](*sizes)] * 2
+        axes = [
+            (torch.arange(size, device=self.periods.device, dtype=torch.float32) + 0.5 + self.grid_offset) / denominator
+            for size, denominator in zip(sizes, denominators)
+        ]
+        grid = 2.0 * torch.stack(torch.meshgrid(axes, indexing=self.grid_indexing), dim=-1) - 1.0
+        table = torch.cat(self._get_pos_embed_from_coords(grid.flatten(0, -2)), dim=-1)
+        return table if dtype is None else table.to(dtype)
 
 
 class DINOv3(nn.Module):
