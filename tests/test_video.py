@@ -614,13 +614,14 @@ def test_the_sound_is_written_beside_the_frames(tmp_path):
     holds up to 10 s of frames waiting for a stream that has no packet yet)."""
     from fractions import Fraction
 
+    from birefnet.clip_sound import ClipSound
     from birefnet.video import VideoSource, VideoWriter
 
     clip, out = tmp_path / "long.mp4", tmp_path / "out" / "long_cutout.mov"
     _sounding_clip(clip, sound_from=3.0, seconds=6.0)
     noise = np.random.default_rng(0).integers(0, 256, (128, 128, 4), np.uint8)  # ProRes: about 60 kB a frame
     with VideoSource(clip) as source:
-        with VideoWriter(out, 12, (128, 128), "rgba", time_base=source.time_base, sound=source.sound()) as writer:
+        with VideoWriter(out, 12, (128, 128), "rgba", time_base=source.time_base, sound=ClipSound.of(source)) as writer:
             for number in range(72):
                 writer.write(noise, Fraction(number, 12))
                 if number == 30:  # 2.5 s written, the sound not begun
@@ -647,6 +648,7 @@ def test_a_damaged_or_interrupted_clip_keeps_its_sound_with_its_frames(tmp_path,
     last one's end, packet for packet (not the rest of the clip's sound under no picture). An interrupted write
     (Ctrl-C) leaves no video and no temporary."""
     from birefnet.cli import main
+    from birefnet.clip_sound import ClipSound
     from birefnet.video import VideoSource, VideoWriter
 
     clip, out = tmp_path / "broken.mp4", tmp_path / "out"
@@ -664,7 +666,7 @@ def test_a_damaged_or_interrupted_clip_keeps_its_sound_with_its_frames(tmp_path,
     target, whole = tmp_path / "stopped" / "clip_cutout.mov", tmp_path / "whole.mp4"
     _sounding_clip(whole, seconds=0.5)
     with VideoSource(whole) as source, pytest.raises(KeyboardInterrupt):
-        with VideoWriter(target, source.fps, source.size, "rgba", sound=source.sound()) as writer:
+        with VideoWriter(target, source.fps, source.size, "rgba", sound=ClipSound.of(source)) as writer:
             for number, frame in enumerate(source.frames()):
                 writer.write(np.asarray(frame.convert("RGBA")), frame.info["time"])
                 if number == 1:

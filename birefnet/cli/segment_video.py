@@ -174,10 +174,12 @@ def segment_clip(model, source, name: str, out_dir: Path, args, said: set) -> Va
 
 
 def clip_sound(source, said: set):
-    """The clip's sound for its cut-out video (`VideoSource.sound`), or None: a silent clip, or a sound that
+    """The clip's sound for its cut-out video (`clip_sound.ClipSound`), or None: a silent clip, or a sound that
     can be neither copied nor converted, said once a run (the video is written without it)."""
     try:
-        return source.sound()
+        from ..clip_sound import ClipSound
+
+        return ClipSound.of(source)
     except ValueError as err:
         if "sound" not in said:
             said.add("sound")
