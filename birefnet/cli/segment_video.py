@@ -57,7 +57,7 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
     model = load_for(args, out_dir) if videos else None  # all done already: no model to load
     if model is not None:
         print(model.info.describe(), file=sys.stderr)
-    skipped, odd_said, said = 0, False, set()
+    skipped, said = 0, set()  # the notes given once a run: "odd size", "sound"
     for path, name in zip(videos, names):
         try:
             source = VideoSource(path)
@@ -65,9 +65,9 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
             skipped += 1
             print(f"birefnet: skipped {err}", file=sys.stderr)
             continue
-        note = odd_size_note(path, source.size) if args.video and not odd_said else None
+        note = odd_size_note(path, source.size) if args.video and "odd size" not in said else None
         if note:
-            odd_said = True
+            said.add("odd size")
             print(f"birefnet: {note}; the PNG masks in {out_dir / name} are the same frames", file=sys.stderr)
         with source:
             damage = segment_clip(model, source, name, out_dir, args, said)
@@ -212,11 +212,11 @@ def encode_frame(writers, frame, mask, grey) -> None:
     """One frame into the mask video (`grey`) and the cut-out video, those of the two `writers` there are,
     at the frame's own time in the clip (`VideoSource.frames`)."""
     mask_video, cutout_video = writers
-    time = frame.info.get("time")
+    shown_at = frame.info.get("time")
     if mask_video is not None:
-        mask_video.write(np.asarray(grey), time)
+        mask_video.write(np.asarray(grey), shown_at)
     if cutout_video is not None:
-        cutout_video.write(np.asarray(cutout(frame, mask)), time)
+        cutout_video.write(np.asarray(cutout(frame, mask)), shown_at)
 
 
 def remove_earlier_frames(folder: Path, count: int, cutouts: bool) -> None:
