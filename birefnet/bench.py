@@ -322,7 +322,8 @@ def _run_row(args, variant, resolution, backend, dtype, path, batch) -> tuple[di
     return json.loads(result.stdout.strip().splitlines()[-1]), ""
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, apart from main so that the prepared GPU check's commands can be checked on any machine."""
     parser = argparse.ArgumentParser(
         prog="python -m birefnet.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -361,6 +362,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--cache", help="OpenVINO IR cache and ONNX scratch folder (default: a fresh temporary one)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, with every --path and --row checked before anything is built."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.compile:
         args.path = ["compile"]
@@ -371,17 +378,21 @@ def main(argv=None) -> int:
             parse_row(text)
     except ValueError as err:
         parser.error(str(err))
+    if "official" in args.backend and not args.official:
+        parser.error("--backend official needs --official DIR (a checkout of ZhengPeng7/BiRefNet)")
+    if args.frames and (args.highres or set(args.backend) - {"torch", "official"}):
+        parser.error("--frames times segment() and the official recipe: backends torch and official, without --highres")
+    return args
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.worker:
         args.variant, args.dtype, args.resolution = args.variant[0], args.dtype[0], parse_size(args.resolution[0])
         args.backend, args.path, args.batch = args.backend[0], args.path[0], args.batch[0]
         print(json.dumps(_worker(args)))
         return 0
     backends = list(dict.fromkeys((["official"] if args.official else []) + args.backend))
-    if "official" in backends and not args.official:
-        parser.error("--backend official needs --official DIR (a checkout of ZhengPeng7/BiRefNet)")
-    if args.frames and (args.highres or set(backends) - {"torch", "official"}):
-        parser.error("--frames times segment() and the official recipe: backends torch and official, without --highres")
     if args.cache is not None:
         return _table(args, backends)
     import tempfile

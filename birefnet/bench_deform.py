@@ -115,7 +115,8 @@ def table(rows: list[dict], dtype_name: str, batch: int, header: bool = True) ->
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, apart from main so that the prepared GPU check's command can be checked on any machine."""
     parser = argparse.ArgumentParser(
         prog="python -m birefnet.bench_deform",
         description=__doc__,
@@ -126,7 +127,11 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", nargs="+", default=["fp16"], help="fp32, fp16, bf16")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=10)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     device = torch.device(args.device)
     resolution = parse_size(args.resolution)
     height, width = resolution

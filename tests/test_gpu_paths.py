@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
 import traceback
 from pathlib import Path
 
@@ -275,6 +277,83 @@ def test_benchmark_paths_parse():
         parse_path("compile:fast")
     with pytest.raises(ValueError, match="use DTYPE/PATH/BATCH"):
         parse_row("fp16/graphs")
+
+
+# --- the prepared GPU check ------------------------------------------------------------------------
+# A lent GPU comes rarely and for minutes: `.ci/gpu_check.sh` must not fail there on a renamed test file,
+# benchmark option or path name. Its commands are read here as the script runs them.
+
+GPU_CHECK = Path(__file__).resolve().parents[1] / ".ci" / "gpu_check.sh"
+
+
+def _gpu_check_lines() -> list[str]:
+    """The script's command lines, continuations joined, comments left out."""
+    text = GPU_CHECK.read_text().replace("\\\n", " ")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _gpu_check_commands(module: str) -> list[list[str]]:
+    """The arguments of every `python3 -m MODULE` the script runs (its bash arrays spelt out)."""
+    import shlex
+
+    lines = _gpu_check_lines()
+    bench = next(shlex.split(line[len("bench=(") : -1]) for line in lines if line.startswith("bench=("))
+    commands = []
+    for line in (line for line in lines if "${bench[@]}" in line or f"-m {module}" in line):
+        words = shlex.split(line.split("2>&1")[0].replace('"${official[@]}"', "--official .official"))
+        if "${bench[@]}" in words:
+            at = words.index("${bench[@]}")
+            words[at : at + 1] = bench
+        if words[:1] == ["timeout"] and "-m" in words and words[words.index("-m") + 1] == module:
+            commands.append(words[words.index("-m") + 2 :])
+    return commands
+
+
+def test_the_gpu_checks_commands_parse():
+    import subprocess
+
+    from birefnet import bench, bench_deform
+    from birefnet.device import parse_dtype
+
+    assert subprocess.run(["bash", "-n", str(GPU_CHECK)]).returncode == 0
+    bench_runs = _gpu_check_commands("birefnet.bench")
+    assert len(bench_runs) == 3, bench_runs  # the bench, frames and memory steps
+    rows = []
+    for argv in bench_runs:
+        rows += bench.parse_args(argv).row  # exits (SystemExit) on an unknown option, path or row
+    assert {"fp16/graphs/1", "fp16/between+graphs/8", "fp16/banded+graphs/1"} <= set(rows)
+    (deform_argv,) = _gpu_check_commands("birefnet.bench_deform")
+    for name in bench_deform.build_parser().parse_args(deform_argv).dtype:
+        parse_dtype(name)
+
+
+def test_the_gpu_checks_tests_exist():
+    import subprocess
+
+    root = GPU_CHECK.parents[1]
+    for line in _gpu_check_lines():
+        files = re.findall(r"tests/\w+\.py", line)
+        assert all((root / name).is_file() for name in files), files
+        for expression in re.findall(r'-k "([^"]+)"', line):  # each selection still names its tests
+            collected = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-q",
+                    "--collect-only",
+                    "-p",
+                    "no:cacheprovider",
+                    *files,
+                    "-k",
+                    expression,
+                ],
+                capture_output=True,
+                text=True,
+                cwd=root,
+            )
+            missing = [part for part in expression.split(" or ") if part.strip() not in collected.stdout]
+            assert not missing, (expression, collected.stdout[-2000:])
 
 
 # --- CUDA only -------------------------------------------------------------------------------------
