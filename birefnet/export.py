@@ -87,10 +87,10 @@ def _parts(path: Path, fmt: str) -> tuple[Path, ...]:
 def check_target(path, fmt: str) -> Path:
     """The output path, if it has the format's extension and does not exist yet (checked before any work)."""
     path = Path(path)
-    if path.suffix.lower() != SUFFIXES[fmt]:
-        raise ValueError(
-            f"{path}: a {fmt} export is written as a {SUFFIXES[fmt]} file; choose --out NAME{SUFFIXES[fmt]}"
-        )
+    # OpenVINO writes IR only under a lower-case .xml (model.XML failed after the whole conversion).
+    if (path.suffix if fmt == "openvino" else path.suffix.lower()) != SUFFIXES[fmt]:
+        wanted = path.with_suffix(SUFFIXES[fmt])
+        raise ValueError(f"{path}: an {fmt} export is written as a {SUFFIXES[fmt]} file; choose --out {wanted}")
     for existing in _parts(path, fmt):
         if existing.exists():
             raise ValueError(f"{existing} exists; choose another --out or delete it (exports never overwrite a file)")
@@ -199,8 +199,8 @@ def export_onnx(model, path, size: tuple[int, int], *, dynamic_size: bool = Fals
     optimise a fixed size better (TensorRT wants one), so it is off by default.
     """
     require("onnxscript", "onnx")
+    height, width = _check_size(model, size)  # before check_target makes --out's folder
     path = check_target(path, "onnx")
-    height, width = _check_size(model, size)
     dims = {0: torch.export.Dim("batch")}
     if dynamic_size:
         dims.update(
@@ -270,6 +270,7 @@ def save_openvino(converted, path, meta: dict[str, str], *, compress_to_fp16: bo
 def export_openvino(model, path, size: tuple[int, int], *, compress_to_fp16: bool = False) -> Path:
     """Write `model` as OpenVINO IR (PATH.xml + PATH.bin) for (height, width) `size`, batch free.
     compress_to_fp16 stores the weights in fp16 (half the file; computed in the runtime's precision)."""
+    size = _check_size(model, size)  # before check_target makes --out's folder
     path = check_target(path, "openvino")
     converted = to_openvino(model, size)
     return save_openvino(

@@ -278,3 +278,22 @@ def check_writable(folder) -> None:
     probe = folder / f".tmp{uuid.uuid4().hex[:8]}"
     probe.write_bytes(b"")
     probe.unlink()
+
+
+@contextmanager
+def new_folders_removed_on_failure(folder):
+    """The folders missing now on the way to `folder` (it and its parents, made later by `check_writable`)
+    are removed again, deepest first and only while empty, when the body fails: a failed run leaves no
+    folder behind, and a folder that was already there, or anything in one, is never touched."""
+    missing = []
+    for path in (Path(folder).absolute(), *Path(folder).absolute().parents):
+        if os.path.exists(path):  # False, not an error, where it cannot be looked at either
+            break
+        missing.append(path)
+    try:
+        yield
+    except BaseException:
+        for path in missing:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise

@@ -111,12 +111,17 @@ class OpenVINOModel(nn.Module):
     def _convert(self, size: tuple[int, int], path: Path) -> None:
         """Convert into the cache, one process at a time: the processes of a torchrun job start
         together, and each conversion holds gigabytes (12 GB for Swin-L), so the others wait for
-        the first one's file instead of converting too."""
+        the first one's file instead of converting too.
+
+        The lock is the operating system's (flock): a process that dies converting (out of memory)
+        lets the next one in at once. Its empty file stays, as filelock leaves it on purpose (removing
+        it could let two processes hold locks on two files of one name), but in `.locks/`, out of the
+        way of the IR files."""
         from filelock import FileLock, Timeout
 
-        lock = FileLock(path.with_suffix(".lock"))
+        lock = FileLock(self.cache / ".locks" / path.with_suffix(".lock").name)
         try:
-            self.cache.mkdir(parents=True, exist_ok=True)
+            (self.cache / ".locks").mkdir(parents=True, exist_ok=True)
             try:
                 lock.acquire(blocking=False)
             except Timeout:  # an OSError too: caught first

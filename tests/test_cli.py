@@ -124,9 +124,10 @@ def test_without_weights_or_embedded_model_says_where_to_get_them(tmp_path, monk
         loading.default_weights()
     image = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(image)
-    missing = run_cli("segment", image, "--out", tmp_path / "out", env={"BIREFNET_WEIGHTS": str(tmp_path / "none.pth")})
+    out = tmp_path / "out" / "masks"
+    missing = run_cli("segment", image, "--out", out, env={"BIREFNET_WEIGHTS": str(tmp_path / "none.pth")})
     assert missing.returncode == 2 and "none.pth: file not found" in missing.stderr
-    assert not (tmp_path / "out").exists()  # the --out this run made for nothing is gone again
+    assert not (tmp_path / "out").exists()  # the folders this run made for nothing (the parent too) are gone
 
 
 def test_bad_weights_give_one_line(tmp_path):
@@ -180,6 +181,8 @@ def test_bad_inputs_and_options_are_refused_before_loading(tmp_path):
     image = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(image)
     slow = tmp_path / "never_read.safetensors"  # loading it would fail differently: the checks come first
+    clip = tmp_path / "clip.mp4"  # never opened either
+    clip.write_bytes(b"")
     for args, expected in (
         (("segment", tmp_path / "missing.jpg", "--out", tmp_path / "o"), "input not found"),
         (("segment", image, "--out", tmp_path / "o", "--max-megapixels", "0"), "not a positive number"),
@@ -192,6 +195,8 @@ def test_bad_inputs_and_options_are_refused_before_loading(tmp_path):
         (("segment", image, "--out", tmp_path / "o", "--batch-size", "0"), "'0' is neither a positive whole number"),
         (("segment", image, "--out", tmp_path / "o", "--batch-size", "all"), "nor auto"),
         (("segment", image, "--out", tmp_path / "o", "--device", "cuda:7"), "not available"),
+        (("segment", image, "--out", tmp_path / "o", "--backend", "openvino", "--compile"), "OpenVINO compiles its"),
+        (("segment", clip, "--out", tmp_path / "o", "--compile"), "--compile is for images"),  # it was ignored
     ):
         result = run_cli(*args, "--weights", slow)
         assert result.returncode == 2 and expected in result.stderr, (args, result.stderr)

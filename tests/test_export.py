@@ -118,6 +118,53 @@ def test_export_cli_refuses_to_overwrite_and_names_bad_targets(tmp_path, b0_weig
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "model.onnx"]
 
 
+def test_a_failed_export_leaves_no_folder_behind(tmp_path, b0_weights, capsys):
+    """--out's folders are made before the weights load (an unwritable --out is said at once); when the
+    weights then do not load they stayed behind, empty. A folder the user had stays, with its files."""
+    from birefnet.export import export
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("kept")
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"not a safetensors file")
+    for weights, out in (
+        (tmp_path / "not_downloaded.safetensors", tmp_path / "new" / "deeper" / "model.onnx"),
+        (damaged, mine / "new" / "model.xml"),
+        (damaged, mine / "model.xml"),
+    ):
+        assert main(["export", str(weights), "--out", str(out)]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.safetensors", "mine"]
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    # The library checks the size before it makes a folder.
+    with pytest.raises(ValueError, match="multiples of 32"):
+        export(load_model(b0_weights), tmp_path / "lib" / "model.onnx", "onnx", (100, 100))
+    assert not (tmp_path / "lib").exists()
+
+
+def test_openvino_ir_is_named_in_lower_case_before_any_work(tmp_path, b0_weights, capsys):
+    """OpenVINO writes IR only as NAME.xml: model.XML was taken and failed after the whole conversion,
+    with a traceback."""
+    assert main(["export", str(b0_weights), "--out", str(tmp_path / "out" / "model.XML"), "--size", "64"]) == 2
+    assert capsys.readouterr().err == (
+        f"birefnet: {tmp_path / 'out' / 'model.XML'}: an openvino export is written as a .xml file; "
+        f"choose --out {tmp_path / 'out' / 'model.xml'}\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compile_with_the_openvino_backend_is_refused_before_loading(tmp_path, capsys):
+    """--compile is torch.compile; with --backend openvino it was silently ignored."""
+    args = ["segment", ROOT / "examples" / "images", "--out", tmp_path / "masks", "--backend", "openvino"]
+    args += ["--compile", "--weights", tmp_path / "not_downloaded.safetensors"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        "birefnet: --compile is torch.compile, for the torch backend; OpenVINO compiles its own: drop --compile\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fp16_onnx_export_runs_in_onnxruntime_and_leaves_the_model_alone(b0_weights, tmp_path):
     """fp16 is exported from a copy: the caller's fp32 model kept its weights (it was turned into fp16 in
     place, and a round trip back would lose bits). The file passes onnx's full check (what TensorRT's
@@ -227,7 +274,11 @@ def test_openvino_backend_converts_once_for_a_torchrun_job(b0_weights, tmp_path,
     result = torchrun("birefnet", *args, scratch=tmp_path / "torchrun")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr.count("birefnet: OpenVINO: converting pvt_v2_b0 for 64x64") == 1, result.stderr[-2000:]
-    assert len(list((tmp_path / "cache" / "openvino").glob("*.xml"))) == 1
+    cache = tmp_path / "cache" / "openvino"
+    (ir,) = cache.glob("*.xml")
+    # The lock's file, which filelock leaves on purpose (removing it races), is out of the way in .locks/.
+    assert sorted(p.name for p in cache.iterdir()) == [".locks", "compiled", ir.with_suffix(".bin").name, ir.name]
+    assert [p.name for p in (cache / ".locks").iterdir()] == [ir.with_suffix(".lock").name]
     assert len(list((tmp_path / "masks").glob("*.png"))) == 3
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .. import backbones
 from ..device import parse_dtype
+from ..files import new_folders_removed_on_failure
 from ..loading import load_model
 from ..zoo import listed
 from .flags import add_tile_layout_flag, export_size, positive, weights_source
@@ -191,15 +192,18 @@ def cmd_export(args) -> int:
         raise ValueError(f"--out {args.out}: name it .onnx or .xml (OpenVINO IR), or give --format")
     dtype = parse_dtype(args.dtype)
     check_request(fmt, dtype, args.dynamic_size)
-    check_target(args.out, fmt)
-    model = load_model(weights_source(args.weights, args.download, args.accept_license), tile_layout=args.tile_layout)
-    size = args.size or model.info.resolution or (1024, 1024)
-    print(
-        f"{model.info.describe()}\nbirefnet: exporting to {fmt} at {size[1]}x{size[0]} (minutes for large backbones)",
-        file=sys.stderr,
-    )
-    start = time.perf_counter()
-    path = export(model, args.out, fmt, size, dtype=dtype, dynamic_size=args.dynamic_size)
+    with new_folders_removed_on_failure(Path(args.out).parent):  # a failed export leaves no folder behind
+        check_target(args.out, fmt)
+        source = weights_source(args.weights, args.download, args.accept_license)
+        model = load_model(source, tile_layout=args.tile_layout)
+        size = args.size or model.info.resolution or (1024, 1024)
+        print(
+            f"{model.info.describe()}\nbirefnet: exporting to {fmt} at {size[1]}x{size[0]} (minutes for large "
+            "backbones)",
+            file=sys.stderr,
+        )
+        start = time.perf_counter()
+        path = export(model, args.out, fmt, size, dtype=dtype, dynamic_size=args.dynamic_size)
     print(f"birefnet: wrote {path} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     print(path)
     return 0

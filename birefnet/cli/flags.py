@@ -4,7 +4,6 @@ before any model loads), the weights to load, the refinement options and the --o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 from ..batching import AUTO, check_batch_size
 from ..device import auto_dtype, parse_dtype, resolve_device
 from ..distributed import local_device
-from ..files import check_writable
+from ..files import check_writable, new_folders_removed_on_failure
 from ..guidance import parse_box
 from ..loading import load_model
 from ..pipeline import parse_resolution as resolution_option
@@ -122,17 +121,12 @@ def check_out(out_dir: Path) -> None:
 
 
 def load_for(args, out_dir: Path) -> torch.nn.Module:
-    """The model, once --out is known to be writable; an --out this run created is removed again (if still
-    empty) when the model does not load, so a failed run leaves nothing behind."""
-    created = not out_dir.exists()
-    check_out(out_dir)
-    try:
+    """The model, once --out is known to be writable; the folders this run created for --out (its missing
+    parents too) are removed again, if still empty, when the model does not load: a failed run leaves
+    nothing behind."""
+    with new_folders_removed_on_failure(out_dir):
+        check_out(out_dir)
         return load_from_flags(args)
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()
-        raise
 
 
 def add_refinement_flags(parser: argparse.ArgumentParser) -> None:

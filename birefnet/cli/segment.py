@@ -84,7 +84,7 @@ def add_parser(sub) -> None:
     seg.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the model: a few %% faster per image after a warm-up of minutes "
+        help="torch.compile the model (torch backend, images): a few %% faster per image after a warm-up of minutes "
         "(and one more per new working size; cached for later runs in ~/.cache/birefnet/inductor); "
         "for long batch jobs",
     )
@@ -102,7 +102,9 @@ def add_parser(sub) -> None:
         type=box_argument,
         metavar="X,Y,W,H",
         help="segment only the object in this box (pixels; repeat for several objects: the mask holds "
-        "them all and <name>_objectN.png each one); outside the boxes the mask is 0",
+        "them all and <name>_objectN.png each one); outside the boxes the mask is 0. On a clip every "
+        "frame is guided by the box(es); its masks and videos hold all the boxes' objects (no per-object "
+        "files: one run per box gives them)",
     )
     seg.add_argument(
         "--video",
@@ -154,6 +156,8 @@ def cmd_segment(args) -> int:
     started = time.time()
     if args.overwrite and args.skip_existing:
         raise ValueError("--overwrite replaces existing outputs and --skip-existing keeps them; use one or the other")
+    if args.compile and args.backend == "openvino":  # it was ignored
+        raise ValueError("--compile is torch.compile, for the torch backend; OpenVINO compiles its own: drop --compile")
     missing = [item for item in args.inputs if not Path(item).exists()]
     if missing:
         raise ValueError(f"input not found: {', '.join(missing)}")
@@ -166,6 +170,8 @@ def cmd_segment(args) -> int:
     if videos:
         if refinement != Refinement():
             raise ValueError("the refinement flags are for images; refine video masks with the Refine Edges node")
+        if args.compile:  # it was ignored: clips are segmented by the model as loaded
+            raise ValueError("--compile is for images; clips run without torch.compile: drop --compile")
         return segment_videos(args, videos, [item for item in args.inputs if Path(item) not in videos])
     check_highres(args.box, args.highres)
     out_dir = Path(args.out)
@@ -205,8 +211,7 @@ def cmd_segment(args) -> int:
         print(model.info.describe(), file=sys.stderr)
     if world > 1:
         print(f"birefnet: process {rank + 1}/{world}: {len(files)} of {total} input(s)", file=sys.stderr)
-    compiled = args.compile and args.backend == "torch" and model is not None
-    if compiled:  # pays off on long runs at one working size; the first image compiles
+    if args.compile and model is not None:  # pays off on long runs at one working size; the first image compiles
         model = compile_model(model)
     skipped, animated_said, segmented, masks_written, cutouts_written = 0, False, [], 0, 0
     bar = tqdm(
