@@ -145,7 +145,8 @@ class ClipSound:
         """AAC packets of the decoded sound. Its samples are counted on from its first frame's time (frame
         times are rounded to the container's units, milliseconds in WebM), after silence from the first
         frame of the picture to a sound that starts later (FFmpeg's .mov muxer plays the AAC encoder's
-        delay where a track starts late; from the first frame, its edit list hides it)."""
+        delay where a track starts late; from the first frame, its edit list hides it). Damage ends it
+        where it is: the encoder still gives the samples it holds (AAC's delay: 20-50 ms more)."""
         av, decoder, written = _av(), self.stream.codec_context, None
         try:
             for packet in itertools.chain(self._read, [None]):
@@ -159,9 +160,9 @@ class ClipSound:
                     frame.pts, frame.time_base = written, Fraction(1, rate)
                     written += frame.samples
                     yield from self.out.encode(frame)
-            yield from self.out.encode(None)
         except (av.error.FFmpegError, ValueError) as err:  # ValueError: the sound changed its format midway
             self.stopped = reason(err)
+        yield from self.out.encode(None)
 
     def _silence(self, like, end: int) -> Iterator:
         """AAC packets of silence from the first frame to sample `end`, a second at a time, in `like`'s format."""

@@ -108,12 +108,36 @@ def segment_regions(
         return torch.zeros(height, width), torch.zeros(0, height, width)
     if not found:
         raise ValueError("guided segmentation needs at least one box or a region mask with something in it")
-    objects = torch.zeros(len(found), height, width)
-    kept = [clip_box(box, height, width) for box in found]  # every box checked before the first forward pass
-    for i, (box, (top, left, bottom, right)) in enumerate(zip(found, kept)):
-        ctop, cleft, cbottom, cright = _grown(box, margin, height, width)
-        context = segment(
-            model, rgb[:, ctop:cbottom, cleft:cright], resolution=resolution, max_megapixels=max_megapixels
-        )
-        objects[i, top:bottom, left:right] = context[top - ctop : bottom - ctop, left - cleft : right - cleft]
-    return objects.amax(dim=0), objects
+    ((combined, objects),) = segment_boxes(
+        model, [rgb], found, margin=margin, resolution=resolution, max_megapixels=max_megapixels
+    )
+    return combined, objects
+
+
+def segment_boxes(
+    model,
+    images,
+    boxes,
+    *,
+    margin: float = 0.5,
+    resolution=None,
+    max_megapixels: float | None = None,
+    batch_size: int | str = 1,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(combined (H, W), objects (N, H, W)) for each of `images` (e.g. a clip's frames): the objects in
+    the same `boxes` (at least one; (x, y, w, h) in pixels), each as `segment_regions` segments it. One
+    box's crops of all the images go through the network together, `batch_size` at a time, so guided
+    video keeps the throughput of batched frames. Every box is checked against every image (`clip_box`)
+    before the first forward pass."""
+    rgbs = [to_rgb_tensor(image) for image in images]
+    boxes = [tuple(round(float(v)) for v in box) for box in boxes]
+    kept = [[clip_box(box, *rgb.shape[1:]) for box in boxes] for rgb in rgbs]
+    objects = [torch.zeros(len(boxes), *rgb.shape[1:]) for rgb in rgbs]
+    for i, box in enumerate(boxes):
+        grown = [_grown(box, margin, *rgb.shape[1:]) for rgb in rgbs]
+        crops = [rgb[:, ctop:cbottom, cleft:cright] for rgb, (ctop, cleft, cbottom, cright) in zip(rgbs, grown)]
+        contexts = segment(model, crops, resolution=resolution, max_megapixels=max_megapixels, batch_size=batch_size)
+        for own, context, (ctop, cleft, _, _), inside in zip(objects, contexts, grown, kept):
+            top, left, bottom, right = inside[i]
+            own[i, top:bottom, left:right] = context[top - ctop : bottom - ctop, left - cleft : right - cleft]
+    return [(own.amax(dim=0), own) for own in objects]

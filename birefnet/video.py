@@ -22,6 +22,7 @@ from PIL import Image
 from .batching import AUTO, batch_size_for, check_batch_size
 from .extras import require
 from .files import atomic_path
+from .guidance import segment_boxes
 from .inference import image_tensor, model_device, model_working_size, segment, to_rgb_tensor
 from .temporal import TemporalSmoother
 
@@ -37,11 +38,14 @@ def segment_frames(
     max_megapixels: float | None = None,
     batch_size: int | str = 1,
     with_frames: bool = False,
+    boxes=(),
 ) -> Iterator[torch.Tensor]:
     """Masks (H, W) float32 in [0, 1] for `frames` (PIL, numpy or tensors), in order, one batch in
     memory at a time. temporal: 0 (off) to 1, the strength of the temporal stabilisation.
     batch_size: frames per forward, or "auto" (as many as the GPU's memory holds at the first frame's
     working size, up to 8; one on the CPU). with_frames: yield (frame, mask) pairs (for cut-outs of a stream).
+    boxes: (x, y, w, h) in the frames' pixels: every frame's mask holds only the objects in them, each
+    segmented as for an image (`guidance.segment_boxes`), 0 outside the boxes.
     Masks come on the CPU; with temporal stability the frames are compared on the model's device."""
     smoother = TemporalSmoother(temporal)
     frames = iter(frames)
@@ -55,15 +59,12 @@ def segment_frames(
         )
         frames = itertools.chain([first], frames)
     on = model_device(model)  # the smoother compares frames there, beside the masks
+    options = dict(resolution=resolution, max_megapixels=max_megapixels, batch_size=batch_size)
     while chunk := list(itertools.islice(frames, batch_size)):
-        masks = segment(
-            model,
-            chunk,
-            resolution=resolution,
-            max_megapixels=max_megapixels,
-            batch_size=batch_size,
-            device=on if temporal else "cpu",
-        )
+        if boxes:
+            masks = [combined for combined, _ in segment_boxes(model, chunk, boxes, **options)]
+        else:
+            masks = segment(model, chunk, device=on if temporal else "cpu", **options)
         for frame, mask in zip(chunk, masks):
             if temporal:  # off, a frame need not be converted again
                 mask = smoother(to_rgb_tensor(frame, on), mask).cpu()
@@ -158,9 +159,10 @@ class VideoSource:
         """Every frame, upright, turned as the first one is (one size for the whole clip): RGB, or RGBA
         where the clip has alpha (ProRes 4444, PNG or VP9 with alpha), which cut-outs keep as an image's.
         Each image's info["time"] is its presentation time after the first frame's, in seconds (a
-        Fraction; None where the container stores none): a variable frame rate clip's times, which
-        `VideoWriter.write` keeps. Damage FFmpeg cannot decode past ends the clip with a ValueError
-        naming the last good frame."""
+        Fraction; None where the container stores none), and info["duration"] how long it is shown (None
+        where the container does not say): a variable frame rate clip's times, which `VideoWriter.write`
+        keeps, its last frame's duration included (so the written clip lasts as long as this one). Damage
+        FFmpeg cannot decode past ends the clip with a ValueError naming the last good frame."""
         first, self._first = self._first, None  # not held once handed on
         decoded = itertools.chain([first] if first is not None else [], self._decoded)
         start = None
@@ -178,9 +180,9 @@ class VideoSource:
             image = image.transpose(self.turn) if self.turn is not None else image
             if frame.pts is not None and start is None:
                 start = frame.pts
-            image.info["time"] = (
-                None if frame.pts is None else (frame.pts - start) * (frame.time_base or self.time_base)
-            )
+            ticks = frame.time_base or self.time_base
+            image.info["time"] = None if frame.pts is None else (frame.pts - start) * ticks
+            image.info["duration"] = frame.duration * ticks if frame.duration else None
             yield image
 
     def close(self) -> None:
@@ -308,12 +310,15 @@ class VideoWriter:
         self.time_base = Fraction(time_base) if time_base else 1 / self.fps
         self.stream.codec_context.time_base = self.stream.time_base = self.time_base
         self.colours = colours if kind == "rgba" else UNTAGGED  # a grey mask has no colours to get wrong
-        self._written, self._last = 0, None
+        self._written, self._last, self._shown_for = 0, None, None
+        self._durations: dict[int, int] = {}  # pts -> duration of the frames the encoder still holds
         if sound is not None:
             sound.add_to(self.container)
 
-    def write(self, array: np.ndarray, time: Fraction | None = None) -> None:
-        """One frame, shown from `time` (seconds after the first frame; None: 1/fps after the one before)."""
+    def write(self, array: np.ndarray, time: Fraction | None = None, duration: Fraction | None = None) -> None:
+        """One frame, shown from `time` (seconds after the first frame; None: 1/fps after the one before)
+        for `duration` seconds (the clip's frame's; None: until the next frame, the last one for 1/fps). The
+        last frame's duration sets where the video ends: a variable frame rate clip's is its own, not 1/fps."""
         if self.kind == "rgba":
             frame = self.av.VideoFrame.from_ndarray(array, format="rgba")
             frame = frame.reformat(format=self.pix_fmt, dst_colorspace=self.colours[0], dst_color_range=1)
@@ -324,16 +329,22 @@ class VideoWriter:
         if self._last is not None and pts <= self._last:  # times must grow: a damaged or untimed frame goes next
             pts = self._last + max(1, round(1 / (self.fps * self.time_base)))
         frame.pts, frame.time_base = pts, self.time_base
-        self._written, self._last = self._written + 1, pts
+        self._written, self._last, self._shown_for = self._written + 1, pts, duration
+        if duration:  # the encoders here leave a packet's duration 0: the muxer would take 1/fps
+            self._durations[pts] = max(1, round(duration / self.time_base))
         self._mux_sound(until=pts * self.time_base)
-        for packet in self.stream.encode(frame):
+        self._mux_frames(self.stream.encode(frame))
+
+    def _mux_frames(self, packets) -> None:
+        for packet in packets:
+            packet.duration = self._durations.pop(packet.pts, packet.duration)
             self.container.mux(packet)
 
     def end_sound_with_frames(self) -> None:
         """The clip's frames ended early (damage): its sound stops with the last frame written (packets
         that start after that frame's end are left out), not at the clip's end."""
         if self._last is not None:
-            self._sound_end = self._last * self.time_base + 1 / self.fps
+            self._sound_end = self._last * self.time_base + (self._shown_for or 1 / self.fps)
 
     def _mux_sound(self, until: Fraction | None) -> None:
         if self.sound is not None:
@@ -342,8 +353,7 @@ class VideoWriter:
 
     def close(self) -> None:
         try:
-            for packet in self.stream.encode():
-                self.container.mux(packet)
+            self._mux_frames(self.stream.encode())
             self._mux_sound(until=self._sound_end)
             self.container.close()
         except BaseException as err:  # a full disk: nothing left behind, as from a failed write

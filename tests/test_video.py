@@ -132,6 +132,64 @@ def test_cli_segments_a_clip_to_frames_and_videos(tmp_path):
         main(["segment", str(clip), "--out", str(tmp_path / "o2"), "--temporal", "2"])
 
 
+def test_boxes_guide_every_frame_of_a_clip(tmp_path, capsys):
+    """`--box` on a clip (before: refused): every frame's mask is the image path's for that frame
+    (`segment_regions` on the decoded frame) inside the box and 0 outside it, with frames batched; several
+    boxes give their union, temporal smoothing keeps it 0 outside; a box outside the frame is the image
+    path's one line, before any frame is segmented, and nothing is written."""
+    from birefnet.cli import main
+    from birefnet.guidance import segment_regions
+    from birefnet.inference import mask_to_image
+    from birefnet.video import VideoSource
+
+    clip = tmp_path / "clip.mp4"
+    _write_clip(clip, _clip(moving=True)[0][:5])
+    x, y, w, h = 60, 40, 110, 120
+    out = tmp_path / "out"
+    args = ["segment", str(clip), "--out", str(out), "--video", "--cutout", "--batch-size", "3", "--quiet"]
+    assert main([*args, "--box", f"{x},{y},{w},{h}"]) == 0
+    model = birefnet.load_model(device="cpu")
+    with VideoSource(clip) as source:
+        frames = list(source.frames())
+    inside = np.zeros((SIZE, SIZE), bool)
+    inside[y : y + h, x : x + w] = True
+    with av.open(str(out / "clip_mask.mp4")) as video:
+        from_video = [frame.to_ndarray(format="gray").astype(int) for frame in video.decode(video.streams.video[0])]
+    assert len(from_video) == len(frames) == 5
+    for number, (frame, video_frame) in enumerate(zip(frames, from_video), start=1):
+        mask = np.asarray(Image.open(out / "clip" / f"{number:06d}.png")).astype(int)
+        alone = np.asarray(mask_to_image(segment_regions(model, frame, boxes=[(x, y, w, h)])[0])).astype(int)
+        assert mask[~inside].max() == 0 and video_frame[~inside].max() <= 2
+        assert mask[inside].max() > 128  # the object is in the box
+        assert np.abs(mask - alone).max() <= 1  # batched frames: the image path's mask, to 8-bit rounding
+    with av.open(str(out / "clip_cutout.mov")) as video:
+        alpha = next(video.decode(video.streams.video[0])).to_ndarray(format="rgba")[..., 3]
+    assert alpha[~inside].max() == 0
+
+    boxes = [(10, 10, 40, 40), (x, y, w, h)]
+    smoothed = tmp_path / "smoothed"
+    both = ["--box", "10,10,40,40", "--box", f"{x},{y},{w},{h}", "--temporal", "0.5"]
+    assert main(["segment", str(clip), "--out", str(smoothed), "--batch-size", "2", "--quiet", *both]) == 0
+    assert sorted(p.name for p in (smoothed / "clip").iterdir()) == [f"{i:06d}.png" for i in range(1, 6)]
+    union = inside.copy()
+    union[10:50, 10:50] = True
+    first = np.asarray(mask_to_image(segment_regions(model, frames[0], boxes=boxes)[0])).astype(int)
+    for number in range(1, 6):
+        mask = np.asarray(Image.open(smoothed / "clip" / f"{number:06d}.png")).astype(int)
+        assert mask[~union].max() == 0
+        if number == 1:  # nothing before it to smooth with
+            assert np.abs(mask - first).max() <= 1
+
+    capsys.readouterr()
+    outside = tmp_path / "outside"
+    assert main(["segment", str(clip), "--out", str(outside), "--video", "--box", "300,10,20,20", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"skipped {clip}: box 300,10,20,20 lies outside the 224x224 image" in err and "Traceback" not in err
+    assert err.count("lies outside") == 1
+    assert not outside.exists() or not any(outside.iterdir())
+    assert main(["segment", str(clip), "--out", str(outside), "--highres", "--quiet"]) == 2  # still for images
+
+
 def _marked_clip(path, frames=3, width=64, height=48, rotation=None):
     """A tiny clip whose every frame is `_marked(width, height)`, with a display rotation (PyAV:
     counter-clockwise degrees) when given; returns the frame as stored."""
@@ -403,7 +461,7 @@ def test_a_variable_frame_rate_clip_keeps_its_frame_times(tmp_path):
     does (they are laid over it in an editor), where before they were spread evenly at the average rate
     (here 1.5 s of clip in 0.77 s of mask video, all frames after the second out of step); and a browser
     plays them to the last frame (the mask video has no B-frames, whose decode times cut a variable frame
-    rate clip's duration short)."""
+    rate clip's duration short), and as long as the clip: its last frame lasts its own duration, not 1/average fps."""
     from birefnet.cli import main
 
     times = [0, 1 / 30, 2 / 30, 0.2, 0.6, 0.6 + 1 / 30, 1.0, 1.5]
@@ -412,8 +470,9 @@ def test_a_variable_frame_rate_clip_keeps_its_frame_times(tmp_path):
     assert main(["segment", str(tmp_path / "phone.mp4"), "--out", str(out), "--video", "--cutout", "--quiet"]) == 0
     for video in (out / "phone_mask.mp4", out / "phone_cutout.mov"):
         assert _frame_times(video) == pytest.approx(times, abs=1e-3), video.name
-        with av.open(str(video)) as container:
-            assert container.duration / 1e6 > 1.5, video.name
+        with av.open(str(video)) as container, av.open(str(tmp_path / "phone.mp4")) as clip:
+            tick = clip.streams.video[0].time_base  # its last frame lasts its own 1/30 s (before: 1/average fps)
+            assert abs(container.duration - clip.duration) / 1e6 <= tick, video.name
     constant = [n / 30 for n in range(6)]  # and a constant rate stays so, at the clip's rate
     _timed_clip(tmp_path / "steady.mp4", constant)
     assert main(["segment", str(tmp_path / "steady.mp4"), "--out", str(out), "--video", "--quiet"]) == 0
@@ -672,6 +731,39 @@ def test_a_damaged_or_interrupted_clip_keeps_its_sound_with_its_frames(tmp_path,
                 if number == 1:
                     raise KeyboardInterrupt
     assert list(target.parent.iterdir()) == []
+
+
+def _damage_sound(path, packet: int) -> float:
+    """Make the `packet`-th sound packet of `path` undecodable (its first bytes, a FLAC frame's sync code,
+    overwritten; the container around it intact); returns its time in seconds."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        damaged = [p for p in container.demux(stream) if p.size][packet]
+        payload, time = bytes(damaged), float(damaged.pts * damaged.time_base)
+    data = bytearray(path.read_bytes())
+    at = data.find(payload)
+    assert at >= 0 and data.find(payload, at + 1) < 0
+    data[at : at + 4] = b"\xff\xff\xff\xff"
+    path.write_bytes(bytes(data))
+    return time
+
+
+def test_a_clip_whose_sound_is_damaged_part_way_says_so(tmp_path, capsys):
+    """A FLAC sound in an MKV (converted to AAC) that cannot be decoded from its sixth packet on: the frames are
+    all written, the cut-out video's sound ends where the damage begins, said in one line (before, the AAC
+    encoder's last samples were dropped: it ended 58 ms early)."""
+    from birefnet.cli import main
+
+    clip, out = tmp_path / "flac.mkv", tmp_path / "out"
+    _sounding_clip(clip, codec="flac", seconds=1.0)
+    damage = _damage_sound(clip, packet=5)
+    assert main(["segment", str(clip), "--out", str(out), "--video", "--cutout", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("its sound is damaged") == 1
+    assert f"{clip}: its sound is damaged; the cut-out video's ends there (Invalid data" in err
+    assert _frame_times(out / "flac_cutout.mov") == pytest.approx(_frame_times(clip), abs=1e-3)
+    written, start, rate, _ = _sound(out / "flac_cutout.mov")
+    assert start == pytest.approx(0, abs=1e-3) and damage - 1e-3 <= start + len(written) / rate <= damage + 1024 / rate
 
 
 def test_the_first_of_several_sounds_is_kept_and_a_silent_clip_stays_silent(tmp_path, capsys):

@@ -21,6 +21,7 @@ from ..files import (
     save_image,
     unfinished,
 )
+from ..guidance import clip_box
 from ..inference import cutout, mask_to_image
 from ..write_behind import WriteBehind
 from .flags import load_for
@@ -29,16 +30,18 @@ from .flags import load_for
 def segment_videos(args, videos: list[Path], others: list[str]) -> int:
     """Each clip as a stream: OUT/<clip>/000001.png ...; --cutout adds OUT/<clip>/000001_cutout.png ...
     (RGBA), or with --video OUT/<clip>_cutout.mov (ProRes 4444, alpha, the clip's sound) beside OUT/<clip>_mask.mp4;
-    frames decoded and written one batch at a time. A clip that cannot be read is skipped with one line
-    and the others go on (exit 1), as an unreadable image is. --skip-existing leaves the clips that are
+    frames decoded and written one batch at a time. --box guides every frame (the masks hold the boxes'
+    objects together: no per-object files, which would multiply a clip's outputs; one run per box gives
+    them). A clip that cannot be read, or that a box lies outside of, is skipped with one line and the
+    others go on (exit 1), as such an image is. --skip-existing leaves the clips that are
     done (`clip_plan`) undecoded, and loads no model when all are."""
     from ..video import VideoSource, odd_size_note
 
     started = time.time()
     if others:
         raise ValueError("give videos and images in separate runs (videos: " + ", ".join(map(str, videos)) + ")")
-    if args.highres or args.box:
-        raise ValueError("--highres and --box are for images; for video use --resolution / --max-megapixels")
+    if args.highres:
+        raise ValueError("--highres is for images; for video use --resolution / --max-megapixels")
     out_dir = Path(args.out)
     names = clip_names(videos)
     renamed = [name for path, name in zip(videos, names) if name != path.stem]
@@ -65,6 +68,14 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
             skipped += 1
             print(f"birefnet: skipped {err}", file=sys.stderr)
             continue
+        try:  # a box outside the frame: said before any frame is segmented, as for an image
+            for box in args.box or ():
+                clip_box(box, source.size[1], source.size[0])
+        except ValueError as err:
+            source.close()
+            skipped += 1
+            print(f"birefnet: skipped {path}: {err}", file=sys.stderr)
+            continue
         note = odd_size_note(path, source.size) if args.video and "odd size" not in said else None
         if note:
             said.add("odd size")
@@ -78,7 +89,7 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
     if skipped or args.skip_existing:
         print(
             f"birefnet: segmented {len(videos) - skipped} of {total} clip(s) into {out_dir}"
-            + (f", {skipped} could not be read, wholly or in part" if skipped else "")
+            + (f", {skipped} skipped or cut short (said above)" if skipped else "")
             + (kept_note(kept, "clip(s)") if args.skip_existing else ""),
             file=sys.stderr,
         )
@@ -138,6 +149,7 @@ def segment_clip(model, source, name: str, out_dir: Path, args, said: set) -> Va
             max_megapixels=args.max_megapixels,
             batch_size=args.batch_size,
             with_frames=True,
+            boxes=args.box or (),
         )
         # PNGs saved by a few threads, video frames encoded by one in order, all behind the model
         png_cutouts = args.cutout and not args.video  # without --video: an RGBA PNG sequence beside the masks
@@ -210,13 +222,13 @@ def save_frame(frame, mask, grey, paths: list[Path], replace: bool) -> None:
 
 def encode_frame(writers, frame, mask, grey) -> None:
     """One frame into the mask video (`grey`) and the cut-out video, those of the two `writers` there are,
-    at the frame's own time in the clip (`VideoSource.frames`)."""
+    at the frame's own time in the clip and for its duration (`VideoSource.frames`)."""
     mask_video, cutout_video = writers
-    shown_at = frame.info.get("time")
+    shown_at, shown_for = frame.info.get("time"), frame.info.get("duration")
     if mask_video is not None:
-        mask_video.write(np.asarray(grey), shown_at)
+        mask_video.write(np.asarray(grey), shown_at, shown_for)
     if cutout_video is not None:
-        cutout_video.write(np.asarray(cutout(frame, mask)), shown_at)
+        cutout_video.write(np.asarray(cutout(frame, mask)), shown_at, shown_for)
 
 
 def remove_earlier_frames(folder: Path, count: int, cutouts: bool) -> None:
