@@ -243,6 +243,31 @@ def test_health_models_openapi_page_and_rembg(server):
     assert status == 200 and np.array_equal(pixels(body), pixels(mask))
     status, _, body = call(server, "/api/remove", [("file", upload), ("a", "true"), ("ppm", "true")])
     assert status == 200 and np.array_equal(pixels(body), pixels(cutout))
+    status, _, body = call(server, "/api/remove", [("image", upload)])  # /v1/segment's name for it
+    assert status == 400 and json.loads(body)["error"].endswith("this request sent image")
+    status, _, body = call(server, "/api/remove", [("file", upload), ("om", "true"), ("om", "false")])
+    assert status == 400 and json.loads(body)["error"] == "field(s) om sent more than once; send each once"
+
+
+def test_rembg_background_colour_from_the_url(server):
+    """rembg's POST reads `bgc` (and `extras`) from the URL: the cut-out laid on that colour, alpha composited
+    as rembg does; the mask (om=true) is unchanged by it; an empty bgc is none, as in rembg; a colour that
+    is not R,G,B[,A] from 0 to 255 is a 400 naming bgc. (It was refused as an unread URL option, and the
+    fix the error named, bgc as a form field, is ignored by rembg and here: a transparent cut-out.)"""
+    upload = [("file", EXAMPLE.read_bytes())]
+    status, _, body = call(server, "/api/remove", upload)
+    cutout = Image.open(io.BytesIO(body))
+    status, kind, body = call(server, "/api/remove?bgc=20,200,40,255&extras=%7B%7D", upload)
+    assert status == 200 and kind == "image/png", body
+    laid = Image.alpha_composite(Image.new("RGBA", cutout.size, (20, 200, 40, 255)), cutout)
+    assert np.array_equal(pixels(body), np.asarray(laid)) and pixels(body)[..., 3].min() == 255
+    assert np.array_equal(pixels(call(server, "/api/remove?bgc=20,200,40", upload)[2]), np.asarray(laid))
+    assert call(server, "/api/remove?bgc=", upload)[2] == call(server, "/api/remove", upload)[2]
+    mask = call(server, "/api/remove", [*upload, ("om", "true")])[2]
+    assert call(server, "/api/remove?bgc=20,200,40,255", [*upload, ("om", "true")])[2] == mask
+    for colour in ("red", "1,2", "0,0,256,255", "1,2,3,4,5"):
+        status, _, body = call(server, f"/api/remove?bgc={colour}", upload)
+        assert status == 400 and json.loads(body)["error"].startswith(f"bgc '{colour}': ")
 
 
 def _bad_requests():
@@ -258,6 +283,14 @@ def _bad_requests():
         "jpeg cut in its header": ([("image", good[:300])], 400, "truncated or damaged"),
         "zero bytes": ([("image", b"")], 400, "empty"),
         "missing image": ([("output", "mask")], 400, "image"),
+        "the image under rembg's name": (
+            [("file", good)],
+            400,
+            "field image is missing: send the image as file field image",
+        ),
+        "another name, named back": ([("picture", good), ("output", "rgba")], 400, "this request sent output, picture"),
+        "two images, one answer": ([("image", good), ("image", image)], 400, "image sent more than once"),
+        "output twice": ([("image", good), ("output", "rgba"), ("output", "mask")], 400, "only box may repeat"),
         "unknown weights": ([("image", good), ("weights", "../../etc/passwd")], 400, "not offered"),
         "bad box": ([("image", good), ("box", "1,2,3")], 400, "x,y,w,h"),
         "empty box": ([("image", good), ("box", "10,10,0,5")], 400, "positive"),
@@ -306,6 +339,22 @@ def test_bad_requests_get_one_line_4xx_and_the_server_keeps_serving(server, case
     assert "Traceback" not in server.log()
 
 
+@pytest.mark.parametrize("kind", ["image/jpeg", "application/json", "application/octet-stream"])
+def test_a_body_that_is_not_a_form_gets_415_naming_multipart(server, kind):
+    """A script posting the photo's bytes (or JSON) as the body, not in a form, is told so, not that the
+    field image is missing (which it believes it sent)."""
+    body = EXAMPLE.read_bytes() if kind != "application/json" else b'{"image": "..."}'
+    for path, field in (("/v1/segment", "image"), ("/api/remove", "file")):
+        headers = {"Host": server.host, "Content-Type": kind, "Content-Length": str(len(body))}
+        status, _, answer = exchange(server, "POST", path, headers, body)
+        assert status == 415, answer
+        assert answer["error"] == (
+            f"the body is {kind}; send a multipart/form-data form with the image as file field {field} "
+            f"(curl: -F {field}=@photo.png)"
+        )
+    assert "Traceback" not in server.log()
+
+
 def test_too_large_uploads_are_refused_before_they_are_read(server):
     """The declared length decides: the 413 comes back before the client has sent a byte of the body."""
     connection = http.client.HTTPConnection(server.host, timeout=60)
@@ -336,7 +385,7 @@ def test_chunked_uploads_urls_and_unknown_routes_are_refused(server):
     assert status == 404 and json.loads(body) == {"error": "no such endpoint: GET /v2/whatever"}
     status, _, body = call(server, "/v1/segment", method="PUT")
     assert status == 405 and json.loads(body) == {"error": "PUT /v1/segment is not served; use POST"}
-    for path in ("/v1/segment?output=rgba", "/api/remove?bgc=255,255,255,255"):  # rembg's client puts bgc there
+    for path in ("/v1/segment?output=rgba", "/api/remove?om=true"):  # rembg reads om from the form only
         status, _, body = call(server, path, [("image" if "v1" in path else "file", EXAMPLE.read_bytes())])
         assert status == 400 and "are not read; send them as form fields" in json.loads(body)["error"]
 
@@ -415,11 +464,46 @@ def test_requests_whose_client_left_leave_the_line_and_a_full_line_refuses_befor
         server.stop()
 
 
-def _virtual_memory(pid: int) -> int:
+def _virtual_memory(pid: int, field: str = "VmSize") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError("no VmSize")
+    raise AssertionError(f"no {field}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the server's peak memory from /proc")
+def test_requests_waiting_in_line_hold_no_decoded_image(tmp_path):
+    """Five 32-megapixel photos (96 MB each, decoded) wait while the model runs a slow request: only the
+    next in line is decoded (while one runs, the next decodes: two at most), so the server's peak memory
+    grows by about two photos, not five (1.2 GB before). They name offered weights that fail to load, so
+    each is answered (400) as soon as its turn comes. The baseline peak has the slow request and one
+    photo's decode, each on its own."""
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint" * 64)
+    server = Server(tmp_path / "decoded", "--allow-weights", str(broken))
+    try:
+        slow = [("image", png(Image.open(EXAMPLE))), ("resolution", "1024")]
+        photo = [
+            ("image", png(Image.linear_gradient("L").resize((8000, 4000)).convert("RGB"))),
+            ("weights", broken.name),
+        ]
+        decoded = 8000 * 4000 * 3
+        assert call(server, "/v1/segment", slow)[0] == 200
+        assert call(server, "/v1/segment", [*photo, ("output", "jpeg")])[0] == 400  # decoded, then refused
+        before = _virtual_memory(server.process.pid, "VmHWM")
+        with ThreadPoolExecutor(6) as pool:
+            first = pool.submit(call, server, "/v1/segment", slow)
+            _until(lambda: _waiting(server) == 1)
+            photos = [pool.submit(call, server, "/v1/segment", photo) for _ in range(5)]
+            assert first.result()[0] == 200
+            for answer in photos:
+                status, _, body = answer.result()
+                assert status == 400 and "weights could not be loaded" in json.loads(body)["error"]
+        growth = _virtual_memory(server.process.pid, "VmHWM") - before
+        assert growth < 3.5 * decoded, f"the peak grew by {growth / 2**20:.0f} MB"
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="caps a running process's memory with prlimit")
@@ -590,7 +674,14 @@ def test_decoding_leaves_the_event_loop_free(tmp_path, monkeypatch):
     monkeypatch.setattr(app_module, "decode_image", slow_decode)
     sock = bind("127.0.0.1", 0)
     settings = Settings(port=sock.getsockname()[1])
-    worker = SimpleNamespace(name="demo", device="cpu", dtype="torch.float32", waiting=0, place=contextlib.nullcontext)
+    worker = SimpleNamespace(
+        name="demo",
+        device="cpu",
+        dtype="torch.float32",
+        waiting=0,
+        place=contextlib.nullcontext,
+        turn=contextlib.nullcontext,
+    )
     runner = uvicorn.Server(uvicorn.Config(app_module.create_app(settings, worker), log_level="warning"))
     thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]})
     thread.start()

@@ -12,12 +12,14 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from ..errors import OutOfMemory, first_line
 from ..highres import DEFAULT_FINE_MEGAPIXELS
-from ..inference import mask_to_image, model_device
+from ..inference import mask_to_image, model_device, with_colour_profile
 from ..pipeline import cutout_image, finish, segment_image
 from ..version import __version__
 from ..zoo import listed
@@ -47,6 +49,7 @@ SEGMENT_FIELDS = (
     "fine_megapixels",
 )
 REMBG_FIELDS = ("file", "model", "a", "af", "ab", "ae", "om", "ppm", "bgc", "extras")
+REMBG_URL_OPTIONS = ("bgc", "extras")  # rembg's POST reads these two from the URL, not the form
 PNG = {200: {"content": {"image/png": {}}, "description": "the PNG"}}
 
 
@@ -65,6 +68,9 @@ def segment_job(job: Job, model):
 
 def png_bytes(job: Job, mask, colours) -> bytes:
     picture = mask_to_image(mask) if job.output == "mask" else cutout_image(job.image, mask, colours)
+    if job.background is not None and job.output == "rgba":  # rembg's bgc, laid under the cut-out as rembg does
+        backdrop = Image.new("RGBA", picture.size, job.background)
+        picture = with_colour_profile(Image.alpha_composite(backdrop, picture), picture)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -84,33 +90,35 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         'Every error is JSON {"error": "..."}.',
     )
 
-    async def answer(request: Request, upload: UploadFile, **options) -> Response:
-        """The PNG for the uploaded image and `options` (`parse_job`'s). Options in the URL are refused
-        (they would be ignored); a place in the line is taken before the image is decoded, so a full
-        line refuses the request before it costs memory."""
-        check_query(request)
+    async def answer(request: Request, upload: UploadFile, url_options=(), **options) -> Response:
+        """The PNG for the uploaded image and `options` (`parse_job`'s). Options in the URL other than
+        `url_options` are refused (they would be ignored); a place in the line is taken before the image is
+        decoded, so a full line refuses the request before it costs memory. A request whose client goes
+        away while it waits (Krita's Cancel, a closed tab, a killed script) leaves the line and never runs."""
+        check_query(request, url_options)
         async with worker.place():
-            return await run_job(request, parse_job(await read_image(upload), **options))
+            work = asyncio.ensure_future(segment_upload(upload, options))
+            gone = asyncio.ensure_future(client_gone(request))
+            try:
+                await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if not work.done():
+                work.cancel()
+                return Response(status_code=499)  # nobody reads it (nginx's code for a client that left)
+            return work.result()
 
-    async def run_job(request: Request, job: Job) -> Response:
-        """The PNG for `job`; a request whose client goes away while it waits (Krita's Cancel, a closed
-        tab, a killed script) leaves the line and never runs."""
-        work = asyncio.ensure_future(worker.run(lambda model: segment_job(job, model), job.weights))
-        gone = asyncio.ensure_future(client_gone(request))
-        try:
-            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if not work.done():
-            work.cancel()
-            return Response(status_code=499)  # nobody reads it (nginx's code for a client that left)
-        try:
-            mask, colours = work.result()
-        except ValueError as err:  # the library's one-line errors about this image and its options
-            raise RequestError(400, first_line(err)) from None
-        except OutOfMemory as err:  # this request was too large for the GPU now; smaller ones still run
-            raise RequestError(503, first_line(err)) from None
-        return Response(await run_in_threadpool(png_bytes, job, mask, colours), media_type="image/png")
+    async def segment_upload(upload: UploadFile, options: dict) -> Response:
+        """Decoded in its turn (only the first requests in line hold a decoded image), then segmented."""
+        async with worker.turn():
+            job = parse_job(await read_image(upload), **options)
+            try:
+                mask, colours = await worker.run(lambda model: segment_job(job, model), job.weights)
+            except ValueError as err:  # the library's one-line errors about this image and its options
+                raise RequestError(400, first_line(err)) from None
+            except OutOfMemory as err:  # this request was too large for the GPU now; smaller ones still run
+                raise RequestError(503, first_line(err)) from None
+            return Response(await run_in_threadpool(png_bytes, job, mask, colours), media_type="image/png")
 
     async def read_image(upload: UploadFile):
         # in the thread pool: decoding a large photo takes a while, and /health must answer meanwhile
@@ -138,7 +146,7 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         fine_megapixels: Annotated[float, Form(description="working area of the fine pass")] = DEFAULT_FINE_MEGAPIXELS,
     ):
         """The mask (or cut-out) `birefnet segment` writes for this image and these options."""
-        check_fields((await request.form()).keys(), SEGMENT_FIELDS)
+        check_fields([name for name, _ in (await request.form()).multi_items()], SEGMENT_FIELDS, ("box",))
         refinement = dict(
             black_point=black_point,
             white_point=white_point,
@@ -170,11 +178,20 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         om: Annotated[bool, Form(description="only the mask")] = False,
         model: Annotated[str | None, Form(description="accepted and ignored: the server's model answers")] = None,
     ):
-        """rembg's server API: the cut-out, or the mask with om=true. rembg's other fields (a, af, ab, ae,
-        ppm, bgc, extras) are accepted and ignored."""
-        check_fields((await request.form()).keys(), REMBG_FIELDS)
+        """rembg's server API: the cut-out, or the mask with om=true. As rembg does, it reads `bgc` (R,G,B,A:
+        the cut-out laid on that colour) and `extras` (ignored) from the URL; the form's other rembg fields
+        (a, af, ab, ae, ppm; bgc and extras, which rembg does not read there either) are accepted and ignored."""
+        check_fields([name for name, _ in (await request.form()).multi_items()], REMBG_FIELDS)
         return await answer(
-            request, file, output="mask" if om else "rgba", weights=None, resolution="native", boxes=[], refinement={}
+            request,
+            file,
+            url_options=REMBG_URL_OPTIONS,
+            output="mask" if om else "rgba",
+            weights=None,
+            resolution="native",
+            boxes=[],
+            refinement={},
+            background=request.query_params.get("bgc"),
         )
 
     @app.get("/api/remove", include_in_schema=False)
@@ -224,11 +241,11 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         return error(err.status, err.message)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_field(_, err: RequestValidationError):
+    async def invalid_field(request: Request, err: RequestValidationError):
         first = err.errors()[0]
         field = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
-        if field in ("image", "file") and first.get("type") != "missing":  # a text field, not a file
-            return error(400, f"field {field}: send the image as a file upload (curl: -F {field}=@photo.png)")
+        if field in ("image", "file"):
+            return missing_image(request, field, first.get("type") == "missing", err.body)
         return error(400, f"field {field}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(HTTPException)
@@ -248,16 +265,36 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
     return app
 
 
+def missing_image(request: Request, field: str, missing: bool, form) -> JSONResponse:
+    """The request has no image file in `field`: say what it sent instead (the body as a raw image or JSON,
+    the image under another field's name, a text field) and how to send it."""
+    upload = f"curl: -F {field}=@photo.png"
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if kind and kind not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return error(
+            415, f"the body is {kind}; send a multipart/form-data form with the image as file field {field} ({upload})"
+        )
+    if not missing:  # a text field, not a file
+        return error(400, f"field {field}: send the image as a file upload ({upload})")
+    sent = sorted(form.keys()) if isinstance(form, FormData) else []
+    return error(
+        400,
+        f"field {field} is missing: send the image as file field {field} ({upload})"
+        + (f"; this request sent {', '.join(sent)}" if sent else ""),
+    )
+
+
 async def client_gone(request: Request) -> None:
     """Returns once the client has closed its connection."""
     while not await request.is_disconnected():
         await asyncio.sleep(0.25)
 
 
-def check_query(request: Request) -> None:
-    """Options belong in the form: ones in the URL would otherwise be ignored without a word."""
-    if request.query_params:
-        names = ", ".join(sorted(request.query_params.keys()))
+def check_query(request: Request, allowed=()) -> None:
+    """Options belong in the form (but `allowed`): ones in the URL would otherwise be ignored without a word."""
+    unread = set(request.query_params.keys()) - set(allowed)
+    if unread:
+        names = ", ".join(sorted(unread))
         raise RequestError(400, f"options in the URL ({names}) are not read; send them as form fields")
 
 

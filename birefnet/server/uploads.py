@@ -7,12 +7,13 @@ import io
 import math
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import first_line
 from ..files import pillow_limit
 from ..guidance import clip_box, parse_box
 from ..highres import DEFAULT_FINE_MEGAPIXELS
+from ..inference import upright
 from ..pipeline import check_highres, parse_resolution
 from ..refine import Refinement
 from .errors import RequestError
@@ -42,6 +43,7 @@ class Job:
     refinement: Refinement = Refinement()
     highres: bool = False
     fine_megapixels: float = DEFAULT_FINE_MEGAPIXELS
+    background: tuple[int, ...] | None = None  # rembg's bgc: the cut-out laid on this RGBA colour
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -64,8 +66,8 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             413, f"the image is {size}; this server accepts up to {max_pixels / 1e6:g} megapixels (--max-megapixels-in)"
         )
     try:
-        image = ImageOps.exif_transpose(image)
         image.load()
+        image = upright(image)  # no copy of an image that is upright already: a 100-megapixel copy is 300 MB
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise damaged(err) from None
     return image
@@ -96,6 +98,7 @@ def parse_job(
     refinement: dict,
     highres: bool = False,
     fine_megapixels: float = DEFAULT_FINE_MEGAPIXELS,
+    background: str | None = None,
 ) -> Job:
     """A Job from the form's fields, each checked (RequestError 400 naming the field)."""
     if output not in OUTPUTS:
@@ -125,11 +128,35 @@ def parse_job(
         raise RequestError(400, str(err)) from None
     if not fine_megapixels > 0:
         raise RequestError(400, f"fine_megapixels {fine_megapixels} must be positive (the fine pass's working area)")
-    return Job(image, output, weights or None, chosen, parsed, options, highres, fine_megapixels)
+    return Job(
+        image, output, weights or None, chosen, parsed, options, highres, fine_megapixels, parse_colour(background)
+    )
 
 
-def check_fields(given, allowed) -> None:
-    """Unknown form fields are mistakes (a typo would silently change nothing): 400 naming them."""
+def parse_colour(text: str | None) -> tuple[int, ...] | None:
+    """rembg's `bgc`, R,G,B,A (or R,G,B: opaque) from 0 to 255; none or empty: None (transparent), as in rembg."""
+    if not text:
+        return None
+    try:
+        values = tuple(int(value) for value in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (3, 4) or not all(0 <= value <= 255 for value in values):
+        raise RequestError(
+            400, f"bgc {text!r}: give the background colour as R,G,B,A from 0 to 255, e.g. 255,255,255,255"
+        )
+    return values
+
+
+def check_fields(given, allowed, repeatable=()) -> None:
+    """Unknown form fields are mistakes (a typo would silently change nothing), and so is a field sent twice
+    that takes one value (only the last would count: two images, one mask): 400 naming them. `given`: the
+    form's field names, each as often as it was sent."""
+    given = list(given)
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         raise RequestError(400, f"unknown field(s) {', '.join(unknown)}; this endpoint takes: {', '.join(allowed)}")
+    repeated = sorted({name for name in given if given.count(name) > 1} - set(repeatable))
+    if repeated:
+        may = f" (only {', '.join(repeatable)} may repeat)" if repeatable else ""
+        raise RequestError(400, f"field(s) {', '.join(repeated)} sent more than once; send each once{may}")

@@ -1,6 +1,7 @@
 """The one model in memory and the one thread that runs it: requests wait in line (at most
---max-queue of them), so two forward passes never race on a GPU. Picking other weights loads
-them in that thread and replaces the model; a request that fails changes nothing."""
+--max-queue of them), so two forward passes never race on a GPU; only the first few in line hold
+their decoded image. Picking other weights loads them in that thread and replaces the model; a
+request that fails changes nothing."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from ..loading import load_model
 from .errors import RequestError
 from .weights import Catalog, model_name
 
+# Requests holding a decoded image at once: the one the model runs and the next, decoded meanwhile so
+# the model never waits for a decode. The rest of the line waits undecoded (an upload over 1 MB waits
+# in a temporary file), so 64 clients sending 100-megapixel photos cost two photos' memory, not 64.
+DECODED_AT_ONCE = 2
+
 
 class Worker:
     def __init__(self, weights, device: str, dtype: str, catalog: Catalog, max_queue: int):
@@ -28,6 +34,7 @@ class Worker:
         # no longer says which name means the default
         self.default_name = self.name
         self.waiting = 0  # changed on the event loop's thread only
+        self._decoded = asyncio.Semaphore(DECODED_AT_ONCE)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="birefnet-model")
 
     @property
@@ -45,6 +52,13 @@ class Worker:
             yield
         finally:
             self.waiting -= 1
+
+    @contextlib.asynccontextmanager
+    async def turn(self):
+        """Held from decoding a request's image to its answer: at most DECODED_AT_ONCE requests hold one,
+        in the order they came (a request cancelled while it waits for its turn just leaves)."""
+        async with self._decoded:
+            yield
 
     async def run(self, job: Callable, weights: str | None = None):
         """job(model) in the model's thread, after the requests before it, with the weights it named.
