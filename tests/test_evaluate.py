@@ -245,16 +245,20 @@ def test_missing_folders_and_a_json_folder_are_one_line_before_the_work(folders,
     from training.__main__ import main
 
     gt, pred = str(folders / "gt"), str(folders / "pred")
+    earlier = tmp_path / "scores.json"
+    earlier.write_text('{"Sm": 0.9}')  # another run's scores: never replaced
     for args, named in (
         (["--pred", str(tmp_path / "nowhere"), "--gt", gt], "--pred"),
         (["--pred", pred, "--gt", str(tmp_path / "nowhere")], "--gt"),
         (["--pred", pred, "--gt", gt, "--json", str(tmp_path)], "--json"),
         (["--pred", pred, "--gt", gt, "--json", str(tmp_path / "no" / "s.json")], "--json"),
+        (["--pred", pred, "--gt", gt, "--json", str(earlier)], "--json"),
     ):
         assert main(["evaluate", *args, "--workers", "1"]) == 2
         captured = capsys.readouterr()
         assert captured.err.strip().startswith(f"training: {named} ") and len(captured.err.strip().splitlines()) == 1
         assert "image(s)" not in captured.out  # refused before scoring
+    assert earlier.read_text() == '{"Sm": 0.9}'
 
 
 def test_saved_predictions_of_several_folders_never_overwrite(tmp_path, b0_weights):

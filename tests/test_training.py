@@ -161,13 +161,77 @@ def test_unreadable_sample_is_skipped_not_fatal(dataset, tmp_path, capsys):
 
     data = tmp_path / "data"
     shutil.copytree(dataset, data)
-    (data / "im" / "00001.jpg").write_bytes(b"broken")
+    whole = (data / "im" / "00001.jpg").read_bytes()
+    (data / "im" / "00001.jpg").write_bytes(whole[: len(whole) // 2])  # its header opens: found when read
     train(tiny_config(data, tmp_path / "run", epochs=1, max_steps_per_epoch=None, augment=False))
     err = capsys.readouterr().err
     # On a line of its own (tqdm.write), not glued to the progress bar's.
     assert any(
         line.startswith("training: skipping unreadable sample") and "00001.jpg" in line for line in err.splitlines()
     )
+
+
+def test_files_that_cannot_be_opened_are_listed_before_any_work(dataset, tmp_path, caplog):
+    """Broken files (a Git LFS pointer, an empty download) are found as the run starts, listed once and
+    left out; a data set of nothing else is one line naming a file and why, before the run folder is made,
+    not a traceback from a loader process after the model was built."""
+    import shutil
+
+    from birefnet_training.trainer import Trainer
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    (data / "im" / "00001.jpg").write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
+    (data / "gt" / "00002.png").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        assert len(Trainer(tiny_config(data, tmp_path / "run")).train_set) == 6
+    (warning,) = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert warning.startswith("2 training pair(s)") and "Git LFS pointer" in warning and "00002.png" in warning
+    for image in (data / "im").iterdir():
+        image.write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
+    with pytest.raises(DatasetError, match=r"^none of the \d training pair\(s\) can be read: .*git lfs pull"):
+        train(tiny_config(data, tmp_path / "run2", workers=1))
+    assert not (tmp_path / "run2").exists()
+
+
+def test_validation_leaves_an_unreadable_image_out_instead_of_scoring_another_twice(dataset, tmp_path):
+    """Training reads the next sample for an unreadable one; validation must not: the stand-in would be
+    scored twice. A file whose header opens passes the check before the run and is found when read."""
+    import shutil
+
+    from birefnet_training.trainer import Trainer
+
+    val = tmp_path / "val"
+    shutil.copytree(dataset, val)
+    for name in ("00004", "00005", "00006", "00007"):
+        (val / "im" / f"{name}.jpg").unlink()
+    whole = (val / "im" / "00001.jpg").read_bytes()
+    (val / "im" / "00001.jpg").write_bytes(whole[: len(whole) // 2])
+    trainer = Trainer(tiny_config(dataset, tmp_path / "run", val=[str(val)]))
+    assert len(trainer.val_set) == 4
+    with_unreadable = trainer.validate(1)
+    trainer.val_set.pairs = [pair for pair in trainer.val_set.pairs if pair.image.stem != "00001"]
+    assert with_unreadable == pytest.approx(trainer.validate(1), rel=1e-5)
+
+
+def test_a_name_two_files_share_is_listed_not_chosen_silently(tmp_path, caplog):
+    """im/a.jpg and im/a.png: which one goes with gt/a.png would be decided by the extensions' order."""
+    from birefnet_training.evaluate import evaluate_folders
+
+    root = tmp_path / "data"
+    (root / "im").mkdir(parents=True)
+    (root / "gt").mkdir()
+    for name in "abc":
+        Image.new("RGB", (8, 8)).save(root / "im" / f"{name}.jpg")
+        Image.new("L", (8, 8)).save(root / "gt" / f"{name}.png")
+    Image.new("RGB", (8, 8), "red").save(root / "im" / "a.png")
+    Image.new("L", (8, 8)).save(root / "gt" / "b.bmp")
+    with caplog.at_level(logging.WARNING):
+        assert [p.image.name for p in find_pairs(root)] == ["c.jpg"]
+    assert "a.jpg and a.png" in caplog.text and "b.bmp and b.png" in caplog.text
+    assert "without a" not in caplog.text  # named once, as ambiguous, not again as unmatched
+    with pytest.raises(ValueError, match="no prediction for 1 ground truth"):
+        evaluate_folders(root / "im", root / "gt", metrics=["MAE"], workers=1)  # a.jpg/a.png: neither scored
 
 
 def test_sixteen_bit_masks_keep_their_soft_edges(tmp_path):
@@ -623,8 +687,9 @@ def test_cnn_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_palette_and_zero_one_masks_are_foreground(tmp_path):
-    """A VOC-style palette mask (index 1 drawn as dark red) and a 0/1 mask are read as 0/255, in
-    training and in evaluation; 8-bit grey and grey-palette masks keep their levels."""
+    """A VOC-style palette mask (index 1 drawn as dark red), the same label map saved as RGB and a 0/1
+    mask are read as 0/255, in training and in evaluation; 8-bit grey, grey-palette and grey RGB masks
+    keep their levels."""
     from birefnet_training.data import SegmentationDataset
     from birefnet_training.scoring import read_mask_array
 
@@ -636,12 +701,19 @@ def test_palette_and_zero_one_masks_are_foreground(tmp_path):
     Image.fromarray(indices).save(tmp_path / "binary.png")
     Image.fromarray(indices * 200).save(tmp_path / "grey.png")
     Image.fromarray(indices * 200).convert("P").save(tmp_path / "grey_palette.png")
+    palette.convert("RGB").save(tmp_path / "voc_rgb.png")  # the same label map saved without its palette
+    Image.fromarray(indices * 200).convert("RGB").save(tmp_path / "grey_rgb.png")
     Image.new("RGB", (16, 16)).save(tmp_path / "image.png")
-    assert Image.open(tmp_path / "voc.png").mode == "P"
-    for name, level in (("voc", 255), ("binary", 255), ("grey", 200), ("grey_palette", 200)):
+    assert Image.open(tmp_path / "voc.png").mode == "P" and Image.open(tmp_path / "voc_rgb.png").mode == "RGB"
+    cases = ("voc", 255), ("voc_rgb", 255), ("binary", 255), ("grey", 200), ("grey_palette", 200), ("grey_rgb", 200)
+    for name, level in cases:
         assert set(np.unique(read_mask_array(tmp_path / f"{name}.png"))) == {0, level}, name
         mask = SegmentationDataset([(tmp_path / "image.png", tmp_path / f"{name}.png")], None).load(0, (16, 16)).mask
         assert mask[0, 8, 8].item() == pytest.approx(level / 255), name
+    # a soft mask whose grey levels a colour conversion tinted is not a label map: its faint edge stays faint
+    ramp = np.tile(np.arange(0, 256, 2, dtype=np.uint8), (4, 1))
+    Image.fromarray(np.stack([ramp, np.minimum(ramp + 1, 255), ramp], axis=2)).save(tmp_path / "tinted_soft.png")
+    assert read_mask_array(tmp_path / "tinted_soft.png")[0, 1] < 5  # its brightness (3 of 255), not 255
 
 
 VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128, 128, 0, 128, 0, 128, 128, 128, 128, 128]
@@ -786,6 +858,23 @@ def test_resuming_with_the_same_data_written_another_way_continues(dataset, tmp_
     again = tiny_config(f"./{dataset.name}/", out, epochs=2, max_steps_per_epoch=1)
     assert train(again) == out / "final.safetensors"
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_resuming_on_data_that_changed_is_one_line(dataset, tmp_path):
+    """Pairs added to (or removed from) the --data folder after an interruption: the resume would train on
+    other batches and, with --val-split, validate on another set, part of it trained on already."""
+    import shutil
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(dataset, data)
+    config = lambda: tiny_config(data, out, epochs=2, max_steps_per_epoch=1, val_split=0.25)
+    train(config(), stop_after_epoch=1)
+    shutil.copy(data / "im" / "00001.jpg", data / "im" / "new.jpg")
+    shutil.copy(data / "gt" / "00001.png", data / "gt" / "new.png")
+    with pytest.raises(ValueError, match=r"data has changed .* \(1 pair\(s\) added, 0 gone, e.g. added: im/new.jpg\)"):
+        train(config())
+    (data / "im" / "new.jpg").unlink()  # as it was: the run continues
+    assert train(config()) == out / "final.safetensors"
 
 
 def test_restart_leaves_nothing_of_the_earlier_run(dataset, tmp_path):

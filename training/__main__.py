@@ -104,7 +104,7 @@ def cmd_evaluate(args) -> int:
     skipped = f", {len(metrics.skipped)} unreadable skipped" if metrics.skipped else ""
     print(format_table(results, f"{metrics.count} image(s){skipped}"))
     if args.json:
-        with atomic_path(args.json) as tmp:
+        with atomic_path(args.json, replace=False) as tmp:  # one written meanwhile is kept too
             tmp.write_text(json.dumps(results, indent=2))
     return 0
 
@@ -120,6 +120,8 @@ def _check_evaluate_paths(args) -> None:
             raise ValueError(f"--json {target} is a folder; name a file to write, e.g. {target / 'scores.json'}")
         if not target.parent.is_dir():
             raise ValueError(f"--json {target}: folder {target.parent} not found; create it or name another file")
+        if target.exists():  # an earlier evaluation's scores: never replaced, as --save-pred's masks
+            raise ValueError(f"--json {target} exists (an earlier evaluation's scores?): name another file")
 
 
 def cmd_synth(args) -> int:

@@ -17,7 +17,9 @@ and any number of loader workers or ranks sees the same data.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from birefnet.files import is_image_name, read_image
+from birefnet.files import is_image_name, pillow_limit, read_image
 from birefnet.inference import PIL_SCALES, normalise, to_rgb_tensor
 
 from .scoring import alpha_channel, has_alpha, read_mask
@@ -59,8 +61,32 @@ class DatasetError(ValueError):
     """A dataset folder that cannot be trained on; the message lists the problems."""
 
 
-def _files_by_stem(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and is_image_name(p.name)}
+def _image_files(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and is_image_name(p.name)]
+
+
+def _by_stem(folder: Path) -> tuple[dict[str, Path], set[str]]:
+    """(the image files of `folder` by stem, the stems left out). Images and masks are matched by
+    stem; a stem two files share (`a.jpg` and `a.png`: a picture saved twice, or two different ones)
+    is ambiguous: listed and left out, where keeping one would pick it by the order of the extensions,
+    unsaid."""
+    by_stem: dict[str, list[Path]] = {}
+    for path in _image_files(folder):
+        by_stem.setdefault(path.stem, []).append(path)
+    shared = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
+    if shared:
+        log.warning(
+            "%s: %d name(s) held by more than one file, left out (keep one file of each): %s",
+            folder,
+            len(shared),
+            _listing(" and ".join(path.name for path in paths) for paths in shared.values()),
+        )
+    return {stem: paths[0] for stem, paths in by_stem.items() if len(paths) == 1}, set(shared)
+
+
+def files_by_stem(folder: Path) -> dict[str, Path]:
+    """The image files of `folder` by stem, a stem held by more than one file listed and left out."""
+    return _by_stem(folder)[0]
 
 
 def _sub(folder: Path, names) -> Path | None:
@@ -78,10 +104,11 @@ def _folders(folders) -> list[Path]:
 
 
 def _matched(folder: Path, first: Path, second: Path, what: str, cutout: bool) -> list[Sample]:
-    images, masks = _files_by_stem(first), _files_by_stem(second)
+    (images, shared_images), (masks, shared_masks) = _by_stem(first), _by_stem(second)
     common = sorted(images.keys() & masks.keys())
-    lonely = sorted(images.keys() - masks.keys())
-    orphan = sorted(masks.keys() - images.keys())
+    listed = shared_images | shared_masks  # named as ambiguous already: not again as unmatched
+    lonely = sorted(images.keys() - masks.keys() - listed)
+    orphan = sorted(masks.keys() - images.keys() - listed)
     if lonely:
         log.warning("%s: %d %s(s) without a %s left out: %s", folder, len(lonely), what[0], what[1], _listing(lonely))
     if orphan:
@@ -123,8 +150,8 @@ def find_pairs(folders) -> list[Sample]:
             samples += _matched(folder, im_dir, gt_dir, ("image", "mask"), cutout=False)
         elif fg_dir and alpha_dir:
             samples += _matched(folder, fg_dir, alpha_dir, ("foreground", "alpha"), cutout=True)
-        elif rgba_dir or _files_by_stem(folder):
-            found = _cutouts(folder, _files_by_stem(rgba_dir or folder))
+        elif rgba_dir or _image_files(folder):
+            found = _cutouts(folder, files_by_stem(rgba_dir or folder))
             if not found:
                 raise DatasetError(
                     f"{rgba_dir or folder}: no image has an alpha channel; a dataset folder holds {LAYOUTS}"
@@ -138,12 +165,47 @@ def find_pairs(folders) -> list[Sample]:
     return samples
 
 
+GIT_LFS_POINTER = b"version https://git-lfs"  # how a Git LFS pointer file starts, in place of the file it names
+
+
+def why_unreadable(path: Path) -> str | None:
+    """Why `path` cannot be opened as an image, or None. Only its header is read (quick: no pixels
+    decoded), which finds the usual broken files of a data set (empty, cut off at the start, a Git LFS
+    pointer, a web page saved as .jpg); a file damaged further in is found when it is read."""
+    try:
+        with pillow_limit(math.inf), Image.open(path):
+            return None
+    except (OSError, SyntaxError, ValueError) as err:  # Pillow's plugins raise all three for a bad header
+        with contextlib.suppress(OSError):
+            with open(path, "rb") as file:
+                if file.read(len(GIT_LFS_POINTER)) == GIT_LFS_POINTER:
+                    return "a Git LFS pointer: fetch the files with git lfs pull"
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def readable(samples: list[Sample], what: str = "training") -> list[Sample]:
+    """The samples whose files open, checked before any work: the others are listed in one warning and
+    left out, instead of each being found when an epoch reaches it (and in every epoch after). None
+    readable is an error naming a file and why."""
+    kept, broken = [], []
+    for sample in samples:
+        found = ((path, why_unreadable(path)) for path in dict.fromkeys((sample.image, sample.mask)))
+        problem = next(((path, reason) for path, reason in found if reason), None)
+        (broken if problem else kept).append(problem or sample)
+    if broken:
+        listed = _listing(f"{path} ({reason})" for path, reason in broken)
+        if not kept:
+            raise DatasetError(f"none of the {len(samples)} {what} pair(s) can be read: {listed}")
+        log.warning("%d %s pair(s) with a file that cannot be read left out: %s", len(broken), what, listed)
+    return kept
+
+
 def find_backgrounds(folders) -> list[Path]:
     """Background images for cut-outs: the files of each dataset folder's bg/ (or backgrounds/)."""
     found = []
     for folder in _folders(folders):
         bg_dir = _sub(folder, BACKGROUND_DIRS) if folder.is_dir() else None
-        found += list(_files_by_stem(bg_dir).values()) if bg_dir else []
+        found += _image_files(bg_dir) if bg_dir else []
     return found
 
 
@@ -283,8 +345,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
     index) as `Item` says. Cut-outs are composited over one of `backgrounds` (image files), or a
     synthesised texture when none."""
 
-    def __init__(self, pairs, augment: Augment | None, seed: int = 0, backgrounds=()):
+    def __init__(self, pairs, augment: Augment | None, seed: int = 0, backgrounds=(), substitute: bool = True):
         self.pairs = [Sample(*pair) for pair in pairs]
+        self.substitute = substitute  # an unreadable sample: the next one instead (training), or None (scoring)
         self.augment = augment
         self.seed = seed
         self.backgrounds = list(backgrounds)
@@ -315,13 +378,18 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return Item(x, torch.from_numpy(np.array(mask)).float().div(255).clamp(0, 1)[None])
 
     def __getitem__(self, item):
+        """(image, mask, labelled, index). One bad file must not stop a long run: it is reported and, in
+        training, the next sample read instead; without `substitute` (validation) the item is None and
+        left out, as `evaluate` leaves it out: a stand-in would count another image twice in the scores."""
         index, size = item
-        for offset in range(len(self)):  # one bad file must not stop a long run: report it, use the next
+        for offset in range(len(self) if self.substitute else 1):
             candidate = (index + offset) % len(self)
             try:
                 return (*self.load(candidate, size), candidate)
             except Exception as err:
                 _report(f"skipping unreadable sample {self.pairs[candidate][0]}: {err}")
+        if not self.substitute:
+            return None
         raise DatasetError("no sample of the dataset could be read")
 
 
@@ -367,7 +435,11 @@ class SizedBatchSampler(torch.utils.data.Sampler):
 
 
 def collate(items):
-    """(images, masks, labelled, indices); labelled is None when every pixel of the batch is."""
+    """(images, masks, labelled, indices); labelled is None when every pixel of the batch is. Items left
+    out (None: unreadable, in validation) are dropped; a batch of nothing else is None."""
+    items = [item for item in items if item is not None]
+    if not items:
+        return None
     images, masks, labelled, indices = zip(*items)
     if all(weight is None for weight in labelled):
         weights = None

@@ -13,10 +13,10 @@ import numpy as np
 from tqdm import tqdm
 
 import birefnet
-from birefnet.files import is_image_name, read_image, save_image
+from birefnet.files import read_image, save_image
 from birefnet.inference import mask_to_image
 
-from .data import MASK_DIRS, find_backgrounds, find_pairs, read_sample
+from .data import MASK_DIRS, files_by_stem, find_backgrounds, find_pairs, read_sample
 from .metrics import MetricSet, parse_metrics
 from .scoring import mask_array, read_mask, score_files, skip, void_pixels
 
@@ -24,15 +24,15 @@ from .scoring import mask_array, read_mask, score_files, skip, void_pixels
 def evaluate_folders(
     pred_dir, gt_dir, *, metrics=None, workers: int | None = None, hce_convention: str = "pysod"
 ) -> MetricSet:
-    """Predictions matched to ground truths by file stem; every ground truth needs one.
+    """Predictions matched to ground truths by file stem; every ground truth needs one (a stem two
+    files share is listed and left out: `files_by_stem`).
 
     The images are scored by `workers` processes (default: one per CPU core, at most 8), each
     over consecutive parts of the sorted list, joined in order: the numbers equal one process's.
     The workers are spawned, so a script that calls this with several workers needs the usual
     `if __name__ == "__main__":` guard (a spawned process imports the script that started it).
     """
-    files = lambda d: {p.stem: p for p in sorted(Path(d).iterdir()) if is_image_name(p.name)}
-    preds, gts = files(pred_dir), files(gt_dir)
+    preds, gts = files_by_stem(Path(pred_dir)), files_by_stem(Path(gt_dir))
     if not gts:
         raise ValueError(_no_masks(Path(gt_dir)))
     missing = sorted(gts.keys() - preds.keys())

@@ -91,6 +91,29 @@ def check_same_settings(saved: dict, cfg: TrainConfig, path: Path) -> None:
         )
 
 
+def data_listing(samples) -> list[str]:
+    """The files a run learns and validates from, by their names inside their dataset folders
+    ("im/a.jpg gt/a.png"): the same data under another path (`ds`, `./ds/`) lists the same."""
+    named = lambda path: f"{path.absolute().parent.name}/{path.name}"
+    return [f"{named(sample.image)} {named(sample.mask)}" for sample in samples]
+
+
+def check_same_data(saved: list[str] | None, now: list[str], path: Path) -> None:
+    """Refuse to resume on files other than the run's: the same --data folder with pairs added or
+    removed since resume.pt was written would continue neither run (other batches, and --val-split
+    would draw another validation set, some of it trained on already). Files of earlier versions
+    (no listing) are not checked."""
+    if saved is None or saved == now:
+        return
+    before, after = set(saved), set(now)
+    added, gone = [pair for pair in now if pair not in before], [pair for pair in saved if pair not in after]
+    example = f", e.g. {'added' if added else 'gone'}: {(added or gone)[0].split(' ')[0]}" if added or gone else ""
+    raise ValueError(
+        f"the data has changed since {path} was written ({len(added)} pair(s) added, {len(gone)} gone{example}): "
+        "resume with the files as they were, or add --restart to start over on the data as it is"
+    )
+
+
 def same_places(saved, now) -> bool:
     """Paths written differently that name the same files from here (`ds`, `./ds/`, `/abs/ds`)."""
     places = lambda value: [os.path.realpath(p) for p in (value if isinstance(value, list) else [value])]

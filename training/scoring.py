@@ -24,11 +24,13 @@ def read_mask(path) -> Image.Image:
     """A mask as an 8-bit 'L' image, or, when the file has more than 8 bits (16-bit PNG/TIFF, float
     TIFF), as an 'F' image of 0..255 floats: `convert("L")` would clip a 16-bit mask's soft edge to
     255. Scaled like the inference input: 16-bit by 65535, float files read as [0, 1]. A palette
-    mask with unlabelled pixels (VOC's void index) is an 'LA' image: alpha 0 where unlabelled. A
+    mask with unlabelled pixels (VOC's void index) is an 'LA' image: alpha 0 where unlabelled; an RGB
+    label map in flat colours is read as its palette would be (`_colour_label_indices`). A
     file with an alpha channel that varies is read by its alpha (`shape_in_alpha`). The file is
     opened as `birefnet.files.read_image` opens images (EXIF orientation applied), without importing
     the library (and torch with it). Training and evaluation both read masks here."""
     with Image.open(path) as image:
+        stored_as = image.format  # a turned copy (EXIF orientation) has none
         image = ImageOps.exif_transpose(image)
         image.load()
     alpha = shape_in_alpha(image)
@@ -36,6 +38,9 @@ def read_mask(path) -> Image.Image:
         return alpha
     if image.mode == "P" and "transparency" not in image.info and not _grey_palette(image):
         return _palette_mask(image)
+    colour_labels = _colour_label_indices(image, stored_as)
+    if colour_labels is not None:
+        return _palette_mask(colour_labels)
     if image.mode not in HIGH_BIT_MODES:
         grey = image.convert("L")
         return _stretched_if_binary(grey) if image.mode == "L" else grey
@@ -96,6 +101,29 @@ def _grey_palette(image: Image.Image) -> bool:
     used = np.unique(np.asarray(image))
     used = used[used < len(colours)]
     return bool(len(colours)) and bool((colours[used] == colours[used][:, :1]).all())
+
+
+VOC_VOID_COLOUR = (224, 224, 192)  # how VOC draws its void index
+LABEL_COLOURS = 64  # an RGB label map's colours at most (VOC: 21 classes and void)
+
+
+def _colour_label_indices(image: Image.Image, stored_as: str | None) -> Image.Image | None:
+    """An RGB mask drawn in flat colours that are not all grey (a label map some tool saved as RGB, not
+    with a palette: VOC's (128, 0, 0) for class 1) as the class indices it stands for: black index 0,
+    VOC's void colour 255, every other colour a class. By its brightness a dark red object would be a
+    faint one (38 of 255), no foreground at all when scored. None for anything else, which is read by
+    its brightness: grey masks, soft masks (more than LABEL_COLOURS colours: an anti-aliased edge, even
+    one tinted by a colour conversion, whose faint pixels a label reading would make foreground), masks
+    with no clearly coloured colour, and JPEGs (compressed: no flat colours to tell classes by)."""
+    if image.mode not in ("RGB", "RGBA") or stored_as == "JPEG":
+        return None
+    colours = image.convert("RGB").getcolors(LABEL_COLOURS)
+    if colours is None or all(max(rgb) - min(rgb) < 64 for _, rgb in colours):
+        return None
+    rgb = np.asarray(image.convert("RGB"))
+    indices = np.where(rgb.any(axis=2), 1, 0).astype(np.uint8)
+    indices[(rgb == VOC_VOID_COLOUR).all(axis=2)] = VOID_INDEX
+    return Image.fromarray(indices)  # read by `_palette_mask` as a palette image's indices
 
 
 def _palette_mask(image: Image.Image) -> Image.Image:

@@ -25,7 +25,15 @@ from birefnet.files import atomic_path
 from birefnet.inference import is_out_of_memory
 
 from .config import TrainConfig
-from .data import Augment, SegmentationDataset, SizedBatchSampler, collate, find_backgrounds, find_pairs
+from .data import (
+    Augment,
+    SegmentationDataset,
+    SizedBatchSampler,
+    collate,
+    find_backgrounds,
+    find_pairs,
+    readable,
+)
 from .losses import birefnet_loss, finetune_phase_length, loss_weights
 from .metrics import METRICS, MetricSet
 from .run_folder import (
@@ -35,6 +43,8 @@ from .run_folder import (
     best_epoch,
     check_fresh_folder,
     check_resume_settings,
+    check_same_data,
+    data_listing,
     load_resume_state,
     read_log,
     remove_run_outputs,
@@ -119,13 +129,16 @@ class Trainer:
 
         pairs = find_pairs(cfg.data)
         val_pairs = find_pairs(cfg.val) if cfg.val else []
+        self.data_files = data_listing(pairs + val_pairs)  # kept in resume.pt: a resume checks them
         if cfg.val_split and not val_pairs:
             pairs, val_pairs = split_validation(pairs, cfg.val_split, cfg.seed)
+        # checked after the split: a file repaired before a resume leaves the split as it was
+        pairs, val_pairs = readable(pairs), readable(val_pairs, "validation")
         augment = Augment(crop=cfg.crop, background_synthesis=cfg.background_synthesis) if cfg.augment else None
         backgrounds = find_backgrounds(cfg.data)
         self.train_set = SegmentationDataset(pairs, augment, cfg.seed, backgrounds)
         self.val_set = (
-            SegmentationDataset(val_pairs, None, cfg.seed, find_backgrounds(cfg.val) or backgrounds)
+            SegmentationDataset(val_pairs, None, cfg.seed, find_backgrounds(cfg.val) or backgrounds, substitute=False)
             if val_pairs
             else None
         )
@@ -227,6 +240,7 @@ class Trainer:
             "epoch": epoch,
             "rng": rng,
             "config": json.dumps(asdict(self.cfg)),
+            "data": self.data_files,
         }
         with atomic_path(self.out / RESUME_FILE) as tmp:
             torch.save(state, tmp)
@@ -237,6 +251,7 @@ class Trainer:
         if not path.is_file():
             return False
         state = load_resume_state(path)  # settings checked by train() first
+        check_same_data(state.get("data"), self.data_files, path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -366,7 +381,10 @@ class Trainer:
         sampler = SizedBatchSampler(
             len(self.val_set), self.cfg.batch_size, self.cfg.size, None, shuffle=False, drop_last=False
         )
-        for images, masks, labelled, _ in self._loader(self.val_set, sampler):
+        for batch in self._loader(self.val_set, sampler):
+            if batch is None:  # every image of it unreadable (reported)
+                continue
+            images, masks, labelled, _ = batch
             with self.out_of_memory_as_one_line(images, epoch, "validating"):
                 probs = torch.sigmoid(self.model(images.to(self.device)).float()).cpu()
             for i, (prob, mask) in enumerate(zip(probs, masks)):
