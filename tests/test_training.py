@@ -171,6 +171,20 @@ def test_unreadable_sample_is_skipped_not_fatal(dataset, tmp_path, capsys):
     )
 
 
+def test_a_data_set_that_opens_but_cannot_be_read_is_one_line_from_a_loader_process(dataset, tmp_path):
+    """Headers that open, pixels that do not: found as the epoch reads them, in a loader process; the
+    error is the same one line as in the main process, not the worker's traceback."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    for image in (data / "im").iterdir():
+        image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    with pytest.raises(DatasetError) as caught:
+        train(tiny_config(data, tmp_path / "run", workers=1))
+    assert str(caught.value) == "no sample of the dataset could be read"
+
+
 def test_files_that_cannot_be_opened_are_listed_before_any_work(dataset, tmp_path, caplog):
     """Broken files (a Git LFS pointer, an empty download) are found as the run starts, listed once and
     left out; a data set of nothing else is one line naming a file and why, before the run folder is made,

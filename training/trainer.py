@@ -27,6 +27,7 @@ from birefnet.inference import is_out_of_memory
 from .config import TrainConfig
 from .data import (
     Augment,
+    DatasetError,
     SegmentationDataset,
     SizedBatchSampler,
     collate,
@@ -286,13 +287,20 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def _loader(self, dataset, sampler):
-        return torch.utils.data.DataLoader(
+        """The batches; a data set error raised in a loader process is the same one line as without one
+        (torch re-raises it with the worker's whole traceback as its message)."""
+        loader = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=sampler,
             collate_fn=collate,
             num_workers=self.cfg.workers,
             generator=torch.Generator().manual_seed(0),
         )
+        try:
+            yield from loader
+        except DatasetError as err:
+            last = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+            raise DatasetError(last.split(f"{DatasetError.__name__}: ", 1)[-1]) from None
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         from tqdm import tqdm
