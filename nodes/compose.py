@@ -12,12 +12,13 @@ from .spec import In, NodeSpec, Out
 
 
 def compose(image, mask, background="#FFFFFF", invert_mask=False, background_image=None):
-    if mask.ndim == 2:
-        mask = mask[None]
+    mask = host.mask_batch("Compose", "mask", mask)
     if invert_mask:
         mask = 1 - mask
-    rgb = host.rgb_channels_first(image)
-    bg = None if background_image is None else host.rgb_channels_first(background_image).to(rgb)
+    rgb = host.rgb_channels_first(host.image_batch("Compose", "image", image))
+    bg = None
+    if background_image is not None:
+        bg = host.rgb_channels_first(host.image_batch("Compose", "background_image", background_image)).to(rgb)
     batches = dict(images=rgb.shape[0], masks=mask.shape[0]) | ({} if bg is None else dict(backgrounds=bg.shape[0]))
     batch = host.common_batch("Compose", **batches)  # e.g. one image and Segment's objects: one cut-out each
     if mask.shape[-2:] != rgb.shape[-2:]:

@@ -13,7 +13,7 @@ COLORMAPS = ("turbo", "viridis", "plasma", "hot", "bone")
 
 
 def preview(birefnet_model, image, colormap="turbo"):
-    if image.shape[0] == 0:
+    if host.image_batch("GradientPreview", "image", image).shape[0] == 0:
         raise ValueError("GradientPreview got an empty IMAGE batch")
     model = birefnet_model.ready()
     frames = []

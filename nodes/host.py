@@ -160,6 +160,27 @@ def rgb_channels_first(image: torch.Tensor) -> torch.Tensor:
     return x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
 
 
+def image_batch(node: str, name: str, image: torch.Tensor) -> torch.Tensor:
+    """An IMAGE input, checked: ComfyUI's IMAGE is (B, H, W, C) with C = 1 to 4 (grey, RGB, RGBA); anything else
+    is one line naming the input (not a tensor error from deep inside)."""
+    if image.ndim != 4 or not 1 <= image.shape[-1] <= 4:
+        shape = tuple(image.shape)
+        raise ValueError(f"{node}: {name} must be an IMAGE (B, H, W, C) with 1 to 4 channels, got shape {shape}")
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise ValueError(f"{node}: {name} has no pixels (shape {tuple(image.shape)})")
+    return image
+
+
+def mask_batch(node: str, name: str, mask: torch.Tensor) -> torch.Tensor:
+    """A MASK input as (B, H, W). ComfyUI's MASK is (B, H, W); a single (H, W) mask and masks with a channel
+    dimension (B, 1, H, W), which some nodes give, are read as core's nodes read them; any other shape is one line."""
+    if mask.ndim == 2 or (mask.ndim == 4 and mask.shape[1] == 1):
+        return mask.reshape(-1, *mask.shape[-2:])
+    if mask.ndim != 3:
+        raise ValueError(f"{node}: {name} must be a MASK (B, H, W), got shape {tuple(mask.shape)}")
+    return mask
+
+
 def common_batch(node: str, **batches: int) -> int:
     """The batch size inputs of `node` share: each is 1 (used for every item) or the largest; anything else
     is a one-line error (e.g. 2 masks for 3 images)."""

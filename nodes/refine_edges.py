@@ -28,8 +28,8 @@ def refine_edges(
     background="#FFFFFF",
     invert_mask=False,
 ):
-    if mask.ndim == 2:
-        mask = mask[None]
+    image = host.image_batch("RefineEdges", "image", image)
+    mask = host.mask_batch("RefineEdges", "mask", mask)
     batch = host.common_batch("RefineEdges", images=image.shape[0], masks=mask.shape[0])
     colour = refine.parse_colour(background)
     options = refine.Refinement(

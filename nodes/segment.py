@@ -110,7 +110,7 @@ def segment_guided(handle, frames: torch.Tensor, boxes, region, resolution, max_
     and that has no box gets an all-zero mask and one all-zero object mask; a region mask empty in
     every frame is an error (regions count where the mask is above 0.5)."""
     if region is not None:
-        region = region[None] if region.ndim == 2 else region
+        region = host.mask_batch("Segment", "region", region)
         if frames.shape[0] == 1:
             region = region[None]  # every mask is this image's
         elif region.shape[0] in (1, frames.shape[0]):

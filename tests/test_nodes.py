@@ -416,6 +416,44 @@ def test_compose_and_refine_edges_pair_one_image_with_several_masks(pack):
         pack.nodes.refine_edges.refine_edges(torch.rand(3, 20, 30, 3), masks[:2])
 
 
+def test_masks_with_a_channel_dim_read_as_core_reads_them(pack, handle):
+    """Some nodes give MASK as (B, 1, H, W): core's nodes read it as (B, H, W), so do these (Compose raised a
+    tensor error, RefineEdges a three-line one); a shape no MASK has is one line naming the input."""
+    image, masks = torch.rand(2, 20, 30, 3), torch.rand(2, 20, 30)
+    for run in (pack.nodes.compose.compose, pack.nodes.refine_edges.refine_edges):
+        expected = run(image, masks)
+        assert all(torch.equal(a, b) for a, b in zip(run(image, masks[:, None]), expected))
+    region = torch.zeros(1, 40, 40)
+    region[0, 5:30, 5:30] = 1
+    options = dict(resolution="custom", width=64, height=64)
+    picture = torch.rand(1, 40, 40, 3)
+    mask = pack.nodes.segment.segment(handle, picture, region=region, **options)[0]
+    assert torch.equal(pack.nodes.segment.segment(handle, picture, region=region[:, None], **options)[0], mask)
+    with pytest.raises(ValueError, match=r"^Compose: mask must be a MASK \(B, H, W\), got shape \(2, 3, 20, 30\)$"):
+        pack.nodes.compose.compose(image, masks[:, None].expand(-1, 3, -1, -1))
+    with pytest.raises(ValueError, match=r"^RefineEdges: mask must be a MASK \(B, H, W\), got shape \(20,\)$"):
+        pack.nodes.refine_edges.refine_edges(image, masks[0, :, 0])
+
+
+def test_images_not_in_comfyuis_layout_are_one_line(pack, handle):
+    """An IMAGE without its batch dimension (a single (H, W, C) picture) or with 5 channels: one line naming
+    the node and input, not a tensor error from inside (permute(sparse_coo): ...)."""
+    picture, mask = torch.rand(20, 30, 3), torch.rand(1, 20, 30)
+    expected = r"must be an IMAGE \(B, H, W, C\) with 1 to 4 channels, got shape \(20, 30, 3\)$"
+    with pytest.raises(ValueError, match="^Compose: image " + expected):
+        pack.nodes.compose.compose(picture, mask)
+    with pytest.raises(ValueError, match="^Compose: background_image " + expected):
+        pack.nodes.compose.compose(picture[None], mask, background_image=picture)
+    with pytest.raises(ValueError, match="^RefineEdges: image " + expected):
+        pack.nodes.refine_edges.refine_edges(picture, mask)
+    with pytest.raises(ValueError, match="^GradientPreview: image " + expected):
+        pack.nodes.gradient_preview.preview(handle, picture)
+    with pytest.raises(ValueError, match=r"^RefineEdges: image must be .* got shape \(1, 20, 30, 5\)$"):
+        pack.nodes.refine_edges.refine_edges(torch.rand(1, 20, 30, 5), mask)
+    with pytest.raises(ValueError, match=r"^RefineEdges: image has no pixels \(shape \(1, 0, 30, 3\)\)$"):
+        pack.nodes.refine_edges.refine_edges(torch.rand(1, 0, 30, 3), mask[:, :0])
+
+
 def test_coarse_to_fine_option(pack, handle):
     image = torch.rand(2, 300, 420, 3)
     plain, _, _, _ = pack.nodes.segment.segment(handle, image, resolution="custom", width=128, height=96)
