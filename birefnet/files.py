@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 import math
 import os
 import re
@@ -13,9 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Collection
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif")
+# pictures Pillow reads only with a plugin package (the `pictures` extra): (format, module, package)
+PLUGIN_PICTURES = {
+    ".heic": ("HEIC", "pillow_heif", "pillow-heif"),
+    ".heif": ("HEIF", "pillow_heif", "pillow-heif"),
+    ".jxl": ("JPEG XL", "pillow_jxl", "pillow-jxl-plugin"),
+}
 CUTOUT, OBJECT = "_cutout", "_object"  # what an output's name adds to its input's stem (`output_paths`)
 _PILLOW_LIMIT = threading.Lock()  # images are opened in several threads; one changes Pillow's limit at a time
 
@@ -116,14 +124,36 @@ def pillow_limit(max_pixels: float):
 def read_frames(path) -> tuple[Image.Image, int]:
     """(the first frame as `read_image` reads it, how many frames the file holds): an animated GIF,
     WebP or PNG is one picture here, and the caller can say so. A local file is the user's own: any
-    size is read (a 200-megapixel scan is no decompression bomb here)."""
-    with pillow_limit(math.inf):
-        image = Image.open(path)
+    size is read (a 200-megapixel scan is no decompression bomb here). A HEIC or JPEG XL picture
+    needs its plugin package: read with it when installed, else one line naming it."""
+    plugin = PLUGIN_PICTURES.get(Path(path).suffix.lower())
+    if plugin is not None:
+        load_plugin(plugin[1])
+    try:
+        with pillow_limit(math.inf):
+            image = Image.open(path)
+    except UnidentifiedImageError:
+        if plugin is None:
+            raise
+        kind, _, package = plugin
+        raise OSError(
+            f"{kind} pictures need {package}; install the extra: pip install 'birefnet-toolkit[pictures]' "
+            "(or convert it to JPEG or PNG)"
+        ) from None
     with image:
         frames = getattr(image, "n_frames", 1)
         image = ImageOps.exif_transpose(image)
         image.load()
     return image, frames
+
+
+@functools.cache
+def load_plugin(module: str) -> None:
+    """Import a Pillow plugin package if it is installed (pillow-heif registers itself when asked)."""
+    with contextlib.suppress(ImportError):
+        plugin = importlib.import_module(module)
+        if hasattr(plugin, "register_heif_opener"):
+            plugin.register_heif_opener()
 
 
 def save_image(image: Image.Image, path, replace: bool = True) -> None:
@@ -148,7 +178,7 @@ def list_images(inputs, exclude=None) -> list[tuple[Path, Path]]:
                 if skipped is not None and file.resolve().is_relative_to(skipped):
                     continue
                 hidden_folder = any(part.startswith(".") for part in file.relative_to(item).parent.parts)
-                if file.is_file() and is_image_name(file.name) and not hidden_folder:  # .thumbnails/, .git/
+                if file.is_file() and is_picture_name(file.name) and not hidden_folder:  # .thumbnails/, .git/
                     found.append((file, file.relative_to(item)))
         else:
             found.append((item, Path(item.name)))
@@ -158,6 +188,12 @@ def list_images(inputs, exclude=None) -> list[tuple[Path, Path]]:
 def is_image_name(name: str) -> bool:
     """An image's file name, not a hidden file's (macOS's `._IMG_0001.jpg` resource forks)."""
     return Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
+
+
+def is_picture_name(name: str) -> bool:
+    """`is_image_name`, or a picture only a plugin reads (HEIC, JPEG XL): a folder's are segmented where
+    the plugin is installed, else each skipped with the line naming it (they were passed over unsaid)."""
+    return is_image_name(name) or (Path(name).suffix.lower() in PLUGIN_PICTURES and not name.startswith("."))
 
 
 def output_paths(relatives: list[Path], cutouts: bool, objects: int = 0) -> list[tuple[Path, ...]]:
@@ -211,6 +247,40 @@ def output_stems(name: str, objects: bool = True) -> list[str]:
     if numbered:
         stems.append(numbered[1])
     return stems
+
+
+def named_for(inputs: Collection[Path]) -> Callable[[str], bool]:
+    """Whether a STEM (`output_stems`) is one `output_paths` gives one of `inputs` (input files whose outputs
+    share a folder) in any run: `x` for `x.jpg`, or, had it shared its name with another input then,
+    `x_jpg` or `x_jpg_2`; under --overwrite the earlier run's `x.png` is x.jpg's, not an unknown file.
+    Never a STEM a picture beside the input that is not one of `inputs` is itself named (`x_jpg.webp`'s
+    outputs are its own)."""
+    inputs = [Path(file) for file in inputs]
+    plain: dict[str, list[Path]] = {}
+    extended: dict[str, list[Path]] = {}
+    for file in inputs:
+        plain.setdefault(file.stem, []).append(file)
+        extended.setdefault(f"{file.stem}_{file.suffix.lstrip('.').lower()}", []).append(file)
+    segmented: dict[Path, set[str]] = {}
+    for file in inputs:
+        segmented.setdefault(file.parent, set()).add(file.name)
+    pictures: dict[Path, dict[str, set[str]]] = {}  # folder -> stem -> the pictures named so there
+
+    def others_named(file: Path, stem: str) -> bool:
+        if file.parent not in pictures:
+            found: dict[str, set[str]] = {}
+            with contextlib.suppress(OSError):
+                for name in filter(is_image_name, os.listdir(file.parent)):
+                    found.setdefault(Path(name).stem, set()).add(name)
+            pictures[file.parent] = found
+        return bool(pictures[file.parent].get(stem, set()) - segmented.get(file.parent, set()))
+
+    def owned(stem: str) -> bool:
+        numbered = re.fullmatch(r"(.+)_(?:[2-9]|[1-9][0-9]+)", stem)
+        files = [*plain.get(stem, ()), *extended.get(stem, ()), *(extended.get(numbered[1], ()) if numbered else ())]
+        return any(not others_named(file, stem) for file in files)
+
+    return owned
 
 
 def remove_unwritten(folder, owned: Callable[[str], bool], written: set[Path], objects: bool = True) -> int:

@@ -14,7 +14,17 @@ from PIL import Image
 
 from .guidance import inside_boxes, segment_regions
 from .highres import DEFAULT_FINE_MEGAPIXELS, segment_highres
-from .inference import cutout, model_device, parse_size, segment, to_rgb_tensor, with_colour_profile, working_size
+from .inference import (
+    PIL_SCALES,
+    check_float_range,
+    cutout,
+    model_device,
+    parse_size,
+    segment,
+    to_rgb_tensor,
+    with_colour_profile,
+    working_size,
+)
 from .refine import Refinement, refine_mask
 
 
@@ -59,6 +69,28 @@ def segment_image(
         return combined, list(objects)
     mask = segment(model, image, resolution=resolution, max_megapixels=max_megapixels, device=model_device(model))
     return mask, [mask]
+
+
+def check_pixel_values(image: Image.Image) -> None:
+    """A 32-bit picture (float `F`, integer `I`: scientific or exported TIFFs) may hold values of any range;
+    one the model cannot read as a picture is refused here, when it is read (the CLI skips that image),
+    not in its batch's forward (which ended the whole run). One line naming the fix."""
+    if image.mode not in ("F", "I"):
+        return
+    scale = PIL_SCALES[image.mode]
+    values = np.asarray(image, dtype=np.float32)
+    try:
+        check_float_range(values / scale)
+    except ValueError:
+        kind, range_ = ("float", "0 to 1") if image.mode == "F" else ("integer", f"0 to {scale:.0f}")
+        if np.isnan(values).any():
+            raise ValueError(f"its 32-bit {kind} pixels include NaN; save it as an 8- or 16-bit image") from None
+        low, high = (
+            f"{float(value):{'.4g' if image.mode == 'F' else '.0f'}}" for value in (values.min(), values.max())
+        )
+        raise ValueError(
+            f"its 32-bit {kind} pixels run from {low} to {high}, not {range_}; save it as an 8- or 16-bit image"
+        ) from None
 
 
 def check_highres(boxes, highres: bool) -> None:

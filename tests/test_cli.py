@@ -568,3 +568,90 @@ def test_skip_existing_resumes_an_interrupted_run(tmp_path):
     assert both.returncode == 2 and both.stderr.strip().splitlines() == [
         "birefnet: --overwrite replaces existing outputs and --skip-existing keeps them; use one or the other"
     ]
+
+
+def test_overwrite_removes_an_earlier_run_s_output_named_before_the_inputs_shared_a_name(tmp_path):
+    """x.jpg alone gave out/x.png; once x.png joins it, their masks are x_jpg.png and x_png.png, and the
+    earlier x.png (x.jpg's mask, named like x.png's) is removed under --overwrite; the other way round the
+    earlier x_jpg.png goes. A picture beside the input named like such an output (x_jpg.webp) keeps its own."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _noise(src / "x.jpg", (20, 30, 3), 1)
+    out = tmp_path / "out"
+    assert run_cli("segment", src, "--out", out, "--cutout", *FAST).returncode == 0
+    _noise(src / "x.png", (20, 30, 3), 2)
+    shared = run_cli("segment", src, "--out", out, "--overwrite", *FAST)
+    assert shared.returncode == 0 and "removed 2 output(s) of an earlier run" in shared.stderr, shared.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["x_jpg.png", "x_png.png"]
+    (src / "x.png").unlink()
+    _noise(src / "x_jpg.webp", (20, 30, 3), 3)  # its mask is x_jpg.png: not x.jpg's to remove
+    (out / "x_jpg_2.png").write_bytes(b"an earlier run's counter name of x.jpg")
+    alone = run_cli("segment", src / "x.jpg", "--out", out, "--overwrite", *FAST)
+    assert alone.returncode == 0 and "removed 1 output(s)" in alone.stderr, alone.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["x.png", "x_jpg.png", "x_png.png"]
+
+
+def test_a_float_tiff_outside_0_to_1_is_skipped_not_the_end_of_the_run(tmp_path):
+    """A 32-bit float TIFF holding 0-255 values (a scientific or exported picture) is one skipped image
+    with one line naming the fix; it ended the whole run with exit 2 after some masks were written."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _noise(src / "a.png", (20, 30, 3))
+    values = np.random.default_rng(1).uniform(1, 254, (20, 30)).astype(np.float32)
+    values[0, :2] = 0, 255
+    Image.fromarray(values).save(src / "f.tif")
+    Image.fromarray(np.random.default_rng(2).uniform(0, 1, (20, 30)).astype(np.float32)).save(src / "unit.tif")
+    result = run_cli("segment", src, "--out", tmp_path / "out", "--batch-size", "4", *FAST)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "skipped" in line]
+    assert lines == [
+        f"birefnet: skipped {src / 'f.tif'}: its 32-bit float pixels run from 0 to 255, not 0 to 1; "
+        "save it as an 8- or 16-bit image",
+        f"birefnet: wrote 2 mask(s) to {tmp_path / 'out'}, skipped 1",
+    ]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "unit.png"]
+
+
+def test_heic_and_jpeg_xl_pictures_are_read_with_their_plugins(tmp_path):
+    """Phone photos (HEIC) and JPEG XL in a folder were passed over unsaid (exit 0): with the `pictures`
+    extra they are segmented like any picture (the mask equals that of the same pixels as a PNG)."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pytest.importorskip("pillow_jxl")
+    pillow_heif.register_heif_opener()
+    src, same = tmp_path / "in", tmp_path / "same"
+    src.mkdir(), same.mkdir()
+    _noise(src / "a.png", (40, 60, 3))
+    Image.open(src / "a.png").save(src / "IMG_0001.HEIC")
+    Image.open(src / "a.png").save(src / "b.jxl")
+    for name in ("IMG_0001.HEIC", "b.jxl"):  # the pixels each file decodes to (both are compressed)
+        Image.open(src / name).convert("RGB").save(same / name.replace(".HEIC", ".png").replace(".jxl", ".png"))
+    result = run_cli("segment", src, same, "--out", tmp_path / "out", *FAST)
+    assert result.returncode == 0, result.stderr
+    for read, same_pixels in (("IMG_0001_heic", "IMG_0001_png"), ("b_jxl", "b_png")):  # one folder: names kept apart
+        mask = np.asarray(Image.open(tmp_path / "out" / f"{read}.png"))
+        assert mask.shape == (40, 60) and np.array_equal(
+            mask, np.asarray(Image.open(tmp_path / "out" / f"{same_pixels}.png"))
+        )
+
+
+def test_a_picture_that_needs_a_missing_plugin_names_the_extra(tmp_path):
+    """Without the `pictures` extra each HEIC or JPEG XL picture is skipped with one line naming it."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _noise(src / "a.jpg", (20, 30, 3))
+    (src / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic")
+    (src / "b.jxl").write_bytes(b"\xff\x0a\xfa")
+    without_plugins = (
+        "import sys; sys.modules.update(pillow_heif=None, pillow_jxl=None)"  # as if not installed
+        "; from birefnet.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    args = ["segment", src, "--out", tmp_path / "out", *FAST]
+    result = subprocess.run([sys.executable, "-c", without_plugins, *map(str, args)], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    skipped = sorted(line for line in result.stderr.splitlines() if "skipped " in line and ": " in line)
+    extra = "install the extra: pip install 'birefnet-toolkit[pictures]' (or convert it to JPEG or PNG)"
+    assert skipped == [
+        f"birefnet: skipped {src / 'IMG_0001.HEIC'}: HEIC pictures need pillow-heif; {extra}",
+        f"birefnet: skipped {src / 'b.jxl'}: JPEG XL pictures need pillow-jxl-plugin; {extra}",
+        f"birefnet: wrote 1 mask(s) to {tmp_path / 'out'}, skipped 2",
+    ]

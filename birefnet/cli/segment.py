@@ -14,6 +14,7 @@ from ..files import (
     check_outputs,
     kept_note,
     list_images,
+    named_for,
     output_paths,
     read_frames,
     remove_killed_writes,
@@ -24,7 +25,7 @@ from ..files import (
 from ..guidance import clip_box
 from ..highres import DEFAULT_FINE_MEGAPIXELS
 from ..inference import mask_to_image, model_device, segment
-from ..pipeline import check_highres, cutout_image, finish, segment_image
+from ..pipeline import check_highres, check_pixel_values, cutout_image, finish, segment_image
 from ..refine import Refinement
 from ..write_behind import WriteBehind
 from .flags import (
@@ -221,6 +222,7 @@ def cmd_segment(args) -> int:
         desc=f"rank {rank}" if world > 1 else None,
         position=rank if world > 1 else None,
     )
+    source_of = {paths[0]: file for (file, _), paths in zip(files, outputs)}  # for --overwrite's clean-up
     per_chunk = AUTO_MOST if args.batch_size == AUTO else args.batch_size  # images read at a time
     with WriteBehind() as saver:  # the PNGs are compressed behind the model, by a few threads
         for start in range(0, len(files), per_chunk):
@@ -230,6 +232,7 @@ def cmd_segment(args) -> int:
             ):
                 try:
                     image, frames = read_frames(file)
+                    check_pixel_values(image)
                     if args.box:
                         check_boxes_inside(args.box, image)
                     chunk.append((image, paths, writes))
@@ -285,7 +288,7 @@ def cmd_segment(args) -> int:
                 if cutout_path in writes:
                     saver.submit(save_image, cutout_image(image, mask, colours), cutout_path, args.overwrite)
                     cutouts_written += 1
-                segmented.append(mask_path)
+                segmented.append((mask_path, source_of[mask_path]))
                 bar.update(1)
     bar.close()
     removed = remove_earlier_outputs(segmented, planned) if args.overwrite else 0
@@ -306,14 +309,22 @@ def cmd_segment(args) -> int:
     return 1 if skipped else 0
 
 
-def remove_earlier_outputs(masks: list[Path], planned: set[Path]) -> int:
-    """--overwrite: the other outputs an earlier run wrote for the inputs this run segmented (their mask
-    paths `masks`) and this run did not write again, found by name (`files.output_stems`) one folder at a
-    time; never one of this run's `planned` outputs (`a_cutout.png` may be the input `a_cutout.jpg`'s mask)."""
-    stems: dict[Path, set[str]] = {}
-    for mask in masks:
+def remove_earlier_outputs(segmented: list[tuple[Path, Path]], planned: set[Path]) -> int:
+    """--overwrite: the other outputs an earlier run wrote for the inputs this run segmented ((mask path,
+    input file) each) and this run did not write again, found by name (`files.named_for`, under any name
+    an earlier run may have given them: `x.png` or `x_jpg.png`) one folder at a time; never one of this
+    run's `planned` outputs (`a_cutout.png` may be the input `a_cutout.jpg`'s mask)."""
+    inputs: dict[Path, list[Path]] = {}
+    stems: dict[Path, set[str]] = {}  # this run's names are its inputs' own whatever lies beside them
+    for mask, file in segmented:
+        inputs.setdefault(mask.parent, []).append(file)
         stems.setdefault(mask.parent, set()).add(mask.stem)
-    return sum(remove_unwritten(folder, owned.__contains__, planned) for folder, owned in stems.items())
+
+    def owner(folder: Path):
+        earlier = named_for(inputs[folder])
+        return lambda stem: stem in stems[folder] or earlier(stem)
+
+    return sum(remove_unwritten(folder, owner(folder), planned) for folder in inputs)
 
 
 def planned_outputs(args, files, out_dir: Path) -> list[tuple[Path, ...]]:
