@@ -378,6 +378,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parse_row(text)
     except ValueError as err:
         parser.error(str(err))
+    if (args.compile or args.path != ["eager"]) and "torch" not in args.backend:  # they would run eager, unsaid
+        parser.error("--path and --compile choose how the torch backend runs: add --backend torch")
     if "official" in args.backend and not args.official:
         parser.error("--backend official needs --official DIR (a checkout of ZhengPeng7/BiRefNet)")
     if args.frames and (args.highres or set(args.backend) - {"torch", "official"}):

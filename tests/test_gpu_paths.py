@@ -279,6 +279,17 @@ def test_benchmark_paths_parse():
         parse_row("fp16/graphs")
 
 
+def test_benchmark_paths_without_the_torch_backend_are_refused(capsys):
+    """--compile/--path only choose how torch rows run: an OpenVINO-only series would run eager, unsaid."""
+    from birefnet import bench
+
+    for argv in (["--backend", "openvino", "--compile"], ["--backend", "onnxruntime", "--path", "graphs"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+        assert "add --backend torch" in capsys.readouterr().err
+    assert bench.parse_args(["--backend", "torch", "openvino", "--compile"]).path == ["compile"]
+
+
 # --- the prepared GPU check ------------------------------------------------------------------------
 # A lent GPU comes rarely and for minutes: `.ci/gpu_check.sh` must not fail there on a renamed test file,
 # benchmark option or path name. Its commands are read here as the script runs them.
