@@ -99,8 +99,15 @@ def torchrun(module: str, *args: str, scratch: Path) -> subprocess.CompletedProc
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    return subprocess.run(
-        [*command, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600
+    return subprocess.run(  # its own session, no stdin: an xdist worker's stdin is its channel to pytest
+        [*command, "-m", module, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 
