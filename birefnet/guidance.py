@@ -80,6 +80,13 @@ def inside_boxes(boxes, height: int, width: int) -> torch.Tensor:
     return inside
 
 
+def check_boxes_inside(boxes, height: int, width: int) -> None:
+    """ValueError (one line) for a box wholly outside a height x width picture: that picture's problem
+    (the CLI skips it), found before any forward pass."""
+    for box in boxes:
+        clip_box(box, height, width)
+
+
 def segment_regions(
     model,
     image,

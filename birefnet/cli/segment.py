@@ -22,7 +22,7 @@ from ..files import (
     save_image,
     unfinished,
 )
-from ..guidance import clip_box
+from ..guidance import check_boxes_inside
 from ..highres import DEFAULT_FINE_MEGAPIXELS
 from ..inference import mask_to_image, model_device, segment
 from ..pipeline import check_highres, check_pixel_values, cutout_image, finish, segment_image
@@ -234,7 +234,7 @@ def cmd_segment(args) -> int:
                     image, frames = read_frames(file)
                     check_pixel_values(image)
                     if args.box:
-                        check_boxes_inside(args.box, image)
+                        check_boxes_inside(args.box, image.height, image.width)
                     chunk.append((image, paths, writes))
                 except Exception as err:  # unreadable, not an image, or a box outside it: report and go on
                     skipped += 1
@@ -352,9 +352,3 @@ def inside_an_input(out_dir: Path, inputs) -> bool:
 def written_paths(paths: tuple[Path, ...], cutouts: bool) -> list[Path]:
     """The planned (mask, cut-out, objects...) paths this run writes: the cut-out only with --cutout."""
     return [paths[0], *([paths[1]] if cutouts else []), *paths[2:]]
-
-
-def check_boxes_inside(boxes, image) -> None:
-    """A box wholly outside this image is this image's problem (skipped), not the run's (ValueError)."""
-    for box in boxes:
-        clip_box(box, image.height, image.width)

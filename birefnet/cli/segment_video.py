@@ -21,7 +21,7 @@ from ..files import (
     save_image,
     unfinished,
 )
-from ..guidance import clip_box
+from ..guidance import check_boxes_inside
 from ..inference import cutout, mask_to_image
 from ..write_behind import WriteBehind
 from .flags import load_for
@@ -69,8 +69,7 @@ def segment_videos(args, videos: list[Path], others: list[str]) -> int:
             print(f"birefnet: skipped {err}", file=sys.stderr)
             continue
         try:  # a box outside the frame: said before any frame is segmented, as for an image
-            for box in args.box or ():
-                clip_box(box, source.size[1], source.size[0])
+            check_boxes_inside(args.box or (), source.size[1], source.size[0])
         except ValueError as err:
             source.close()
             skipped += 1
