@@ -134,26 +134,64 @@ def read_frames(path) -> tuple[Image.Image, int]:
             image = Image.open(path)
     except UnidentifiedImageError:
         if plugin is None:
-            raise
-        kind, _, package = plugin
-        raise OSError(
-            f"{kind} pictures need {package}; install the extra: pip install 'birefnet-toolkit[pictures]' "
-            "(or convert it to JPEG or PNG)"
-        ) from None
+            raise OSError("not a picture this tool reads (empty, damaged, or another kind of file)") from None
+        raise OSError(missing_plugin(plugin)) from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise undecodable(err) from None
     with image:
-        frames = getattr(image, "n_frames", 1)
-        image = ImageOps.exif_transpose(image)
-        image.load()
+        try:
+            frames = getattr(image, "n_frames", 1)
+            image = ImageOps.exif_transpose(image)
+            image.load()
+        except (OSError, SyntaxError, ValueError) as err:
+            raise undecodable(err) from None
     return image, frames
 
 
+def undecodable(err: Exception) -> Exception:
+    """A picture Pillow could not decode, said with the way out; the system's own errors (a file that
+    cannot be opened) as they are."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return err
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return OSError(f"cannot be decoded ({reason}): the file is cut short or damaged; copy or export it again")
+
+
 @functools.cache
-def load_plugin(module: str) -> None:
-    """Import a Pillow plugin package if it is installed (pillow-heif registers itself when asked)."""
-    with contextlib.suppress(ImportError):
+def load_plugin(module: str) -> bool:
+    """Import a Pillow plugin package if it is installed (pillow-heif registers itself when asked);
+    False when it is not."""
+    try:
         plugin = importlib.import_module(module)
-        if hasattr(plugin, "register_heif_opener"):
-            plugin.register_heif_opener()
+    except ImportError:
+        return False
+    if hasattr(plugin, "register_heif_opener"):
+        plugin.register_heif_opener()
+    return True
+
+
+def missing_plugin(plugin: tuple[str, str, str]) -> str:
+    """What to do about a picture (a PLUGIN_PICTURES entry) whose plugin package is not installed."""
+    kind, _, package = plugin
+    return (
+        f"{kind} pictures need {package}; install the extra: pip install 'birefnet-toolkit[pictures]' "
+        "(or convert it to JPEG or PNG)"
+    )
+
+
+# HEIF's major brands (ISO/IEC 23008-12: HEVC stills and sequences, and the generic image brands)
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
+JPEG_XL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\x0a")  # bare codestream, container
+
+
+def plugin_picture(head: bytes) -> tuple[str, str, str] | None:
+    """The PLUGIN_PICTURES entry of a file by its first bytes (12 suffice), for pictures without a
+    name to go by (an upload), so that a missing plugin is named rather than the file called unreadable."""
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+        return PLUGIN_PICTURES[".heic" if head[8:12].startswith(b"he") else ".heif"]
+    if head.startswith(JPEG_XL_SIGNATURES):
+        return PLUGIN_PICTURES[".jxl"]
+    return None
 
 
 def save_image(image: Image.Image, path, replace: bool = True) -> None:
@@ -165,13 +203,14 @@ def save_image(image: Image.Image, path, replace: bool = True) -> None:
 
 def list_images(inputs, exclude=None) -> list[tuple[Path, Path]]:
     """(file, path relative to its input) for every image file named or inside a named folder (hidden
-    files and folders left out).
+    files and folders left out), each file once: one named twice, or named and inside a named folder,
+    was segmented twice into `a_png.png` and `a_png_2.png`; the first mention decides its place.
 
     Files a folder holds under `exclude` (the output folder, when it lies inside an input folder)
     are left out: they are earlier outputs, not inputs.
     """
     skipped = Path(exclude).resolve() if exclude is not None else None
-    found = []
+    found: dict[str, tuple[Path, Path]] = {}  # by absolute path: `a.png` and `./a.png` are one file
     for item in map(Path, inputs):
         if item.is_dir():
             for file in sorted(item.rglob("*")):
@@ -179,10 +218,10 @@ def list_images(inputs, exclude=None) -> list[tuple[Path, Path]]:
                     continue
                 hidden_folder = any(part.startswith(".") for part in file.relative_to(item).parent.parts)
                 if file.is_file() and is_picture_name(file.name) and not hidden_folder:  # .thumbnails/, .git/
-                    found.append((file, file.relative_to(item)))
+                    found.setdefault(os.path.abspath(file), (file, file.relative_to(item)))
         else:
-            found.append((item, Path(item.name)))
-    return found
+            found.setdefault(os.path.abspath(item), (item, Path(item.name)))
+    return list(found.values())
 
 
 def is_image_name(name: str) -> bool:
@@ -254,31 +293,29 @@ def named_for(inputs: Collection[Path]) -> Callable[[str], bool]:
     share a folder) in any run: `x` for `x.jpg`, or, had it shared its name with another input then,
     `x_jpg` or `x_jpg_2`; under --overwrite the earlier run's `x.png` is x.jpg's, not an unknown file.
     Never a STEM a picture beside the input that is not one of `inputs` is itself named (`x_jpg.webp`'s
-    outputs are its own)."""
-    inputs = [Path(file) for file in inputs]
-    plain: dict[str, list[Path]] = {}
-    extended: dict[str, list[Path]] = {}
+    or `x_jpg.heic`'s outputs are its own)."""
+    inputs = {Path(file) for file in inputs}
+    folders: dict[str, set[Path]] = {}  # STEM -> the folders of the inputs it may name
+    extended: dict[str, set[Path]] = {}  # `x_jpg` -> x.jpg's folder, for the counter names `x_jpg_2`, ...
     for file in inputs:
-        plain.setdefault(file.stem, []).append(file)
-        extended.setdefault(f"{file.stem}_{file.suffix.lstrip('.').lower()}", []).append(file)
-    segmented: dict[Path, set[str]] = {}
-    for file in inputs:
-        segmented.setdefault(file.parent, set()).add(file.name)
-    pictures: dict[Path, dict[str, set[str]]] = {}  # folder -> stem -> the pictures named so there
+        with_suffix = f"{file.stem}_{file.suffix.lstrip('.').lower()}"
+        for stem in (file.stem, with_suffix):
+            folders.setdefault(stem, set()).add(file.parent)
+        extended.setdefault(with_suffix, set()).add(file.parent)
 
-    def others_named(file: Path, stem: str) -> bool:
-        if file.parent not in pictures:
-            found: dict[str, set[str]] = {}
-            with contextlib.suppress(OSError):
-                for name in filter(is_image_name, os.listdir(file.parent)):
-                    found.setdefault(Path(name).stem, set()).add(name)
-            pictures[file.parent] = found
-        return bool(pictures[file.parent].get(stem, set()) - segmented.get(file.parent, set()))
+    @functools.cache
+    def others(folder: Path) -> set[str]:
+        """The stems of the pictures in `folder` that are not inputs (listed once, when first asked)."""
+        with contextlib.suppress(OSError):
+            return {
+                Path(name).stem for name in os.listdir(folder) if is_picture_name(name) and folder / name not in inputs
+            }
+        return set()
 
     def owned(stem: str) -> bool:
         numbered = re.fullmatch(r"(.+)_(?:[2-9]|[1-9][0-9]+)", stem)
-        files = [*plain.get(stem, ()), *extended.get(stem, ()), *(extended.get(numbered[1], ()) if numbered else ())]
-        return any(not others_named(file, stem) for file in files)
+        candidates = folders.get(stem, set()) | (extended.get(numbered[1], set()) if numbered else set())
+        return any(stem not in others(folder) for folder in candidates)
 
     return owned
 
@@ -298,9 +335,17 @@ def remove_unwritten(folder, owned: Callable[[str], bool], written: set[Path], o
 
 
 def check_outputs(outputs, inputs, replace: bool) -> None:
-    """Refuse, before any work, outputs that would land on an input file or on an existing file beside
-    an input (always: `cat.png` beside the input `cat.jpg` may be the user's own picture, not an earlier
-    output), or on any other existing file (unless `replace`): one line naming the first and the way out."""
+    """Refuse, before any work, output names longer than the file system allows, outputs that would land
+    on an input file or on an existing file beside an input (always: `cat.png` beside the input `cat.jpg`
+    may be the user's own picture, not an earlier output), or on any other existing file (unless
+    `replace`): one line naming the first and the way out."""
+    for path in map(Path, outputs):  # `x_cutout.png` is 7 bytes longer than `x.jpg`: it failed mid-run
+        size, limit = len(os.fsencode(path.name)), longest_name(path.parent)
+        if size > limit:
+            raise ValueError(
+                f"{path}: this output's name is {size} bytes, over the {limit} the file system allows; "
+                f"shorten the input's name by {size - limit} or more"
+            )
     sources = {Path(path).resolve() for path in inputs}
     beside = {source.parent for source in sources}
     resolved = [Path(path).resolve() for path in outputs]
@@ -321,6 +366,15 @@ def check_outputs(outputs, inputs, replace: bool) -> None:
                 f"{existing[0]} already exists{more}; choose another --out, or add --overwrite to replace "
                 "earlier outputs"
             )
+
+
+def longest_name(folder: Path) -> int:
+    """The longest file name, in bytes, the file system of `folder` (or of its nearest existing parent)
+    allows: 255 on most, fewer on some (eCryptfs: 143)."""
+    for place in (folder, *folder.absolute().parents):
+        with contextlib.suppress(OSError, ValueError):
+            return os.pathconf(place, "PC_NAME_MAX")
+    return 255
 
 
 def unfinished(planned: list[Collection[Path]], *columns: list) -> tuple[int, list[set[Path]], list[list]]:

@@ -66,6 +66,7 @@ def image_tensor(image) -> torch.Tensor:
         elif not image.flags.writeable or any(stride < 0 for stride in image.strides):
             image = image.copy()
         tensor = torch.from_numpy(image).permute(2, 0, 1)
+        layout = "numpy images are (H, W, C); a (C, H, W) array: pass array.transpose(1, 2, 0)"
     elif isinstance(image, torch.Tensor):
         tensor = image.detach()
         if tensor.ndim == 4 and tensor.shape[0] == 1:
@@ -76,10 +77,13 @@ def image_tensor(image) -> torch.Tensor:
             raise ValueError(f"tensor images must be (C, H, W) or (H, W), got shape {tuple(image.shape)}")
         if tensor.is_floating_point() and tensor.numel():
             check_float_range(tensor)
+        layout = "tensor images are (C, H, W); an (H, W, C) one (ComfyUI's): pass tensor.permute(2, 0, 1)"
     else:
         raise TypeError(f"cannot read an image from {type(image).__name__}; pass a PIL image, numpy array or tensor")
     if tensor.shape[0] not in (1, 2, 3, 4):
-        raise ValueError(f"images need 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA) channels, got {tensor.shape[0]}")
+        raise ValueError(
+            f"images need 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA) channels, got {tensor.shape[0]} ({layout})"
+        )
     if tensor.shape[-1] == 0 or tensor.shape[-2] == 0:
         raise ValueError(f"image has no pixels (shape {tuple(tensor.shape)})")
     check_pixel_type(tensor.dtype, "image")
@@ -442,9 +446,11 @@ def cutout(image, mask: torch.Tensor) -> Image.Image:
 
 def with_colour_profile(picture: Image.Image, source) -> Image.Image:
     """`picture` carrying the RGB colour profile of `source` (an Adobe RGB or Display P3 photo's colours
-    are only right with it); grey and CMYK profiles do not describe RGB pixels and stay behind."""
-    if isinstance(source, Image.Image) and source.mode in ("RGB", "RGBA") and source.info.get("icc_profile"):
-        picture.info["icc_profile"] = source.info["icc_profile"]
+    are only right with it), a palette picture's too (its colours are RGB); grey and CMYK profiles do
+    not describe RGB pixels and stay behind (bytes 16-19 of a profile's header name its colour space)."""
+    profile = source.info.get("icc_profile") if isinstance(source, Image.Image) else None
+    if profile and source.mode in ("RGB", "RGBA", "P", "PA") and profile[16:20] == b"RGB ":
+        picture.info["icc_profile"] = profile
     return picture
 
 

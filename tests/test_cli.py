@@ -434,12 +434,42 @@ def test_long_names_and_animated_inputs(tmp_path):
     _noise(long, (20, 24, 3))
     frames = [Image.new("RGB", (16, 12), colour) for colour in ("red", "blue")]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:])
     out = tmp_path / "out"
-    result = run_cli("segment", long, tmp_path / "anim.gif", "--out", out, "--cutout", *FAST)
+    result = run_cli("segment", long, tmp_path / "anim.gif", tmp_path / "anim.webp", "--out", out, "--cutout", *FAST)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.count("is animated; only its first frame is segmented") == 1
+    for animated in ("anim.gif", "anim.webp"):  # each named (the second was not)
+        assert f"{tmp_path / animated} is animated; only its first frame is segmented" in result.stderr
     assert Image.open(out / ("n" * 240 + "_cutout.png")).size == (24, 20)
-    assert Image.open(out / "anim.png").size == (16, 12)
+    assert Image.open(out / "anim_gif.png").size == Image.open(out / "anim_webp.png").size == (16, 12)
+
+
+def test_an_output_name_too_long_for_the_file_system_is_refused_before_any_work(tmp_path):
+    """An input name the file system takes whose cut-out name (7 bytes longer) it does not: the mask was
+    written, then the run ended with `File name too long` at the cut-out."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    long = tmp_path / ("n" * (limit - 4) + ".jpg")
+    _noise(long, (20, 24, 3))
+    out = tmp_path / "out"
+    result = run_cli("segment", long, "--out", out, "--cutout", *FAST)
+    cutout = out / ("n" * (limit - 4) + "_cutout.png")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"birefnet: {cutout}: this output's name is {limit + 7} bytes, over the {limit} the file system allows; "
+        "shorten the input's name by 7 or more"
+    ]
+    assert not out.exists()
+
+
+def test_an_input_named_twice_is_segmented_once(tmp_path):
+    """The same file named twice, or named and inside a named folder, was segmented twice, into
+    `a_png.png` and `a_png_2.png`, with a note that inputs shared a name."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _noise(src / "a.png", (20, 30, 3))
+    result = run_cli("segment", src / "a.png", src / "." / "a.png", src, "--out", tmp_path / "out", *FAST)
+    assert result.returncode == 0 and "share a name" not in result.stderr, result.stderr
+    assert "wrote 1 mask(s)" in result.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"]
 
 
 def test_folders_take_every_picture_kind_and_leave_hidden_files_out(tmp_path):
@@ -559,10 +589,11 @@ def test_skip_existing_resumes_an_interrupted_run(tmp_path):
         (out / name).unlink()
     broken = tmp_path / "never_read.safetensors"
     broken.write_bytes(b"not weights")
-    done = run_cli("segment", src, "--out", out, "--cutout", "--skip-existing", "--weights", broken, *FAST)
+    done_options = ("--device", "cpu", "--resolution", "64")  # no --quiet: no empty progress bar either
+    done = run_cli("segment", src, "--out", out, "--cutout", "--skip-existing", "--weights", broken, *done_options)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines() == [
-        f"birefnet: wrote 0 mask(s) to {out}, kept the outputs 3 input(s) had already (--skip-existing)"
+        f"birefnet: all 3 input(s) have their outputs in {out} already (--skip-existing); nothing to do"
     ]
     both = run_cli("segment", src, "--out", out, "--skip-existing", "--overwrite", *FAST)
     assert both.returncode == 2 and both.stderr.strip().splitlines() == [
@@ -591,6 +622,22 @@ def test_overwrite_removes_an_earlier_run_s_output_named_before_the_inputs_share
     assert sorted(p.name for p in out.iterdir()) == ["x.png", "x_jpg.png", "x_png.png"]
 
 
+def test_overwrite_keeps_the_outputs_of_a_heic_picture_named_like_an_input_s(tmp_path):
+    """x_jpg.heic beside x.jpg (a folder segments both) has its own mask x_jpg.png; segmenting x.jpg alone
+    under --overwrite removed it as x.jpg's earlier output: HEIC and JPEG XL were not counted as pictures."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _noise(src / "x.jpg", (20, 30, 3))
+    (src / "x_jpg.heic").write_bytes(b"a phone photo (not read by this run)")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x_jpg.png").write_bytes(b"the HEIC picture's mask")
+    alone = run_cli("segment", src / "x.jpg", "--out", out, "--overwrite", *FAST)
+    assert alone.returncode == 0 and "removed" not in alone.stderr, alone.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["x.png", "x_jpg.png"]
+    assert (out / "x_jpg.png").read_bytes() == b"the HEIC picture's mask"
+
+
 def test_a_float_tiff_outside_0_to_1_is_skipped_not_the_end_of_the_run(tmp_path):
     """A 32-bit float TIFF holding 0-255 values (a scientific or exported picture) is one skipped image
     with one line naming the fix; it ended the whole run with exit 2 after some masks were written."""
@@ -610,6 +657,25 @@ def test_a_float_tiff_outside_0_to_1_is_skipped_not_the_end_of_the_run(tmp_path)
         f"birefnet: wrote 2 mask(s) to {tmp_path / 'out'}, skipped 1",
     ]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "unit.png"]
+
+
+def test_a_damaged_picture_is_skipped_with_the_way_out(tmp_path):
+    """A JPEG cut short (an interrupted copy) was skipped with Pillow's `Truncated File Read`, a file that
+    is no picture with `cannot identify image file '...'` (its name twice): neither said what to do."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _noise(src / "a.jpg", (200, 300, 3))
+    (src / "cut.jpg").write_bytes((src / "a.jpg").read_bytes()[:300])
+    (src / "notes.png").write_bytes(b"not a picture")
+    result = run_cli("segment", src, "--out", tmp_path / "out", *FAST)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert [line for line in result.stderr.splitlines() if "skipped" in line] == [
+        f"birefnet: skipped {src / 'cut.jpg'}: cannot be decoded (Truncated File Read): the file is cut short or "
+        "damaged; copy or export it again",
+        f"birefnet: skipped {src / 'notes.png'}: not a picture this tool reads (empty, damaged, or another kind "
+        "of file)",
+        f"birefnet: wrote 1 mask(s) to {tmp_path / 'out'}, skipped 2",
+    ]
 
 
 def test_heic_and_jpeg_xl_pictures_are_read_with_their_plugins(tmp_path):

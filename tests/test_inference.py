@@ -46,6 +46,9 @@ def test_image_kinds_convert_to_the_same_rgb():
         (np.zeros((4, 4, 5), np.uint8), "1 \\(grey\\), 2"),
         (np.zeros((0, 4, 3), np.uint8), "no pixels"),
         (np.zeros((2, 2, 2, 2, 2)), "numpy images must be"),
+        # channels first or last where the other is meant: the error says how to turn it
+        (np.zeros((3, 40, 60), np.uint8), r"got 60 \(numpy images are \(H, W, C\); .* array.transpose\(1, 2, 0\)\)$"),
+        (torch.zeros(1, 40, 60, 3), r"got 40 \(tensor images are \(C, H, W\); .* tensor.permute\(2, 0, 1\)\)$"),
         ("picture.png", "cannot read an image from str"),
     ],
 )
@@ -217,6 +220,8 @@ def test_a_cutout_keeps_the_photos_rgb_colour_profile(tmp_path):
     assert cutout(Image.open(tmp_path / "photo.jpg"), mask).info["icc_profile"] == profile
     rgb.convert("CMYK").save(tmp_path / "print.jpg", icc_profile=profile)
     assert "icc_profile" not in cutout(Image.open(tmp_path / "print.jpg"), mask).info
+    rgb.convert("P").save(tmp_path / "palette.png", icc_profile=profile)  # RGB colours: it was left behind
+    assert cutout(Image.open(tmp_path / "palette.png"), mask).info["icc_profile"] == profile
 
 
 def test_integer_and_bool_masks_mean_their_range_and_wrong_types_are_named():

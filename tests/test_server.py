@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -36,17 +36,20 @@ TOKEN = "s3cret-token"
 
 
 class Server:
-    """A `birefnet serve` subprocess; its log in a file (a full pipe would stall it)."""
+    """A `birefnet serve` subprocess; its log in a file (a full pipe would stall it). `without`: modules
+    the server runs as if they were not installed."""
 
-    def __init__(self, folder: Path, *flags: str):
+    def __init__(self, folder: Path, *flags: str, without: tuple[str, ...] = ()):
         folder.mkdir(parents=True, exist_ok=True)
         self.tmp = folder / "tmp"  # the server's temporary files: must stay empty
         self.tmp.mkdir()
         self.log_path = folder / "server.log"
         env = dict(os.environ, TMPDIR=str(self.tmp))
         env.pop("BIREFNET_SERVER_TOKEN", None)
+        blocked = f"import sys; sys.modules.update(dict.fromkeys({list(without)!r}))"
+        start = ["-c", f"{blocked}; from birefnet.cli import main; sys.exit(main(sys.argv[1:]))"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "birefnet", "serve", "--port", "0", *flags],
+            [sys.executable, *start, "serve", "--port", "0", *flags],
             stdout=subprocess.DEVNULL,
             stderr=open(self.log_path, "w"),
             env=env,
@@ -107,7 +110,7 @@ def exchange(server, method, path, headers, body=b""):
     response = connection.getresponse()
     data = response.read()
     is_json = response.headers.get("Content-Type") == "application/json"
-    return response.status, response.headers, json.loads(data) if is_json else None
+    return response.status, response.headers, json.loads(data) if is_json and data else None  # HEAD: no body
 
 
 def png(image: Image.Image) -> bytes:
@@ -249,6 +252,98 @@ def test_health_models_openapi_page_and_rembg(server):
     assert status == 400 and json.loads(body)["error"] == "field(s) om sent more than once; send each once"
 
 
+def test_head_is_answered_where_get_is(server):
+    """Health checkers and `curl -I` send HEAD: the GET answer's status and headers, no body (it was a 405)."""
+    for path in ("/health", "/v1/models", "/", "/krita-plugin.zip"):
+        got, got_headers, _ = exchange(server, "GET", path, {"Host": server.host})
+        status, headers, answer = exchange(server, "HEAD", path, {"Host": server.host})
+        assert status == got == 200 and answer is None, path
+        assert headers["Content-Type"] == got_headers["Content-Type"], path
+    status, headers, _ = exchange(server, "HEAD", "/v1/segment", {"Host": server.host})
+    assert status == 405 and headers["Allow"] == "POST"
+    assert "HEAD" not in json.dumps(json.loads(call(server, "/openapi.json")[2])["paths"]).upper()
+    assert "Traceback" not in server.log()
+
+
+def test_an_empty_field_means_its_default_as_in_rembg(server):
+    """rembg's server (FastAPI forms) reads an empty form field as not sent, and HTML forms and scripts
+    (`-F box=$BOX`) send blank ones: so here, for every field; an empty `box` was a 400 (box '')."""
+    upload = EXAMPLE.read_bytes()
+    plain = call(server, "/v1/segment", [("image", upload)])[2]
+    for empty in ("box", "threshold", "output", "weights", "resolution", "grow", "fill_holes", "highres"):
+        status, _, body = call(server, "/v1/segment", [("image", upload), (empty, "")])
+        assert status == 200 and body == plain, (empty, body)
+    status, _, body = call(server, "/v1/segment", [("image", upload), ("box", ""), ("box", "10,10,200,180")])
+    assert status == 200 and body == call(server, "/v1/segment", [("image", upload), ("box", "10,10,200,180")])[2]
+    cutout = call(server, "/api/remove", [("file", upload)])[2]
+    assert call(server, "/api/remove", [("file", upload), ("om", ""), ("model", ""), ("a", "")])[2] == cutout
+
+
+def test_listening_on_all_addresses_prints_an_address_to_open(tmp_path):
+    """On 0.0.0.0 the ready line named http://0.0.0.0:PORT, which no browser opens: it names this machine's
+    loopback address, and how other machines reach it."""
+    server = Server(tmp_path / "wildcard", "--host", "0.0.0.0", "--allow-remote", "--token", TOKEN)
+    try:
+        port = server.url.rsplit(":", 1)[1]
+        assert server.url == f"http://127.0.0.1:{port}"
+        assert call(server, "/health", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+        line = next(line for line in server.log().splitlines() if "birefnet: serving" in line)
+        assert "(token required); other machines use this machine's name or address" in line
+        assert line.endswith(f":{port}, with the token")
+    finally:
+        server.stop()
+
+
+def _heic(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="HEIF", **options)
+    return buffer.getvalue()
+
+
+def test_heic_uploads_are_read_with_the_pictures_extra(server, tmp_path):
+    """iPhone photos are HEIC: with the `pictures` extra they are segmented as `birefnet segment` reads the
+    file (a portrait photo stored sideways comes back upright), within the same pixel limit (413 before
+    decoding). JPEG XL is refused: its decoder decodes the whole picture before its size is known."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    sideways = Image.Exif()
+    sideways[ExifTags.Base.Orientation] = 6
+    photo = tmp_path / "IMG_0001.HEIC"
+    photo.write_bytes(_heic(Image.open(EXAMPLE), exif=sideways.tobytes()))
+    mask, cutout = written_by_cli(tmp_path, photo)
+    assert mask.shape == (512, 384)  # upright: the example is 512x384 stored sideways
+    for output, expected in (("mask", mask), ("rgba", cutout)):
+        status, kind, body = call(server, "/v1/segment", [("image", photo.read_bytes()), ("output", output)])
+        assert status == 200 and kind == "image/png", body
+        assert np.array_equal(pixels(body), expected)
+    status, _, body = call(server, "/api/remove", [("file", photo.read_bytes())])
+    assert status == 200 and np.array_equal(pixels(body), cutout)
+    status, _, body = call(server, "/v1/segment", [("image", _heic(Image.new("RGB", (1500, 1000))))])
+    assert status == 413 and "1500x1000 (1.5 megapixels)" in json.loads(body)["error"]
+    pytest.importorskip("pillow_jxl")
+    jxl = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(jxl, format="JXL")
+    status, _, body = call(server, "/v1/segment", [("image", jxl.getvalue())])
+    assert status == 415 and json.loads(body)["error"].startswith("JPEG XL uploads are not read: its decoder")
+    assert "Traceback" not in server.log()
+
+
+def test_heic_without_the_pictures_extra_gets_415_naming_it(tmp_path):
+    """Without pillow-heif a HEIC upload was 'not an image this server reads': it names what to install."""
+    header = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"  # a HEIC file's first box
+    server = Server(tmp_path / "no-extra", without=("pillow_heif", "pillow_jxl"))
+    try:
+        for path, field in (("/v1/segment", "image"), ("/api/remove", "file")):
+            status, _, body = call(server, path, [(field, header + b"\x00" * 64)])
+            assert status == 415 and json.loads(body)["error"] == (
+                "this server cannot read the upload: HEIC pictures need pillow-heif; install the extra: "
+                "pip install 'birefnet-toolkit[pictures]' (or convert it to JPEG or PNG)"
+            )
+        assert call(server, "/v1/segment", [("image", EXAMPLE.read_bytes())])[0] == 200
+    finally:
+        server.stop()
+
+
 def test_rembg_background_colour_from_the_url(server):
     """rembg's POST reads `bgc` (and `extras`) from the URL: the cut-out laid on that colour, alpha composited
     as rembg does; the mask (om=true) is unchanged by it; an empty bgc is none, as in rembg; a colour that
@@ -289,6 +384,7 @@ def _bad_requests():
             "field image is missing: send the image as file field image",
         ),
         "another name, named back": ([("picture", good), ("output", "rgba")], 400, "this request sent output, picture"),
+        "the image as an empty text field (-F image= without @)": ([("image", "")], 400, "field image is empty"),
         "two images, one answer": ([("image", good), ("image", image)], 400, "image sent more than once"),
         "output twice": ([("image", good), ("output", "rgba"), ("output", "mask")], 400, "only box may repeat"),
         "unknown weights": ([("image", good), ("weights", "../../etc/passwd")], 400, "not offered"),
@@ -452,8 +548,11 @@ def test_requests_whose_client_left_leave_the_line_and_a_full_line_refuses_befor
             _until(lambda: _waiting(server) == 1)
             leaving = [_send_and_leave(server, slow) for _ in range(3)]
             _until(lambda: _waiting(server) == 4)
-            status, _, body = call(server, "/v1/segment", [("image", b"\x89PNG\r\n\x1a\n damaged")])
-            assert status == 503 and "busy" in json.loads(body)["error"]
+            body, kind = multipart([("image", b"\x89PNG\r\n\x1a\n damaged")])
+            form = {"Host": server.host, "Content-Type": kind, "Content-Length": str(len(body))}
+            status, headers, answer = exchange(server, "POST", "/v1/segment", form, body)
+            assert status == 503 and "busy" in answer["error"]
+            assert headers["Retry-After"] == "2"  # clients that retry wait, not meet the full line again at once
             for connection in leaving:
                 connection.close()
             _until(lambda: _waiting(server) == 1)

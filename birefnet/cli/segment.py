@@ -214,11 +214,11 @@ def cmd_segment(args) -> int:
         print(f"birefnet: process {rank + 1}/{world}: {len(files)} of {total} input(s)", file=sys.stderr)
     if args.compile and model is not None:  # pays off on long runs at one working size; the first image compiles
         model = compile_model(model)
-    skipped, animated_said, segmented, masks_written, cutouts_written = 0, False, [], 0, 0
+    skipped, segmented, masks_written, cutouts_written = 0, [], 0, 0
     bar = tqdm(
         total=len(files),
         unit="img",
-        disable=args.quiet,
+        disable=args.quiet or not files,  # --skip-existing with all done: the summary says so, no empty bar
         desc=f"rank {rank}" if world > 1 else None,
         position=rank if world > 1 else None,
     )
@@ -241,8 +241,7 @@ def cmd_segment(args) -> int:
                     bar.write(f"birefnet: skipped {file}: {err}", file=sys.stderr)
                     bar.update(1)
                     continue
-                if frames > 1 and not animated_said:
-                    animated_said = True
+                if frames > 1:  # each named: a later one was segmented from its first frame unsaid
                     bar.write(f"birefnet: {file} is animated; only its first frame is segmented", file=sys.stderr)
             if not chunk:
                 continue
@@ -296,6 +295,12 @@ def cmd_segment(args) -> int:
     masks_written, cutouts_written, skipped, kept, removed = summed(counts)  # all processes' writes are done
     if rank == 0:  # an earlier run killed while writing left temporaries in this run's folders
         remove_killed_writes({path.parent for path in planned}, before=started)
+    if rank == 0 and kept == total:
+        print(
+            f"birefnet: all {total} input(s) have their outputs in {out_dir} already (--skip-existing); nothing to do",
+            file=sys.stderr,
+        )
+    elif rank == 0:
         print(
             f"birefnet: wrote {masks_written} mask(s)"
             + (f" and {cutouts_written} cut-out(s)" if cutouts_written else "")

@@ -12,6 +12,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from PIL import Image
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
@@ -76,8 +77,8 @@ def png_bytes(job: Job, mask, colours) -> bytes:
     return buffer.getvalue()
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
 
 
 def create_app(settings: Settings, worker: Worker) -> FastAPI:
@@ -127,7 +128,9 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
     @app.post("/v1/segment", responses=PNG, response_class=Response)
     async def segment(
         request: Request,
-        image: Annotated[UploadFile, File(description="PNG, JPEG, WebP, TIFF or BMP; any mode (RGBA, grey, 16-bit)")],
+        image: Annotated[
+            UploadFile, File(description="PNG, JPEG, WebP, TIFF, BMP (HEIC with the pictures extra); any mode")
+        ],
         output: Annotated[str, Form(description="mask (8-bit grey PNG) or rgba (cut-out PNG)")] = "mask",
         weights: Annotated[str | None, Form(description="weights the server offers (/v1/models)")] = None,
         resolution: Annotated[str, Form(description="native, 1024, WIDTHxHEIGHT or aspect")] = "native",
@@ -147,6 +150,7 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
     ):
         """The mask (or cut-out) `birefnet segment` writes for this image and these options."""
         check_fields([name for name, _ in (await request.form()).multi_items()], SEGMENT_FIELDS, ("box",))
+        box = [text for text in box if text]  # an empty field means its default, as for every other field
         refinement = dict(
             black_point=black_point,
             white_point=white_point,
@@ -238,7 +242,7 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
 
     @app.exception_handler(RequestError)
     async def request_error(_, err: RequestError):
-        return error(err.status, err.message)
+        return error(err.status, err.message, err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_field(request: Request, err: RequestValidationError):
@@ -252,7 +256,8 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
     async def http_error(request: Request, err: HTTPException):
         if err.status_code == 405:
             allowed = err.headers.get("Allow", "") if err.headers else ""
-            return error(405, f"{request.method} {request.url.path} is not served; use {allowed or 'GET or POST'}")
+            message = f"{request.method} {request.url.path} is not served; use {allowed or 'GET or POST'}"
+            return error(405, message, {"Allow": allowed} if allowed else None)  # HTTP asks a 405 to say it
         if err.status_code == 404:
             return error(404, f"no such endpoint: {request.method} {request.url.path}")
         return error(err.status_code, err.detail)
@@ -261,8 +266,24 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
     async def server_fault(_, err: Exception):
         return error(500, f"internal error: {type(err).__name__}: {first_line(err)}")
 
+    answer_head_as_get(app)
     add_guards(app, settings)
     return app
+
+
+def answer_head_as_get(app: FastAPI) -> None:
+    """HEAD where GET is served (health checkers, `curl -I`): the same status and headers, no body (uvicorn
+    sends none for HEAD). FastAPI's GET routes answer only GET; the HEAD routes stay out of /openapi.json."""
+    for route in list(app.routes):
+        if isinstance(route, APIRoute) and "GET" in route.methods:
+            app.add_api_route(
+                route.path,
+                route.endpoint,
+                methods=["HEAD"],
+                response_class=route.response_class,
+                include_in_schema=False,
+                name=route.name,
+            )
 
 
 def missing_image(request: Request, field: str, missing: bool, form) -> JSONResponse:
@@ -277,6 +298,8 @@ def missing_image(request: Request, field: str, missing: bool, form) -> JSONResp
     if not missing:  # a text field, not a file
         return error(400, f"field {field}: send the image as a file upload ({upload})")
     sent = sorted(form.keys()) if isinstance(form, FormData) else []
+    if field in sent:  # sent empty, which counts as not sent (`-F image=` without the @)
+        return error(400, f"field {field} is empty: send the image as a file upload ({upload})")
     return error(
         400,
         f"field {field} is missing: send the image as file field {field} ({upload})"

@@ -11,7 +11,7 @@ from dataclasses import replace
 import uvicorn
 
 from .app import create_app
-from .settings import settings_from
+from .settings import Settings, settings_from
 from .weights import Catalog
 from .worker import Worker
 
@@ -44,6 +44,19 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def ready_line(settings: Settings, model: str, device) -> str:
+    """Where the server answers: an address to open (on 0.0.0.0 or ::, this machine's loopback one, and
+    how other machines reach it)."""
+    line = f"birefnet: serving {model} on {device} at {settings.local_url}"
+    line += " (token required)" if settings.token else ""
+    if settings.all_addresses:
+        line += (
+            f"; other machines use this machine's name or address, e.g. http://{socket.gethostname()}:"
+            f"{settings.port}, with the token"
+        )
+    return line
+
+
 def serve(args) -> int:
     settings = settings_from(args)
     catalog = Catalog(settings.allowed_weights)
@@ -53,11 +66,8 @@ def serve(args) -> int:
     config = uvicorn.Config(
         create_app(settings, worker), log_level="warning", access_log=False, timeout_graceful_shutdown=GRACE_SECONDS
     )
-    server = _Server(
-        config,
-        f"birefnet: serving {worker.name} ({worker.model.info.config.backbone}) on "
-        f"{worker.device} at {settings.url}" + (" (token required)" if settings.token else ""),
-    )
+    model = f"{worker.name} ({worker.model.info.config.backbone})"
+    server = _Server(config, ready_line(settings, model, worker.device))
     # uvicorn stops gracefully on SIGTERM, then sends it again to the old handler: ignore that echo so the
     # process ends normally (exit 0, "server stopped")
     signal.signal(signal.SIGTERM, lambda *_: None)

@@ -40,6 +40,18 @@ class Settings:
         return f"http://{host}:{self.port}"
 
     @property
+    def all_addresses(self) -> bool:
+        """Listening on every address of the machine (0.0.0.0, ::): no address a browser can open."""
+        return self.host in ("", "0.0.0.0", "::")
+
+    @property
+    def local_url(self) -> str:
+        """The address to open on this machine: the loopback address when listening on all of them."""
+        if self.all_addresses:
+            return f"http://{'[::1]' if ':' in self.host else '127.0.0.1'}:{self.port}"
+        return self.url
+
+    @property
     def loopback(self) -> bool:
         return is_loopback(self.host)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import first_line
-from ..files import pillow_limit
+from ..files import load_plugin, missing_plugin, pillow_limit, plugin_picture
 from ..guidance import clip_box, parse_box
 from ..highres import DEFAULT_FINE_MEGAPIXELS
 from ..inference import upright
@@ -19,6 +19,12 @@ from ..refine import Refinement
 from .errors import RequestError
 
 FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")  # no decoder that runs external programs (EPS) or scripts
+# Pictures read with a plugin package (the `pictures` extra) when installed: HEIC/HEIF, whose decoder reads
+# only the header on open, so the pixel limit holds before decoding as for the formats above. JPEG XL's
+# (pillow-jxl-plugin) decodes the whole picture on open, before its size can be checked: a 5 kB file
+# declaring 6000x6000 pixels costs 10 s and 200 MB before a 413, so it is refused (UNREAD_PLUGINS).
+PLUGIN_FORMATS = {"pillow_heif": "HEIF"}
+READ = "PNG, JPEG, WebP, TIFF, BMP or HEIC"
 OUTPUTS = ("mask", "rgba")
 # Pixels each way a refinement may reach. Their cost grows with the radius (the guided filter's with its
 # square: on one CPU core and a 1-megapixel image, guided_radius 128 takes minutes), and the one model
@@ -52,9 +58,9 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         raise RequestError(400, "the image upload is empty (0 bytes)")
     try:
         with pillow_limit(max_pixels):  # the check below decides
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            image = Image.open(io.BytesIO(data), formats=formats_for(data))
     except UnidentifiedImageError:
-        raise RequestError(400, "the upload is not an image this server reads (PNG, JPEG, WebP, TIFF or BMP)") from None
+        raise RequestError(400, f"the upload is not an image this server reads ({READ})") from None
     except Image.DecompressionBombError:
         image = None
     except (OSError, SyntaxError, ValueError) as err:  # a header cut short, a damaged or oversized chunk
@@ -71,6 +77,24 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise damaged(err) from None
     return image
+
+
+def formats_for(data: bytes) -> tuple[str, ...]:
+    """The decoders that may open `data`: a picture that needs a plugin (told by its first bytes) only its
+    plugin's, when it is installed and safe here; else 415 naming the extra or saying why not."""
+    plugin = plugin_picture(data[:12])
+    if plugin is None:
+        return FORMATS
+    kind, module, _ = plugin
+    if module not in PLUGIN_FORMATS:
+        raise RequestError(
+            415,
+            f"{kind} uploads are not read: its decoder decodes the whole picture before its size can be "
+            "checked against --max-megapixels-in; convert it to PNG or JPEG",
+        )
+    if not load_plugin(module):
+        raise RequestError(415, f"this server cannot read the upload: {missing_plugin(plugin)}")
+    return (PLUGIN_FORMATS[module],)
 
 
 def damaged(err: Exception) -> RequestError:

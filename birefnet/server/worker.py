@@ -20,6 +20,9 @@ from .weights import Catalog, model_name
 # the model never waits for a decode. The rest of the line waits undecoded (an upload over 1 MB waits
 # in a temporary file), so 64 clients sending 100-megapixel photos cost two photos' memory, not 64.
 DECODED_AT_ONCE = 2
+# What a full line's 503 tells clients to wait before trying again (Retry-After: urllib3's Retry and other
+# HTTP clients wait this long instead of retrying at once, which would only meet the same full line)
+RETRY_AFTER_SECONDS = 2
 
 
 class Worker:
@@ -46,7 +49,11 @@ class Worker:
         """A place in the line, taken before the upload is decoded (a full line refuses a request before it
         costs memory) and given back when its answer is ready."""
         if self.waiting >= self.max_queue:
-            raise RequestError(503, f"the server is busy ({self.waiting} requests waiting); try again shortly")
+            raise RequestError(
+                503,
+                f"the server is busy ({self.waiting} requests waiting); try again shortly",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         self.waiting += 1
         try:
             yield
