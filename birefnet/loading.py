@@ -18,7 +18,7 @@ import torch
 from . import backbones
 from .checkpoint_files import METADATA_NAME, read_checkpoint, strip_prefixes
 from .detection import choose_tile_layout, detect_config, file_dtype, resolution_from
-from .device import parse_dtype, resolve_device
+from .device import auto_dtype, parse_dtype, resolve_device
 from .errors import CheckpointError
 from .hub import locate
 from .model import BiRefNet, BiRefNetConfig
@@ -113,13 +113,16 @@ def load_model(
     metadata, else the known-checkpoint table, else the file's precision. Returns the model
     in eval mode with `model.info` (a `CheckpointInfo`).
 
+    device "auto": CUDA, else Apple MPS, else the CPU; dtype "auto": the command line's choice for that
+    device (bf16, else fp16, on CUDA; fp16 on MPS; fp32 on the CPU), so one call suits every machine.
+
     backend: "torch", or "openvino" (CPU only; `dtype` becomes OpenVINO's precision): an
     `OpenVINOModel` that is called and used like the PyTorch model.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
-    dtype = parse_dtype(dtype)
     device = resolve_device(device)
+    dtype = auto_dtype(device) if isinstance(dtype, str) and dtype == "auto" else parse_dtype(dtype)
     if backend == "openvino":
         if device.type != "cpu":
             raise ValueError(

@@ -18,6 +18,7 @@ from conftest import (
 from safetensors.torch import save_file
 
 from birefnet import CheckpointError, detect_config, load_model, save_checkpoint, strip_prefixes
+from birefnet.device import auto_dtype, resolve_device
 from birefnet.zoo import KNOWN_CHECKPOINTS, find_checkpoint, match_checkpoint
 
 VARIANTS = sorted(MANIFESTS)  # every official backbone, dino_v3_h_plus and dino_v3_7b from their manifests
@@ -70,6 +71,13 @@ def test_loaded_model_is_in_eval_mode_on_requested_dtype(b0_weights):
     assert not model.training
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.bb.body.stages[0].blocks[0].attn.q.weight.device.type == "cpu"
+
+
+def test_auto_device_and_dtype_are_the_command_lines_choice(b0_weights):
+    """One call for every machine (README's): the device `auto` picks and the dtype the CLI picks for it."""
+    model = load_model(b0_weights, device="auto", dtype="auto")
+    device = resolve_device("auto")
+    assert {(p.device.type, p.dtype) for p in model.parameters()} == {(device.type, auto_dtype(device))}
 
 
 # --------------------------------------------------------------------------- tile layout choice
