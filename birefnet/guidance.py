@@ -42,11 +42,27 @@ def mask_regions(region: torch.Tensor) -> list[tuple[int, int, int, int]]:
 
 
 def region_masks(region: torch.Tensor, height: int, width: int) -> list[torch.Tensor]:
-    """A region mask (H, W) or masks (N, H, W) as a list of (H, W) masks at the image's size."""
+    """A region mask (H, W) or masks (N, H, W) as a list of (H, W) masks at the image's size: one of
+    another size but the image's shape (a preview's, a downscaled one's) is scaled; one of another shape
+    (a transposed array, another image's mask) would be stretched onto the wrong pixels, so it is refused."""
     if region.ndim == 2:
         region = region[None]
     if region.ndim != 3:
         raise ValueError(f"a region mask is (H, W) or (N, H, W), got shape {tuple(region.shape)}")
+    mask_height, mask_width = region.shape[1:]
+    if (
+        mask_height
+        and mask_width
+        and abs(mask_width / mask_height - width / height)
+        > (width / height)
+        * (
+            0.01 + 1 / min(mask_height, mask_width)  # a scaled mask's rounding: about one pixel
+        )
+    ):
+        raise ValueError(
+            f"the region mask is {mask_width}x{mask_height} but the image is {width}x{height}: a mask of another "
+            "shape would be stretched onto other pixels; give a mask of the image's size (or its shape, scaled)"
+        )
     if region.shape[1:] != (height, width):
         region = F.interpolate(region.float()[:, None], (height, width), mode="bilinear", align_corners=False)[:, 0]
     return list(region)

@@ -101,6 +101,19 @@ def test_region_masks_are_zero_outside_their_boxes():
     assert combined[outside].abs().max() == 0
 
 
+def test_a_region_mask_of_the_images_shape_is_scaled_and_of_another_shape_refused():
+    """A half-size mask (a preview's) guides as the full-size one does; a transposed one was stretched."""
+    model = birefnet.load_model(device="cpu")
+    image = torch.rand(3, 200, 300)
+    region = torch.zeros(200, 300)
+    region[50:90, 60:120] = 1
+    full, _ = segment_regions(model, image, region=region)
+    half, _ = segment_regions(model, image, region=region[::2, ::2])
+    assert torch.equal(full > 0, half > 0)
+    with pytest.raises(ValueError, match="region mask is 200x300 but the image is 300x200"):
+        segment_regions(model, image, region=region.T)
+
+
 def test_boxes_over_the_border_are_clipped_and_boxes_outside_are_errors():
     model = birefnet.load_model(device="cpu")
     image = torch.rand(3, 100, 120)
