@@ -50,15 +50,7 @@ def region_masks(region: torch.Tensor, height: int, width: int) -> list[torch.Te
     if region.ndim != 3:
         raise ValueError(f"a region mask is (H, W) or (N, H, W), got shape {tuple(region.shape)}")
     mask_height, mask_width = region.shape[1:]
-    if (
-        mask_height
-        and mask_width
-        and abs(mask_width / mask_height - width / height)
-        > (width / height)
-        * (
-            0.01 + 1 / min(mask_height, mask_width)  # a scaled mask's rounding: about one pixel
-        )
-    ):
+    if not _same_shape(mask_height, mask_width, height, width):
         raise ValueError(
             f"the region mask is {mask_width}x{mask_height} but the image is {width}x{height}: a mask of another "
             "shape would be stretched onto other pixels; give a mask of the image's size (or its shape, scaled)"
@@ -66,6 +58,14 @@ def region_masks(region: torch.Tensor, height: int, width: int) -> list[torch.Te
     if region.shape[1:] != (height, width):
         region = F.interpolate(region.float()[:, None], (height, width), mode="bilinear", align_corners=False)[:, 0]
     return list(region)
+
+
+def _same_shape(mask_height: int, mask_width: int, height: int, width: int) -> bool:
+    """Whether a mask's aspect ratio is the image's, up to the rounding of a scaled mask (about a pixel)."""
+    if not mask_height or not mask_width:
+        return False  # no pixels: no shape to scale
+    tolerance = 0.01 + 1 / min(mask_height, mask_width)
+    return abs(mask_width / mask_height - width / height) <= tolerance * width / height
 
 
 def clip_box(box, height: int, width: int) -> tuple[int, int, int, int]:
