@@ -106,6 +106,9 @@ def download(
     if target is not None and target.is_file():
         verify(target, known)
         return target
+    cached = None if target is None else cached_file(known)
+    if cached is not None:  # downloaded before into the cache: a copy, offline too, instead of fetching again
+        return _copied(cached, target, known)
     staging = None if target is None else target.parent / f".{known.file_name}.download"
     try:
         path = _fetch(hub, known, staging, tqdm_class, target)
@@ -118,6 +121,19 @@ def download(
         return path
     os.replace(path, target)
     shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _copied(cached: Path, target: Path, known: KnownCheckpoint) -> Path:
+    """The cache's verified file copied to `target` under a temporary name, then renamed (never half a file)."""
+    verify(cached, known)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.parent / f".{known.file_name}.copy"
+    try:
+        shutil.copyfile(cached, partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
     return target
 
 

@@ -162,6 +162,11 @@ def test_download_into_a_folder_from_a_hub_server(tmp_path, lite_weights, b0_wei
         assert cached.returncode == 0, cached.stderr
         assert f"models--ZhengPeng7--BiRefNet_lite/snapshots/{COMMIT}/model.safetensors" in cached.stdout
     assert run_cli("info", "lite", HF_HUB_CACHE=tmp_path / "hub", HF_HUB_OFFLINE=1).returncode == 0
+    # in the cache already: into a folder offline, copied from the cache
+    copied = run_cli("download", "lite", "--dir", tmp_path / "other", HF_HUB_CACHE=tmp_path / "hub", HF_HUB_OFFLINE=1)
+    assert copied.returncode == 0, copied.stderr
+    assert (tmp_path / "other" / "BiRefNet_lite.safetensors").read_bytes() == lite_weights.read_bytes()
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["BiRefNet_lite.safetensors"]
 
 
 def test_segment_download_flag_fetches_on_request_only(tmp_path, lite_weights):
