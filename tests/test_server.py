@@ -328,6 +328,25 @@ def test_heic_uploads_are_read_with_the_pictures_extra(server, tmp_path):
     assert "Traceback" not in server.log()
 
 
+@pytest.mark.parametrize("kind", ["AVIF", "GIF"])
+def test_avif_and_gif_uploads_are_read_as_the_cli_reads_them(server, tmp_path, kind):
+    """Browsers save AVIF and GIF pictures; both were 'not an image this server reads'. The same pixel
+    limit holds (413 from the header, before decoding)."""
+    if kind == "AVIF" and "AVIF" not in Image.registered_extensions().values():
+        pytest.skip("this Pillow has no AVIF decoder")
+    picture = tmp_path / f"picture.{kind.lower()}"
+    Image.open(EXAMPLE).convert("RGB").save(picture, format=kind)
+    mask, cutout = written_by_cli(tmp_path, picture)
+    for output, expected in (("mask", mask), ("rgba", cutout)):
+        status, kind_, body = call(server, "/v1/segment", [("image", picture.read_bytes()), ("output", output)])
+        assert status == 200 and kind_ == "image/png", body
+        assert np.array_equal(pixels(body), expected)
+    large = io.BytesIO()
+    Image.new("RGB", (1500, 1000)).save(large, format=kind)
+    status, _, body = call(server, "/v1/segment", [("image", large.getvalue())])
+    assert status == 413 and "1500x1000 (1.5 megapixels)" in json.loads(body)["error"]
+
+
 def test_heic_without_the_pictures_extra_gets_415_naming_it(tmp_path):
     """Without pillow-heif a HEIC upload was 'not an image this server reads': it names what to install."""
     header = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"  # a HEIC file's first box

@@ -129,7 +129,7 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
     async def segment(
         request: Request,
         image: Annotated[
-            UploadFile, File(description="PNG, JPEG, WebP, TIFF, BMP (HEIC with the pictures extra); any mode")
+            UploadFile, File(description="PNG, JPEG, WebP, AVIF, TIFF, BMP, GIF; HEIC with the pictures extra")
         ],
         output: Annotated[str, Form(description="mask (8-bit grey PNG) or rgba (cut-out PNG)")] = "mask",
         weights: Annotated[str | None, Form(description="weights the server offers (/v1/models)")] = None,

@@ -7,7 +7,7 @@ import io
 import math
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError, features
 
 from ..errors import first_line
 from ..files import load_plugin, missing_plugin, pillow_limit, plugin_picture
@@ -18,13 +18,16 @@ from ..pipeline import check_highres, parse_resolution
 from ..refine import Refinement
 from .errors import RequestError
 
-FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")  # no decoder that runs external programs (EPS) or scripts
+# Decoders that read only the header on open (the pixel limit holds before decoding) and run no external
+# program (EPS) or script. AVIF (phones, browsers' "save image") where Pillow has it built in (11.3+).
+# GIF and animated AVIF/WebP: the first frame, as `birefnet segment` reads them.
+FORMATS = ("PNG", "JPEG", "WEBP", *(("AVIF",) if features.check_module("avif") else ()), "TIFF", "BMP", "GIF")
 # Pictures read with a plugin package (the `pictures` extra) when installed: HEIC/HEIF, whose decoder reads
 # only the header on open, so the pixel limit holds before decoding as for the formats above. JPEG XL's
 # (pillow-jxl-plugin) decodes the whole picture on open, before its size can be checked: a 5 kB file
-# declaring 6000x6000 pixels costs 10 s and 200 MB before a 413, so it is refused (UNREAD_PLUGINS).
+# declaring 6000x6000 pixels costs 10 s and 200 MB before a 413, so it is refused (formats_for).
 PLUGIN_FORMATS = {"pillow_heif": "HEIF"}
-READ = "PNG, JPEG, WebP, TIFF, BMP or HEIC"
+READ = ", ".join("WebP" if name == "WEBP" else name for name in FORMATS) + " or HEIC"
 OUTPUTS = ("mask", "rgba")
 # Pixels each way a refinement may reach. Their cost grows with the radius (the guided filter's with its
 # square: on one CPU core and a 1-megapixel image, guided_radius 128 takes minutes), and the one model
