@@ -8,6 +8,7 @@ broke, and Krita is left with os._exit (closing modified documents would ask to 
 
 import json
 import os
+import sys
 import threading
 import time
 import traceback
@@ -172,13 +173,14 @@ def scenario_remove_background():
     QApplication.processEvents()
     window = Krita.instance().activeWindow().qwindow()
     window.grab().save(str(RESULTS / "screenshot.png"))
-    # again, with the new mask active: the next mask goes on the same layer
-    record("remove_background_again", doc, node, trigger(birefnet.REMOVE_BACKGROUND))
-    # Undo, once per action: each removes its mask and nothing else (no selection appears)
-    undone = {}
-    for step in ("once", "twice"):
-        undo(doc)
-        undone[step] = dict(masks=len(masks_of(node)), selection=doc.selection() is not None)
+    # again, with the new mask active: refused (a second mask of the same pixels would multiply the first)
+    record("remove_background_again", doc, node, trigger(birefnet.REMOVE_BACKGROUND), message_box=message_box_text())
+    # Undo removes the mask and nothing else (no selection appears)
+    undo(doc)
+    undone = {"once": dict(masks=len(masks_of(node)), selection=doc.selection() is not None)}
+    node.setLocked(True)  # refused before the server works: Krita adds no mask to a locked layer
+    record("remove_background_locked", doc, node, trigger(birefnet.REMOVE_BACKGROUND), message_box=message_box_text())
+    node.setLocked(False)
     # an active local selection mask on the layer (as Krita leaves a new one) must not become the mask
     selection = Selection()
     selection.select(*PLAN["box"], 255)
@@ -423,7 +425,9 @@ class StandIn:
     """Another program on the port: a plain HTTP server inside Krita that answers every request with one
     status and body (after reading the upload) and counts the requests that reached it."""
 
-    def __init__(self, status: int, body: bytes, content_type: str = "text/html"):
+    def __init__(self, status: int, body: bytes, content_type: str = "text/html", promised: int | None = None):
+        """`promised`: the Content-Length it announces, when more than `body` (then the connection closes:
+        an answer broken off, as from a server stopped while sending it)."""
         stand_in = self
         self.requests = 0
 
@@ -433,7 +437,7 @@ class StandIn:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(promised or len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -705,6 +709,93 @@ def scenario_select_subject_nothing_found():
     (RESULTS / "select_subject_nothing_found.json").write_text(json.dumps(out))
 
 
+def trigger_then(action_id: str, meanwhile, timeout: float = 180) -> dict:
+    """Trigger an action and, once its request is on the way, run `meanwhile()` (what a user does while the
+    server works); the action's result, or {"ok": None} when it never finished (an error inside a slot)."""
+    ext = birefnet.current()
+    result = {}
+
+    def finished(action, ok, message):
+        result.update(ok=ok, message=message)
+
+    ext.finished.connect(finished)
+    raised = len(UNCAUGHT)
+    Krita.instance().action(action_id).trigger()
+    deadline = time.monotonic() + 60
+    while ext.job is not None and ext.job.call is None and time.monotonic() < deadline:
+        wait(0.02)
+    meanwhile()
+    deadline = time.monotonic() + timeout
+    while not result and len(UNCAUGHT) == raised and time.monotonic() < deadline:  # a slot that raised never finishes
+        wait(0.1)
+    ext.finished.disconnect(finished)
+    return result or {"ok": None, "message": None}
+
+
+def scenario_layer_deleted_meanwhile():
+    """The layer is deleted while the server works on it: each action says so in one line and leaves the
+    document alone (applying the answer raised inside Krita's slot: a Python error dialog)."""
+    out = {}
+    for action_id in birefnet.ACTIONS:
+        doc = open_image("large")
+        node = doc.activeNode()
+        steps = undo_history()
+
+        def delete():
+            node.remove()
+            doc.waitForDone()
+
+        result = trigger_then(action_id, delete)
+        out[action_id] = dict(
+            result,
+            message_box=message_box_text(),
+            busy_after=birefnet.current().busy,
+            layers=[n.name() for n in doc.topLevelNodes()],
+            selection=doc.selection() is not None,
+            steps=undo_history()[len(steps) :],
+        )
+    (RESULTS / "layer_deleted_meanwhile.json").write_text(json.dumps(out))
+
+
+def scenario_answer_broken_off():
+    """The server stops while sending its answer (200, then the connection closes before the PNG's end)."""
+    doc = open_image("rgba")
+    with StandIn(200, grey_png(8, 8, 255)[:20], "image/png", promised=5000) as stand_in:
+        result = trigger(birefnet.REMOVE_BACKGROUND)
+    node = doc.activeNode()
+    out = dict(result, requests=stand_in.requests, message_box=message_box_text(), children=children_of(node))
+    (RESULTS / "answer_broken_off.json").write_text(json.dumps(out))
+
+
+BAD_URLS = ("http://127.0.0.1:99999", "http://127.0.0.1 7853", "127.0.0.1:abc", "http://", "ftp://127.0.0.1:7853")
+
+
+def scenario_bad_server_url():
+    """Malformed server URLs, from BIREFNET_SERVER and from the setting: the action and the docker's Check
+    server name the URL's problem at once (they said no server answers, start one)."""
+    out = {}
+    for where, url in [("env", url) for url in BAD_URLS] + [("setting", "http://")]:
+        doc = open_image("rgba")
+        saved = settings.get("server")
+        if where == "env":
+            os.environ[settings.SERVER_ENV] = url
+        else:
+            settings.put("server", url)
+        try:
+            result = trigger(birefnet.REMOVE_BACKGROUND)
+            box = message_box_text()
+            docker = BiRefNetDocker()
+            docker.server.setText(settings.get("server"))
+            docker.check_server()
+            wait(1.0)
+            state = docker.state.text()
+        finally:
+            os.environ.pop(settings.SERVER_ENV, None)
+            settings.put("server", saved)
+        out[f"{where} {url}"] = dict(result, message_box=box, docker=state, masks=len(masks_of(doc.activeNode())))
+    (RESULTS / "bad_server_url.json").write_text(json.dumps(out))
+
+
 def message_box_text():
     """The text of the plug-in's (non-modal) message box, closing it."""
     for widget in QApplication.topLevelWidgets():
@@ -735,20 +826,32 @@ SCENARIOS = [
     scenario_cancel_while_encoding,
     scenario_cancel,
     scenario_docker_not_birefnet,
+    scenario_layer_deleted_meanwhile,
+    scenario_answer_broken_off,
+    scenario_bad_server_url,
 ]
+
+
+UNCAUGHT = []  # exceptions raised inside Qt slots (Krita shows each in a modal Python error dialog)
+
+
+def record_uncaught(kind, value, tb):
+    UNCAUGHT.append("".join(traceback.format_exception(kind, value, tb)))
 
 
 def run_all():
     RESULTS.mkdir(parents=True, exist_ok=True)
+    sys.excepthook = record_uncaught
     report = {}
     wanted = PLAN.get("only")
     for scenario in SCENARIOS:
         name = scenario.__name__.removeprefix("scenario_")
         if wanted and name not in wanted:
             continue
+        UNCAUGHT.clear()
         try:
             scenario()
-            report[name] = "ok"
+            report[name] = "ok" if not UNCAUGHT else "raised inside a Qt slot:\n" + "\n".join(UNCAUGHT)
         except Exception:  # noqa: BLE001 - recorded; the test reports it
             report[name] = traceback.format_exc()
     (WORK / "done.json").write_text(json.dumps(report, indent=1))

@@ -128,6 +128,26 @@ needs_krita = pytest.mark.skipif(
 )
 
 
+def in_krita(*scenarios: str):
+    """A test of what the named scenarios (tests/krita_scenarios.py) recorded in real Krita. The Krita
+    session runs only the scenarios the selected tests name (`-k`), or every one when a selected test names
+    none (it checks the whole session)."""
+
+    def mark(test):
+        test.krita_scenarios = scenarios
+        return needs_krita(pytest.mark.krita(test))
+
+    return mark
+
+
+def wanted_scenarios(items) -> list | None:
+    """The scenarios the selected Krita tests need, or None for all of them."""
+    tests = [item.function for item in items if hasattr(getattr(item, "function", None), "krita_scenarios")]
+    if any(not test.krita_scenarios for test in tests):
+        return None
+    return sorted({name for test in tests for name in test.krita_scenarios})
+
+
 def krita_importer_dir() -> Path:
     """Krita's own plug-in importer (plain Python), shipped beside its other bundled plug-ins."""
     return Path(KRITA).resolve().parents[1] / "share" / "krita" / "pykrita" / "plugin_importer"
@@ -224,7 +244,7 @@ def write_images(work: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def krita_session(tmp_path_factory):
+def krita_session(tmp_path_factory, request):
     """Krita (fresh profile, the plug-in imported from its zip by Krita's own importer, the scenario
     plug-in beside it) against a live `birefnet serve`; returns the results folder."""
     if KRITA is None or shutil.which("xvfb-run") is None:
@@ -258,6 +278,7 @@ def krita_session(tmp_path_factory):
                 "offset": OFFSET,
                 "canvas": CANVAS,
                 "big": BIG,
+                "only": wanted_scenarios(request.session.items),
             }
         )
     )
@@ -358,8 +379,7 @@ def assert_same_mask(actual: np.ndarray, expected: np.ndarray) -> None:
     assert int(expected.max()) - int(expected.min()) > 100  # an object and a background, not a blank mask
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("remove_background")
 def test_remove_background_adds_the_librarys_mask_as_a_transparency_mask(krita_session, model):
     result = scenario(krita_session, "remove_background")
     assert result["ok"], result["message"]
@@ -367,11 +387,16 @@ def test_remove_background_adds_the_librarys_mask_as_a_transparency_mask(krita_s
     assert_same_mask(raw(result, "mask", 1), library_mask(model, layer_image(result)))
     assert not result["selection_after"]  # the fallback's temporary selection is gone
     again = scenario(krita_session, "remove_background", "remove_background_again")  # with the first mask active
-    assert again["ok"] and len(again["masks"]) == 2
+    assert not again["ok"] and again["masks"] == ["Background removed (BiRefNet)"]
+    assert 'already has the mask "Background removed (BiRefNet)": delete it first' in again["message"]
+    assert again["message_box"] == again["message"]
+    locked = scenario(krita_session, "remove_background", "remove_background_locked")
+    assert not locked["ok"] and locked["masks"] == []
+    assert locked["message"].endswith("is locked: unlock it to remove its background.")
+    assert locked["message_box"] == locked["message"]
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("remove_background")
 def test_remove_background_is_one_undo_step(krita_session):
     """Krita's Undo after Remove Background removes the mask and leaves the selection as it was: none here (on
     Krita 5.1 the mask used to come from a temporary selection, which Undo brought back), and a rectangle in
@@ -380,8 +405,7 @@ def test_remove_background_is_one_undo_step(krita_session):
     undone = json.loads(
         (scenario(krita_session, "remove_background")["dir"] / "remove_background_undo.json").read_text()
     )
-    assert undone["once"] == {"masks": 1, "selection": False}
-    assert undone["twice"] == {"masks": 0, "selection": False}
+    assert undone["once"] == {"masks": 0, "selection": False}
     first = scenario(krita_session, "remove_background")
     local = scenario(krita_session, "remove_background", "remove_background_local")
     assert local["ok"], local["message"]
@@ -390,8 +414,7 @@ def test_remove_background_is_one_undo_step(krita_session):
     assert undone["local"] == {"masks": 0, "selection": False, "children": ["selectionmask"]}
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("select_subject")
 def test_select_subject_makes_the_mask_the_selection(krita_session, model):
     result = scenario(krita_session, "select_subject")
     assert result["ok"], result["message"]
@@ -399,8 +422,7 @@ def test_select_subject_makes_the_mask_the_selection(krita_session, model):
     assert_same_mask(raw(result, "selection", 1), library_mask(model, layer_image(result)))
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita()
 def test_krita_logs_no_assertion_while_the_plugin_works(krita_session):
     """Krita's own consistency checks (SAFE ASSERT: an error dialog in debug builds) stay silent through
     every scenario (Cut Out's Document.setActiveNode on its new layer tripped one each time)."""
@@ -409,8 +431,7 @@ def test_krita_logs_no_assertion_while_the_plugin_works(krita_session):
     assert "SAFE ASSERT" not in log, [line for line in log.splitlines() if "SAFE ASSERT" in line]
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("cut_out")
 def test_cut_out_adds_a_new_layer_above(krita_session, model):
     result = scenario(krita_session, "cut_out")
     assert result["ok"], result["message"]
@@ -429,8 +450,7 @@ def test_cut_out_adds_a_new_layer_above(krita_session, model):
     assert (expected[:, :, 3] > 200).sum() > 10000  # an object, with its decontaminated edge colours
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("box")
 def test_selection_is_the_guiding_box_and_stays(krita_session, model):
     result = scenario(krita_session, "box")
     assert result["ok"], result["message"]
@@ -448,8 +468,7 @@ def test_selection_is_the_guiding_box_and_stays(krita_session, model):
     assert_same_mask(raw(subject, "selection", 1), expected)
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("offset")
 def test_moved_layer_partly_off_canvas(krita_session, model):
     result = scenario(krita_session, "offset")
     assert result["ok"], result["message"]
@@ -467,8 +486,7 @@ def test_moved_layer_partly_off_canvas(krita_session, model):
     assert beyond[:, result["width"] :].max() == 0 and beyond[result["height"] :, :].max() == 0
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("large")
 def test_image_far_larger_than_the_model_resolution(krita_session, model):
     result = scenario(krita_session, "large")
     assert result["ok"], result["message"]
@@ -482,8 +500,7 @@ def test_image_far_larger_than_the_model_resolution(krita_session, model):
     assert np.abs(mask.astype(int) - plain).max() > 16  # the second pass saw the object at full detail
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("grey")
 def test_grey_layer(krita_session, model):
     result = scenario(krita_session, "grey")
     assert result["ok"], result["message"]
@@ -491,8 +508,7 @@ def test_grey_layer(krita_session, model):
     assert_same_mask(raw(result, "mask", 1), library_mask(model, layer_image(result)))
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("sixteen_bit")
 def test_sixteen_bit_layer(krita_session, model):
     result = scenario(krita_session, "sixteen_bit")
     assert result["ok"], result["message"]
@@ -501,8 +517,7 @@ def test_sixteen_bit_layer(krita_session, model):
     assert_same_mask(raw(result, "mask", 1), library_mask(model, Image.fromarray(eight, "RGBA")))
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("float")
 def test_float_image_gets_a_clear_message(krita_session):
     result = scenario(krita_session, "float")
     assert not result["ok"] and result["masks"] == []
@@ -510,8 +525,7 @@ def test_float_image_gets_a_clear_message(krita_session):
     assert result["message_box"] == result["message"]
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("no_server")
 def test_no_server_names_the_command_to_start_it(krita_session):
     result = scenario(krita_session, "no_server")
     assert not result["ok"] and result["masks"] == []
@@ -519,16 +533,14 @@ def test_no_server_names_the_command_to_start_it(krita_session):
     assert result["message_box"] == result["message"]
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("cancel")
 def test_cancel_leaves_the_layer_alone(krita_session):
     result = scenario(krita_session, "cancel")
     assert (result["ok"], result["message"]) == (False, "cancelled")
     assert result["masks"] == [] and not result["busy_after"]
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("responsive")
 def test_large_layer_keeps_krita_responsive(krita_session):
     """The slow, Krita-free steps (colour conversion, PNG encoding and decoding) run off the UI thread for
     every action on a 24-megapixel layer (the plug-in used to run them on it: a 2-second freeze). The UI
@@ -542,8 +554,7 @@ def test_large_layer_keeps_krita_responsive(krita_session):
         assert action["on_ui_thread"] == {"png": [False], "answer": [False]}, (action_id, action["on_ui_thread"])
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("cancel_while_encoding")
 def test_cancel_while_encoding_sends_nothing(krita_session):
     result = scenario(krita_session, "cancel_while_encoding")
     assert (result["ok"], result["message"]) == (False, "cancelled")
@@ -555,8 +566,7 @@ def test_cancel_while_encoding_sends_nothing(krita_session):
     assert not_png["message"] == not_png["message_box"] == "the server's answer is not a PNG image"
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("select_subject_undo")
 def test_select_subject_is_one_undo_step_and_redo_selects_the_subject(krita_session):
     """Document.setSelection alone leaves no undo step in Krita 5.1.5: Krita's Undo must bring back the
     selection there was before Select Subject (none, a rectangle, everything) and Redo the subject (it used
@@ -571,8 +581,7 @@ def test_select_subject_is_one_undo_step_and_redo_selects_the_subject(krita_sess
         assert run["children"] == [] and run["active"] == "Background"  # the temporary mask is gone
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("select_subject_local_mask")
 def test_select_subject_with_an_active_local_selection_mask(krita_session, model):
     """With an active local selection mask (the layer or the mask active), the subject replaces the local
     selection, as Krita's own selection commands do; the global selection guides and stays. Undo brings
@@ -601,8 +610,7 @@ def test_select_subject_with_an_active_local_selection_mask(krita_session, model
         assert run["active"] == ("Background" if active == "layer" else run["children"][1][1])
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("select_subject_nothing_found")
 def test_select_subject_that_finds_nothing_keeps_the_selection(krita_session):
     result = scenario(krita_session, "select_subject_nothing_found")
     assert result["requests"] == 1 and not result["ok"]
@@ -614,8 +622,7 @@ def test_select_subject_that_finds_nothing_keeps_the_selection(krita_session):
     assert result["kept"] and result["steps"] == [] and result["children"] == []
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("docker_not_birefnet")
 def test_docker_names_another_program_on_the_port(krita_session):
     """Check server against a program that answers 200 with a web page: one line naming the problem."""
     result = scenario(krita_session, "docker_not_birefnet")
@@ -624,8 +631,7 @@ def test_docker_names_another_program_on_the_port(krita_session):
     assert "\n" not in result["state"]
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("docker_weights")
 def test_docker_lists_only_the_weights_the_server_accepts(krita_session):
     """The weights list is the server's own model ("") and what it offers, not every checkpoint it knows;
     a request with each entry is served (with those weights). A saved pick the server does not offer goes
@@ -645,8 +651,7 @@ def test_docker_lists_only_the_weights_the_server_accepts(krita_session):
     assert stale["ok"], stale["message"]
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("docker_numbers")
 def test_docker_numbers_stop_where_the_server_does(krita_session):
     """Each refinement box reaches exactly as far as the server accepts (its MAX_RADIUS caps, the library's
     checks of levels and threshold): its ends are accepted, one step (its last decimal) beyond them is
@@ -665,8 +670,7 @@ def test_docker_numbers_stop_where_the_server_does(krita_session):
         assert request["values"] == {name: limits[index] for name, limits in ranges.items()}
 
 
-@needs_krita
-@pytest.mark.krita
+@in_krita("shortcuts")
 def test_shortcuts_from_the_action_file(krita_session):
     results, report = krita_session
     assert report["shortcuts"] == "ok"
@@ -675,6 +679,58 @@ def test_shortcuts_from_the_action_file(krita_session):
         "birefnet_select_subject": "Ctrl+Alt+U",
         "birefnet_cut_out": "Ctrl+Alt+X",
     }
+
+
+@in_krita("layer_deleted_meanwhile")
+def test_layer_deleted_while_the_server_works(krita_session):
+    """Deleting the layer while the server works on it: one line saying so, the document left alone (the
+    answer was applied to the deleted layer: an AttributeError inside Krita's slot, a Python error dialog)."""
+    result = scenario(krita_session, "layer_deleted_meanwhile")
+    assert set(result) - {"dir"} == set(ACTION_IDS)
+    for action_id in ACTION_IDS:
+        run = result[action_id]
+        assert run["ok"] is False, (action_id, run)
+        assert run["message"] == run["message_box"] == 'The layer "Background" was deleted before the result came.'
+        assert not run["busy_after"] and run["layers"] == [] and not run["selection"], (action_id, run)
+        assert run["steps"] == ["Remove Layer"], (action_id, run["steps"])  # the user's deletion, nothing more
+
+
+@in_krita("answer_broken_off")
+def test_answer_broken_off_is_named(krita_session):
+    """A server that stops while sending its answer (status 200, then the connection closes): one line
+    saying so, not "BiRefNet server (200): HTTP 200"."""
+    result = scenario(krita_session, "answer_broken_off")
+    assert result["requests"] == 1 and result["ok"] is False and result["children"] == []
+    assert result["message"] == result["message_box"]
+    assert result["message"].startswith("The BiRefNet server at http://127.0.0.1:")
+    assert "broke off its answer" in result["message"] and "\n" not in result["message"]
+
+
+@in_krita("bad_server_url")
+def test_malformed_server_url_is_named(krita_session):
+    """A malformed server URL (port out of range, a space, no host, another scheme) is named, with where to
+    set it, by the actions and by Check server; it used to read as "No BiRefNet server answers ... start it"
+    ("http://" even became "http://http:")."""
+    result = scenario(krita_session, "bad_server_url")
+    reasons = {
+        "env http://127.0.0.1:99999": "invalid port or port number out of range",
+        "env http://127.0.0.1 7853": "invalid hostname (contains invalid characters)",
+        "env 127.0.0.1:abc": "invalid port or port number out of range",
+        "env http://": "it names no host",
+        "env ftp://127.0.0.1:7853": "it must start with http:// or https://",
+        "setting http://": "it names no host",
+    }
+    assert set(result) - {"dir"} == set(reasons)
+    for case, reason in reasons.items():
+        run = result[case]
+        where, url = case.split(" ", 1)
+        url = url if "://" in url else "http://" + url
+        fix = "set BIREFNET_SERVER to" if where == "env" else "set it in the BiRefNet docker to"
+        expected = (
+            f'The BiRefNet server URL "{url}" is not valid ({reason}): {fix} an address such as http://127.0.0.1:7853.'
+        )
+        assert run["ok"] is False and run["masks"] == 0, (case, run)
+        assert run["message"] == run["message_box"] == run["docker"] == expected, (case, run)
 
 
 # ---------------------------------------------------------------------------------------------------

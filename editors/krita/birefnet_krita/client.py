@@ -92,6 +92,11 @@ class ServerCall(QObject):
         body = reply.readAll().data()
         if status == 200 and reply.error() == QNetworkReply.NetworkError.NoError:
             self.succeeded.emit(body)
+        elif status == 200:  # its answer began, then the connection broke (the server stopped or was killed)
+            self.failed.emit(
+                f"The BiRefNet server at {self.server} broke off its answer ({reply.errorString()}): "
+                "check that it is still running and try again."
+            )
         elif status:
             self.failed.emit(self._http_error(int(status), body))
         elif reply.error() in NOT_RUNNING:

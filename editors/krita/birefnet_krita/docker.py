@@ -148,6 +148,10 @@ class BiRefNetDocker(DockWidget):
         """GET /health and /v1/models: says what the server runs and fills the weights list."""
         settings.put("server", self.server.text().strip())
         settings.put("token", self.token.text().strip())
+        problem = settings.server_url_problem()
+        if problem:
+            self.state.setText(problem)
+            return
         self._check = ServerCall(settings.server_url(), settings.token(), self)
         self._check.succeeded.connect(self._health)
         self._check.failed.connect(self.state.setText)

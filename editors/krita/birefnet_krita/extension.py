@@ -40,6 +40,26 @@ def _require_active(doc, action: str) -> None:
         raise UnsupportedLayer(f"Switch back to the image {action} was started on and try again.")
 
 
+def _in_document(doc, node) -> bool:
+    """Whether `node` is still in `doc`'s layer stack (a deleted layer keeps no parent: applying a result to
+    it raised inside Krita's slot, a Python error dialog)."""
+    top = node
+    while top is not None and top.parentNode() is not None:
+        top = top.parentNode()
+    return top is not None and top is not node and top.uniqueId() == doc.rootNode().uniqueId()
+
+
+def _require_mask_can_be_added(node) -> None:
+    """Said before the server works: Krita adds no mask to a locked layer; and a second mask would be computed
+    from the same pixels and multiply the first, thinning soft edges (hair)."""
+    if node.locked():
+        raise UnsupportedLayer(f'"{node.name()}" is locked: unlock it to remove its background.')
+    if any(child.type() == "transparencymask" and child.name() == MASK_NAME for child in node.childNodes()):
+        raise UnsupportedLayer(
+            f'"{node.name()}" already has the mask "{MASK_NAME}": delete it first to remove the background again.'
+        )
+
+
 class Job:
     """One action's run, from reading the layer to applying the answer; `call` is its request while it is
     on the way."""
@@ -80,6 +100,10 @@ class BiRefNetExtension(Extension):
         if self.busy:
             self._notify("BiRefNet is still working on the previous request (cancel it in the BiRefNet docker).")
             return
+        problem = settings.server_url_problem()
+        if problem:
+            self._fail(action_id, problem)
+            return
         doc = Krita.instance().activeDocument()
         if doc is None:
             self._fail(action_id, "Open an image first.")
@@ -91,6 +115,8 @@ class BiRefNetExtension(Extension):
             self._fail(action_id, "Select a layer first.")
             return
         try:
+            if action_id == REMOVE_BACKGROUND:
+                _require_mask_can_be_added(node)
             if action_id == CUT_OUT:  # the new layer takes the image's colour space
                 check_colour_space(doc.colorModel(), doc.colorDepth(), "This image")
             source = Source(doc, node, "rgba" if action_id == CUT_OUT else "mask")
@@ -163,6 +189,9 @@ class BiRefNetExtension(Extension):
             return
         if source.doc not in Krita.instance().documents():
             self._fail(action_id, "The document was closed before the result came.")
+            return
+        if not _in_document(source.doc, source.node):
+            self._fail(action_id, f'The layer "{source.node.name()}" was deleted before the result came.')
             return
         try:
             if action_id == CUT_OUT:

@@ -7,6 +7,8 @@ import os
 
 from krita import Krita
 
+from .qt import QUrl
+
 GROUP = "birefnet_krita"
 DEFAULT_SERVER = "http://127.0.0.1:7853"
 SERVER_ENV = "BIREFNET_SERVER"
@@ -54,8 +56,26 @@ def put(name: str, value) -> None:
 
 def server_url() -> str:
     """BIREFNET_SERVER wins over the setting; a bare host:port gets http://."""
-    url = (os.environ.get(SERVER_ENV) or get("server") or DEFAULT_SERVER).strip().rstrip("/")
-    return url if "://" in url else "http://" + url
+    url = (os.environ.get(SERVER_ENV) or get("server") or DEFAULT_SERVER).strip()
+    scheme, _, rest = url.partition("://") if "://" in url else ("http", "", url)
+    return f"{scheme}://{rest.rstrip('/')}"
+
+
+def server_url_problem():
+    """One line saying what is wrong with the server URL and where to set it, or None. Sent as it is, a
+    malformed URL (a port out of range, a space, no host) read as "no server answers: start one"."""
+    url = server_url()
+    parsed = QUrl(url, QUrl.ParsingMode.StrictMode)
+    if not parsed.isValid():
+        reason = parsed.errorString().split(";")[0].lower()
+    elif parsed.scheme() not in ("http", "https"):
+        reason = "it must start with http:// or https://"
+    elif not parsed.host():
+        reason = "it names no host"
+    else:
+        return None
+    where = f"set {SERVER_ENV} to" if server_overridden() else "set it in the BiRefNet docker to"
+    return f'The BiRefNet server URL "{url}" is not valid ({reason}): {where} an address such as {DEFAULT_SERVER}.'
 
 
 def server_overridden() -> bool:
