@@ -39,6 +39,24 @@ def auto_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "mps" else torch.float32
 
 
+SLOW_FP16 = (
+    "fp16 on this CPU runs about 100 times slower than fp32 (PyTorch has no fast fp16 kernels for it): "
+    "use dtype auto (fp32 on CPUs) or bf16"
+)
+
+
+def slow_fp16(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `dtype` is fp16 on a CPU without fast fp16 kernels (oneDNN's need AVX512-FP16 or AMX-FP16):
+    there fp16 convolutions fall back to a reference loop, 136 s against 1.1 s in fp32 for a 512² frame
+    (AMD EPYC, AVX-512 bf16). Still correct, so it is said rather than refused."""
+    if device.type != "cpu" or dtype != torch.float16:
+        return False
+    try:
+        return not torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    except (AttributeError, RuntimeError):  # a torch without the query
+        return True
+
+
 def parse_dtype(dtype) -> torch.dtype:
     """torch.dtype or a name: fp32/float32, fp16/float16/half, bf16/bfloat16."""
     if isinstance(dtype, torch.dtype):

@@ -18,7 +18,7 @@ import torch
 from . import backbones
 from .checkpoint_files import METADATA_NAME, read_checkpoint, strip_prefixes
 from .detection import choose_tile_layout, detect_config, file_dtype, resolution_from
-from .device import auto_dtype, parse_dtype, resolve_device
+from .device import SLOW_FP16, auto_dtype, parse_dtype, resolve_device, slow_fp16
 from .errors import CheckpointError
 from .hub import locate
 from .model import BiRefNet, BiRefNetConfig
@@ -158,6 +158,8 @@ def load_model(
     model.info = CheckpointInfo(where, config, known, reason, resolution_from(metadata, known), stored_dtype)
     if model.info.is_demo:
         log.warning(DEMO_NOTICE)
+    if slow_fp16(device, dtype):
+        log.warning(SLOW_FP16)
     return model.eval()
 
 

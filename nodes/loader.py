@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import birefnet
-from birefnet.device import parse_dtype
+from birefnet.device import SLOW_FP16, parse_dtype, slow_fp16
 
 from . import host
 from .handle import BiRefNetHandle
@@ -29,6 +29,8 @@ def load(weights: str, device: str = "auto", dtype: str = "auto", tile_layout: s
         return (BiRefNetHandle(model, torch.device("cpu"), torch.float32, path.name),)
     torch_device = host.torch_device(device)
     torch_dtype = host.auto_dtype(torch_device) if dtype == "auto" else parse_dtype(dtype)
+    if slow_fp16(torch_device, torch_dtype):  # a frame takes minutes, not seconds: said where ComfyUI logs
+        host.log.warning("BiRefNet: %s", SLOW_FP16)
     model = birefnet.load_model(path, tile_layout=layout)
     host.log.info("BiRefNet: %s", model.info.describe())
     return (BiRefNetHandle(model, torch_device, torch_dtype, path.name),)
@@ -67,7 +69,8 @@ SPEC = NodeSpec(
         In(
             "dtype",
             "COMBO",
-            "auto: fp16/bf16 on GPUs that support it, fp32 on CPU. NaN output falls back to fp32.",
+            "auto: fp16/bf16 on GPUs that support it, fp32 on CPU. NaN output falls back to fp32. On most CPUs "
+            "fp16 is about 100x slower than fp32 (bf16 is fast on CPUs with AVX-512 bf16 or AMX).",
             default="auto",
             options=DTYPES,
         ),

@@ -18,7 +18,7 @@ from conftest import (
 from safetensors.torch import save_file
 
 from birefnet import CheckpointError, detect_config, load_model, save_checkpoint, strip_prefixes
-from birefnet.device import auto_dtype, resolve_device
+from birefnet.device import SLOW_FP16, auto_dtype, resolve_device, slow_fp16
 from birefnet.zoo import KNOWN_CHECKPOINTS, find_checkpoint, match_checkpoint
 
 VARIANTS = sorted(MANIFESTS)  # every official backbone, dino_v3_h_plus and dino_v3_7b from their manifests
@@ -71,6 +71,20 @@ def test_loaded_model_is_in_eval_mode_on_requested_dtype(b0_weights):
     assert not model.training
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.bb.body.stages[0].blocks[0].attn.q.weight.device.type == "cpu"
+
+
+def test_fp16_on_a_cpu_without_fast_fp16_kernels_is_said(b0_weights, caplog):
+    """fp16 on most CPUs falls back to PyTorch's reference convolution (about 100 times slower than fp32):
+    said once at loading (the command line and the server print it), naming what runs fast."""
+    if not slow_fp16(torch.device("cpu"), torch.float16):
+        pytest.skip("this CPU has fast fp16 kernels (AVX512-FP16 or AMX-FP16)")
+    for dtype in ("fp32", "bf16", "fp16"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="birefnet"):
+            load_model(b0_weights, dtype=dtype)
+        assert [r.getMessage() for r in caplog.records if "fp16 on this CPU" in r.getMessage()] == (
+            [SLOW_FP16] if dtype == "fp16" else []
+        )
 
 
 def test_auto_device_and_dtype_are_the_command_lines_choice(b0_weights):

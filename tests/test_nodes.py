@@ -119,6 +119,22 @@ def test_a_prompt_cannot_load_a_file_outside_the_weight_folders(pack, b0_weights
         weights.weight_path(str(b0_weights))
 
 
+def test_fp16_on_a_cpu_without_fast_fp16_kernels_is_named_in_the_log(pack, b0_weights, caplog):
+    """fp16 on most CPUs falls back to PyTorch's reference convolution (about 100 times slower than fp32): the
+    loader says so, naming the choices that run fast; fp32 and bf16 load without a word."""
+    from birefnet.device import slow_fp16
+
+    if not slow_fp16(torch.device("cpu"), torch.float16):
+        pytest.skip("this CPU has fast fp16 kernels (AVX512-FP16 or AMX-FP16)")
+    for dtype in ("auto", "fp32", "bf16", "fp16"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="birefnet"):
+            pack.nodes.loader.load(str(b0_weights), device="cpu", dtype=dtype, tile_layout="current")
+        slow = [r.getMessage() for r in caplog.records if "fp16 on this CPU" in r.getMessage()]
+        assert len(slow) == (dtype == "fp16"), (dtype, caplog.text)
+    assert "100 times slower" in slow[0] and "auto" in slow[0] and "bf16" in slow[0]
+
+
 def test_loader_reports_the_variant(handle):
     assert handle.info.config.backbone == "pvt_v2_b0" and handle.dtype == torch.float32
     assert "pvt_v2_b0" in repr(handle)
