@@ -114,6 +114,7 @@ class BiRefNetExtension(Extension):
         if node is None:
             self._fail(action_id, "Select a layer first.")
             return
+        job = self.job = Job(action_id, None)  # busy already: reading a layer in another profile runs Krita's UI
         try:
             if action_id == REMOVE_BACKGROUND:
                 _require_mask_can_be_added(node)
@@ -121,9 +122,16 @@ class BiRefNetExtension(Extension):
                 check_colour_space(doc.colorModel(), doc.colorDepth(), "This image")
             source = Source(doc, node, "rgba" if action_id == CUT_OUT else "mask")
         except UnsupportedLayer as err:
-            self._fail(action_id, str(err))
+            if job is self.job:
+                self._fail(action_id, str(err))
             return
-        job = self.job = Job(action_id, source)
+        except BaseException:
+            if job is self.job:  # never left busy
+                self._end()
+            raise
+        if job is not self.job:  # cancelled while Krita converted the layer's colours
+            return
+        job.source = source
         self._show_progress(action_id, source)
         self._background.run(source.png, lambda png, error: self._send(job, png, error))
 
@@ -181,8 +189,15 @@ class BiRefNetExtension(Extension):
         """The decoded answer into the document (Krita's API: on the UI thread)."""
         if job is not self.job:  # cancelled while decoding
             return
-        self._end()
         action_id, source = job.action_id, job.source
+        if error is None and action_id == CUT_OUT:
+            try:
+                data = source.layer_pixels(data)  # from sRGB to another profile: Krita's UI runs meanwhile
+            except UnsupportedLayer as err:
+                error = err
+            if job is not self.job:  # cancelled meanwhile
+                return
+        self._end()
         if error is not None:
             reason = str(error) if isinstance(error, ValueError) else f"Could not read the answer: {error}"
             self._fail(action_id, reason)
@@ -266,10 +281,10 @@ class BiRefNetExtension(Extension):
         doc.refreshProjection()
 
     def _cut_out(self, source, pixels: bytes) -> str:
-        """`pixels` were converted to the image's colour space off the UI thread: a new layer takes it."""
+        """`pixels` are in the image's colour space (Source.answer, Source.layer_pixels): a new layer takes them."""
         doc, node = source.doc, source.node
         layer = doc.createNode(f"{node.name()} (cut out)", "paintlayer")
-        if (layer.colorModel(), layer.colorDepth()) != source.image_space:
+        if (layer.colorModel(), layer.colorDepth(), layer.colorProfile()) != source.image_space:
             raise UnsupportedLayer("The image's colour space changed while BiRefNet worked: try again.")
         layer.setPixelData(QByteArray(pixels), source.x, source.y, source.width, source.height)
         # the layer you worked on stays the active one: Krita (5.1.5) cannot activate a layer a plug-in has
