@@ -54,17 +54,32 @@ def trigger(action_id: str, cancel_after: float | None = None, timeout: float = 
 
     ext.finished.connect(finished)
     QTimer.singleShot(int(timeout * 1000), loop.quit)
+    raised = len(UNCAUGHT)
+    watch = QTimer()  # an error inside a slot ends the action without `finished`: stop waiting at once
+    watch.timeout.connect(lambda: len(UNCAUGHT) > raised and loop.quit())
+    watch.start(100)
     start = time.perf_counter()
+    trace(f"{action_id}: triggered")
     Krita.instance().action(action_id).trigger()
     if cancel_after is not None:
         QTimer.singleShot(int(cancel_after * 1000), ext.cancel)
-    if not result:
+    if not result and len(UNCAUGHT) == raised:
         loop.exec()
+    watch.stop()
+    trace(f"{action_id}: {result or 'no result'}")
     ext.finished.disconnect(finished)
     result["seconds"] = time.perf_counter() - start
     if not result.get("action"):
+        if len(UNCAUGHT) > raised:
+            raise RuntimeError(f"{action_id} raised inside a Qt slot:\n{UNCAUGHT[-1]}")
         raise TimeoutError(f"{action_id}: no result within {timeout} s")
     return result
+
+
+def trace(text: str) -> None:
+    """A line in work/trace.log: where the scenarios were when Krita was stopped at the time limit."""
+    with open(WORK / "trace.log", "a") as log:
+        log.write(f"{time.strftime('%H:%M:%S')} {text}\n")
 
 
 def show(doc):
@@ -930,6 +945,7 @@ def run_all():
         if wanted and name not in wanted:
             continue
         UNCAUGHT.clear()
+        trace(f"scenario {name}")
         try:
             scenario()
             report[name] = "ok" if not UNCAUGHT else "raised inside a Qt slot:\n" + "\n".join(UNCAUGHT)

@@ -267,6 +267,9 @@ def krita_session(tmp_path_factory, request):
     port = free_port()
     # the server URL comes from the plug-in's setting here, and from BIREFNET_SERVER in the no-server scenario
     (config / "kritarc").write_text(
+        # no autosave: on a busy machine the scenarios outlast its interval, and reopening a picture that has an
+        # autosaved copy opens a modal "open the autosave instead?" dialog, where Krita then waits forever
+        "AutoSaveInterval=0\n\n"
         "[python]\nenable_birefnet_krita=true\nenable_birefnet_krita_test=true\n\n"
         f"[birefnet_krita]\nserver=http://127.0.0.1:{port}\n"
     )
