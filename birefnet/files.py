@@ -17,6 +17,8 @@ from typing import Callable, Collection
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import first_line
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif")
 # pictures Pillow reads only with a plugin package (the `pictures` extra): (format, module, package)
 PLUGIN_PICTURES = {
@@ -153,8 +155,7 @@ def undecodable(err: Exception) -> Exception:
     cannot be opened) as they are."""
     if isinstance(err, OSError) and err.errno is not None:
         return err
-    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return OSError(f"cannot be decoded ({reason}): the file is cut short or damaged; copy or export it again")
+    return OSError(f"cannot be decoded ({first_line(err)}): the file is cut short or damaged; copy or export it again")
 
 
 @functools.cache
