@@ -155,7 +155,12 @@ def undecodable(err: Exception) -> Exception:
     cannot be opened) as they are."""
     if isinstance(err, OSError) and err.errno is not None:
         return err
-    return OSError(f"cannot be decoded ({first_line(err)}): the file is cut short or damaged; copy or export it again")
+    return OSError(cannot_be_decoded(err))
+
+
+def cannot_be_decoded(err: Exception) -> str:
+    """What a decoder's error means to the person with the file, in the words the CLI and server share."""
+    return f"cannot be decoded ({first_line(err)}): the file is cut short or damaged; copy or export it again"
 
 
 @functools.cache

@@ -393,8 +393,8 @@ def _bad_requests():
     return {
         "not an image": ([("image", b"hello, this is text")], 400, "not an image"),
         "truncated file": ([("image", image[: len(image) // 2])], 400, "truncated"),
-        "header cut short": ([("image", image[:20])], 400, "truncated or damaged"),
-        "jpeg cut in its header": ([("image", good[:300])], 400, "truncated or damaged"),
+        "header cut short": ([("image", image[:20])], 400, "cut short or damaged"),
+        "jpeg cut in its header": ([("image", good[:300])], 400, "cut short or damaged"),
         "zero bytes": ([("image", b"")], 400, "empty"),
         "missing image": ([("output", "mask")], 400, "image"),
         "the image under rembg's name": (

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError, features
 
-from ..errors import first_line
-from ..files import load_plugin, missing_plugin, pillow_limit, plugin_picture
+from ..files import cannot_be_decoded, load_plugin, missing_plugin, pillow_limit, plugin_picture
 from ..guidance import clip_box, parse_box
 from ..highres import DEFAULT_FINE_MEGAPIXELS
 from ..inference import upright
@@ -101,7 +100,7 @@ def formats_for(data: bytes) -> tuple[str, ...]:
 
 
 def damaged(err: Exception) -> RequestError:
-    return RequestError(400, f"the image could not be decoded ({first_line(err)}); the file is truncated or damaged")
+    return RequestError(400, f"the image {cannot_be_decoded(err)}")
 
 
 def check_numbers(fields: dict) -> None:
