@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import io
 import math
 import os
 import re
@@ -147,7 +148,40 @@ def read_frames(path) -> tuple[Image.Image, int]:
             image.load()
         except (OSError, SyntaxError, ValueError) as err:
             raise undecodable(err) from None
-    return image, frames
+    return cmyk_to_srgb(image), frames
+
+
+def cmyk_to_srgb(image: Image.Image) -> Image.Image:
+    """A CMYK picture with its own CMYK profile (print and stock photos: Photoshop embeds one) as the
+    sRGB a colour-managed viewer shows, converted through that profile by littleCMS (Pillow's ImageCms);
+    Pillow's own conversion ignores the profile, and its colours were some 20 levels off. Relative
+    colorimetric with black point compensation, Photoshop's default: every colour the profile holds
+    keeps its look, paper white becomes white and the deepest black black; perceptual rendering follows
+    tables each profile's maker fills differently. The result is untagged sRGB (the web's default, as
+    every picture this tool writes). Every other picture comes back as it is: CMYK without a CMYK profile
+    (or with a damaged one) is left to Pillow's conversion; RGB and grey keep their values and profiles
+    (the model sees stored values, as in the official code). One conversion for every reader: files here,
+    the server's uploads, pictures handed to the library (`inference.image_tensor`)."""
+    profile = image.info.get("icc_profile")
+    if image.mode != "CMYK" or not profile or profile[16:20] != b"CMYK":  # header bytes 16-19: its colours
+        return image
+    try:
+        from PIL import ImageCms  # littleCMS: in Pillow's wheels, optional when Pillow is built from source
+    except ImportError:
+        return image
+    try:
+        converted = ImageCms.profileToProfile(
+            image,
+            ImageCms.ImageCmsProfile(io.BytesIO(profile)),
+            ImageCms.createProfile("sRGB"),
+            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+            outputMode="RGB",
+            flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,
+        )
+    except (ImageCms.PyCMSError, OSError, ValueError):  # a damaged profile
+        return image
+    converted.info.pop("icc_profile", None)  # ImageCms tags its result; sRGB goes untagged
+    return converted
 
 
 def undecodable(err: Exception) -> Exception:

@@ -22,6 +22,7 @@ from . import cuda_graphs
 from .batching import batch_size_for, check_batch_size
 from .device_constants import device_constant
 from .errors import OutOfMemory
+from .files import cmyk_to_srgb
 from .model import MIN_SIZE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,7 +49,7 @@ def image_tensor(image) -> torch.Tensor:
     makes it, after the move to the device that needs it (a third of the bytes to move for uint8,
     and a GPU converts and resizes a frame in a fraction of a CPU core's time)."""
     if isinstance(image, Image.Image):
-        image = upright(image)
+        image = cmyk_to_srgb(upright(image))
         if image.mode in PIL_SCALES:
             return image_tensor(np.asarray(image, dtype=np.float32) / PIL_SCALES[image.mode])
         return image_tensor(np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB")))
@@ -447,7 +448,8 @@ def cutout(image, mask: torch.Tensor) -> Image.Image:
 def with_colour_profile(picture: Image.Image, source) -> Image.Image:
     """`picture` carrying the RGB colour profile of `source` (an Adobe RGB or Display P3 photo's colours
     are only right with it), a palette picture's too (its colours are RGB); grey and CMYK profiles do
-    not describe RGB pixels and stay behind (bytes 16-19 of a profile's header name its colour space)."""
+    not describe RGB pixels and stay behind (bytes 16-19 of a profile's header name its colour space):
+    a CMYK picture's colours come as untagged sRGB (`cmyk_to_srgb`)."""
     profile = source.info.get("icc_profile") if isinstance(source, Image.Image) else None
     if profile and source.mode in ("RGB", "RGBA", "P", "PA") and profile[16:20] == b"RGB ":
         picture.info["icc_profile"] = profile

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import torchrun
 from PIL import Image
+from test_inference import colour_error, icc_profiles, print_photo
 
 import birefnet
 
@@ -253,6 +254,30 @@ def test_rgba_input_keeps_its_transparency_in_the_cutout(tmp_path, b0_weights):
     mask = np.asarray(Image.open(tmp_path / "out" / "x.png")).astype(int)
     assert alpha[:, :16].max() == 0 and mask[:, :16].max() > 0
     assert np.abs(alpha[:, 16:] - mask[:, 16:]).max() <= 1
+
+
+def test_a_cmyk_photo_in_a_folder_is_cut_out_in_the_colours_its_profile_gives(tmp_path, b0_weights):
+    """A print workflow's CMYK JPEG with its CMYK profile, in a folder: the cut-out holds the colours a
+    colour-managed viewer shows, as untagged sRGB (it held Pillow's conversion, some 20 levels off)."""
+    (tmp_path / "in").mkdir()
+    original = print_photo(tmp_path / "in" / "print.jpg", icc_profiles()[0])
+    result = run_cli(
+        "segment",
+        tmp_path / "in",
+        "--out",
+        tmp_path / "out",
+        "--weights",
+        b0_weights,
+        "--cutout",
+        "--quiet",
+        "--resolution",
+        "64",
+    )
+    assert result.returncode == 0, result.stderr
+    written = Image.open(tmp_path / "out" / "print_cutout.png")
+    naive = colour_error(Image.open(tmp_path / "in" / "print.jpg").convert("RGB"), original)
+    assert colour_error(written, original) < 3 and naive > 15
+    assert written.mode == "RGBA" and "icc_profile" not in written.info
 
 
 def test_torchrun_shards_the_inputs_and_writes_what_one_process_writes(tmp_path, b0_weights):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from conftest import DEVICE
-from PIL import Image
+from PIL import Image, ImageCms
 
 from birefnet import cutout, segment, to_rgb_tensor, working_size
 
@@ -222,6 +225,82 @@ def test_a_cutout_keeps_the_photos_rgb_colour_profile(tmp_path):
     assert "icc_profile" not in cutout(Image.open(tmp_path / "print.jpg"), mask).info
     rgb.convert("P").save(tmp_path / "palette.png", icc_profile=profile)  # RGB colours: it was left behind
     assert cutout(Image.open(tmp_path / "palette.png"), mask).info["icc_profile"] == profile
+
+
+# Colour profiles a Debian package installs (CI installs krita): its CMYK, grey and wide-gamut RGB ones.
+PROFILES = {
+    "krita": ("cmyk.icm", "Gray-D50-elle-V2-srgbtrc.icc", "ClayRGB-elle-V2-g22.icc"),
+    "ghostscript": ("default_cmyk.icc", "default_gray.icc", "a98.icc"),
+}
+# skin, sky, grass, red, grey, paper white, near black, yellow, violet, teal, pale blue, brown
+PRINT_COLOURS = [(224, 172, 140), (90, 140, 200), (80, 150, 70), (200, 60, 50), (128, 128, 128), (240, 240, 235)]
+PRINT_COLOURS += [(40, 40, 45), (250, 200, 60), (150, 90, 160), (30, 110, 120), (180, 200, 220), (110, 70, 40)]
+
+
+def icc_profiles(package: str | None = None) -> tuple[bytes, bytes, bytes]:
+    """(CMYK, grey, RGB) profile bytes from `package`'s folder of /usr/share/color/icc, or from the first
+    package of PROFILES installed here (None); skips, naming what to install, without them."""
+    for name in [package] if package else PROFILES:
+        paths = [Path("/usr/share/color/icc", name, file) for file in PROFILES[name]]
+        if all(path.is_file() for path in paths):
+            return tuple(path.read_bytes() for path in paths)
+    pytest.skip(f"no colour profiles of {package or ' or '.join(PROFILES)} here: apt-get install {package or 'krita'}")
+
+
+def print_photo(path, cmyk_profile: bytes) -> np.ndarray:
+    """A print workflow's CMYK JPEG at `path`: sRGB colour patches converted to CMYK through `cmyk_profile`
+    as Photoshop's Convert to Profile does by default (relative colorimetric, black point compensation),
+    saved at quality 95 with the profile embedded (and Adobe's inverted CMYK, as Photoshop writes it).
+    Returns the sRGB pixels (48, 64, 3) it was made from: what a colour-managed viewer shows of it."""
+    srgb = np.array(PRINT_COLOURS, np.uint8).reshape(3, 4, 3).repeat(16, axis=0).repeat(16, axis=1)
+    cmyk = ImageCms.profileToProfile(
+        Image.fromarray(srgb),
+        ImageCms.createProfile("sRGB"),
+        ImageCms.ImageCmsProfile(io.BytesIO(cmyk_profile)),
+        renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+        outputMode="CMYK",
+        flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,
+    )
+    cmyk.save(path, quality=95, icc_profile=cmyk_profile)
+    return srgb
+
+
+def colour_error(pixels, original: np.ndarray) -> float:
+    """Mean absolute difference in 8-bit levels between RGB `pixels` (H, W, 3) and `original`."""
+    return float(np.abs(np.asarray(pixels, np.float64)[..., :3] - original).mean())
+
+
+@pytest.mark.parametrize("package", PROFILES)
+def test_a_cmyk_photo_is_read_through_its_profile_as_viewers_show_it(tmp_path, package):
+    """A CMYK JPEG with its CMYK profile (print and stock photos) means the colours its profile gives: the
+    model and the cut-out get them as sRGB, read through the profile (Pillow's own conversion ignores it:
+    some 20 levels off), and the cut-out is untagged sRGB; the CLI's and the server's readers give the same
+    pixels. CMYK without a CMYK profile keeps Pillow's conversion; grey and RGB pictures with their profiles
+    are read as stored, and an RGB profile still goes on to the cut-out."""
+    from birefnet.files import read_image
+    from birefnet.server.uploads import decode_image
+
+    cmyk_profile, grey_profile, rgb_profile = icc_profiles(package)
+    original = print_photo(tmp_path / "print.jpg", cmyk_profile)
+    picture = Image.open(tmp_path / "print.jpg")
+    assert picture.mode == "CMYK" and picture.info.get("adobe")
+    seen = (to_rgb_tensor(picture).permute(1, 2, 0).numpy() * 255).round()
+    naive = colour_error(picture.convert("RGB"), original)
+    assert colour_error(seen, original) < 3 and naive > 15
+    rgba = cutout(picture, torch.ones(48, 64))
+    assert np.abs(np.asarray(rgba, np.float64)[..., :3] - seen).max() == 0 and "icc_profile" not in rgba.info
+    for read in (read_image(tmp_path / "print.jpg"), decode_image((tmp_path / "print.jpg").read_bytes(), 10**6)):
+        assert read.mode == "RGB" and "icc_profile" not in read.info  # converted once, on reading
+        assert np.array_equal(np.asarray(read), seen)
+
+    untagged = Image.fromarray(np.asarray(picture), "CMYK")  # no profile: Pillow's conversion, as before
+    assert np.array_equal(to_rgb_tensor(untagged).permute(1, 2, 0).numpy() * 255, np.asarray(untagged.convert("RGB")))
+    Image.fromarray(original[..., 0]).save(tmp_path / "grey.png", icc_profile=grey_profile)
+    Image.fromarray(original).save(tmp_path / "wide.png", icc_profile=rgb_profile)
+    for name, stored in (("grey.png", original[..., :1]), ("wide.png", original)):
+        kept = Image.open(tmp_path / name)
+        assert np.array_equal(to_rgb_tensor(kept).permute(1, 2, 0).numpy() * 255, np.broadcast_to(stored, (48, 64, 3)))
+        assert cutout(kept, torch.ones(48, 64)).info.get("icc_profile") == (rgb_profile if name == "wide.png" else None)
 
 
 def test_integer_and_bool_masks_mean_their_range_and_wrong_types_are_named():

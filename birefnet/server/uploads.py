@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError, features
 
-from ..files import cannot_be_decoded, load_plugin, missing_plugin, pillow_limit, plugin_picture
+from ..files import cannot_be_decoded, cmyk_to_srgb, load_plugin, missing_plugin, pillow_limit, plugin_picture
 from ..guidance import clip_box, parse_box
 from ..highres import DEFAULT_FINE_MEGAPIXELS
 from ..inference import upright
@@ -55,7 +55,8 @@ class Job:
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """The uploaded file as `birefnet segment` reads a file (EXIF orientation applied), or a RequestError."""
+    """The uploaded file as `birefnet segment` reads a file (EXIF orientation applied, a CMYK picture
+    in sRGB through its profile), or a RequestError."""
     if not data:
         raise RequestError(400, "the image upload is empty (0 bytes)")
     try:
@@ -78,7 +79,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         image = upright(image)  # no copy of an image that is upright already: a 100-megapixel copy is 300 MB
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise damaged(err) from None
-    return image
+    return cmyk_to_srgb(image)  # once here, not each time the picture is read
 
 
 def formats_for(data: bytes) -> tuple[str, ...]:
