@@ -12,6 +12,8 @@ on a small object in a 4K frame (IoU 0.22 at 0.1, 0.63 at 0.25, 0.80 at 0.5, 0.7
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -113,6 +115,7 @@ def segment_regions(
     resolution=None,
     max_megapixels: float | None = None,
     allow_empty: bool = False,
+    callback: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(combined (H, W), objects (N, H, W)) masks in [0, 1] for the objects in `boxes` ((x, y, w, h) in
     pixels, floats rounded) and in the connected regions of `region` (a mask as `mask_values` reads it,
@@ -121,7 +124,8 @@ def segment_regions(
     inside its box only: outside its box an object's mask is 0, outside every box the combined mask is 0.
     A box reaching over the image's border is clipped to it; one wholly outside is a ValueError. Nothing
     to segment (no box, an empty region) is a ValueError, or with `allow_empty` (video frames the object
-    has left) an all-zero mask and no objects."""
+    has left) an all-zero mask and no objects. callback(done, N) after each object's crop, as in
+    `segment_boxes`."""
     rgb = to_rgb_tensor(image)
     height, width = rgb.shape[1:]
     regions = [] if region is None else region_masks(mask_values(region), height, width)
@@ -132,7 +136,7 @@ def segment_regions(
     if not found:
         raise ValueError("guided segmentation needs at least one box or a region mask with something in it")
     ((combined, objects),) = segment_boxes(
-        model, [rgb], found, margin=margin, resolution=resolution, max_megapixels=max_megapixels
+        model, [rgb], found, margin=margin, resolution=resolution, max_megapixels=max_megapixels, callback=callback
     )
     return combined, objects
 
@@ -146,12 +150,15 @@ def segment_boxes(
     resolution=None,
     max_megapixels: float | None = None,
     batch_size: int | str = 1,
+    callback: Callable[[int, int], None] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(combined (H, W), objects (N, H, W)) for each of `images` (e.g. a clip's frames): the objects in
     the same `boxes` (at least one; (x, y, w, h) in pixels), each as `segment_regions` segments it. One
     box's crops of all the images go through the network together, `batch_size` at a time, so guided
     video keeps the throughput of batched frames. Every box is checked against every image (`clip_box`)
-    before the first forward pass."""
+    before the first forward pass. callback(done, len(boxes)) after each box's crops (progress; an
+    exception it raises stops the work there, and nothing is returned), so a host can show progress
+    and cancel within one picture of many objects."""
     rgbs = [to_rgb_tensor(image) for image in images]
     boxes = [tuple(round(float(v)) for v in box) for box in boxes]
     kept = [[clip_box(box, *rgb.shape[1:]) for box in boxes] for rgb in rgbs]
@@ -163,4 +170,6 @@ def segment_boxes(
         for own, context, (ctop, cleft, _, _), inside in zip(objects, contexts, grown, kept):
             top, left, bottom, right = inside[i]
             own[i, top:bottom, left:right] = context[top - ctop : bottom - ctop, left - cleft : right - cleft]
+        if callback is not None:
+            callback(i + 1, len(boxes))
     return [(own.amax(dim=0), own) for own in objects]

@@ -93,7 +93,9 @@ def segment_highres(
     resolution / max_megapixels: the coarse pass's working size, as in `segment`.
     fine_megapixels: memory cap of the fine pass (its working area; memory grows with it).
     margin: context kept around the object, as a fraction of the image's longer side; the
-    blend is feathered over it. callback(done, 2) after each pass. Images the fine pass
+    blend is feathered over it. callback(done, 2) after each pass (progress; an exception it raises
+    stops the work there: raised after the coarse pass, the fine pass does not run, and nothing is
+    returned), so a host can show progress and cancel within one large image. Images the fine pass
     would not see at 1.25x more detail get the coarse pass alone (same as `segment`).
     """
     if fine_megapixels <= 0:

@@ -19,6 +19,8 @@ RESOLUTION_MODES = ("native", "custom", "aspect")
 AUTO_BATCH = 0  # batch_size 0: `birefnet.batching.auto_batch_size`
 # What nodes connected to cutout or rgba say when cutouts is off (ComfyUI shows it as "Execution Blocked: ...")
 CUTOUTS_OFF = "Segment's cutouts is off (mask only); turn it on for cutout and rgba"
+HIGHRES_STEPS = 2  # coarse_to_fine: a frame's coarse pass, then its fine pass
+GUIDED_STEPS = 100  # guided: a frame's objects, each its share of the frame's 100 steps
 
 
 def resolution_for(mode: str, width: int, height: int):
@@ -35,6 +37,26 @@ def working_pixels(handle, frame: torch.Tensor, resolution, max_megapixels: floa
     """Pixels of the network input for one (H, W, C) frame: what a forward's activation memory grows with."""
     height, width = model_working_size(handle, frame.shape[0], frame.shape[1], resolution, max_megapixels or None)
     return height * width
+
+
+class FrameProgress:
+    """The progress bar and Cancel, within frames too: `steps` per frame, moved by the library's callback
+    after each unit of work (coarse-to-fine's passes, a frame's objects), so one large frame on a CPU
+    shows progress and stops on Cancel between its units, not only between chunks. The bar ends at
+    frames x steps (100%)."""
+
+    def __init__(self, frames: int, steps: int = 1):
+        self.steps = steps
+        self.bar = host.Progress(frames * steps)
+
+    def at(self, frames_done: int, fraction: float = 0.0) -> None:
+        """Stop here if Cancel was pressed; else the bar at `frames_done` frames and `fraction` of the next."""
+        host.check_interrupt()
+        self.bar.update(frames_done * self.steps + round(fraction * self.steps))
+
+    def within(self, frame: int):
+        """The library's callback(done, total) for the work on frame `frame` (0-based)."""
+        return lambda done, total: self.at(frame, done / total)
 
 
 def with_fp32_fallback(handle, run):
@@ -56,8 +78,8 @@ def segment_batch(
     fine_megapixels: float = DEFAULT_FINE_MEGAPIXELS,
     temporal: float = 0.0,
 ) -> torch.Tensor:
-    """Masks (B, H, W) for ComfyUI images (B, H, W, C), in chunks with progress and interrupt checks;
-    `temporal` > 0 stabilises them across the batch in order (video frames)."""
+    """Masks (B, H, W) for ComfyUI images (B, H, W, C), in chunks, with progress and Cancel between chunks
+    and between a frame's coarse_to_fine passes; `temporal` > 0 stabilises them across the batch in order."""
     smoother = TemporalSmoother(temporal)
     if frames.ndim != 4 or frames.shape[0] == 0:
         raise ValueError(f"BiRefNet needs a non-empty IMAGE batch (B, H, W, C), got shape {tuple(frames.shape)}")
@@ -68,7 +90,7 @@ def segment_batch(
     pixels = per_frame * min(batch_size, total)
     if coarse_to_fine:
         pixels = max(pixels, int(fine_megapixels * 1e6))
-    progress = host.Progress(total)
+    progress = FrameProgress(total, HIGHRES_STEPS if coarse_to_fine else 1)
     masks = []
     for start in range(0, total, batch_size):
         host.check_interrupt()
@@ -81,8 +103,9 @@ def segment_batch(
                     resolution=resolution,
                     max_megapixels=max_megapixels or None,
                     fine_megapixels=fine_megapixels,
+                    callback=progress.within(start + j),
                 )
-                for frame in chunk
+                for j, frame in enumerate(chunk)
             ]
         else:
             run = lambda: birefnet.segment(
@@ -94,7 +117,7 @@ def segment_batch(
             )
         result = with_fp32_fallback(handle, run)
         masks += [smoother(frame[:3], mask) for frame, mask in zip(chunk, result)]
-        progress.update(len(masks))
+        progress.at(len(masks))
     return torch.stack(masks).to(host.intermediate_device())
 
 
@@ -108,7 +131,7 @@ def segment_guided(handle, frames: torch.Tensor, boxes, region, resolution, max_
     (one region mask for all frames, one per frame, or for a single image any number: one per object,
     as segment-anything nodes give them). A frame whose region is empty (the object left the picture)
     and that has no box gets an all-zero mask and one all-zero object mask; a region mask empty in
-    every frame is an error (regions count where the mask is above 0.5)."""
+    every frame is an error (regions count where the mask is above 0.5). Progress and Cancel after each object."""
     if region is not None:
         region = host.mask_batch("Segment", "region", region)
         if frames.shape[0] == 1:
@@ -127,7 +150,7 @@ def segment_guided(handle, frames: torch.Tensor, boxes, region, resolution, max_
             )
     pixels = working_pixels(handle, frames[0], resolution, max_megapixels)
     masks, objects = [], []
-    progress = host.Progress(frames.shape[0])
+    progress = FrameProgress(frames.shape[0], GUIDED_STEPS)
     for i in range(frames.shape[0]):
         host.check_interrupt()
         own_region = None if region is None else region[min(i, region.shape[0] - 1)]
@@ -141,11 +164,12 @@ def segment_guided(handle, frames: torch.Tensor, boxes, region, resolution, max_
                 resolution=resolution,
                 max_megapixels=max_megapixels or None,
                 allow_empty=True,
+                callback=progress.within(i),
             ),
         )
         masks.append(combined)
         objects.append(singles if len(singles) else combined[None])
-        progress.update(i + 1)
+        progress.at(i + 1)
     device = host.intermediate_device()
     return torch.stack(masks).to(device), torch.cat(objects).to(device)
 

@@ -115,3 +115,34 @@ def test_boxes_over_the_border_are_clipped_and_boxes_outside_are_errors():
     for box in [(120, 0, 10, 10), (0, 100, 10, 10), (-30, 10, 30, 10)]:
         with pytest.raises(ValueError, match="lies outside the 120x100 image"):
             segment_regions(model, image, boxes=[(10, 10, 20, 20), box])
+
+
+def test_the_callback_follows_each_objects_crop_and_stops_the_rest_when_it_raises():
+    """A host's progress and Cancel within one picture of many objects: callback(done, N) after each
+    object's crop (boxes and regions alike); an exception raised from it stops the work there: the model
+    is not called for the objects left, and the exception reaches the caller (no partial masks)."""
+    model = birefnet.load_model(device="cpu")
+    forwards = []
+    hook = model.register_forward_hook(lambda module, inputs, output: forwards.append(inputs[0].shape[0]))
+    image = torch.rand(3, 120, 160)
+    region = torch.zeros(120, 160)
+    region[70:110, 100:150] = 1
+    boxes = [(5, 5, 30, 30), (40, 10, 20, 20)]
+    calls = []
+    try:
+        record = lambda done, total: calls.append((done, total, len(forwards)))
+        _, objects = segment_regions(model, image, boxes=boxes, region=region, callback=record)
+        assert len(objects) == 3 and calls == [(1, 3, 1), (2, 3, 2), (3, 3, 3)]  # one call per crop, after it
+
+        class Cancelled(Exception):
+            pass
+
+        def cancel(done, total):
+            raise Cancelled
+
+        forwards.clear()
+        with pytest.raises(Cancelled):
+            segment_regions(model, image, boxes=boxes, region=region, callback=cancel)
+        assert forwards == [1]  # stopped after the first object's crop
+    finally:
+        hook.remove()

@@ -108,3 +108,27 @@ def test_cli_highres(tmp_path):
 def test_invalid_cap_is_a_clear_error(demo):
     with pytest.raises(ValueError, match="fine_megapixels"):
         segment_highres(demo, Image.new("RGB", (900, 900)), fine_megapixels=0)
+
+
+def test_the_callback_follows_each_pass_and_raising_from_it_stops_the_fine_pass():
+    """A host's progress and Cancel within one large image: callback(done, 2) after the coarse and after
+    the fine pass; an exception raised from it after the coarse pass stops there: the model is not called
+    again, and the exception reaches the caller (no partial mask)."""
+    image, _ = make_sample(7, 1, (896, 1152))
+    model, sizes = _recording(load_model(default_weights(), device=DEVICE))
+    calls = []
+    segment_highres(
+        model, image, fine_megapixels=0.2, callback=lambda done, total: calls.append((done, total, len(sizes)))
+    )
+    assert calls == [(1, 2, 1), (2, 2, 2)]  # once per pass, each after its forward
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(done, total):
+        raise Cancelled
+
+    sizes.clear()
+    with pytest.raises(Cancelled):
+        segment_highres(model, image, fine_megapixels=0.2, callback=cancel)
+    assert len(sizes) == 1  # the coarse pass only
