@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .extras import require
+from .extras import import_openvino, require
 from .fastpath import plain_graph
 from .files import check_writable, current_umask
 from .inference import IMAGENET_MEAN, IMAGENET_STD
@@ -74,7 +74,7 @@ def check_request(fmt: str, dtype: torch.dtype, dynamic_size: bool = False) -> N
     if fmt == "onnx":
         require("onnxscript", "onnx")
     else:
-        require("openvino", "openvino")
+        import_openvino()
 
 
 def _parts(path: Path, fmt: str) -> tuple[Path, ...]:
@@ -241,7 +241,7 @@ def export_onnx(model, path, size: tuple[int, int], *, dynamic_size: bool = Fals
 
 def to_openvino(model, size: tuple[int, int]):
     """The plain graph as an `openvino.Model` for (height, width) `size`, batch free (not yet compiled)."""
-    ov = require("openvino", "openvino")
+    ov = import_openvino()
     height, width = _check_size(model, size)
     model = _copy_as(model, torch.float32, torch.device("cpu")).eval()
     with torch.no_grad(), plain_graph(), _quiet():
@@ -257,8 +257,7 @@ def to_openvino(model, size: tuple[int, int]):
 
 def save_openvino(converted, path, meta: dict[str, str], *, compress_to_fp16: bool = False) -> Path:
     """Write an `openvino.Model` as IR (PATH.xml + PATH.bin) with `meta` in its rt_info, atomically."""
-    import openvino as ov
-
+    ov = import_openvino()
     path = Path(path)
     for key, value in meta.items():
         converted.set_rt_info(value, ["birefnet", key.removeprefix("birefnet.")])

@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import sys
+
+# OpenVINO's converter modules that hold its usage-reporting client as the module name `tm`.
+_OPENVINO_REPORTERS = (
+    "openvino.tools.ovc.convert_impl",
+    "openvino.tools.ovc.telemetry_utils",
+    "openvino.tools.ovc.utils",
+    "openvino.tools.ovc.main",
+)
 
 
 def require(module: str, extra: str):
@@ -13,3 +22,25 @@ def require(module: str, extra: str):
         raise ValueError(
             f"{module} is not installed; install the extra: pip install 'birefnet-toolkit[{extra}]'"
         ) from None
+
+
+def import_openvino():
+    """OpenVINO, with its usage reports to Google Analytics off: unless a user has opted out, it reports its
+    import and every conversion, each from a process it forks out of a worker thread (a hazard in a
+    process with other threads: a server, ComfyUI, a test runner). A local tool sends nothing.
+
+    Imported here first, OpenVINO finds no telemetry package and uses its own no-op client; imported
+    earlier by other code, its converter's modules get that client from now on."""
+    first = "openvino" not in sys.modules and "openvino_telemetry" not in sys.modules
+    if first:
+        sys.modules["openvino_telemetry"] = None  # its import fails: OpenVINO falls back to its stub
+    try:
+        openvino = require("openvino", "openvino")
+    finally:
+        if first:
+            del sys.modules["openvino_telemetry"]  # others may import it as usual
+    stub = importlib.import_module("openvino.tools.ovc.telemetry_stub")
+    for name in _OPENVINO_REPORTERS:
+        if hasattr(sys.modules.get(name), "tm"):
+            sys.modules[name].tm = stub
+    return openvino

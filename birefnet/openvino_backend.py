@@ -25,7 +25,7 @@ from torch import nn
 
 from .distributed import rank_and_world
 from .export import metadata, save_openvino, to_openvino
-from .extras import require
+from .extras import import_openvino
 from .files import cache_folder
 from .version import __version__
 
@@ -42,8 +42,7 @@ def cache_dir() -> Path:
 
 def weights_key(model: nn.Module) -> str:
     """A digest of everything the converted graph depends on: weights, layout, versions."""
-    import openvino
-
+    openvino = import_openvino()
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{__version__}|{openvino.__version__}|{model.config}".encode())
     for name, tensor in model.state_dict().items():
@@ -69,7 +68,7 @@ class OpenVINOModel(nn.Module):
         cache: str | os.PathLike | None = None,
         threads: int | None = None,
     ):
-        ov = require("openvino", "openvino")
+        ov = import_openvino()
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"OpenVINO precision {precision}: use fp32, bf16 or fp16")

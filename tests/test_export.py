@@ -3,7 +3,11 @@ and reproduce the official reference outputs of the parity fixtures."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,9 +16,12 @@ from safetensors.torch import load_file, save_file
 
 from birefnet import load_model, segment
 from birefnet.cli import main
+from birefnet.extras import import_openvino
 
 ort = pytest.importorskip("onnxruntime")
-ov = pytest.importorskip("openvino")
+if importlib.util.find_spec("openvino") is None:
+    pytest.skip("openvino is not installed", allow_module_level=True)
+ov = import_openvino()  # without its usage reports, each a process forked out of this test worker
 onnx = pytest.importorskip("onnx")
 
 
@@ -280,6 +287,42 @@ def test_openvino_backend_converts_once_for_a_torchrun_job(b0_weights, tmp_path,
     assert sorted(p.name for p in cache.iterdir()) == [".locks", "compiled", ir.with_suffix(".bin").name, ir.name]
     assert [p.name for p in (cache / ".locks").iterdir()] == [ir.with_suffix(".lock").name]
     assert len(list((tmp_path / "masks").glob("*.png"))) == 3
+
+
+# Other code imports OpenVINO, which reports the import from a thread; counting starts once that is done.
+OTHER_CODE_IMPORTS_OPENVINO = """
+import openvino
+from openvino_telemetry import Telemetry
+for _ in range(600):
+    if not Telemetry().sender.queue_size:
+        break
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.parametrize("imported_before", [False, True], ids=["imported here", "imported before by other code"])
+def test_openvino_sends_no_usage_reports(imported_before, b0_weights, tmp_path):
+    """OpenVINO reports its import and each conversion to Google Analytics unless the user opted out, each
+    from a process forked out of a worker thread (it made a client id in ~/intel and forked during every
+    conversion, a test runner's worker included). A local tool sends nothing: no process forked while
+    this toolkit imports OpenVINO and converts; imported here first, nothing written under HOME either."""
+    script = (
+        "import os, sys, time\n"
+        f"{OTHER_CODE_IMPORTS_OPENVINO if imported_before else ''}\n"
+        "forks = []\n"
+        "os.register_at_fork(before=lambda: forks.append(1))\n"
+        "from birefnet import load_model\n"
+        "from birefnet.export import to_openvino\n"
+        "to_openvino(load_model(sys.argv[1], tile_layout='current'), (64, 64))\n"
+        "time.sleep(2)  # OpenVINO's sender runs in a thread of its own\n"
+        "print('forks', len(forks))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}  # it is off in CI
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", script, str(b0_weights)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["forks", "0"], result.stdout
+    assert (tmp_path / "intel").exists() == imported_before
 
 
 def test_openvino_backend_under_torchrun_takes_torchs_thread_count(b0_weights, tmp_path, monkeypatch):
