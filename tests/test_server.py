@@ -9,6 +9,8 @@ import http.client
 import io
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -526,6 +528,63 @@ def test_malformed_host_and_origin_are_refused(server):
     assert "Traceback" not in server.log()
 
 
+def raw_form(server, path: str, body: bytes, split: int = 0) -> tuple[int, dict | None]:
+    """(status, JSON or None) of a form with boundary X written byte for byte on a socket, its Content-Length
+    that of `body`; `split`: its last this many bytes sent apart, after a pause (two reads for the server)."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {server.host}\r\nContent-Type: multipart/form-data; boundary=X\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    host, port = server.host.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(head + body[: len(body) - split])
+        if split:
+            time.sleep(0.3)
+            sock.sendall(body[len(body) - split :])
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        data = response.read()
+    is_json = response.headers.get("Content-Type") == "application/json"
+    return response.status, json.loads(data) if is_json else None
+
+
+@pytest.mark.parametrize("path, field", [("/v1/segment", "image"), ("/api/remove", "file")])
+def test_a_form_cut_short_gets_400_naming_its_closing_boundary(server, path, field):
+    """A body that stops before the form's closing --X-- (cut short with a Content-Length to match, or
+    written by hand without that last line) was told "field image is missing": python-multipart takes it as
+    complete and drops the unfinished part. Forms that end with --X--, with or without the CRLF after it,
+    with an epilogue, or with --X-- split across two reads, are served as before."""
+    part = (
+        f'--X\r\nContent-Disposition: form-data; name="{field}"; filename="photo.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + EXAMPLE.read_bytes()
+    cut = {
+        "no closing line": part + b"\r\n",
+        "no CRLF either": part,
+        "cut in the image": part[: len(part) // 2],
+        "cut in the closing line": part + b"\r\n--X-",
+        "cut in the part's headers": part[:30],
+    }
+    expected = (
+        "the form ends before its closing boundary --X--: the request was cut short, or its client left out that "
+        "last line; send the whole form, ending with --X--"
+    )
+    for case, body in cut.items():
+        for split in (0, 3):
+            assert raw_form(server, path, body, split) == (400, {"error": expected}), case
+    whole = (part + b"\r\n--X--", part + b"\r\n--X--\r\n", part + b"\r\n--X--\r\nan epilogue\r\n")
+    for body in whole:
+        for split in (0, 3, 5):  # --X-- split across two reads of the server
+            assert raw_form(server, path, body, split) == (200, None)
+    if shutil.which("curl"):
+        command = ["curl", "-s", "-F", f"{field}=@{EXAMPLE}", "-o", os.devnull, "-w", "%{http_code}"]
+        assert subprocess.run([*command, server.url + path], capture_output=True, text=True).stdout == "200"
+    assert call(server, "/health")[0] == 200
+    assert not any(server.tmp.iterdir()), "a failed request left files behind"
+    assert "Traceback" not in server.log()
+
+
 def test_concurrent_requests_are_all_answered_alike(server):
     upload = EXAMPLE.read_bytes()
     with ThreadPoolExecutor(8) as pool:
@@ -577,6 +636,57 @@ def test_requests_whose_client_left_leave_the_line_and_a_full_line_refuses_befor
             _until(lambda: _waiting(server) == 1)
             assert not first.done()  # the three left the line while the first still ran
             assert first.result()[0] == 200
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+
+
+def test_a_full_line_refuses_before_the_upload_is_read(tmp_path):
+    """FastAPI reads a form whole (the upload spooled to disk) before the route runs, so a full line's 503
+    came only after the last byte of a 50 MB upload. It now comes before the body is read: to a client that
+    sent only the headers; a client that sends all first (http.client, requests) reads it after, on a
+    connection that serves on (uvicorn discards the rest); curl, which waits for 100 Continue before a large
+    body, stops sending."""
+    server = Server(tmp_path / "full", "--max-queue", "1")
+    size = 50 * 2**20
+    photo = tmp_path / "large.png"
+    photo.write_bytes(bytes(size))
+    body, kind = multipart([("image", photo.read_bytes())])
+    try:
+        slow = [("image", png(Image.open(EXAMPLE))), ("resolution", "1024")]  # seconds on the CPU
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(call, server, "/v1/segment", slow)
+            _until(lambda: _waiting(server) == 1)
+            connection = http.client.HTTPConnection(server.host, timeout=20)  # it waited for the body
+            connection.putrequest("POST", "/v1/segment")
+            connection.putheader("Content-Type", kind)
+            connection.putheader("Content-Length", str(len(body)))
+            connection.endheaders()
+            response = connection.getresponse()
+            assert response.status == 503 and response.headers["Retry-After"] == "2"
+            assert "busy" in json.loads(response.read())["error"]
+            connection.close()
+
+            connection = http.client.HTTPConnection(server.host, timeout=60)
+            rembg = body.replace(b'name="image"', b'name="file"', 1)
+            connection.request("POST", "/api/remove", body=rembg, headers={"Content-Type": kind})
+            response = connection.getresponse()
+            assert response.status == 503 and response.headers["Retry-After"] == "2"
+            assert "busy" in json.loads(response.read())["error"]
+            connection.request("GET", "/health")  # the same connection
+            assert connection.getresponse().status == 200
+            connection.close()
+
+            if shutil.which("curl"):
+                command = ["curl", "-s", "-F", f"image=@{photo}", "-w", "\n%{http_code} %{size_upload}"]
+                output = subprocess.run([*command, server.url + "/v1/segment"], capture_output=True, text=True)
+                answer, sent = output.stdout.rsplit("\n", 1)
+                status, uploaded = sent.split()
+                assert status == "503" and "busy" in json.loads(answer)["error"]
+                assert int(uploaded) < size, "curl sent the whole upload"
+            assert not first.done()  # the line was full throughout
+            assert first.result()[0] == 200
+        assert not any(server.tmp.iterdir())
         assert "Traceback" not in server.log()
     finally:
         server.stop()
@@ -797,6 +907,7 @@ def test_decoding_leaves_the_event_loop_free(tmp_path, monkeypatch):
         device="cpu",
         dtype="torch.float32",
         waiting=0,
+        refusal=lambda: None,
         place=contextlib.nullcontext,
         turn=contextlib.nullcontext,
     )

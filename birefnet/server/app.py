@@ -25,6 +25,7 @@ from ..pipeline import cutout_image, finish, segment_image
 from ..version import __version__
 from ..zoo import listed
 from .errors import RequestError
+from .gate import SegmentGate
 from .security import RequestGuard, SiteGuard
 from .settings import Settings
 from .uploads import Job, check_fields, decode_image, parse_job
@@ -267,6 +268,7 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         return error(500, f"internal error: {type(err).__name__}: {first_line(err)}")
 
     answer_head_as_get(app)
+    app.add_middleware(SegmentGate, worker=worker)
     add_guards(app, settings)
     return app
 
@@ -323,8 +325,9 @@ def check_query(request: Request, allowed=()) -> None:
 
 def add_guards(app: FastAPI, settings: Settings) -> None:
     """Outermost first: SiteGuard (Host, Origin), CORSMiddleware (preflights, CORS headers), RequestGuard
-    (token, upload size): an allowed page then reads the 401/411/413 it gets, and a foreign page's preflight
-    is a 403 like its request. The middleware added last runs first."""
+    (token, upload size), then SegmentGate (added before them: a full line, a form cut short): an allowed page
+    then reads the 401/411/413/503 it gets, and a foreign page's preflight is a 403 like its request. The
+    middleware added last runs first."""
     app.add_middleware(RequestGuard, settings=settings)
     if settings.cors:
         app.add_middleware(

@@ -44,16 +44,24 @@ class Worker:
     def name(self) -> str:
         return model_name(self.model)
 
+    def refusal(self) -> RequestError | None:
+        """The 503 a request meets while the line is full, else None: asked as a segment request arrives, before
+        its upload is read (app.py's SegmentGate), and again as it takes its place."""
+        if self.waiting < self.max_queue:
+            return None
+        return RequestError(
+            503,
+            f"the server is busy ({self.waiting} requests waiting); try again shortly",
+            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
     @contextlib.asynccontextmanager
     async def place(self):
         """A place in the line, taken before the upload is decoded (a full line refuses a request before it
         costs memory) and given back when its answer is ready."""
-        if self.waiting >= self.max_queue:
-            raise RequestError(
-                503,
-                f"the server is busy ({self.waiting} requests waiting); try again shortly",
-                {"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
+        refusal = self.refusal()
+        if refusal is not None:
+            raise refusal
         self.waiting += 1
         try:
             yield
