@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,24 @@ def pytest_sessionstart(session):
     problem = disk_space_problem(Path(session.config.option.basetemp or tempfile.gettempdir()))
     if problem:
         pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist says only "node down: Not properly terminated" of a worker that died: say how (the signal
+    that killed it, or its exit status) and the memory then available, so that a worker killed by the
+    system (out of memory) or by a signal can be told apart from one that crashed (which prints a traceback)."""
+    popen = getattr(getattr(node.gateway, "_io", None), "popen", None)
+    if error is None or popen is None:
+        return
+    try:
+        status = popen.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        status = None
+    how = f"killed by {signal.Signals(-status).name}" if status is not None and status < 0 else f"exit status {status}"
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    available = meminfo.get("MemAvailable", "?").strip()
+    sys.stderr.write(f"\n[{node.gateway.id}] worker process {popen.pid}: {how}; memory available now: {available}\n")
 
 
 # Swin and PVT (the released checkpoints' backbones) in parity/, the other official backbones
