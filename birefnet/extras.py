@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 
@@ -44,3 +45,16 @@ def import_openvino():
         if hasattr(sys.modules.get(name), "tm"):
             sys.modules[name].tm = stub
     return openvino
+
+
+@functools.cache
+def openvino_core():
+    """The process's one OpenVINO Core, kept until exit: every OpenVINO runtime in the toolkit compiles with it.
+
+    Each Core's CPU plugin gives the thread that first uses it a signal stack of its own and frees that stack
+    when the Core goes, putting back the one it found only if its own is still in place. Cores freed in
+    another order than made (models dropped by a node or the garbage collector) left the thread with a
+    freed signal stack, and the next signal Python handles there (Ctrl+C; SIGCHLD once a DataLoader has run)
+    killed the process at once: SIGSEGV, no traceback. One Core that lives as long as the process never
+    frees its stack under anyone."""
+    return import_openvino().Core()

@@ -25,7 +25,7 @@ from torch import nn
 
 from .distributed import rank_and_world
 from .export import metadata, save_openvino, to_openvino
-from .extras import import_openvino
+from .extras import import_openvino, openvino_core
 from .files import cache_folder
 from .version import __version__
 
@@ -68,11 +68,10 @@ class OpenVINOModel(nn.Module):
         cache: str | os.PathLike | None = None,
         threads: int | None = None,
     ):
-        ov = import_openvino()
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"OpenVINO precision {precision}: use fp32, bf16 or fp16")
-        self.core = ov.Core()
+        self.core = openvino_core()
         hint = PRECISIONS[precision]
         capabilities = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         if hint in _CAPABILITY and _CAPABILITY[hint] not in capabilities:
@@ -102,8 +101,8 @@ class OpenVINOModel(nn.Module):
         path = self.ir_path(size)
         if not path.exists():
             self._convert(size, path)
-        self.core.set_property({"CACHE_DIR": str(self.cache / "compiled")})
-        compiled = self.core.compile_model(str(path), "CPU", self.options)
+        options = {**self.options, "CACHE_DIR": str(self.cache / "compiled")}  # this model's cache, not the Core's
+        compiled = self.core.compile_model(str(path), "CPU", options)
         self._compiled[size] = compiled
         return compiled
 
