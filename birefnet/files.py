@@ -6,6 +6,7 @@ import contextlib
 import functools
 import importlib
 import io
+import logging
 import math
 import os
 import re
@@ -19,6 +20,8 @@ from typing import Callable, Collection
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import first_line
+
+log = logging.getLogger("birefnet")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif")
 # pictures Pillow reads only with a plugin package (the `pictures` extra): (format, module, package)
@@ -159,9 +162,9 @@ def cmyk_to_srgb(image: Image.Image) -> Image.Image:
     keeps its look, paper white becomes white and the deepest black black; perceptual rendering follows
     tables each profile's maker fills differently. The result is untagged sRGB (the web's default, as
     every picture this tool writes). Every other picture comes back as it is: CMYK without a CMYK profile
-    (or with a damaged one) is left to Pillow's conversion; RGB and grey keep their values and profiles
-    (the model sees stored values, as in the official code). One conversion for every reader: files here,
-    the server's uploads, pictures handed to the library (`inference.image_tensor`)."""
+    (or with a damaged one, said in a warning) is left to Pillow's conversion; RGB and grey keep their
+    values and profiles (the model sees stored values, as in the official code). One conversion for every
+    reader: files here, the server's uploads, pictures handed to the library (`inference.image_tensor`)."""
     profile = image.info.get("icc_profile")
     if image.mode != "CMYK" or not profile or profile[16:20] != b"CMYK":  # header bytes 16-19: its colours
         return image
@@ -178,7 +181,8 @@ def cmyk_to_srgb(image: Image.Image) -> Image.Image:
             outputMode="RGB",
             flags=ImageCms.Flags.BLACKPOINTCOMPENSATION,
         )
-    except (ImageCms.PyCMSError, OSError, ValueError):  # a damaged profile
+    except (ImageCms.PyCMSError, OSError, ValueError) as err:  # a damaged profile
+        log.warning("a CMYK picture's colour profile cannot be read (%s): its colours are converted without it", err)
         return image
     converted.info.pop("icc_profile", None)  # ImageCms tags its result; sRGB goes untagged
     return converted

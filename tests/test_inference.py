@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -301,6 +302,21 @@ def test_a_cmyk_photo_is_read_through_its_profile_as_viewers_show_it(tmp_path, p
         kept = Image.open(tmp_path / name)
         assert np.array_equal(to_rgb_tensor(kept).permute(1, 2, 0).numpy() * 255, np.broadcast_to(stored, (48, 64, 3)))
         assert cutout(kept, torch.ones(48, 64)).info.get("icc_profile") == (rgb_profile if name == "wide.png" else None)
+
+
+def test_a_cmyk_photo_whose_profile_cannot_be_read_says_so(tmp_path, caplog):
+    """A CMYK profile cut short (a broken transfer, a tool that truncates metadata) leaves the colours to
+    Pillow's conversion, with one warning saying so (it was silent: colours 20 levels off, unsaid)."""
+    print_photo(tmp_path / "print.jpg", icc_profiles()[0])
+    picture = Image.open(tmp_path / "print.jpg")
+    picture.info["icc_profile"] = picture.info["icc_profile"][:132]  # its header and a tag count, no tags
+    with caplog.at_level(logging.WARNING, logger="birefnet"):
+        seen = to_rgb_tensor(picture).permute(1, 2, 0).numpy() * 255
+    assert np.array_equal(seen, np.asarray(picture.convert("RGB")))
+    assert caplog.messages == [
+        "a CMYK picture's colour profile cannot be read (cannot open profile from string): "
+        "its colours are converted without it"
+    ]
 
 
 def test_integer_and_bool_masks_mean_their_range_and_wrong_types_are_named():
