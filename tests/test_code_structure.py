@@ -85,6 +85,20 @@ def test_layout_boundaries():
         assert not tops & {"birefnet", "torch", "numpy"}, f"{path.relative_to(ROOT)}: the editor's Python has none"
 
 
+def test_openvino_is_imported_and_its_core_made_in_extras_only():
+    """OpenVINO imported elsewhere would send its usage reports; a Core made elsewhere would be freed out of
+    order with the shared one and leave its thread a freed signal stack (the next signal killed the process)."""
+    for path in [f for root in PACKAGES.values() for f in root.rglob("*.py")] + sorted((ROOT / "tests").glob("*.py")):
+        if path == ROOT / "birefnet" / "extras.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level]
+        assert not [m for m in imported if m.split(".")[0] == "openvino"], f"{path.relative_to(ROOT)} imports openvino"
+        cores = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", None) == "Core"]
+        assert not cores, f"{path.relative_to(ROOT)} makes an OpenVINO Core: use birefnet.extras.openvino_core()"
+
+
 def test_ruff_lint_and_format():
     ruff = [sys.executable, "-m", "ruff"]
     if subprocess.run([*ruff, "--version"], capture_output=True).returncode != 0:
