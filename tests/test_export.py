@@ -302,6 +302,7 @@ def test_openvino_models_dropped_in_any_order_leave_ctrl_c_working(b0_weights, t
         "gc.collect()\n"
         "del second\n"
         "gc.collect()\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own (a test runner may ignore it)\n"
         "try:\n"
         "    signal.raise_signal(signal.SIGINT)\n"
         "except KeyboardInterrupt:\n"
