@@ -52,22 +52,36 @@ def segment_image(
     max_megapixels: float | None = None,
     highres: bool = False,
     fine_megapixels: float = DEFAULT_FINE_MEGAPIXELS,
+    callback=None,
 ):
     """(mask (H, W), objects: one mask per box) for one image; without boxes, the whole image's mask,
     left on the model's device for `finish` (no CPU round trip between the network and the refinement).
-    `highres`: coarse to fine (`segment_highres`), for images far above the working size."""
+    `highres`: coarse to fine (`segment_highres`), for images far above the working size.
+    callback(done, total) after each pass (progress; an exception it raises stops the work there)."""
     check_highres(boxes, highres)
     if highres:
         mask = segment_highres(
-            model, image, resolution=resolution, max_megapixels=max_megapixels, fine_megapixels=fine_megapixels
+            model,
+            image,
+            resolution=resolution,
+            max_megapixels=max_megapixels,
+            fine_megapixels=fine_megapixels,
+            callback=callback,
         )
         return mask, [mask]
     if boxes:
         combined, objects = segment_regions(
-            model, image, boxes=boxes, resolution=resolution, max_megapixels=max_megapixels
+            model, image, boxes=boxes, resolution=resolution, max_megapixels=max_megapixels, callback=callback
         )
         return combined, list(objects)
-    mask = segment(model, image, resolution=resolution, max_megapixels=max_megapixels, device=model_device(model))
+    mask = segment(
+        model,
+        image,
+        resolution=resolution,
+        max_megapixels=max_megapixels,
+        callback=callback,
+        device=model_device(model),
+    )
     return mask, [mask]
 
 

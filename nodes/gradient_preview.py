@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from birefnet.preview import PREVIEW_NAMES, gradient_preview
+from birefnet.stopping import checks_inside
 
 from . import host
 from .spec import In, NodeSpec, Out
@@ -17,9 +18,10 @@ def preview(birefnet_model, image, colormap="turbo"):
         raise ValueError("GradientPreview got an empty IMAGE batch")
     model = birefnet_model.ready()
     frames = []
-    for i in range(image.shape[0]):
-        host.check_interrupt()
-        frames.append(gradient_preview(model, image[i].permute(2, 0, 1), colormap=colormap))
+    with checks_inside(model, host.check_interrupt):  # Cancel inside a CPU pass too
+        for i in range(image.shape[0]):
+            host.check_interrupt()
+            frames.append(gradient_preview(model, image[i].permute(2, 0, 1), colormap=colormap))
     return (torch.cat(frames).permute(0, 2, 3, 1).to(host.intermediate_device()),)
 
 

@@ -10,6 +10,7 @@ from birefnet.guidance import parse_box, segment_regions
 from birefnet.highres import DEFAULT_FINE_MEGAPIXELS
 from birefnet.inference import model_working_size
 from birefnet.refine import composite, parse_colour
+from birefnet.stopping import checks_inside
 from birefnet.temporal import TemporalSmoother
 
 from . import host
@@ -198,13 +199,14 @@ def segment(
             "segmented on its own, in detail); turn those off, or remove the boxes and region"
         )
     try:
-        if box_list or region is not None:
-            mask, objects = segment_guided(birefnet_model, image, box_list, region, chosen, max_megapixels)
-        else:
-            mask = segment_batch(
-                birefnet_model, image, chosen, max_megapixels, batch_size, coarse_to_fine, fine_megapixels, temporal
-            )
-            objects = mask
+        with checks_inside(birefnet_model.model, host.check_interrupt):  # Cancel inside a CPU pass too
+            if box_list or region is not None:
+                mask, objects = segment_guided(birefnet_model, image, box_list, region, chosen, max_megapixels)
+            else:
+                mask = segment_batch(
+                    birefnet_model, image, chosen, max_megapixels, batch_size, coarse_to_fine, fine_megapixels, temporal
+                )
+                objects = mask
     finally:
         birefnet_model.release_graphs()
     skipped = None if cutouts else host.not_made(CUTOUTS_OFF)

@@ -120,6 +120,58 @@ def test_callback_can_cancel(b0_model):
         segment(b0_model, [_photo(64, 64)] * 3, resolution=64, callback=stop)
 
 
+def test_checks_inside_stop_a_cpu_pass_part_way_and_leave_the_model_as_it_was(b0_weights):
+    """A Cancel inside one forward pass: the check runs before every submodule of a CPU pass (over a hundred
+    times in the smallest model's), an exception it raises ends the pass there, and the model leaves the
+    `with` without hooks, giving the same masks. Another thread's pass on the model is not checked."""
+    import threading
+
+    from birefnet import load_model
+    from birefnet.stopping import checks_inside
+
+    class Stop(Exception):
+        pass
+
+    model = load_model(b0_weights, device="cpu")
+    image = _photo(128, 128)
+    before = segment(model, image, resolution=128)
+    checks = []
+    with checks_inside(model, lambda: checks.append(threading.get_ident())):
+        assert torch.equal(segment(model, image, resolution=128), before)
+        whole_pass = len(checks)
+        elsewhere = threading.Thread(target=segment, args=(model, image), kwargs=dict(resolution=128))
+        elsewhere.start()
+        elsewhere.join()
+    assert whole_pass > 100 and len(checks) == whole_pass  # the other thread's pass ran unchecked
+
+    def tenth_stops():
+        checks.append(None)
+        if len(checks) == 10:
+            raise Stop
+
+    checks.clear()
+    with pytest.raises(Stop), checks_inside(model, tenth_stops):
+        segment(model, image, resolution=128)
+    assert len(checks) == 10  # it stopped at the tenth of over a hundred
+    assert not any(module._forward_pre_hooks for module in model.modules())
+    assert torch.equal(segment(model, image, resolution=128), before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA pass")
+def test_checks_inside_leave_cuda_passes_unchecked(b0_weights):
+    """On a GPU a pass takes milliseconds and may be a captured CUDA graph, which an exception inside
+    would leave broken: there the checks wait for the callers' checks between passes."""
+    from birefnet import load_model
+    from birefnet.stopping import checks_inside
+
+    def stop():
+        raise AssertionError("checked inside a CUDA pass")
+
+    model = load_model(b0_weights, device="cuda")
+    with checks_inside(model, stop):
+        segment(model, _photo(128, 128), resolution=128, device="cuda")
+
+
 def test_segment_matches_manual_pipeline(b0_model):
     """The documented pipeline: antialiased bilinear down, normalise, sigmoid, bilinear back."""
     import torch.nn.functional as F

@@ -601,6 +601,38 @@ def test_cancel_stops_a_single_coarse_to_fine_frame_between_its_passes(pack, han
     assert comfyui.updates == [(1, 4), (2, 4), (2, 4), (3, 4), (4, 4), (4, 4)]  # half a frame per pass, to 100%
 
 
+@pytest.mark.parametrize("node", ["segment", "gradient_preview"])
+def test_cancel_stops_a_cpu_pass_part_way(pack, handle, comfyui, node):
+    """A pass on a CPU takes seconds (minutes at 2048²): Cancel pressed part-way through stops it at the
+    next submodule, not at the end of the pass; the next run is whole and gives the same mask."""
+    modules = [module for module in handle.model.modules() if module is not handle.model]
+    ran, pressed = [], []
+
+    def counted(module, args):
+        ran.append(module)
+        if len(ran) == 20 and not pressed:
+            comfyui.interrupted = True  # the user presses Cancel, once
+            pressed.append(True)
+
+    image = torch.rand(1, 96, 128, 3)
+    run = lambda: (
+        pack.nodes.segment.segment(handle, image, resolution="custom", width=128, height=96)
+        if node == "segment"
+        else pack.nodes.gradient_preview.preview(handle, image)
+    )
+    hooks = [module.register_forward_pre_hook(counted) for module in modules]
+    try:
+        with pytest.raises(comfyui.Interrupted):
+            run()
+        assert len(ran) == 20  # stopped where Cancel was pressed
+        ran.clear()
+        first, again = run()[0], run()[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(ran) > 200 and torch.equal(first, again)  # whole passes, over a hundred submodules each
+
+
 def test_cancel_stops_a_guided_frame_between_its_objects(pack, handle, comfyui):
     """A frame with many boxes or regions: the bar moves after each object's crop (and ends at 100%), and
     Cancel pressed during the first object's pass stops the frame before the next object's."""

@@ -883,15 +883,36 @@ def test_megapixel_limits_above_pillows_own_are_the_servers(tmp_path):
         server.stop()
 
 
-def test_decoding_leaves_the_event_loop_free(tmp_path, monkeypatch):
-    """An upload is decoded in the thread pool, so /health (and every other request) is answered while a
-    large photo decodes. The app runs in this process with a decoder that waits until /health answered."""
+@contextlib.contextmanager
+def _in_this_process(worker):
+    """The app on a free port of 127.0.0.1, served by uvicorn in a thread of this process (so a test can
+    reach into its model); yields what `call` takes."""
     import uvicorn
 
-    from birefnet.server import app as app_module
-    from birefnet.server.errors import RequestError
+    from birefnet.server.app import create_app
     from birefnet.server.run import bind
     from birefnet.server.settings import Settings
+
+    sock = bind("127.0.0.1", 0)
+    settings = Settings(port=sock.getsockname()[1])
+    runner = uvicorn.Server(uvicorn.Config(create_app(settings, worker), log_level="warning"))
+    thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]})
+    thread.start()
+    try:
+        while not runner.started:
+            time.sleep(0.05)
+        yield SimpleNamespace(url=settings.url, host=settings.url.removeprefix("http://"))
+    finally:
+        runner.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def test_decoding_leaves_the_event_loop_free(monkeypatch):
+    """An upload is decoded in the thread pool, so /health (and every other request) is answered while a
+    large photo decodes. The app runs in this process with a decoder that waits until /health answered."""
+    from birefnet.server import app as app_module
+    from birefnet.server.errors import RequestError
 
     started, answered = threading.Event(), threading.Event()
 
@@ -900,8 +921,6 @@ def test_decoding_leaves_the_event_loop_free(tmp_path, monkeypatch):
         raise RequestError(400, f"health answered during the decode: {answered.wait(10)}")
 
     monkeypatch.setattr(app_module, "decode_image", slow_decode)
-    sock = bind("127.0.0.1", 0)
-    settings = Settings(port=sock.getsockname()[1])
     worker = SimpleNamespace(
         name="demo",
         device="cpu",
@@ -911,14 +930,8 @@ def test_decoding_leaves_the_event_loop_free(tmp_path, monkeypatch):
         place=contextlib.nullcontext,
         turn=contextlib.nullcontext,
     )
-    runner = uvicorn.Server(uvicorn.Config(app_module.create_app(settings, worker), log_level="warning"))
-    thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]})
-    thread.start()
     try:
-        server = SimpleNamespace(url=settings.url)
-        while not runner.started:
-            time.sleep(0.05)
-        with ThreadPoolExecutor(1) as pool:
+        with _in_this_process(worker) as server, ThreadPoolExecutor(1) as pool:
             upload = pool.submit(call, server, "/v1/segment", [("image", b"a large photo")])
             assert started.wait(30)
             assert call(server, "/health")[0] == 200
@@ -927,6 +940,56 @@ def test_decoding_leaves_the_event_loop_free(tmp_path, monkeypatch):
         assert status == 400 and json.loads(body)["error"] == "health answered during the decode: True"
     finally:
         answered.set()
-        runner.should_exit = True
-        thread.join(30)
-        sock.close()
+
+
+def test_a_request_whose_client_leaves_while_the_model_works_on_it_stops_within_its_pass():
+    """Krita's Cancel of a coarse-to-fine request on a CPU: the model's thread stops inside the coarse pass
+    (not after it, nor after the fine pass), so the next request starts at once and gets the answer it gets on
+    an idle server. The test holds the coarse pass at its start until the server has seen the client go."""
+    from birefnet.server.weights import Catalog
+    from birefnet.server.worker import Worker
+
+    worker = Worker(None, "cpu", "float32", Catalog(()), max_queue=4)
+    model = worker.model
+    passes = []  # submodules run in each forward pass
+    entered, release = threading.Event(), threading.Event()
+
+    def first_held(module, args):
+        passes.append(0)
+        if len(passes) == 3:  # the cancelled request's first pass (after the two of the request below)
+            entered.set()
+            release.wait(60)
+
+    def counted(module, args):
+        passes[-1] += 1
+
+    ours = [model.register_forward_pre_hook(first_held)]
+    ours += [module.register_forward_pre_hook(counted) for module in model.modules() if module is not model]
+    highres = [("image", png(Image.open(EXAMPLE).resize((1600, 1200)))), ("resolution", "256"), ("highres", "true")]
+    quick = [("image", EXAMPLE.read_bytes()), ("resolution", "256")]
+    try:
+        with _in_this_process(worker) as server:
+            assert call(server, "/v1/segment", highres)[0] == 200
+            assert len(passes) == 2  # uncancelled, this request runs a coarse and a fine pass
+            whole = passes[0]
+            leaving = _send_and_leave(server, highres)
+            assert entered.wait(60)
+            leaving.close()
+            _until(lambda: _waiting(server) == 0)  # the server answered nobody (499): the pass is still held
+            release.set()
+            status, _, answer = call(server, "/v1/segment", quick)
+            assert status == 200
+        assert passes[2] == 0 and whole > 100  # stopped before the first submodule of its first pass
+        assert len(passes) == 4  # no fine pass: the next pass was the next request's
+        assert all(len(module._forward_pre_hooks) == 1 for module in model.modules())  # the server's are gone
+    finally:
+        release.set()
+        for hook in ours:
+            hook.remove()
+        worker.close()
+    idle = Worker(None, "cpu", "float32", Catalog(()), max_queue=4)
+    try:
+        with _in_this_process(idle) as server:
+            assert call(server, "/v1/segment", quick) == (200, "image/png", answer)
+    finally:
+        idle.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 from importlib import resources
 from typing import Annotated
 
@@ -22,9 +23,10 @@ from ..errors import OutOfMemory, first_line
 from ..highres import DEFAULT_FINE_MEGAPIXELS
 from ..inference import mask_to_image, model_device, with_colour_profile
 from ..pipeline import cutout_image, finish, segment_image
+from ..stopping import checks_inside
 from ..version import __version__
 from ..zoo import listed
-from .errors import RequestError
+from .errors import ClientLeft, RequestError
 from .gate import SegmentGate
 from .security import RequestGuard, SiteGuard
 from .settings import Settings
@@ -55,17 +57,27 @@ REMBG_URL_OPTIONS = ("bgc", "extras")  # rembg's POST reads these two from the U
 PNG = {200: {"content": {"image/png": {}}, "description": "the PNG"}}
 
 
-def segment_job(job: Job, model):
-    """Runs in the model's thread: the same calls `birefnet segment` makes."""
-    mask, _ = segment_image(
-        model,
-        job.image,
-        boxes=job.boxes,
-        resolution=job.resolution,
-        highres=job.highres,
-        fine_megapixels=job.fine_megapixels,
-    )
-    return finish(job.image, mask, job.refinement, boxes=job.boxes, device=model_device(model))
+def segment_job(job: Job, model, left: threading.Event):
+    """Runs in the model's thread: the same calls `birefnet segment` makes. Once the client has left (`left`
+    set), the work stops at its next check: between passes, before the refinement, and inside a CPU forward
+    pass (`checks_inside`), so the requests behind it wait a second or so, not the rest of its work."""
+
+    def check(*_progress) -> None:
+        if left.is_set():
+            raise ClientLeft()
+
+    with checks_inside(model, check):
+        mask, _ = segment_image(
+            model,
+            job.image,
+            boxes=job.boxes,
+            resolution=job.resolution,
+            highres=job.highres,
+            fine_megapixels=job.fine_megapixels,
+            callback=check,
+        )
+        check()
+        return finish(job.image, mask, job.refinement, boxes=job.boxes, device=model_device(model))
 
 
 def png_bytes(job: Job, mask, colours) -> bytes:
@@ -96,26 +108,29 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         """The PNG for the uploaded image and `options` (`parse_job`'s). Options in the URL other than
         `url_options` are refused (they would be ignored); a place in the line is taken before the image is
         decoded, so a full line refuses the request before it costs memory. A request whose client goes
-        away while it waits (Krita's Cancel, a closed tab, a killed script) leaves the line and never runs."""
+        away while it waits (Krita's Cancel, a closed tab, a killed script) leaves the line and never runs; one whose
+        client leaves while the model works on it stops within a second or so (`segment_job`)."""
         check_query(request, url_options)
         async with worker.place():
-            work = asyncio.ensure_future(segment_upload(upload, options))
+            left = threading.Event()
+            work = asyncio.ensure_future(segment_upload(upload, options, left))
             gone = asyncio.ensure_future(client_gone(request))
             try:
                 await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
             finally:
                 gone.cancel()
             if not work.done():
+                left.set()
                 work.cancel()
                 return Response(status_code=499)  # nobody reads it (nginx's code for a client that left)
             return work.result()
 
-    async def segment_upload(upload: UploadFile, options: dict) -> Response:
+    async def segment_upload(upload: UploadFile, options: dict, left: threading.Event) -> Response:
         """Decoded in its turn (only the first requests in line hold a decoded image), then segmented."""
         async with worker.turn():
             job = parse_job(await read_image(upload), **options)
             try:
-                mask, colours = await worker.run(lambda model: segment_job(job, model), job.weights)
+                mask, colours = await worker.run(lambda model: segment_job(job, model, left), job.weights)
             except ValueError as err:  # the library's one-line errors about this image and its options
                 raise RequestError(400, first_line(err)) from None
             except OutOfMemory as err:  # this request was too large for the GPU now; smaller ones still run
