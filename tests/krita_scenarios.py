@@ -20,15 +20,15 @@ from birefnet_krita import colour, pixels, settings, source
 from birefnet_krita import extension as birefnet
 from birefnet_krita.docker import BiRefNetDocker
 from birefnet_krita.qt import QT_MAJOR
-from krita import Extension, Krita, Selection
+from krita import Extension, InfoObject, Krita, Selection
 
 if QT_MAJOR >= 6:
     from PyQt6.QtCore import QBuffer, QByteArray, QEventLoop, QIODevice, Qt, QTimer
-    from PyQt6.QtGui import QImage
+    from PyQt6.QtGui import QColor, QImage
     from PyQt6.QtWidgets import QAbstractItemView, QApplication, QDockWidget, QMessageBox
 else:
     from PyQt5.QtCore import QBuffer, QByteArray, QEventLoop, QIODevice, Qt, QTimer
-    from PyQt5.QtGui import QImage
+    from PyQt5.QtGui import QColor, QImage
     from PyQt5.QtWidgets import QAbstractItemView, QApplication, QDockWidget, QMessageBox
 
 WORK = Path(os.environ["BIREFNET_KRITA_TEST"])
@@ -137,8 +137,9 @@ def masks_of(node):
     return [child for child in node.childNodes() if child.type() == "transparencymask"]
 
 
-def record(name: str, doc, node, result: dict, **extra) -> None:
-    """The layer's input pixels on the canvas, and the mask the action added to it."""
+def record(name: str, doc, node, result: dict, shown_before: bytes | None = None, **extra) -> None:
+    """The layer's input pixels on the canvas, and the mask the action added to it. `shown_before`: what a layer
+    without pixels of its own showed before the action (afterwards it shows them through the new mask)."""
     x, y, w, h = region(doc, node)
     masks = masks_of(node)
     out = dict(
@@ -149,7 +150,7 @@ def record(name: str, doc, node, result: dict, **extra) -> None:
         height=h,
         model=node.colorModel(),
         depth=node.colorDepth(),
-        input=save(f"{name}_input.raw", node.pixelData(x, y, w, h).data()),
+        input=save(f"{name}_input.raw", shown_before or node.pixelData(x, y, w, h).data()),
         masks=[m.name() for m in masks],
         **extra,
     )
@@ -285,6 +286,50 @@ def scenario_offset():
     )
 
 
+CIRCLE_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="{w}pt" height="{h}pt" viewBox="0 0 {w} {h}">'
+    '<circle cx="{cx}" cy="{cy}" r="{r}" fill="#d04020"/></svg>'
+)
+
+
+def scenario_layer_kinds():
+    """Layers without pixels of their own, each showing something over a transparent canvas: a group holding
+    the picture, a file layer of the picture's file, a clone of the picture, a vector layer (a circle) and a
+    fill layer (a colour in a selected rectangle). Remove Background on each adds the mask of what it shows."""
+    doc = open_image("rgba")
+    picture = doc.activeNode()
+    root = doc.rootNode()
+    w, h = doc.width(), doc.height()
+    group = doc.createGroupLayer("group")
+    root.addChildNode(group, None)
+    group.addChildNode(picture.duplicate(), None)
+    vector = doc.createVectorLayer("vector")
+    root.addChildNode(vector, None)
+    vector.addShapesFromSvg(CIRCLE_SVG.format(w=w, h=h, cx=w // 2, cy=h // 2, r=min(w, h) // 4))
+    colour_info = InfoObject()
+    colour_info.setProperty("color", QColor(40, 90, 200))
+    rectangle = Selection()
+    rectangle.select(w // 4, h // 3, w // 2, h // 3, 255)
+    layers = {
+        "group": group,
+        "file": doc.createFileLayer("file", PLAN["images"]["rgba"], "None"),
+        "clone": doc.createCloneLayer("clone", picture),
+        "vector": vector,
+        "fill": doc.createFillLayer("fill", "color", colour_info, rectangle),
+    }
+    for node in layers.values():
+        if node.parentNode() is None:
+            root.addChildNode(node, None)
+    doc.refreshProjection()
+    doc.waitForDone()
+    wait(1)  # a file layer reads its file, a vector layer renders its shapes: both after the node is added
+    for name, node in layers.items():
+        doc.setActiveNode(node)
+        wait(0.3)
+        before = node.projectionPixelData(*region(doc, node)).data()
+        record(f"kind_{name}", doc, node, trigger(birefnet.REMOVE_BACKGROUND), before, kind=node.type())
+
+
 def scenario_large():
     doc = open_image("large")
     record("large", doc, doc.activeNode(), trigger(birefnet.REMOVE_BACKGROUND))
@@ -297,8 +342,23 @@ def scenario_large():
 
 
 def scenario_grey():
+    """A grey picture, then the same in 16-bit linear-light grey (a grey profile other than sRGB's curve)."""
     doc = open_image("grey")
-    record("grey", doc, doc.activeNode(), trigger(birefnet.REMOVE_BACKGROUND))
+    node = doc.activeNode()
+    record("grey", doc, node, trigger(birefnet.REMOVE_BACKGROUND), profile=node.colorProfile())
+    doc = open_image("grey")
+    doc.setColorSpace("GRAYA", "U16", "Gray-D50-elle-V2-g10.icc")
+    doc.waitForDone()
+    node = doc.activeNode()
+    x, y, w, h = region(doc, node)
+    record(
+        "grey_linear",
+        doc,
+        node,
+        trigger(birefnet.REMOVE_BACKGROUND),
+        profile=node.colorProfile(),
+        input_srgb=save("grey_linear_input_srgb.raw", in_srgb(doc, node.name(), x, y, w, h)),
+    )
 
 
 def scenario_sixteen_bit():
@@ -908,6 +968,7 @@ SCENARIOS = [
     scenario_box,
     scenario_offset,
     scenario_large,
+    scenario_layer_kinds,
     scenario_grey,
     scenario_sixteen_bit,
     scenario_profiles,

@@ -505,12 +505,53 @@ def test_image_far_larger_than_the_model_resolution(krita_session, model):
     assert np.abs(mask.astype(int) - plain).max() > 16  # the second pass saw the object at full detail
 
 
+@in_krita("layer_kinds")
+@pytest.mark.parametrize(
+    "kind",
+    [
+        ("group", "grouplayer"),
+        ("file", "filelayer"),
+        ("clone", "clonelayer"),
+        ("vector", "vectorlayer"),
+        ("fill", "filllayer"),
+    ],
+    ids=lambda kind: kind[0],
+)
+def test_layers_without_pixels_of_their_own_are_read_through_what_they_show(krita_session, model, kind):
+    name, krita_type = kind
+    result = scenario(krita_session, "layer_kinds", f"kind_{name}")
+    assert result["ok"], result["message"]
+    assert result["kind"] == krita_type and result["masks"] == ["Background removed (BiRefNet)"]
+    shown = layer_image(result)
+    assert np.asarray(shown)[..., 3].max() > 0  # it showed something
+    expected = library_mask(model, shown)
+    if name == "fill":  # its layer is its rectangle, one flat colour: no object to find, the model's mask still
+        difference = np.abs(raw(result, "mask", 1).astype(int) - expected)
+        assert difference.max() <= 1
+    else:
+        assert_same_mask(raw(result, "mask", 1), expected)
+
+
 @in_krita("grey")
 def test_grey_layer(krita_session, model):
     result = scenario(krita_session, "grey")
     assert result["ok"], result["message"]
     assert result["model"] == "GRAYA"
     assert_same_mask(raw(result, "mask", 1), library_mask(model, layer_image(result)))
+
+
+@in_krita("grey")
+def test_grey_layer_in_linear_light_is_sent_as_srgb(krita_session, model):
+    """A grey layer in a grey profile other than sRGB's curve (16-bit linear light) reaches the model as Krita
+    shows it in sRGB: the library's mask of those pixels, and the same as in the sRGB-curve grey image."""
+    plain = scenario(krita_session, "grey")
+    result = scenario(krita_session, "grey", "grey_linear")
+    assert result["ok"], result["message"]
+    assert (result["model"], result["depth"]) == ("GRAYA", "U16")
+    assert result["profile"] == "Gray-D50-elle-V2-g10.icc" != plain["profile"]
+    mask = raw(result, "mask", 1)
+    assert_same_mask(mask, library_mask(model, srgb_image(result, "input_srgb")))
+    assert np.abs(mask.astype(int) - raw(plain, "mask", 1)).max() <= 1
 
 
 @in_krita("sixteen_bit")
