@@ -884,9 +884,10 @@ def test_megapixel_limits_above_pillows_own_are_the_servers(tmp_path):
 
 
 @contextlib.contextmanager
-def _in_this_process(worker):
+def _in_this_process(worker, grace: float | None = None):
     """The app on a free port of 127.0.0.1, served by uvicorn in a thread of this process (so a test can
-    reach into its model); yields what `call` takes."""
+    reach into its model); yields what `call` takes, and `stop()`, which stops the server as Ctrl+C does
+    (requests in flight get `grace` seconds, then are cancelled)."""
     import uvicorn
 
     from birefnet.server.app import create_app
@@ -895,16 +896,22 @@ def _in_this_process(worker):
 
     sock = bind("127.0.0.1", 0)
     settings = Settings(port=sock.getsockname()[1])
-    runner = uvicorn.Server(uvicorn.Config(create_app(settings, worker), log_level="warning"))
+    config = uvicorn.Config(create_app(settings, worker), log_level="critical", timeout_graceful_shutdown=grace)
+    runner = uvicorn.Server(config)
     thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]})
     thread.start()
+
+    def stop():
+        runner.should_exit = True
+        thread.join(60)
+        assert not thread.is_alive(), "the server did not stop"
+
     try:
         while not runner.started:
             time.sleep(0.05)
-        yield SimpleNamespace(url=settings.url, host=settings.url.removeprefix("http://"))
+        yield SimpleNamespace(url=settings.url, host=settings.url.removeprefix("http://"), stop=stop)
     finally:
-        runner.should_exit = True
-        thread.join(30)
+        stop()
         sock.close()
 
 
@@ -993,3 +1000,43 @@ def test_a_request_whose_client_leaves_while_the_model_works_on_it_stops_within_
             assert call(server, "/v1/segment", quick) == (200, "image/png", answer)
     finally:
         idle.close()
+
+
+def test_a_server_stopping_stops_the_work_it_cancels():
+    """Ctrl+C while the model works on a long request: once the grace time for requests in flight has passed,
+    the server cancels the request and its work stops too (before, the model's thread ran it to the end, and
+    the server could not exit until then: minutes for a large image on a CPU); its client gets a 503 saying so."""
+    from birefnet.server.weights import Catalog
+    from birefnet.server.worker import Worker
+
+    worker = Worker(None, "cpu", "float32", Catalog(()), max_queue=4)
+    model = worker.model
+    passes = []  # submodules run in each forward pass
+    entered, release = threading.Event(), threading.Event()
+
+    def held(module, args):
+        passes.append(0)
+        entered.set()
+        release.wait(60)
+
+    def counted(module, args):
+        passes[-1] += 1
+
+    ours = [model.register_forward_pre_hook(held)]
+    ours += [module.register_forward_pre_hook(counted) for module in model.modules() if module is not model]
+    try:
+        with _in_this_process(worker, grace=0.5) as server, ThreadPoolExecutor(1) as pool:
+            request = pool.submit(call, server, "/v1/segment", [("image", EXAMPLE.read_bytes())])
+            assert entered.wait(60)
+            server.stop()  # the request's task is cancelled after 0.5 s
+            release.set()
+            worker.close()  # waits for the model's thread
+            assert passes == [0]  # its pass stopped at its first check
+            status, kind, body = request.result()
+            assert status == 503 and kind == "application/json"  # not a bare 500
+            assert json.loads(body)["error"] == "the server is stopping; send the request again once it is back"
+    finally:
+        release.set()
+        for hook in ours:
+            hook.remove()
+        worker.close()

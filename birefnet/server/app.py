@@ -109,19 +109,27 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         `url_options` are refused (they would be ignored); a place in the line is taken before the image is
         decoded, so a full line refuses the request before it costs memory. A request whose client goes
         away while it waits (Krita's Cancel, a closed tab, a killed script) leaves the line and never runs; one whose
-        client leaves while the model works on it stops within a second or so (`segment_job`)."""
+        client leaves while the model works on it stops within a second or so (`segment_job`), as does one the
+        server cancels as it stops (Ctrl+C or SIGTERM, once requests in flight have had their grace time)."""
         check_query(request, url_options)
         async with worker.place():
             left = threading.Event()
             work = asyncio.ensure_future(segment_upload(upload, options, left))
             gone = asyncio.ensure_future(client_gone(request))
+            finished = stopping = False
             try:
                 await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-            finally:
+                finished = work.done()
+            except asyncio.CancelledError:  # the server is stopping and its grace time for requests is over
+                stopping = True
+            finally:  # the work must not outlive its request
                 gone.cancel()
-            if not work.done():
-                left.set()
-                work.cancel()
+                if not finished:
+                    left.set()
+                    work.cancel()
+            if stopping:
+                raise RequestError(503, "the server is stopping; send the request again once it is back")
+            if not finished:
                 return Response(status_code=499)  # nobody reads it (nginx's code for a client that left)
             return work.result()
 
