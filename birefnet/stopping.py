@@ -27,8 +27,10 @@ from torch import nn
 @contextlib.contextmanager
 def checks_inside(model, check: Callable[[], None]) -> Iterator[None]:
     """`check()` before each submodule of `model`'s CPU forward passes in this thread, while inside.
-    Models that are not plain modules (OpenVINO, `torch.compile`d) run their passes whole."""
-    if not isinstance(model, nn.Module) or hasattr(model, "_orig_mod"):
+    Models that are not plain modules (OpenVINO, `torch.compile`d) run their passes whole, and a model
+    already on a GPU gets no hooks at all (an eager GPU pass would pay for calling them)."""
+    first = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    if first is None or first.device.type != "cpu" or hasattr(model, "_orig_mod"):
         yield
         return
     owner = threading.get_ident()

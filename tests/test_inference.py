@@ -160,16 +160,19 @@ def test_checks_inside_stop_a_cpu_pass_part_way_and_leave_the_model_as_it_was(b0
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA pass")
 def test_checks_inside_leave_cuda_passes_unchecked(b0_weights):
     """On a GPU a pass takes milliseconds and may be a captured CUDA graph, which an exception inside
-    would leave broken: there the checks wait for the callers' checks between passes."""
+    would leave broken: there the checks wait for the callers' checks between passes. Both for a model
+    on the GPU from the start and for one moved there inside the `with` (ComfyUI loads it there late)."""
     from birefnet import load_model
     from birefnet.stopping import checks_inside
 
     def stop():
         raise AssertionError("checked inside a CUDA pass")
 
-    model = load_model(b0_weights, device="cuda")
-    with checks_inside(model, stop):
-        segment(model, _photo(128, 128), resolution=128, device="cuda")
+    for moved_inside in (False, True):
+        model = load_model(b0_weights, device="cpu" if moved_inside else "cuda")
+        with checks_inside(model, stop):
+            model.to("cuda")
+            segment(model, _photo(128, 128), resolution=128, device="cuda")
 
 
 def test_segment_matches_manual_pipeline(b0_model):
