@@ -1040,3 +1040,65 @@ def test_a_server_stopping_stops_the_work_it_cancels():
         for hook in ours:
             hook.remove()
         worker.close()
+
+
+def test_progress_of_a_named_request_moves_within_its_passes_until_it_is_answered():
+    """A client that names its request (`request_id`) reads how far it is: "waiting" while in line, then the
+    share of its work, moving inside each pass on a CPU (timed by the model's last whole pass), not only
+    between them; 404 once answered. The test holds the passes of a coarse-to-fine request part-way through."""
+    from birefnet.server.weights import Catalog
+    from birefnet.server.worker import Worker
+
+    worker = Worker(None, "cpu", "float32", Catalog(()), max_queue=4)
+    model = worker.model
+    passes = []  # submodules run in each forward pass
+    holds = {(2, 60): (threading.Event(), threading.Event()), (3, 60): (threading.Event(), threading.Event())}
+
+    def started(module, args):
+        passes.append(0)
+
+    def counted(module, args):
+        passes[-1] += 1
+        if (len(passes), passes[-1]) in holds:
+            reached, release = holds[(len(passes), passes[-1])]
+            reached.set()
+            release.wait(60)
+
+    ours = [model.register_forward_pre_hook(started)]
+    ours += [module.register_forward_pre_hook(counted) for module in model.modules() if module is not model]
+    image = png(Image.open(EXAMPLE).resize((1600, 1200)))
+    highres = [("image", image), ("resolution", "256"), ("highres", "true")]
+
+    def progress(request_id):
+        status, _, body = call(server, f"/v1/progress/{request_id}")
+        return status, json.loads(body)
+
+    try:
+        with _in_this_process(worker) as server, ThreadPoolExecutor(2) as pool:
+            assert call(server, "/v1/segment", [("image", image), ("resolution", "256")])[0] == 200  # 1 pass
+            first = pool.submit(call, server, "/v1/segment", [*highres, ("request_id", "first")])
+            (coarse, release_coarse), (fine, release_fine) = holds.values()
+            assert coarse.wait(60)
+            status, during_coarse = progress("first")
+            second = pool.submit(call, server, "/v1/segment", [("image", image), ("request_id", "second")])
+            _until(lambda: progress("second")[0] == 200)
+            assert progress("second")[1] == {"request_id": "second", "state": "waiting", "progress": 0.0}
+            again = call(server, "/v1/segment", [("image", image), ("request_id", "first")])
+            assert again[0] == 409 and "in use by a request in flight" in json.loads(again[2])["error"]
+            bad = call(server, "/v1/segment", [("image", image), ("request_id", "no spaces")])
+            assert bad[0] == 400 and "request_id" in json.loads(bad[2])["error"]
+            release_coarse.set()
+            assert fine.wait(60)
+            during_fine = progress("first")[1]
+            release_fine.set()
+            assert first.result()[0] == 200 and second.result()[0] == 200
+            gone, answer = progress("first")
+        assert status == 200 and during_coarse["state"] == during_fine["state"] == "running"
+        assert 0 < during_coarse["progress"] < 0.475 < during_fine["progress"] < 0.95  # half the work per pass
+        assert gone == 404 and answer["error"].startswith("no request in flight has request_id 'first'")
+    finally:
+        for _, release in holds.values():
+            release.set()
+        for hook in ours:
+            hook.remove()
+        worker.close()

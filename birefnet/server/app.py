@@ -28,6 +28,7 @@ from ..version import __version__
 from ..zoo import listed
 from .errors import ClientLeft, RequestError
 from .gate import SegmentGate
+from .progress import PassClock, Progress, check_request_id
 from .security import RequestGuard, SiteGuard
 from .settings import Settings
 from .uploads import Job, check_fields, decode_image, parse_job
@@ -51,22 +52,33 @@ SEGMENT_FIELDS = (
     "foreground_radius",
     "highres",
     "fine_megapixels",
+    "request_id",
 )
 REMBG_FIELDS = ("file", "model", "a", "af", "ab", "ae", "om", "ppm", "bgc", "extras")
 REMBG_URL_OPTIONS = ("bgc", "extras")  # rembg's POST reads these two from the URL, not the form
 PNG = {200: {"content": {"image/png": {}}, "description": "the PNG"}}
 
 
-def segment_job(job: Job, model, left: threading.Event):
-    """Runs in the model's thread: the same calls `birefnet segment` makes. Once the client has left (`left`
-    set), the work stops at its next check: between passes, before the refinement, and inside a CPU forward
-    pass (`checks_inside`), so the requests behind it wait a second or so, not the rest of its work."""
+def segment_job(job: Job, model, left: threading.Event, progress: Progress, clock: PassClock):
+    """Runs in the model's thread: the same calls `birefnet segment` makes, with `progress` moved along. Once the
+    client has left (`left` set), the work stops at its next check: between passes, before the refinement, and
+    inside a CPU forward pass (`checks_inside`), so the requests behind it wait a second or so, not the rest of
+    its work."""
 
-    def check(*_progress) -> None:
+    def check() -> None:
         if left.is_set():
             raise ClientLeft()
 
-    with checks_inside(model, check):
+    def inside_pass() -> None:
+        check()
+        progress.checked()
+
+    def after_pass(done: int, total: int) -> None:
+        check()
+        progress.pass_done(done, total)
+
+    progress.start(clock)
+    with checks_inside(model, inside_pass):
         mask, _ = segment_image(
             model,
             job.image,
@@ -74,7 +86,7 @@ def segment_job(job: Job, model, left: threading.Event):
             resolution=job.resolution,
             highres=job.highres,
             fine_megapixels=job.fine_megapixels,
-            callback=check,
+            callback=after_pass,
         )
         check()
         return finish(job.image, mask, job.refinement, boxes=job.boxes, device=model_device(model))
@@ -104,17 +116,31 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         'Every error is JSON {"error": "..."}.',
     )
 
-    async def answer(request: Request, upload: UploadFile, url_options=(), **options) -> Response:
+    async def answer(
+        request: Request, upload: UploadFile, url_options=(), request_id: str | None = None, **options
+    ) -> Response:
         """The PNG for the uploaded image and `options` (`parse_job`'s). Options in the URL other than
         `url_options` are refused (they would be ignored); a place in the line is taken before the image is
         decoded, so a full line refuses the request before it costs memory. A request whose client goes
         away while it waits (Krita's Cancel, a closed tab, a killed script) leaves the line and never runs; one whose
         client leaves while the model works on it stops within a second or so (`segment_job`), as does one the
-        server cancels as it stops (Ctrl+C or SIGTERM, once requests in flight have had their grace time)."""
+        server cancels as it stops (Ctrl+C or SIGTERM, once requests in flight have had their grace time).
+        With a `request_id`, GET /v1/progress/{request_id} tells how far it is until it is answered."""
         check_query(request, url_options)
+        passes = 2 if options.get("highres") else max(len(options.get("boxes") or ()), 1)
+        if request_id is None:
+            return await take_place(request, upload, options, Progress(passes))
+        request_id = check_request_id(request_id)
+        progress = worker.progress.add(request_id, passes)
+        try:
+            return await take_place(request, upload, options, progress)
+        finally:
+            worker.progress.remove(request_id)
+
+    async def take_place(request: Request, upload: UploadFile, options: dict, progress: Progress) -> Response:
         async with worker.place():
             left = threading.Event()
-            work = asyncio.ensure_future(segment_upload(upload, options, left))
+            work = asyncio.ensure_future(segment_upload(upload, options, left, progress))
             gone = asyncio.ensure_future(client_gone(request))
             finished = stopping = False
             try:
@@ -133,12 +159,14 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
                 return Response(status_code=499)  # nobody reads it (nginx's code for a client that left)
             return work.result()
 
-    async def segment_upload(upload: UploadFile, options: dict, left: threading.Event) -> Response:
+    async def segment_upload(upload: UploadFile, options: dict, left: threading.Event, progress: Progress) -> Response:
         """Decoded in its turn (only the first requests in line hold a decoded image), then segmented."""
         async with worker.turn():
             job = parse_job(await read_image(upload), **options)
             try:
-                mask, colours = await worker.run(lambda model: segment_job(job, model, left), job.weights)
+                mask, colours = await worker.run(
+                    lambda model: segment_job(job, model, left, progress, worker.progress.clock(model)), job.weights
+                )
             except ValueError as err:  # the library's one-line errors about this image and its options
                 raise RequestError(400, first_line(err)) from None
             except OutOfMemory as err:  # this request was too large for the GPU now; smaller ones still run
@@ -171,6 +199,9 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         foreground_radius: Annotated[int, Form()] = 90,
         highres: Annotated[bool, Form(description="coarse to fine, for images far above the working size")] = False,
         fine_megapixels: Annotated[float, Form(description="working area of the fine pass")] = DEFAULT_FINE_MEGAPIXELS,
+        request_id: Annotated[
+            str | None, Form(description="a name of the client's choosing (a UUID): GET /v1/progress/{request_id}")
+        ] = None,
     ):
         """The mask (or cut-out) `birefnet segment` writes for this image and these options."""
         check_fields([name for name, _ in (await request.form()).multi_items()], SEGMENT_FIELDS, ("box",))
@@ -197,6 +228,7 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
             refinement=refinement,
             highres=highres,
             fine_megapixels=fine_megapixels,
+            request_id=request_id or None,
         )
 
     @app.post("/api/remove", responses=PNG, response_class=Response)
@@ -236,6 +268,13 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
             "version": __version__,
             "waiting": worker.waiting,
         }
+
+    @app.get("/v1/progress/{request_id}")
+    async def progress(request_id: str):
+        """How far the request sent with this `request_id` is: state "waiting" (in line) or "running", and progress
+        from 0 to 1 (the passes through the network, within a pass on a CPU too; then the refinement). 404 once
+        it is answered."""
+        return worker.progress.report(request_id)
 
     @app.get("/v1/models")
     async def models():

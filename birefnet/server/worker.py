@@ -14,6 +14,7 @@ from ..device import auto_dtype, parse_dtype, resolve_device
 from ..errors import CheckpointError
 from ..loading import load_model
 from .errors import RequestError
+from .progress import Registry
 from .weights import Catalog, model_name
 
 # Requests holding a decoded image at once: the one the model runs and the next, decoded meanwhile so
@@ -37,6 +38,7 @@ class Worker:
         # no longer says which name means the default
         self.default_name = self.name
         self.waiting = 0  # changed on the event loop's thread only
+        self.progress = Registry()  # the requests in flight that named themselves
         self._decoded = asyncio.Semaphore(DECODED_AT_ONCE)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="birefnet-model")
 
