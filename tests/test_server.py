@@ -1043,7 +1043,7 @@ def test_a_server_stopping_stops_the_work_it_cancels():
 
 
 def test_progress_of_a_named_request_moves_within_its_passes_until_it_is_answered():
-    """A client that names its request (`request_id`) reads how far it is: "waiting" while in line, then the
+    """A client that names its request (header X-Request-ID) reads how far it is: "waiting" while in line, then the
     share of its work, moving inside each pass on a CPU (timed by the model's last whole pass), not only
     between them; 404 once answered. The test holds the passes of a coarse-to-fine request part-way through."""
     from birefnet.server.weights import Catalog
@@ -1076,17 +1076,17 @@ def test_progress_of_a_named_request_moves_within_its_passes_until_it_is_answere
     try:
         with _in_this_process(worker) as server, ThreadPoolExecutor(2) as pool:
             assert call(server, "/v1/segment", [("image", image), ("resolution", "256")])[0] == 200  # 1 pass
-            first = pool.submit(call, server, "/v1/segment", [*highres, ("request_id", "first")])
+            first = pool.submit(call, server, "/v1/segment", highres, {"X-Request-ID": "first"})
             (coarse, release_coarse), (fine, release_fine) = holds.values()
             assert coarse.wait(60)
             status, during_coarse = progress("first")
-            second = pool.submit(call, server, "/v1/segment", [("image", image), ("request_id", "second")])
+            second = pool.submit(call, server, "/v1/segment", [("image", image)], {"X-Request-ID": "second"})
             _until(lambda: progress("second")[0] == 200)
             assert progress("second")[1] == {"request_id": "second", "state": "waiting", "progress": 0.0}
-            again = call(server, "/v1/segment", [("image", image), ("request_id", "first")])
+            again = call(server, "/v1/segment", [("image", image)], {"X-Request-ID": "first"})
             assert again[0] == 409 and "in use by a request in flight" in json.loads(again[2])["error"]
-            bad = call(server, "/v1/segment", [("image", image), ("request_id", "no spaces")])
-            assert bad[0] == 400 and "request_id" in json.loads(bad[2])["error"]
+            bad = call(server, "/api/remove", [("file", image)], {"X-Request-ID": "no spaces"})
+            assert bad[0] == 400 and "X-Request-ID" in json.loads(bad[2])["error"]
             release_coarse.set()
             assert fine.wait(60)
             during_fine = progress("first")[1]
@@ -1095,7 +1095,7 @@ def test_progress_of_a_named_request_moves_within_its_passes_until_it_is_answere
             gone, answer = progress("first")
         assert status == 200 and during_coarse["state"] == during_fine["state"] == "running"
         assert 0 < during_coarse["progress"] < 0.475 < during_fine["progress"] < 0.95  # half the work per pass
-        assert gone == 404 and answer["error"].startswith("no request in flight has request_id 'first'")
+        assert gone == 404 and answer["error"].startswith("no request in flight has X-Request-ID 'first'")
     finally:
         for _, release in holds.values():
             release.set()

@@ -52,8 +52,8 @@ SEGMENT_FIELDS = (
     "foreground_radius",
     "highres",
     "fine_megapixels",
-    "request_id",
 )
+REQUEST_ID_HEADER = "X-Request-ID"  # names a request for GET /v1/progress/{request_id}
 REMBG_FIELDS = ("file", "model", "a", "af", "ab", "ae", "om", "ppm", "bgc", "extras")
 REMBG_URL_OPTIONS = ("bgc", "extras")  # rembg's POST reads these two from the URL, not the form
 PNG = {200: {"content": {"image/png": {}}, "description": "the PNG"}}
@@ -116,17 +116,17 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         'Every error is JSON {"error": "..."}.',
     )
 
-    async def answer(
-        request: Request, upload: UploadFile, url_options=(), request_id: str | None = None, **options
-    ) -> Response:
+    async def answer(request: Request, upload: UploadFile, url_options=(), **options) -> Response:
         """The PNG for the uploaded image and `options` (`parse_job`'s). Options in the URL other than
         `url_options` are refused (they would be ignored); a place in the line is taken before the image is
         decoded, so a full line refuses the request before it costs memory. A request whose client goes
         away while it waits (Krita's Cancel, a closed tab, a killed script) leaves the line and never runs; one whose
         client leaves while the model works on it stops within a second or so (`segment_job`), as does one the
         server cancels as it stops (Ctrl+C or SIGTERM, once requests in flight have had their grace time).
-        With a `request_id`, GET /v1/progress/{request_id} tells how far it is until it is answered."""
+        Sent with an X-Request-ID header, GET /v1/progress/{that id} tells how far it is until it is answered (a
+        header, not a form field: servers from before it ignore it, where they would refuse an unknown field)."""
         check_query(request, url_options)
+        request_id = request.headers.get(REQUEST_ID_HEADER)
         passes = 2 if options.get("highres") else max(len(options.get("boxes") or ()), 1)
         if request_id is None:
             return await take_place(request, upload, options, Progress(passes))
@@ -199,9 +199,6 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         foreground_radius: Annotated[int, Form()] = 90,
         highres: Annotated[bool, Form(description="coarse to fine, for images far above the working size")] = False,
         fine_megapixels: Annotated[float, Form(description="working area of the fine pass")] = DEFAULT_FINE_MEGAPIXELS,
-        request_id: Annotated[
-            str | None, Form(description="a name of the client's choosing (a UUID): GET /v1/progress/{request_id}")
-        ] = None,
     ):
         """The mask (or cut-out) `birefnet segment` writes for this image and these options."""
         check_fields([name for name, _ in (await request.form()).multi_items()], SEGMENT_FIELDS, ("box",))
@@ -228,7 +225,6 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
             refinement=refinement,
             highres=highres,
             fine_megapixels=fine_megapixels,
-            request_id=request_id or None,
         )
 
     @app.post("/api/remove", responses=PNG, response_class=Response)
@@ -271,7 +267,7 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
 
     @app.get("/v1/progress/{request_id}")
     async def progress(request_id: str):
-        """How far the request sent with this `request_id` is: state "waiting" (in line) or "running", and progress
+        """How far the request sent with this X-Request-ID is: state "waiting" (in line) or "running", and progress
         from 0 to 1 (the passes through the network, within a pass on a CPU too; then the refinement). 404 once
         it is answered."""
         return worker.progress.report(request_id)
@@ -396,7 +392,7 @@ def add_guards(app: FastAPI, settings: Settings) -> None:
             CORSMiddleware,
             allow_origins=list(settings.cors),
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization"],
+            allow_headers=["Authorization", REQUEST_ID_HEADER],
         )
     app.add_middleware(SiteGuard, settings=settings)
 

@@ -1,6 +1,6 @@
 """How far a request's work is, for clients that show a progress bar (GET /v1/progress/{request_id}).
 
-A request names itself with the form field `request_id`. Its work is its passes through the network (one;
+A request names itself with an X-Request-ID header. Its work is its passes through the network (one;
 two with highres; one per box), then the refinement and the PNG. On a CPU a pass takes seconds to minutes,
 so the share of the current pass counts too: the model's checks before each submodule
 (`stopping.checks_inside`) come in the same order at every size, and the n-th comes at nearly the same share
@@ -21,7 +21,7 @@ NETWORK_SHARE = 0.95  # of the whole work: the passes; the rest is the refinemen
 
 def check_request_id(request_id: str) -> str:
     if not REQUEST_ID.fullmatch(request_id):
-        raise RequestError(400, f"request_id {request_id[:80]!r}: use 1 to 64 letters, digits, - or _ (a UUID does)")
+        raise RequestError(400, f"X-Request-ID {request_id[:80]!r}: use 1 to 64 letters, digits, - or _ (a UUID does)")
     return request_id
 
 
@@ -82,7 +82,7 @@ class Progress:
 
 
 class Registry:
-    """The requests in flight that named themselves, by request_id (read by the event loop, moved by the
+    """The requests in flight that named themselves, by X-Request-ID (read by the event loop, moved by the
     model's thread: plain attribute writes, no lock needed)."""
 
     def __init__(self):
@@ -92,7 +92,7 @@ class Registry:
     def add(self, request_id: str, passes: int) -> Progress:
         if request_id in self.requests:
             raise RequestError(
-                409, f"request_id {request_id!r} is in use by a request in flight: give each request its own"
+                409, f"X-Request-ID {request_id!r} is in use by a request in flight: give each request its own"
             )
         progress = self.requests[request_id] = Progress(passes)
         return progress
@@ -110,6 +110,6 @@ class Registry:
         progress = self.requests.get(request_id)
         if progress is None:
             raise RequestError(
-                404, f"no request in flight has request_id {request_id!r} (it was answered, or never sent)"
+                404, f"no request in flight has X-Request-ID {request_id!r} (it was answered, or never sent)"
             )
         return {"request_id": request_id, **progress.report()}
