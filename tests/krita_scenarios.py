@@ -25,11 +25,11 @@ from krita import Extension, InfoObject, Krita, Selection
 if QT_MAJOR >= 6:
     from PyQt6.QtCore import QBuffer, QByteArray, QEventLoop, QIODevice, Qt, QTimer
     from PyQt6.QtGui import QColor, QImage
-    from PyQt6.QtWidgets import QAbstractItemView, QApplication, QDockWidget, QMessageBox
+    from PyQt6.QtWidgets import QAbstractItemView, QApplication, QDockWidget, QMessageBox, QProgressDialog
 else:
     from PyQt5.QtCore import QBuffer, QByteArray, QEventLoop, QIODevice, Qt, QTimer
     from PyQt5.QtGui import QColor, QImage
-    from PyQt5.QtWidgets import QAbstractItemView, QApplication, QDockWidget, QMessageBox
+    from PyQt5.QtWidgets import QAbstractItemView, QApplication, QDockWidget, QMessageBox, QProgressDialog
 
 WORK = Path(os.environ["BIREFNET_KRITA_TEST"])
 RESULTS = WORK / "results"
@@ -290,6 +290,31 @@ CIRCLE_SVG = (
     '<svg xmlns="http://www.w3.org/2000/svg" width="{w}pt" height="{h}pt" viewBox="0 0 {w} {h}">'
     '<circle cx="{cx}" cy="{cy}" r="{r}" fill="#d04020"/></svg>'
 )
+
+
+def scenario_progress():
+    """Coarse to fine on the 2048x2048 picture: the progress window's bar, sampled every 50 ms while the server
+    works, as the server reports it (a busy bar until the first report)."""
+    samples = []
+
+    def sample():
+        dialog = Krita.instance().activeWindow().qwindow().findChild(QProgressDialog, "birefnet_progress")
+        if dialog is not None and dialog.isVisible():
+            samples.append([dialog.maximum(), dialog.value()])
+
+    timer = QTimer()
+    timer.timeout.connect(sample)
+    settings.put("highres", True)
+    try:
+        doc = open_image("large")
+        timer.start(50)
+        result = trigger(birefnet.REMOVE_BACKGROUND)
+    finally:
+        timer.stop()
+        settings.put("highres", False)
+    (RESULTS / "progress.json").write_text(
+        json.dumps(dict(result, samples=samples, masks=len(masks_of(doc.activeNode()))))
+    )
 
 
 def scenario_layer_kinds():
@@ -968,6 +993,7 @@ SCENARIOS = [
     scenario_box,
     scenario_offset,
     scenario_large,
+    scenario_progress,
     scenario_layer_kinds,
     scenario_grey,
     scenario_sixteen_bit,

@@ -505,6 +505,20 @@ def test_image_far_larger_than_the_model_resolution(krita_session, model):
     assert np.abs(mask.astype(int) - plain).max() > 16  # the second pass saw the object at full detail
 
 
+@in_krita("progress")
+def test_the_progress_window_fills_as_the_server_reports(krita_session):
+    """The progress window's bar is busy until the server's first report, then fills with the share of the
+    work done (both passes of coarse to fine, within them on a CPU), never back, and never full: a full bar
+    would close the window before the result lands."""
+    result = scenario(krita_session, "progress")
+    assert result["ok"], result["message"]
+    filling = [value for maximum, value in result["samples"] if maximum == 100]
+    assert filling, f"the bar never filled: {result['samples'][:5]}"
+    assert all(maximum in (0, 100) for maximum, _ in result["samples"])
+    assert filling == sorted(filling) and 0 < max(filling) <= 95
+    assert len(set(filling)) >= 2  # it moved while the server worked
+
+
 @in_krita("layer_kinds")
 @pytest.mark.parametrize(
     "kind",

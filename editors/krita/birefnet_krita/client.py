@@ -2,6 +2,7 @@
 interface keeps running while the server works; each call can be cancelled."""
 
 import json
+import uuid
 
 from .qt import (
     QByteArray,
@@ -11,10 +12,12 @@ from .qt import (
     QNetworkReply,
     QNetworkRequest,
     QObject,
+    QTimer,
     QUrl,
     pyqtSignal,
 )
 
+PROGRESS_EVERY_MS = 400  # how often a request's progress is asked for while the server works on it
 NOT_RUNNING = (
     QNetworkReply.NetworkError.ConnectionRefusedError,
     QNetworkReply.NetworkError.HostNotFoundError,
@@ -33,10 +36,12 @@ def not_running_message(url: str) -> str:
 
 class ServerCall(QObject):
     """One request. Emits `succeeded(bytes)` with the response body, or `failed(str)` with a one-line
-    reason a user can act on; `cancel()` aborts and emits neither."""
+    reason a user can act on; `cancel()` aborts and emits neither. While the server works on a segment
+    request, `progressed(float)` says how far it is (0 to 1), from servers that report it."""
 
     succeeded = pyqtSignal(object)
     failed = pyqtSignal(str)
+    progressed = pyqtSignal(float)
 
     def __init__(self, server: str, token: str = "", parent=None):
         super().__init__(parent)
@@ -45,6 +50,10 @@ class ServerCall(QObject):
         self.cancelled = False
         self._manager = QNetworkAccessManager(self)
         self._reply = None
+        self._request_id = uuid.uuid4().hex
+        self._poll = None  # the progress request under way
+        self._poll_timer = QTimer(self)
+        self._poll_timer.timeout.connect(self._ask_progress)
 
     def _request(self, path: str):
         request = QNetworkRequest(QUrl(self.server + path))
@@ -70,12 +79,42 @@ class ServerCall(QObject):
             part.setHeader(QNetworkRequest.KnownHeaders.ContentDispositionHeader, f'form-data; name="{name}"')
             part.setBody(QByteArray(str(value).encode()))
             form.append(part)
-        reply = self._manager.post(self._request("/v1/segment"), form)
+        request = self._request("/v1/segment")
+        # a header, not a form field: a server from before progress reports ignores it (it refuses unknown fields)
+        request.setRawHeader(b"X-Request-ID", self._request_id.encode())
+        reply = self._manager.post(request, form)
         form.setParent(reply)  # lives as long as the upload
         self._watch(reply)
+        self._poll_timer.start(PROGRESS_EVERY_MS)
+
+    def _ask_progress(self) -> None:
+        if self._poll is None:  # one at a time: a busy server may answer slowly
+            poll = self._poll = self._manager.get(self._request(f"/v1/progress/{self._request_id}"))
+            poll.finished.connect(lambda: self._progress_answered(poll))
+
+    def _progress_answered(self, reply) -> None:
+        if reply is self._poll:
+            self._poll = None
+        reply.deleteLater()
+        if self.cancelled or self._reply is None:  # answered, cancelled or aborted meanwhile
+            return
+        if reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute) != 200:
+            return  # not yet in line, already answered, or a server without progress reports
+        try:
+            share = float(json.loads(reply.readAll().data().decode("utf-8"))["progress"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return
+        self.progressed.emit(min(max(share, 0.0), 1.0))
+
+    def _stop_polling(self) -> None:
+        self._poll_timer.stop()
+        poll, self._poll = self._poll, None
+        if poll is not None:
+            poll.abort()
 
     def cancel(self) -> None:
         self.cancelled = True
+        self._stop_polling()
         if self._reply is not None:
             self._reply.abort()
 
@@ -85,6 +124,7 @@ class ServerCall(QObject):
 
     def _finished(self) -> None:
         reply, self._reply = self._reply, None
+        self._stop_polling()
         reply.deleteLater()
         if self.cancelled:
             return

@@ -144,6 +144,7 @@ class BiRefNetExtension(Extension):
         call = job.call = ServerCall(settings.server_url(), settings.token(), self)
         call.succeeded.connect(lambda body: self._received(job, body))
         call.failed.connect(lambda message: self._fail(job.action_id, message))
+        call.progressed.connect(lambda share: self._progressed(job, share))
         try:
             call.segment(png, job.source.fields())
         except Exception as err:  # noqa: BLE001 - whatever it is, say it and never leave the plug-in busy
@@ -176,6 +177,13 @@ class BiRefNetExtension(Extension):
         dialog.setValue(0)
         self._progress = dialog
         self.status.emit(text)
+
+    def _progressed(self, job: Job, share: float) -> None:
+        """The server's progress report: the dialog's busy bar becomes a bar that fills (to 99% at most: a full
+        bar closes the dialog, which goes when the result has landed)."""
+        if job is self.job and self._progress is not None:
+            self._progress.setMaximum(100)
+            self._progress.setValue(min(99, round(share * 100)))
 
     def _end(self) -> None:
         self.job = None

@@ -11,7 +11,7 @@ except (ImportError, AttributeError):  # Krita before 6 has no qt_major_version:
     QT_MAJOR = 5
 
 if QT_MAJOR >= 6:
-    from PyQt6.QtCore import QBuffer, QByteArray, QIODevice, QObject, QRect, Qt, QUrl, pyqtSignal, pyqtSlot
+    from PyQt6.QtCore import QBuffer, QByteArray, QIODevice, QObject, QRect, Qt, QTimer, QUrl, pyqtSignal, pyqtSlot
     from PyQt6.QtGui import QImage
     from PyQt6.QtNetwork import QHttpMultiPart, QHttpPart, QNetworkAccessManager, QNetworkReply, QNetworkRequest
     from PyQt6.QtWidgets import (
@@ -31,7 +31,7 @@ if QT_MAJOR >= 6:
         QWidget,
     )
 else:
-    from PyQt5.QtCore import QBuffer, QByteArray, QIODevice, QObject, QRect, Qt, QUrl, pyqtSignal, pyqtSlot
+    from PyQt5.QtCore import QBuffer, QByteArray, QIODevice, QObject, QRect, Qt, QTimer, QUrl, pyqtSignal, pyqtSlot
     from PyQt5.QtGui import QImage
     from PyQt5.QtNetwork import QHttpMultiPart, QHttpPart, QNetworkAccessManager, QNetworkReply, QNetworkRequest
     from PyQt5.QtWidgets import (
@@ -76,6 +76,7 @@ __all__ = [
     "QPushButton",
     "QRect",
     "QSpinBox",
+    "QTimer",
     "QUrl",
     "QVBoxLayout",
     "QWidget",
