@@ -1,6 +1,6 @@
 """The page at / in headless Chromium (Playwright): pick an image, see mask and cut-out, coarse to fine,
-draw a box (the mask then stays 0 outside it), download the cut-out PNG; the Krita plug-in link; number
-inputs that stop where the server's checks do."""
+its progress while the server works, draw a box (the mask then stays 0 outside it), download the cut-out PNG;
+the Krita plug-in link; number inputs that stop where the server's checks do."""
 
 from __future__ import annotations
 
@@ -127,4 +127,26 @@ def test_number_inputs_stop_where_the_server_does(page):
                 [name, str(limits[end])],
             )
             _wait_done(page)
+    assert not page.errors, page.errors
+
+
+def test_the_status_line_shows_the_servers_progress(page, tmp_path):
+    """A large photo, coarse to fine on the CPU: the status line says how far the server is while it works."""
+    large = tmp_path / "large.png"
+    Image.open(EXAMPLE).resize((3000, 2250)).save(large)
+    page.evaluate(
+        """window.seen = [];
+        new MutationObserver(() => window.seen.push(document.getElementById("status").textContent))
+            .observe(document.getElementById("status"), { childList: true, characterData: true, subtree: true });"""
+    )
+    page.check("#highres")
+    try:
+        page.set_input_files("#file", str(large))
+        _wait_done(page)
+        seen = page.evaluate("window.seen")
+    finally:
+        page.uncheck("#highres")
+        _wait_done(page)
+    shares = [int(text.split()[-1].rstrip("%")) for text in seen if text.endswith("%")]
+    assert shares and shares == sorted(shares) and 0 < max(shares) <= 95, seen
     assert not page.errors, page.errors
