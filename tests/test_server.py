@@ -949,52 +949,70 @@ def test_decoding_leaves_the_event_loop_free(monkeypatch):
         answered.set()
 
 
+@contextlib.contextmanager
+def _watched_passes(worker, holds=()):
+    """The worker's model with each forward pass's submodules counted (`watch.passes`, one count per pass) and
+    the model's thread held at the (pass, submodule) points in `holds` (pass 1 is the first; submodule 0 is
+    before the pass's first) until the test sets `watch.release[point]` (`watch.reached[point]` is set there).
+    These hooks run before the server's at each module."""
+    model = worker.model
+    watch = SimpleNamespace(
+        passes=[], reached={p: threading.Event() for p in holds}, release={p: threading.Event() for p in holds}
+    )
+
+    def wait_at(point):
+        if point in watch.reached:
+            watch.reached[point].set()
+            watch.release[point].wait(60)
+
+    def started(module, args):
+        watch.passes.append(0)
+        wait_at((len(watch.passes), 0))
+
+    def counted(module, args):
+        watch.passes[-1] += 1
+        wait_at((len(watch.passes), watch.passes[-1]))
+
+    hooks = [model.register_forward_pre_hook(started)]
+    hooks += [module.register_forward_pre_hook(counted) for module in model.modules() if module is not model]
+    try:
+        yield watch
+    finally:
+        for release in watch.release.values():
+            release.set()
+        for hook in hooks:
+            hook.remove()
+        worker.close()
+
+
+def _cpu_worker():
+    from birefnet.server.weights import Catalog
+    from birefnet.server.worker import Worker
+
+    return Worker(None, "cpu", "float32", Catalog(()), max_queue=4)
+
+
 def test_a_request_whose_client_leaves_while_the_model_works_on_it_stops_within_its_pass():
     """Krita's Cancel of a coarse-to-fine request on a CPU: the model's thread stops inside the coarse pass
     (not after it, nor after the fine pass), so the next request starts at once and gets the answer it gets on
     an idle server. The test holds the coarse pass at its start until the server has seen the client go."""
-    from birefnet.server.weights import Catalog
-    from birefnet.server.worker import Worker
-
-    worker = Worker(None, "cpu", "float32", Catalog(()), max_queue=4)
-    model = worker.model
-    passes = []  # submodules run in each forward pass
-    entered, release = threading.Event(), threading.Event()
-
-    def first_held(module, args):
-        passes.append(0)
-        if len(passes) == 3:  # the cancelled request's first pass (after the two of the request below)
-            entered.set()
-            release.wait(60)
-
-    def counted(module, args):
-        passes[-1] += 1
-
-    ours = [model.register_forward_pre_hook(first_held)]
-    ours += [module.register_forward_pre_hook(counted) for module in model.modules() if module is not model]
     highres = [("image", png(Image.open(EXAMPLE).resize((1600, 1200)))), ("resolution", "256"), ("highres", "true")]
     quick = [("image", EXAMPLE.read_bytes()), ("resolution", "256")]
-    try:
-        with _in_this_process(worker) as server:
-            assert call(server, "/v1/segment", highres)[0] == 200
-            assert len(passes) == 2  # uncancelled, this request runs a coarse and a fine pass
-            whole = passes[0]
-            leaving = _send_and_leave(server, highres)
-            assert entered.wait(60)
-            leaving.close()
-            _until(lambda: _waiting(server) == 0)  # the server answered nobody (499): the pass is still held
-            release.set()
-            status, _, answer = call(server, "/v1/segment", quick)
-            assert status == 200
-        assert passes[2] == 0 and whole > 100  # stopped before the first submodule of its first pass
-        assert len(passes) == 4  # no fine pass: the next pass was the next request's
-        assert all(len(module._forward_pre_hooks) == 1 for module in model.modules())  # the server's are gone
-    finally:
-        release.set()
-        for hook in ours:
-            hook.remove()
-        worker.close()
-    idle = Worker(None, "cpu", "float32", Catalog(()), max_queue=4)
+    worker = _cpu_worker()
+    with _watched_passes(worker, holds=[(3, 0)]) as watch, _in_this_process(worker) as server:
+        assert call(server, "/v1/segment", highres)[0] == 200
+        assert len(watch.passes) == 2  # uncancelled, this request runs a coarse and a fine pass
+        leaving = _send_and_leave(server, highres)
+        assert watch.reached[(3, 0)].wait(60)  # the cancelled request's first pass begins
+        leaving.close()
+        _until(lambda: _waiting(server) == 0)  # the server answered nobody (499): the pass is still held
+        watch.release[(3, 0)].set()
+        status, _, answer = call(server, "/v1/segment", quick)
+        assert status == 200
+        assert watch.passes[2] == 0 and watch.passes[0] > 100  # stopped before the first submodule of its first pass
+        assert len(watch.passes) == 4  # no fine pass: the next pass was the next request's
+        assert all(len(module._forward_pre_hooks) == 1 for module in worker.model.modules())  # the server's are gone
+    idle = _cpu_worker()
     try:
         with _in_this_process(idle) as server:
             assert call(server, "/v1/segment", quick) == (200, "image/png", answer)
@@ -1006,79 +1024,38 @@ def test_a_server_stopping_stops_the_work_it_cancels():
     """Ctrl+C while the model works on a long request: once the grace time for requests in flight has passed,
     the server cancels the request and its work stops too (before, the model's thread ran it to the end, and
     the server could not exit until then: minutes for a large image on a CPU); its client gets a 503 saying so."""
-    from birefnet.server.weights import Catalog
-    from birefnet.server.worker import Worker
-
-    worker = Worker(None, "cpu", "float32", Catalog(()), max_queue=4)
-    model = worker.model
-    passes = []  # submodules run in each forward pass
-    entered, release = threading.Event(), threading.Event()
-
-    def held(module, args):
-        passes.append(0)
-        entered.set()
-        release.wait(60)
-
-    def counted(module, args):
-        passes[-1] += 1
-
-    ours = [model.register_forward_pre_hook(held)]
-    ours += [module.register_forward_pre_hook(counted) for module in model.modules() if module is not model]
-    try:
-        with _in_this_process(worker, grace=0.5) as server, ThreadPoolExecutor(1) as pool:
+    worker = _cpu_worker()
+    with _watched_passes(worker, holds=[(1, 0)]) as watch, ThreadPoolExecutor(1) as pool:
+        with _in_this_process(worker, grace=0.5) as server:
             request = pool.submit(call, server, "/v1/segment", [("image", EXAMPLE.read_bytes())])
-            assert entered.wait(60)
+            assert watch.reached[(1, 0)].wait(60)
             server.stop()  # the request's task is cancelled after 0.5 s
-            release.set()
+            watch.release[(1, 0)].set()
             worker.close()  # waits for the model's thread
-            assert passes == [0]  # its pass stopped at its first check
+            assert watch.passes == [0]  # its pass stopped at its first check
             status, kind, body = request.result()
             assert status == 503 and kind == "application/json"  # not a bare 500
             assert json.loads(body)["error"] == "the server is stopping; send the request again once it is back"
-    finally:
-        release.set()
-        for hook in ours:
-            hook.remove()
-        worker.close()
 
 
 def test_progress_of_a_named_request_moves_within_its_passes_until_it_is_answered():
     """A client that names its request (header X-Request-ID) reads how far it is: "waiting" while in line, then the
     share of its work, moving inside each pass on a CPU (timed by the model's last whole pass), not only
     between them; 404 once answered. The test holds the passes of a coarse-to-fine request part-way through."""
-    from birefnet.server.weights import Catalog
-    from birefnet.server.worker import Worker
-
-    worker = Worker(None, "cpu", "float32", Catalog(()), max_queue=4)
-    model = worker.model
-    passes = []  # submodules run in each forward pass
-    holds = {(2, 60): (threading.Event(), threading.Event()), (3, 60): (threading.Event(), threading.Event())}
-
-    def started(module, args):
-        passes.append(0)
-
-    def counted(module, args):
-        passes[-1] += 1
-        if (len(passes), passes[-1]) in holds:
-            reached, release = holds[(len(passes), passes[-1])]
-            reached.set()
-            release.wait(60)
-
-    ours = [model.register_forward_pre_hook(started)]
-    ours += [module.register_forward_pre_hook(counted) for module in model.modules() if module is not model]
     image = png(Image.open(EXAMPLE).resize((1600, 1200)))
     highres = [("image", image), ("resolution", "256"), ("highres", "true")]
+    coarse, fine = (2, 60), (3, 60)  # the 60th submodule of the second and third passes
+    worker = _cpu_worker()
 
     def progress(request_id):
         status, _, body = call(server, f"/v1/progress/{request_id}")
         return status, json.loads(body)
 
-    try:
-        with _in_this_process(worker) as server, ThreadPoolExecutor(2) as pool:
+    with _watched_passes(worker, holds=[coarse, fine]) as watch, ThreadPoolExecutor(2) as pool:
+        with _in_this_process(worker) as server:
             assert call(server, "/v1/segment", [("image", image), ("resolution", "256")])[0] == 200  # 1 pass
             first = pool.submit(call, server, "/v1/segment", highres, {"X-Request-ID": "first"})
-            (coarse, release_coarse), (fine, release_fine) = holds.values()
-            assert coarse.wait(60)
+            assert watch.reached[coarse].wait(60)
             status, during_coarse = progress("first")
             second = pool.submit(call, server, "/v1/segment", [("image", image)], {"X-Request-ID": "second"})
             _until(lambda: progress("second")[0] == 200)
@@ -1087,18 +1064,12 @@ def test_progress_of_a_named_request_moves_within_its_passes_until_it_is_answere
             assert again[0] == 409 and "in use by a request in flight" in json.loads(again[2])["error"]
             bad = call(server, "/api/remove", [("file", image)], {"X-Request-ID": "no spaces"})
             assert bad[0] == 400 and "X-Request-ID" in json.loads(bad[2])["error"]
-            release_coarse.set()
-            assert fine.wait(60)
+            watch.release[coarse].set()
+            assert watch.reached[fine].wait(60)
             during_fine = progress("first")[1]
-            release_fine.set()
+            watch.release[fine].set()
             assert first.result()[0] == 200 and second.result()[0] == 200
             gone, answer = progress("first")
-        assert status == 200 and during_coarse["state"] == during_fine["state"] == "running"
-        assert 0 < during_coarse["progress"] < 0.475 < during_fine["progress"] < 0.95  # half the work per pass
-        assert gone == 404 and answer["error"].startswith("no request in flight has X-Request-ID 'first'")
-    finally:
-        for _, release in holds.values():
-            release.set()
-        for hook in ours:
-            hook.remove()
-        worker.close()
+    assert status == 200 and during_coarse["state"] == during_fine["state"] == "running"
+    assert 0 < during_coarse["progress"] < 0.475 < during_fine["progress"] < 0.95  # half the work per pass
+    assert gone == 404 and answer["error"].startswith("no request in flight has X-Request-ID 'first'")
