@@ -43,39 +43,38 @@ class PassClock:
 
 
 class Progress:
-    """One request's progress: `waiting` until the model starts on it, then the share of its work done."""
+    """One request's progress: `waiting` until the model starts on it, then the share of its work done. The
+    model's thread moves it, the event loop reads it: what a read needs changes in one assignment."""
 
     def __init__(self, passes: int):
-        self.passes = max(passes, 1)
         self.started = False
-        self.done = 0  # whole passes
         self.clock: PassClock | None = None
-        self._times: list[float] = []
+        self._now = (0, max(passes, 1), [])  # (whole passes done, passes planned, check times of this pass)
         self._pass_start = 0.0
 
     def start(self, clock: PassClock) -> None:
         """In the model's thread, as the work begins."""
-        self.clock, self.started = clock, True
-        self._pass_start = time.perf_counter()
+        self.clock, self._pass_start = clock, time.perf_counter()
+        self.started = True
 
     def checked(self) -> None:
         """A check inside a pass (before one submodule)."""
-        self._times.append(time.perf_counter())
+        self._now[2].append(time.perf_counter())
 
     def pass_done(self, done: int, total: int) -> None:
         """The library's callback after each pass: the model's clock learns from a pass that ran whole."""
         now = time.perf_counter()
         if self.clock is not None:
-            self.clock.learn(self._times, self._pass_start, now)
-        self.done, self.passes = done, max(total, 1)
-        self._times, self._pass_start = [], now
+            self.clock.learn(self._now[2], self._pass_start, now)
+        self._now, self._pass_start = (done, max(total, 1), []), now
 
     @property
     def share(self) -> float:
         if not self.started:
             return 0.0
-        within = self.clock.share(len(self._times)) if self.clock is not None else 0.0
-        return NETWORK_SHARE * min(1.0, (self.done + within) / self.passes)
+        done, passes, times = self._now
+        within = self.clock.share(len(times)) if self.clock is not None else 0.0
+        return NETWORK_SHARE * min(1.0, (done + within) / passes)
 
     def report(self) -> dict:
         return {"state": "running" if self.started else "waiting", "progress": round(self.share, 4)}
