@@ -134,13 +134,15 @@ def test_the_status_line_shows_the_servers_progress(page, tmp_path):
     """A large photo, coarse to fine on the CPU: the status line says how far the server is while it works."""
     large = tmp_path / "large.png"
     Image.open(EXAMPLE).resize((3000, 2250)).save(large)
-    page.evaluate(
-        """window.seen = [];
-        new MutationObserver(() => window.seen.push(document.getElementById("status").textContent))
-            .observe(document.getElementById("status"), { childList: true, characterData: true, subtree: true });"""
-    )
-    page.check("#highres")
+    page.check("#highres")  # the picture shown is segmented again
     try:
+        _wait_done(page)
+        page.evaluate(
+            """window.seen = [];
+            new MutationObserver(() => window.seen.push(document.getElementById("status").textContent))
+                .observe(document.getElementById("status"), { childList: true, characterData: true, subtree: true });"""
+        )
+        page.evaluate("document.body.dataset.state = 'opening'")  # done again only once this picture is
         page.set_input_files("#file", str(large))
         _wait_done(page)
         seen = page.evaluate("window.seen")
