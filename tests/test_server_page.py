@@ -130,25 +130,29 @@ def test_number_inputs_stop_where_the_server_does(page):
     assert not page.errors, page.errors
 
 
+def _until_done(page, action) -> None:
+    """`action()` (a pick or a tick that starts a request), then wait for that request's end (not a state
+    left from an earlier one)."""
+    page.evaluate("document.body.dataset.state = 'waiting'")
+    action()
+    _wait_done(page)
+
+
 def test_the_status_line_shows_the_servers_progress(page, tmp_path):
     """A large photo, coarse to fine on the CPU: the status line says how far the server is while it works."""
     large = tmp_path / "large.png"
-    Image.open(EXAMPLE).resize((3000, 2250)).save(large)
-    page.check("#highres")  # the picture shown is segmented again
+    Image.open(EXAMPLE).resize((2000, 1500)).save(large)
+    _until_done(page, lambda: page.set_input_files("#file", str(large)))
+    page.evaluate(
+        """window.seen = [];
+        new MutationObserver(() => window.seen.push(document.getElementById("status").textContent))
+            .observe(document.getElementById("status"), { childList: true, characterData: true, subtree: true });"""
+    )
     try:
-        _wait_done(page)
-        page.evaluate(
-            """window.seen = [];
-            new MutationObserver(() => window.seen.push(document.getElementById("status").textContent))
-                .observe(document.getElementById("status"), { childList: true, characterData: true, subtree: true });"""
-        )
-        page.evaluate("document.body.dataset.state = 'opening'")  # done again only once this picture is
-        page.set_input_files("#file", str(large))
-        _wait_done(page)
+        _until_done(page, lambda: page.check("#highres"))  # the picture again, coarse to fine
         seen = page.evaluate("window.seen")
     finally:
-        page.uncheck("#highres")
-        _wait_done(page)
+        _until_done(page, lambda: page.uncheck("#highres"))
     shares = [int(text.split()[-1].rstrip("%")) for text in seen if text.endswith("%")]
     assert shares and shares == sorted(shares) and 0 < max(shares) <= 95, seen
     assert not page.errors, page.errors
