@@ -574,17 +574,21 @@ class Ticker:
 
 class StandIn:
     """Another program on the port: a plain HTTP server inside Krita that answers every request with one
-    status and body (after reading the upload) and counts the requests that reached it."""
+    status and body (after reading the upload) and counts the requests that reached it (`requests`; the
+    plug-in's questions about a request's progress apart, in `polls`)."""
 
     def __init__(self, status: int, body: bytes, content_type: str = "text/html", promised: int | None = None):
         """`promised`: the Content-Length it announces, when more than `body` (then the connection closes:
         an answer broken off, as from a server stopped while sending it)."""
         stand_in = self
-        self.requests = 0
+        self.requests = self.polls = 0
 
         class Handler(BaseHTTPRequestHandler):
             def answer(self):
-                stand_in.requests += 1
+                if self.path.startswith("/v1/progress/"):
+                    stand_in.polls += 1
+                else:
+                    stand_in.requests += 1
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
