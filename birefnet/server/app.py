@@ -77,7 +77,7 @@ def segment_job(job: Job, model, left: threading.Event, progress: Progress, cloc
         check()
         progress.pass_done(done, total)
 
-    progress.start(clock)
+    progress.start(clock, passes=2 if job.highres else max(len(job.boxes), 1))
     with checks_inside(model, inside_pass):
         mask, _ = segment_image(
             model,
@@ -127,11 +127,10 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         header, not a form field: servers from before it ignore it, where they would refuse an unknown field)."""
         check_query(request, url_options)
         request_id = request.headers.get(REQUEST_ID_HEADER)
-        passes = 2 if options.get("highres") else max(len(options.get("boxes") or ()), 1)
         if request_id is None:
-            return await take_place(request, upload, options, Progress(passes))
+            return await take_place(request, upload, options, Progress())
         request_id = check_request_id(request_id)
-        progress = worker.progress.add(request_id, passes)
+        progress = worker.progress.add(request_id)
         try:
             return await take_place(request, upload, options, progress)
         finally:

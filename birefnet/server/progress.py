@@ -46,15 +46,16 @@ class Progress:
     """One request's progress: `waiting` until the model starts on it, then the share of its work done. The
     model's thread moves it, the event loop reads it: what a read needs changes in one assignment."""
 
-    def __init__(self, passes: int):
+    def __init__(self):
         self.started = False
-        self.clock: PassClock | None = None
-        self._now = (0, max(passes, 1), [])  # (whole passes done, passes planned, check times of this pass)
+        self.clock = PassClock()  # the model's, from `start` on
+        self._now = (0, 1, [])  # (whole passes done, passes planned, check times of this pass)
         self._pass_start = 0.0
 
-    def start(self, clock: PassClock) -> None:
-        """In the model's thread, as the work begins."""
+    def start(self, clock: PassClock, passes: int) -> None:
+        """In the model's thread, as the work of `passes` passes begins."""
         self.clock, self._pass_start = clock, time.perf_counter()
+        self._now = (0, max(passes, 1), [])
         self.started = True
 
     def checked(self) -> None:
@@ -64,8 +65,7 @@ class Progress:
     def pass_done(self, done: int, total: int) -> None:
         """The library's callback after each pass: the model's clock learns from a pass that ran whole."""
         now = time.perf_counter()
-        if self.clock is not None:
-            self.clock.learn(self._now[2], self._pass_start, now)
+        self.clock.learn(self._now[2], self._pass_start, now)
         self._now, self._pass_start = (done, max(total, 1), []), now
 
     @property
@@ -73,8 +73,7 @@ class Progress:
         if not self.started:
             return 0.0
         done, passes, times = self._now
-        within = self.clock.share(len(times)) if self.clock is not None else 0.0
-        return NETWORK_SHARE * min(1.0, (done + within) / passes)
+        return NETWORK_SHARE * min(1.0, (done + self.clock.share(len(times))) / passes)
 
     def report(self) -> dict:
         return {"state": "running" if self.started else "waiting", "progress": round(self.share, 4)}
@@ -88,12 +87,12 @@ class Registry:
         self.requests: dict[str, Progress] = {}
         self.clocks: dict[int, PassClock] = {}
 
-    def add(self, request_id: str, passes: int) -> Progress:
+    def add(self, request_id: str) -> Progress:
         if request_id in self.requests:
             raise RequestError(
                 409, f"X-Request-ID {request_id!r} is in use by a request in flight: give each request its own"
             )
-        progress = self.requests[request_id] = Progress(passes)
+        progress = self.requests[request_id] = Progress()
         return progress
 
     def remove(self, request_id: str) -> None:
