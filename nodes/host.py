@@ -114,7 +114,8 @@ def check_interrupt() -> None:
 
 
 class Progress:
-    """ComfyUI's progress bar when available."""
+    """ComfyUI's progress bar when available. Each update is a message to the browser, so one that does not
+    move the bar is not sent (the bar moves within a CPU pass: hundreds of reports, a hundred steps)."""
 
     def __init__(self, total: int):
         try:
@@ -124,10 +125,12 @@ class Progress:
         except Exception:
             self.bar = None
         self.total = total
+        self.shown = None
 
     def update(self, done: int) -> None:
-        if self.bar is not None:
+        if self.bar is not None and done != self.shown:
             self.bar.update_absolute(done, self.total)
+            self.shown = done
 
 
 def free_memory(device: torch.device) -> int | None:

@@ -9,6 +9,7 @@ from birefnet.batching import auto_batch_size
 from birefnet.guidance import parse_box, segment_regions
 from birefnet.highres import DEFAULT_FINE_MEGAPIXELS
 from birefnet.inference import model_working_size
+from birefnet.pass_clock import WorkProgress, pass_shares
 from birefnet.refine import composite, parse_colour
 from birefnet.stopping import checks_inside
 from birefnet.temporal import TemporalSmoother
@@ -20,8 +21,8 @@ RESOLUTION_MODES = ("native", "custom", "aspect")
 AUTO_BATCH = 0  # batch_size 0: `birefnet.batching.auto_batch_size`
 # What nodes connected to cutout or rgba say when cutouts is off (ComfyUI shows it as "Execution Blocked: ...")
 CUTOUTS_OFF = "Segment's cutouts is off (mask only); turn it on for cutout and rgba"
-HIGHRES_STEPS = 2  # coarse_to_fine: a frame's coarse pass, then its fine pass
-GUIDED_STEPS = 100  # guided: a frame's objects, each its share of the frame's 100 steps
+HIGHRES_PASSES = 2  # coarse_to_fine: a frame's coarse pass, then its fine pass
+STEPS_PER_FRAME = 100  # of the progress bar: it moves within a frame's passes too
 
 
 def resolution_for(mode: str, width: int, height: int):
@@ -41,23 +42,40 @@ def working_pixels(handle, frame: torch.Tensor, resolution, max_megapixels: floa
 
 
 class FrameProgress:
-    """The progress bar and Cancel, within frames too: `steps` per frame, moved by the library's callback
-    after each unit of work (coarse-to-fine's passes, a frame's objects), so one large frame on a CPU
-    shows progress and stops on Cancel between its units, not only between chunks. The bar ends at
-    frames x steps (100%)."""
+    """The progress bar and Cancel, within frames too: the bar counts STEPS_PER_FRAME steps per frame, moved by
+    the library's callback after each unit of work (coarse-to-fine's passes, a frame's objects) and, on a CPU,
+    within each pass (`pass_clock`), so one large frame on a CPU shows progress and stops on Cancel inside it,
+    not only between chunks. The bar ends at frames x steps (100%)."""
 
-    def __init__(self, frames: int, steps: int = 1):
-        self.steps = steps
-        self.bar = host.Progress(frames * steps)
+    def __init__(self, frames: int):
+        self.bar = host.Progress(frames * STEPS_PER_FRAME)
+        self.frames = (0, 1)  # the frames the work now running is for: the first (0-based), and how many
+        self.work = WorkProgress()
 
-    def at(self, frames_done: int, fraction: float = 0.0) -> None:
-        """Stop here if Cancel was pressed; else the bar at `frames_done` frames and `fraction` of the next."""
+    def at(self, frames_done: float) -> None:
+        """Stop here if Cancel was pressed; else the bar at `frames_done` frames."""
         host.check_interrupt()
-        self.bar.update(frames_done * self.steps + round(fraction * self.steps))
+        self.bar.update(round(frames_done * STEPS_PER_FRAME))
 
-    def within(self, frame: int):
-        """The library's callback(done, total) for the work on frame `frame` (0-based)."""
-        return lambda done, total: self.at(frame, done / total)
+    def work_on(self, first: int, frames: int = 1, passes: int = 0):
+        """Follows the work on `frames` frames from `first` on, done in `passes` passes (0: not known before
+        the first ends); returns the library's callback(done, total) for it."""
+        self.frames, self.work = (first, frames), WorkProgress(passes)
+
+        def callback(done: int, total: int) -> None:
+            self.work.pass_done(done, total)
+            self.at(self.frames_done())
+
+        return callback
+
+    def in_pass(self, share: float) -> None:
+        """`pass_shares`' report, before each submodule of a CPU pass (Cancel is `checks_inside`'s)."""
+        self.work.in_pass(share)
+        self.bar.update(round(self.frames_done() * STEPS_PER_FRAME))
+
+    def frames_done(self) -> float:
+        first, frames = self.frames
+        return first + frames * self.work.fraction
 
 
 def with_fp32_fallback(handle, run):
@@ -91,7 +109,7 @@ def segment_batch(
     pixels = per_frame * min(batch_size, total)
     if coarse_to_fine:
         pixels = max(pixels, int(fine_megapixels * 1e6))
-    progress = FrameProgress(total, HIGHRES_STEPS if coarse_to_fine else 1)
+    progress = FrameProgress(total)
     masks = []
     for start in range(0, total, batch_size):
         host.check_interrupt()
@@ -104,7 +122,7 @@ def segment_batch(
                     resolution=resolution,
                     max_megapixels=max_megapixels or None,
                     fine_megapixels=fine_megapixels,
-                    callback=progress.within(start + j),
+                    callback=progress.work_on(start + j, passes=HIGHRES_PASSES),
                 )
                 for j, frame in enumerate(chunk)
             ]
@@ -115,8 +133,10 @@ def segment_batch(
                 resolution=resolution,
                 max_megapixels=max_megapixels or None,
                 batch_size=batch_size,
+                callback=progress.work_on(start, len(chunk), passes=1),
             )
-        result = with_fp32_fallback(handle, run)
+        with pass_shares(handle.model, progress.in_pass):
+            result = with_fp32_fallback(handle, run)
         masks += [smoother(frame[:3], mask) for frame, mask in zip(chunk, result)]
         progress.at(len(masks))
     return torch.stack(masks).to(host.intermediate_device())
@@ -151,23 +171,24 @@ def segment_guided(handle, frames: torch.Tensor, boxes, region, resolution, max_
             )
     pixels = working_pixels(handle, frames[0], resolution, max_megapixels)
     masks, objects = [], []
-    progress = FrameProgress(frames.shape[0], GUIDED_STEPS)
+    progress = FrameProgress(frames.shape[0])
     for i in range(frames.shape[0]):
         host.check_interrupt()
         own_region = None if region is None else region[min(i, region.shape[0] - 1)]
-        combined, singles = with_fp32_fallback(
-            handle,
-            lambda: segment_regions(
-                handle.ready(pixels),
-                frames[i].permute(2, 0, 1),
-                boxes=boxes,
-                region=own_region,
-                resolution=resolution,
-                max_megapixels=max_megapixels or None,
-                allow_empty=True,
-                callback=progress.within(i),
-            ),
-        )
+        with pass_shares(handle.model, progress.in_pass):
+            combined, singles = with_fp32_fallback(
+                handle,
+                lambda: segment_regions(
+                    handle.ready(pixels),
+                    frames[i].permute(2, 0, 1),
+                    boxes=boxes,
+                    region=own_region,
+                    resolution=resolution,
+                    max_megapixels=max_megapixels or None,
+                    allow_empty=True,
+                    callback=progress.work_on(i, passes=len(boxes) if region is None else 0),
+                ),
+            )
         masks.append(combined)
         objects.append(singles if len(singles) else combined[None])
         progress.at(i + 1)

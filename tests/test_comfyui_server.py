@@ -300,6 +300,25 @@ def test_remove_background(server):
     assert rgba.mode == "RGBA" and np.asarray(rgba)[..., 3].std() > 0
 
 
+def test_the_segment_bar_moves_within_a_cpu_pass(server):
+    """On a CPU a pass takes seconds (minutes at 2048²): the progress messages the web UI draws Segment's bar
+    from move within the pass, timed by the loaded model's last whole pass, not only at its end."""
+    prompt = _load("remove_background.json", server)
+    segment_id, segment = _node(prompt, "BiRefNetSegment")
+    assert server.run(prompt)["status"]["status_str"] == "success"  # a whole pass of the loaded model first
+    segment["inputs"]["background"] = "#123456"  # a new input: Segment runs again, the loaded model is kept
+    entry, messages = server.run_watching(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    bar = [
+        (message["data"]["value"], message["data"]["max"])
+        for message in messages
+        if message["type"] == "progress" and message["data"].get("node", segment_id) == segment_id
+    ]
+    values = [value for value, _ in bar]
+    assert {total for _, total in bar} == {100} and values == sorted(values) and values[-1] == 100, bar
+    assert any(0 < value < 100 for value in values), bar  # was [(100, 100)]: at the end of the pass only
+
+
 def test_inpainting_mask(server):
     prompt = _load("inpainting_mask.json", server)
     entry = server.run(prompt)

@@ -157,6 +157,54 @@ def test_checks_inside_stop_a_cpu_pass_part_way_and_leave_the_model_as_it_was(b0
     assert torch.equal(segment(model, image, resolution=128), before)
 
 
+def test_pass_shares_say_how_far_a_cpu_pass_is_by_the_last_whole_pass(b0_weights):
+    """Progress within a pass of seconds to minutes: before each submodule, the share of the pass done, by the
+    times of the model's last whole pass. The model's first pass has none (0 throughout); a pass stopped part-way
+    teaches nothing; at another size the same calls come in the same order, so the shares carry over."""
+    from birefnet import load_model
+    from birefnet.pass_clock import WorkProgress, clock_of, pass_shares
+    from birefnet.stopping import checks_inside
+
+    class Stop(Exception):
+        pass
+
+    model = load_model(b0_weights, device="cpu")
+    reports = []
+    with pass_shares(model, reports.append):
+        segment(model, _photo(128, 128), resolution=128)
+        first = list(reports)
+        reports.clear()
+        segment(model, _photo(192, 128), resolution=(192, 128))
+    assert len(first) > 100 and set(first) == {0.0}  # nothing to go by yet
+    assert len(reports) == len(first) and reports == sorted(reports)  # the same calls, rising
+    assert reports[0] == 0.0 and 0 < reports[len(reports) // 2] < reports[-1] < 1
+    assert not any(module._forward_pre_hooks or module._forward_hooks for module in model.modules())
+
+    taught = list(clock_of(model).shares)  # by the 192x128 pass
+
+    def stopped():
+        if len(reports) == 20:
+            raise Stop
+
+    reports.clear()
+    with pytest.raises(Stop), checks_inside(model, stopped), pass_shares(model, reports.append):
+        segment(model, _photo(128, 128), resolution=128)
+    assert len(reports) == 20 and reports == taught[:20]  # by the last whole pass
+    assert clock_of(model).shares == taught  # the stopped pass taught nothing
+
+    work = WorkProgress(planned=2)  # e.g. coarse-to-fine: two passes
+    work.in_pass(0.5)
+    assert work.fraction == 0.25
+    work.pass_done(1, 2)
+    work.in_pass(0.5)
+    assert work.fraction == 0.75
+    unknown = WorkProgress()  # passes not known until the first ends: its share counts for nothing
+    unknown.in_pass(0.9)
+    assert unknown.fraction == 0.0
+    unknown.pass_done(1, 3)
+    assert unknown.fraction == pytest.approx(1 / 3)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA pass")
 def test_checks_inside_leave_cuda_passes_unchecked(b0_weights):
     """On a GPU a pass takes milliseconds and may be a captured CUDA graph, which an exception inside

@@ -578,9 +578,20 @@ def _forwards(handle, pressing_cancel=None):
     return calls, handle.model.register_forward_hook(forward)
 
 
+def _bar(updates, total):
+    """The progress bar's values, checked to be of `total` steps, never falling, and ending at 100%."""
+    values = [value for value, of in updates]
+    assert {of for value, of in updates} == {total} and values == sorted(values) and values[-1] == total
+    return values
+
+
+def _inside(values, low, high) -> bool:
+    return any(low < value < high for value in values)
+
+
 def test_cancel_stops_a_single_coarse_to_fine_frame_between_its_passes(pack, handle, comfyui):
-    """One large frame on a CPU runs for minutes: the progress bar moves after each of its passes (and
-    ends at 100%), and Cancel pressed during the coarse pass stops the frame before its fine pass."""
+    """One large frame on a CPU runs for minutes: the progress bar moves after each of its passes and within
+    them (and ends at 100%), and Cancel pressed during the coarse pass stops the frame before its fine pass."""
     torch.manual_seed(0)
     options = dict(resolution="custom", width=128, height=96, coarse_to_fine=True, fine_megapixels=0.1, batch_size=1)
     calls, hook = _forwards(handle, pressing_cancel=comfyui)
@@ -598,7 +609,20 @@ def test_cancel_stops_a_single_coarse_to_fine_frame_between_its_passes(pack, han
     finally:
         hook.remove()
     assert len(calls) == 4  # uninterrupted: two frames, each a coarse and a fine pass
-    assert comfyui.updates == [(1, 4), (2, 4), (2, 4), (3, 4), (4, 4), (4, 4)]  # half a frame per pass, to 100%
+    bar = _bar(comfyui.updates, 200)  # 100 steps a frame
+    assert {50, 100, 150} <= set(bar)  # half a frame per pass
+    assert all(_inside(bar, low, low + 50) for low in (0, 50, 100, 150))  # and within each pass
+
+
+def test_the_bar_moves_within_a_cpu_pass(pack, handle, comfyui):
+    """One frame, one pass of seconds to minutes on a CPU: the bar moves within it, timed by the model's last
+    whole pass (the first pass a model runs has none to go by: its bar moves at its end only)."""
+    image = torch.rand(1, 96, 128, 3)
+    pack.nodes.segment.segment(handle, image, resolution="custom", width=128, height=96)  # a whole pass first
+    comfyui.updates.clear()
+    pack.nodes.segment.segment(handle, image, resolution="custom", width=128, height=96)
+    bar = _bar(comfyui.updates, 100)
+    assert _inside(bar, 0, 50) and _inside(bar, 50, 100)  # was only (100, 100), at the end
 
 
 @pytest.mark.parametrize("node", ["segment", "gradient_preview"])
@@ -634,8 +658,9 @@ def test_cancel_stops_a_cpu_pass_part_way(pack, handle, comfyui, node):
 
 
 def test_cancel_stops_a_guided_frame_between_its_objects(pack, handle, comfyui):
-    """A frame with many boxes or regions: the bar moves after each object's crop (and ends at 100%), and
-    Cancel pressed during the first object's pass stops the frame before the next object's."""
+    """A frame with many boxes or regions: the bar moves after each object's crop and within the crops after
+    the first (how many objects a region mask holds is known once the first is done), and ends at 100%; Cancel
+    pressed during the first object's pass stops the frame before the next object's."""
     image = torch.rand(1, 120, 160, 3)
     region = torch.zeros(1, 120, 160)
     region[0, 70:110, 100:150] = 1
@@ -655,4 +680,6 @@ def test_cancel_stops_a_guided_frame_between_its_objects(pack, handle, comfyui):
     finally:
         hook.remove()
     assert calls == [1, 1, 1]  # uninterrupted: three objects
-    assert comfyui.updates == [(33, 100), (67, 100), (100, 100), (100, 100)]  # a third of the frame each, to 100%
+    bar = _bar(comfyui.updates, 100)
+    assert {33, 67} <= set(bar) and not _inside(bar, 0, 33)  # a third of the frame each; the first whole
+    assert _inside(bar, 33, 67) and _inside(bar, 67, 100)  # within the next two

@@ -22,13 +22,14 @@ from starlette.middleware.cors import CORSMiddleware
 from ..errors import OutOfMemory, first_line
 from ..highres import DEFAULT_FINE_MEGAPIXELS
 from ..inference import mask_to_image, model_device, with_colour_profile
+from ..pass_clock import pass_shares
 from ..pipeline import cutout_image, finish, segment_image
 from ..stopping import checks_inside
 from ..version import __version__
 from ..zoo import listed
 from .errors import ClientLeft, RequestError
 from .gate import SegmentGate
-from .progress import PassClock, Progress, check_request_id
+from .progress import Progress, check_request_id
 from .security import RequestGuard, SiteGuard
 from .settings import Settings
 from .uploads import Job, check_fields, decode_image, parse_job
@@ -59,26 +60,22 @@ REMBG_URL_OPTIONS = ("bgc", "extras")  # rembg's POST reads these two from the U
 PNG = {200: {"content": {"image/png": {}}, "description": "the PNG"}}
 
 
-def segment_job(job: Job, model, left: threading.Event, progress: Progress, clock: PassClock):
-    """Runs in the model's thread: the same calls `birefnet segment` makes, with `progress` moved along. Once the
-    client has left (`left` set), the work stops at its next check: between passes, before the refinement, and
-    inside a CPU forward pass (`checks_inside`), so the requests behind it wait a second or so, not the rest of
-    its work."""
+def segment_job(job: Job, model, left: threading.Event, progress: Progress):
+    """Runs in the model's thread: the same calls `birefnet segment` makes, with `progress` moved along (within
+    CPU passes too: `pass_shares`). Once the client has left (`left` set), the work stops at its next check:
+    between passes, before the refinement, and inside a CPU forward pass (`checks_inside`), so the requests
+    behind it wait a second or so, not the rest of its work."""
 
     def check() -> None:
         if left.is_set():
             raise ClientLeft()
 
-    def inside_pass() -> None:
-        check()
-        progress.checked()
-
     def after_pass(done: int, total: int) -> None:
         check()
-        progress.pass_done(done, total)
+        progress.work.pass_done(done, total)
 
-    progress.start(clock, passes=2 if job.highres else max(len(job.boxes), 1))
-    with checks_inside(model, inside_pass):
+    progress.start(passes=2 if job.highres else max(len(job.boxes), 1))
+    with checks_inside(model, check), pass_shares(model, progress.work.in_pass):
         mask, _ = segment_image(
             model,
             job.image,
@@ -163,9 +160,7 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
         async with worker.turn():
             job = parse_job(await read_image(upload), **options)
             try:
-                mask, colours = await worker.run(
-                    lambda model: segment_job(job, model, left, progress, worker.progress.clock(model)), job.weights
-                )
+                mask, colours = await worker.run(lambda model: segment_job(job, model, left, progress), job.weights)
             except ValueError as err:  # the library's one-line errors about this image and its options
                 raise RequestError(400, first_line(err)) from None
             except OutOfMemory as err:  # this request was too large for the GPU now; smaller ones still run

@@ -2,17 +2,15 @@
 
 A request names itself with an X-Request-ID header. Its work is its passes through the network (one;
 two with highres; one per box), then the refinement and the PNG. On a CPU a pass takes seconds to minutes,
-so the share of the current pass counts too: the model's checks before each submodule
-(`stopping.checks_inside`) come in the same order at every size, and the n-th comes at nearly the same share
-of the pass's time, so the times of the model's last whole pass say how far a pass is at each check. On a
-GPU (no checks inside a pass: it takes milliseconds) the share moves pass by pass.
+so the share of the current pass counts too (`pass_clock`: by the model's last whole pass; on a GPU, where a
+pass takes milliseconds, the share moves pass by pass).
 """
 
 from __future__ import annotations
 
 import re
-import time
 
+from ..pass_clock import WorkProgress
 from .errors import RequestError
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -25,55 +23,23 @@ def check_request_id(request_id: str) -> str:
     return request_id
 
 
-class PassClock:
-    """One model's pass, as a share of its time reached at each of its checks (from its last whole pass)."""
-
-    def __init__(self):
-        self.shares: list[float] = []
-
-    def learn(self, times: list[float], start: float, end: float) -> None:
-        if len(times) > 1 and end > start:
-            self.shares = [(t - start) / (end - start) for t in times]
-
-    def share(self, checks: int) -> float:
-        """How far a pass is once `checks` of its checks have come (0 before it is known)."""
-        if not self.shares or checks == 0:
-            return 0.0
-        return self.shares[min(checks, len(self.shares)) - 1]
-
-
 class Progress:
-    """One request's progress: `waiting` until the model starts on it, then the share of its work done. The
-    model's thread moves it, the event loop reads it: what a read needs changes in one assignment."""
+    """One request's progress: `waiting` until the model starts on it, then the share of its work done (its
+    passes: `WorkProgress`). The model's thread moves it, the event loop reads it: each change is one
+    assignment."""
 
     def __init__(self):
         self.started = False
-        self.clock = PassClock()  # the model's, from `start` on
-        self._now = (0, 1, [])  # (whole passes done, passes planned, check times of this pass)
-        self._pass_start = 0.0
+        self.work = WorkProgress()
 
-    def start(self, clock: PassClock, passes: int) -> None:
+    def start(self, passes: int) -> None:
         """In the model's thread, as the work of `passes` passes begins."""
-        self.clock, self._pass_start = clock, time.perf_counter()
-        self._now = (0, max(passes, 1), [])
+        self.work = WorkProgress(max(passes, 1))
         self.started = True
-
-    def checked(self) -> None:
-        """A check inside a pass (before one submodule)."""
-        self._now[2].append(time.perf_counter())
-
-    def pass_done(self, done: int, total: int) -> None:
-        """The library's callback after each pass: the model's clock learns from a pass that ran whole."""
-        now = time.perf_counter()
-        self.clock.learn(self._now[2], self._pass_start, now)
-        self._now, self._pass_start = (done, max(total, 1), []), now
 
     @property
     def share(self) -> float:
-        if not self.started:
-            return 0.0
-        done, passes, times = self._now
-        return NETWORK_SHARE * min(1.0, (done + self.clock.share(len(times))) / passes)
+        return NETWORK_SHARE * self.work.fraction if self.started else 0.0
 
     def report(self) -> dict:
         return {"state": "running" if self.started else "waiting", "progress": round(self.share, 4)}
@@ -85,7 +51,6 @@ class Registry:
 
     def __init__(self):
         self.requests: dict[str, Progress] = {}
-        self.clocks: dict[int, PassClock] = {}
 
     def add(self, request_id: str) -> Progress:
         if request_id in self.requests:
@@ -97,12 +62,6 @@ class Registry:
 
     def remove(self, request_id: str) -> None:
         self.requests.pop(request_id, None)
-
-    def clock(self, model) -> PassClock:
-        """The model's clock (a new model, new weights: a new clock)."""
-        if id(model) not in self.clocks:
-            self.clocks = {id(model): PassClock()}  # one model is served at a time
-        return self.clocks[id(model)]
 
     def report(self, request_id: str) -> dict:
         progress = self.requests.get(request_id)

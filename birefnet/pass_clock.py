@@ -1,0 +1,88 @@
+"""How far a CPU forward pass is while it runs, so that progress bars (ComfyUI's, the server's, Krita's) move
+within a pass that takes seconds to minutes, not only between passes.
+
+A pass's calls before each submodule (`pass_hooks`) come in the same order at every input size, and the n-th
+comes at nearly the same share of the pass's time; so the times of a model's last whole pass say how far a pass
+is at each call. A model's first pass has no earlier pass to go by: it reports 0 until it ends. GPU passes
+(milliseconds) have no calls: there bars move pass by pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import weakref
+from typing import Callable, Iterator
+
+from .pass_hooks import inside_cpu_passes
+
+
+class PassClock:
+    """One model's pass, as the share of its time reached at each of its calls (from its last whole pass)."""
+
+    def __init__(self):
+        self.shares: list[float] = []
+
+    def learn(self, times: list[float], start: float, end: float) -> None:
+        if len(times) > 1 and end > start:
+            self.shares = [(t - start) / (end - start) for t in times]
+
+    def share(self, calls: int) -> float:
+        """How far a pass is once `calls` of its calls have come (0 before the model has run a pass whole)."""
+        if not self.shares or calls == 0:
+            return 0.0
+        return self.shares[min(calls, len(self.shares)) - 1]
+
+
+CLOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its PassClock, gone with the model
+
+
+def clock_of(model) -> PassClock:
+    if model not in CLOCKS:
+        CLOCKS[model] = PassClock()
+    return CLOCKS[model]
+
+
+@contextlib.contextmanager
+def pass_shares(model, report: Callable[[float], None]) -> Iterator[None]:
+    """While inside: `report(share)` before each submodule of `model`'s CPU passes in this thread, with how far
+    the pass is (0 to 1, by the model's last whole pass); each pass that ends whole teaches the model's clock."""
+    clock = clock_of(model)
+    times: list[float] = []
+    started = [0.0]
+
+    def before(module) -> None:
+        now = time.perf_counter()
+        if module is model:  # a pass starts
+            times.clear()
+            started[0] = now
+        times.append(now)
+        report(clock.share(len(times)))
+
+    def after_pass() -> None:
+        clock.learn(times, started[0], time.perf_counter())
+
+    with inside_cpu_passes(model, before, after_pass):
+        yield
+
+
+class WorkProgress:
+    """How far work of several passes is (0 to 1): its whole passes, plus the share of the one running. It
+    starts with the passes `planned` (0: not known; the first pass's share then counts for nothing, so the
+    fraction never goes back), and the library's callback(done, total) after each pass gives the count.
+    One thread moves it, others may read it: each change is one assignment."""
+
+    def __init__(self, planned: int = 0):
+        self._now = (0, planned, 0.0)  # passes done, passes in all, share of the running pass
+
+    def in_pass(self, share: float) -> None:
+        done, total, _ = self._now
+        self._now = (done, total, share)
+
+    def pass_done(self, done: int, total: int) -> None:
+        self._now = (done, total, 0.0)
+
+    @property
+    def fraction(self) -> float:
+        done, total, share = self._now
+        return min(1.0, (done + share) / total) if total > 0 else 0.0
