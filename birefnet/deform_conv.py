@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .fastpath import plain_graph_requested, shortcuts
+from .stopping import check_within_op
 
 try:  # torchvision is a hard dependency of timm, but its C++ ops may fail to load
     from torchvision.ops import deform_conv2d as _tv_deform_conv2d
@@ -190,6 +191,8 @@ def deform_conv2d_banded(
     out = x.new_empty(batch, out_channels, out_h * out_w)
     band = max(1, band_floats // (channels * taps * out_w))
     for start in range(0, out_h, band):
+        if not x.is_cuda:
+            check_within_op()  # Cancel within the longest operation of a CPU pass (`stopping`)
         rows = slice(start, min(start + band, out_h))
         grid = None if gather is not None else _sample_grid(offset, kh, kw, padding, height, width, rows)
         for i in range(batch):

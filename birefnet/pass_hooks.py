@@ -2,7 +2,7 @@
 pass (`pass_clock`) get in.
 
 On a CPU one forward pass takes seconds at 1024² and about a minute at 2048² (250 submodule calls in a Swin-L
-pass, 1.5 s apart at most on 2 CPU cores: the longest single operation is a deformable convolution), so what
+pass on 2 CPU cores, where a deformable convolution takes over a second between two of them), so what
 happens only between passes comes late. The calls run on CPU passes of the thread that entered the `with` only:
 on a GPU a pass takes tens of milliseconds and may be a captured CUDA graph (a Python exception inside a capture
 would leave it broken), and another thread's pass on the same model is not this caller's.
@@ -21,14 +21,14 @@ from torch import nn
 @contextlib.contextmanager
 def inside_cpu_passes(
     model, before: Callable[[nn.Module], None], after_pass: Callable[[], None] | None = None
-) -> Iterator[None]:
-    """While inside: `before(module)` before each submodule of `model`'s CPU forward passes in this thread (the
-    model itself first, as a pass starts), and `after_pass()` as each pass ends whole. Models that are not plain
-    modules (OpenVINO, `torch.compile`d) run their passes whole, and a model already on a GPU gets no hooks at
-    all (an eager GPU pass would pay for calling them)."""
+) -> Iterator[bool]:
+    """While inside (as True; False where no hooks were put in): `before(module)` before each submodule of
+    `model`'s CPU forward passes in this thread (the model itself first, as a pass starts), and `after_pass()` as
+    each pass ends whole. Models that are not plain modules (OpenVINO, `torch.compile`d) run their passes whole,
+    and a model already on a GPU gets no hooks at all (an eager GPU pass would pay for calling them)."""
     first = next(model.parameters(), None) if isinstance(model, nn.Module) else None
     if first is None or first.device.type != "cpu" or hasattr(model, "_orig_mod"):
-        yield
+        yield False
         return
     owner = threading.get_ident()
 
@@ -47,7 +47,7 @@ def inside_cpu_passes(
     if after_pass is not None:
         handles.append(model.register_forward_hook(after_model))
     try:
-        yield
+        yield True
     finally:
         for handle in handles:
             handle.remove()

@@ -157,6 +157,49 @@ def test_checks_inside_stop_a_cpu_pass_part_way_and_leave_the_model_as_it_was(b0
     assert torch.equal(segment(model, image, resolution=128), before)
 
 
+def test_checks_inside_stop_a_deformable_convolution_between_its_bands(b0_weights):
+    """The longest single operation of a CPU pass, the deformable convolution (over 1 s for Swin-L's 7x7 at 1024²
+    on 2 cores, 4x that at 2048²), is checked between its bands of rows too: a Cancel during it stops it there."""
+    from birefnet import load_model
+    from birefnet.blocks import DeformableConv2d
+    from birefnet.stopping import checks_inside
+
+    class Stop(Exception):
+        pass
+
+    model = load_model(b0_weights, device="cpu")
+    calls = []  # [deformable convolution, checks while it ran, ended] per call of one
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, DeformableConv2d):
+            hooks.append(module.register_forward_pre_hook(lambda module, args: calls.append([module, 0, False])))
+            hooks.append(module.register_forward_hook(lambda module, args, output: calls[-1].__setitem__(2, True)))
+
+    def check():
+        if calls and not calls[-1][2]:
+            calls[-1][1] += 1
+
+    try:
+        with checks_inside(model, check):
+            segment(model, _photo(512, 512), resolution=512)
+        longest, most, _ = max(calls, key=lambda call: call[1])
+        assert most > 10  # a check before each of its bands
+        halfway = (calls.index([longest, most, True]), most // 2)
+
+        def stops_halfway():
+            check()
+            if calls and (len(calls) - 1, calls[-1][1]) == halfway:
+                raise Stop
+
+        calls.clear()
+        with pytest.raises(Stop), checks_inside(model, stops_halfway):
+            segment(model, _photo(512, 512), resolution=512)
+        assert calls[-1] == [longest, most // 2, False]  # stopped inside it
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def test_pass_shares_say_how_far_a_cpu_pass_is_by_the_last_whole_pass(b0_weights):
     """Progress within a pass of seconds to minutes: before each submodule, the share of the pass done, by the
     times of the model's last whole pass. The model's first pass has none (0 throughout); a pass stopped part-way
