@@ -13,6 +13,7 @@ size (and OpenVINO compiles from its own blob cache next to it), so later loads 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -27,12 +28,15 @@ from .distributed import rank_and_world
 from .export import metadata, save_openvino, to_openvino
 from .extras import import_openvino, openvino_core
 from .files import cache_folder
+from .pass_clock import report_within_pass
+from .stopping import check_within_op
 from .version import __version__
 
 log = logging.getLogger("birefnet")
 
 PRECISIONS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 _CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
+WATCH_SECONDS = 0.1  # how often a running pass is checked for Cancel and reports progress
 
 
 def cache_dir() -> Path:
@@ -91,6 +95,8 @@ class OpenVINOModel(nn.Module):
             self.options["INFERENCE_NUM_THREADS"] = int(threads)
         self.key = weights_key(model)
         self._compiled: dict[tuple[int, int], object] = {}
+        self._requests: dict[tuple[int, int], object] = {}  # an inference request per working size
+        self._seconds: dict[tuple[int, ...], float] = {}  # the last pass's time per input shape (progress)
         self.eval()
 
     def ir_path(self, size: tuple[int, int]) -> Path:
@@ -155,11 +161,30 @@ class OpenVINOModel(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits, by an inference request that is watched while it runs: Cancel (`stopping.checks_inside`)
+        stops it within `WATCH_SECONDS`, and progress (`pass_clock.pass_shares`) is its time over the last pass
+        of this shape (a pass of seconds to minutes is one OpenVINO operation, with no submodules to check)."""
         self.torch_model._check_input(x)
         size = tuple(x.shape[-2:])
         compiled = self._compiled.get(size) or self._compile(size)
-        out = compiled(x.detach().float().cpu().numpy())[0]
-        return torch.from_numpy(np.ascontiguousarray(out))
+        if size not in self._requests:
+            self._requests[size] = compiled.create_infer_request()
+        request = self._requests[size]
+        last = self._seconds.get(tuple(x.shape))
+        started = time.perf_counter()
+        request.start_async({0: x.detach().float().cpu().numpy()})
+        while not request.wait_for(round(WATCH_SECONDS * 1000)):
+            try:
+                check_within_op()
+            except BaseException:
+                request.cancel()
+                with contextlib.suppress(RuntimeError):  # a cancelled request's wait says so
+                    request.wait()
+                raise
+            if last:
+                report_within_pass(min((time.perf_counter() - started) / last, 0.99))
+        self._seconds[tuple(x.shape)] = time.perf_counter() - started
+        return torch.from_numpy(np.array(request.get_output_tensor(0).data))  # a copy: the request reuses its own
 
     def forward_details(self, x: torch.Tensor):
         """Side outputs need the PyTorch graph (the gradient preview): run the kept PyTorch model."""

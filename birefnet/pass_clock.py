@@ -4,7 +4,8 @@ within a pass that takes seconds to minutes, not only between passes.
 A pass's calls before each submodule (`pass_hooks`) come in the same order at every input size, and the n-th
 comes at nearly the same share of the pass's time; so the times of a model's last whole pass say how far a pass
 is at each call. A model's first pass has no earlier pass to go by: it reports 0 until it ends. GPU passes
-(milliseconds) have no calls: there bars move pass by pass.
+(milliseconds) have no calls: there bars move pass by pass. A pass that runs as one operation (OpenVINO's)
+says how far it is itself, by its own clock (`report_within_pass`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 import weakref
+from contextvars import ContextVar
 from typing import Callable, Iterator
 
 from .pass_hooks import inside_cpu_passes
@@ -34,6 +36,7 @@ class PassClock:
         return self.shares[min(calls, len(self.shares)) - 1]
 
 
+_REPORT: ContextVar[Callable[[float], None] | None] = ContextVar("birefnet_pass_share", default=None)
 CLOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its PassClock, gone with the model
 
 
@@ -62,8 +65,21 @@ def pass_shares(model, report: Callable[[float], None]) -> Iterator[None]:
     def after_pass() -> None:
         clock.learn(times, started[0], time.perf_counter())
 
-    with inside_cpu_passes(model, before, after_pass):
-        yield
+    with inside_cpu_passes(model, before, after_pass) as hooked:
+        token = _REPORT.set(report) if hooked else None
+        try:
+            yield
+        finally:
+            if token is not None:
+                _REPORT.reset(token)
+
+
+def report_within_pass(share: float) -> None:
+    """For a pass that runs as one operation (OpenVINO's): how far it is (0 to 1, by its own clock), for the
+    `pass_shares` this thread is in, if any (a context variable: other threads' passes are not reported)."""
+    report = _REPORT.get()
+    if report is not None:
+        report(share)
 
 
 class WorkProgress:

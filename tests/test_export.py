@@ -122,6 +122,40 @@ def test_openvino_backend_is_a_drop_in_model_with_a_disk_cache(swin_t, tmp_path,
     assert (segment(again, image, resolution=size) - segment(reference, image, resolution=size)).abs().max() < 1e-4
 
 
+def test_openvino_passes_stop_on_cancel_and_report_progress(b0_weights, tmp_path, monkeypatch):
+    """A pass on OpenVINO is one operation of seconds to minutes: it is watched while it runs, so Cancel
+    (`checks_inside`) stops it at the next look, and progress (`pass_shares`) moves by the time of the last pass
+    of its shape; the model goes on giving the same masks (the cancelled request is free again)."""
+    from birefnet import openvino_backend
+    from birefnet.pass_clock import pass_shares
+    from birefnet.stopping import checks_inside
+
+    class Stop(Exception):
+        pass
+
+    monkeypatch.setenv("BIREFNET_CACHE", str(tmp_path))
+    monkeypatch.setattr(openvino_backend, "WATCH_SECONDS", 0.005)
+    model = load_model(b0_weights, backend="openvino")
+    image = torch.rand(3, 512, 512, generator=torch.Generator().manual_seed(0))
+    before = segment(model, image, resolution=512)  # converts, compiles and times a pass
+    reports = []
+    with pass_shares(model, reports.append):
+        assert torch.equal(segment(model, image, resolution=512), before)
+    assert reports[0] == 0 and reports == sorted(reports) and any(0 < share < 1 for share in reports), reports
+
+    checks = []
+
+    def third_stops():
+        checks.append(True)
+        if len(checks) == 3:  # the first is before the pass, the next two while OpenVINO runs it
+            raise Stop
+
+    with pytest.raises(Stop), checks_inside(model, third_stops):
+        segment(model, image, resolution=512)
+    assert len(checks) == 3
+    assert torch.equal(segment(model, image, resolution=512), before)
+
+
 def test_export_cli_refuses_to_overwrite_and_names_bad_targets(tmp_path, b0_weights, capsys):
     existing = tmp_path / "model.onnx"
     existing.write_bytes(b"earlier work")

@@ -251,17 +251,20 @@ def test_pass_shares_say_how_far_a_cpu_pass_is_by_the_last_whole_pass(b0_weights
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA pass")
 def test_checks_inside_leave_cuda_passes_unchecked(b0_weights):
     """On a GPU a pass takes milliseconds and may be a captured CUDA graph, which an exception inside
-    would leave broken: there the checks wait for the callers' checks between passes. Both for a model
-    on the GPU from the start and for one moved there inside the `with` (ComfyUI loads it there late)."""
+    would leave broken: there the checks wait for the callers' checks between passes, and progress moves
+    pass by pass. Both for a model on the GPU from the start and for one moved there inside the `with`
+    (ComfyUI loads it there late); with the deformable convolution's banded form too."""
     from birefnet import load_model
+    from birefnet.deform_conv import implementation
+    from birefnet.pass_clock import pass_shares
     from birefnet.stopping import checks_inside
 
-    def stop():
-        raise AssertionError("checked inside a CUDA pass")
+    def stop(*share):
+        raise AssertionError("called inside a CUDA pass")
 
-    for moved_inside in (False, True):
+    for moved_inside, deform in ((False, "auto"), (True, "auto"), (True, "banded")):
         model = load_model(b0_weights, device="cpu" if moved_inside else "cuda")
-        with checks_inside(model, stop):
+        with checks_inside(model, stop), pass_shares(model, stop), implementation(deform):
             model.to("cuda")
             segment(model, _photo(128, 128), resolution=128, device="cuda")
 
