@@ -97,6 +97,10 @@ class OpenVINOModel(nn.Module):
         self._compiled: dict[tuple[int, int], object] = {}
         self._requests: dict[tuple[int, int], object] = {}  # an inference request per working size
         self._seconds: dict[tuple[int, ...], float] = {}  # the last pass's time per input shape (progress)
+        # False (a server, which must answer in seconds): a working size with no converted graph in the cache
+        # runs in the kept PyTorch model instead of converting (minutes for the large backbones)
+        self.converts_new_sizes = True
+        self._in_pytorch: set[tuple[int, int]] = set()  # sizes said to run in PyTorch (said once each)
         self.eval()
 
     def ir_path(self, size: tuple[int, int]) -> Path:
@@ -160,12 +164,25 @@ class OpenVINOModel(nn.Module):
             self._compile(tuple(size))
         return self
 
+    def pass_modules(self):
+        """The modules a pass may run (`pass_hooks`): this one's, and the kept PyTorch model's (sizes not converted
+        run there when `converts_new_sizes` is off)."""
+        yield from self.modules()
+        yield from self.torch_model.modules()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The logits, by an inference request that is watched while it runs: Cancel (`stopping.checks_inside`)
         stops it within `WATCH_SECONDS`, and progress (`pass_clock.pass_shares`) is its time over the last pass
         of this shape (a pass of seconds to minutes is one OpenVINO operation, with no submodules to check)."""
         self.torch_model._check_input(x)
         size = tuple(x.shape[-2:])
+        if size not in self._compiled and not self.converts_new_sizes and not self.ir_path(size).exists():
+            if size not in self._in_pytorch:
+                self._in_pytorch.add(size)
+                log.warning(
+                    "OpenVINO: no converted graph for %dx%d (converting takes minutes); PyTorch runs it", *size[::-1]
+                )
+            return self.torch_model(x.float())
         compiled = self._compiled.get(size) or self._compile(size)
         if size not in self._requests:
             self._requests[size] = compiled.create_infer_request()

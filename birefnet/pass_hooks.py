@@ -43,7 +43,8 @@ def inside_cpu_passes(
         if ours(args):
             after_pass()
 
-    handles = [module.register_forward_pre_hook(before_module) for module in model.modules()]
+    modules = model.pass_modules() if hasattr(model, "pass_modules") else model.modules()  # OpenVINO's: 2 models
+    handles = [module.register_forward_pre_hook(before_module) for module in modules]
     if after_pass is not None:
         handles.append(model.register_forward_hook(after_model))
     try:

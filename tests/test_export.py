@@ -125,7 +125,8 @@ def test_openvino_backend_is_a_drop_in_model_with_a_disk_cache(swin_t, tmp_path,
 def test_openvino_passes_stop_on_cancel_and_report_progress(b0_weights, tmp_path, monkeypatch):
     """A pass on OpenVINO is one operation of seconds to minutes: it is watched while it runs, so Cancel
     (`checks_inside`) stops it at the next look, and progress (`pass_shares`) moves by the time of the last pass
-    of its shape; the model goes on giving the same masks (the cancelled request is free again)."""
+    of its shape; the model goes on giving the same masks (the cancelled request is free again). A size run in
+    PyTorch instead (a server's model converts no new sizes) is checked as a PyTorch pass is."""
     from birefnet import openvino_backend
     from birefnet.pass_clock import pass_shares
     from birefnet.stopping import checks_inside
@@ -154,6 +155,14 @@ def test_openvino_passes_stop_on_cancel_and_report_progress(b0_weights, tmp_path
         segment(model, image, resolution=512)
     assert len(checks) == 3
     assert torch.equal(segment(model, image, resolution=512), before)
+
+    model.converts_new_sizes = False  # a server's: a size with no converted graph runs in the kept PyTorch model
+    checks.clear()
+    with checks_inside(model, lambda: checks.append(True)):
+        in_pytorch = segment(model, image, resolution=256)
+    assert len(checks) > 100  # checked before each of the PyTorch model's submodules too
+    assert (in_pytorch - segment(load_model(b0_weights), image, resolution=256)).abs().max() < 1e-6
+    assert not list((tmp_path / "openvino").glob("*256x256.xml"))
 
 
 def test_export_cli_refuses_to_overwrite_and_names_bad_targets(tmp_path, b0_weights, capsys):

@@ -1073,3 +1073,32 @@ def test_progress_of_a_named_request_moves_within_its_passes_until_it_is_answere
     assert status == 200 and during_coarse["state"] == during_fine["state"] == "running"
     assert 0 < during_coarse["progress"] < 0.475 < during_fine["progress"] < 0.95  # half the work per pass
     assert gone == 404 and answer["error"].startswith("no request in flight has X-Request-ID 'first'")
+
+
+def test_an_openvino_server_converts_at_start_and_runs_other_sizes_in_pytorch(tmp_path, monkeypatch):
+    """`birefnet serve --backend openvino` (OpenVINO's runtime is the fastest on CPUs): the checkpoint's working
+    size is converted as the server starts, so no request waits minutes for a conversion, and a request at
+    another size runs in PyTorch instead of converting; both answer what the PyTorch server answers."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("BIREFNET_CACHE", str(tmp_path / "cache"))
+    servers = {"openvino": Server(tmp_path / "openvino", "--backend", "openvino"), "torch": Server(tmp_path / "torch")}
+    requests = ([("image", EXAMPLE.read_bytes())], [("image", EXAMPLE.read_bytes()), ("resolution", "256")])
+    try:
+        graphs = sorted(path.name for path in (tmp_path / "cache" / "openvino").glob("*.xml"))
+        answers = {
+            name: [call(server, "/v1/segment", fields) for fields in requests] for name, server in servers.items()
+        }
+        backends = {name: json.loads(call(server, "/health")[2])["backend"] for name, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+    log = servers["openvino"].log()
+    assert len(graphs) == 1 and graphs[0].endswith("-224x224.xml")  # the demo model's working size, at start
+    assert "converting pvt_v2_b0 for 224x224" in log and "on cpu (OpenVINO) at http://" in log
+    assert backends == {"openvino": "openvino", "torch": "torch"}
+    assert sorted(path.name for path in (tmp_path / "cache" / "openvino").glob("*.xml")) == graphs  # no 256²
+    assert log.count("PyTorch runs it") == 1 and "no converted graph for 256x256" in log
+    for ours, theirs in zip(answers["openvino"], answers["torch"]):
+        assert ours[0] == theirs[0] == 200
+        masks = [np.asarray(Image.open(io.BytesIO(answer[2])), dtype=int) for answer in (ours, theirs)]
+        assert np.abs(masks[0] - masks[1]).max() <= 1

@@ -86,6 +86,13 @@ def add_serve_parser(sub) -> None:
     srv.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     srv.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16")
     srv.add_argument(
+        "--backend",
+        choices=("torch", "openvino"),
+        default="torch",
+        help="openvino: the fastest CPU runtime (extra `openvino`); the checkpoint's working size is converted at "
+        "start (minutes the first time, cached), other sizes run in PyTorch",
+    )
+    srv.add_argument(
         "--token", help="require `Authorization: Bearer TOKEN` on every request (default: $BIREFNET_SERVER_TOKEN)"
     )
     srv.add_argument(

@@ -255,6 +255,7 @@ def create_app(settings: Settings, worker: Worker) -> FastAPI:
             "model": worker.name,
             "device": str(worker.device),
             "dtype": str(worker.dtype).removeprefix("torch."),
+            "backend": worker.backend,
             "version": __version__,
             "waiting": worker.waiting,
         }

@@ -62,12 +62,13 @@ def serve(args) -> int:
     catalog = Catalog(settings.allowed_weights)
     sock = bind(settings.host, settings.port)  # a busy port fails before the model loads
     settings = replace(settings, port=sock.getsockname()[1])  # --port 0: the free port the system chose
-    worker = Worker(settings.weights, settings.device, settings.dtype, catalog, settings.max_queue)
+    worker = Worker(settings.weights, settings.device, settings.dtype, catalog, settings.max_queue, settings.backend)
     config = uvicorn.Config(
         create_app(settings, worker), log_level="warning", access_log=False, timeout_graceful_shutdown=GRACE_SECONDS
     )
     model = f"{worker.name} ({worker.model.info.config.backbone})"
-    server = _Server(config, ready_line(settings, model, worker.device))
+    where = f"{worker.device} (OpenVINO)" if settings.backend == "openvino" else worker.device
+    server = _Server(config, ready_line(settings, model, where))
     # uvicorn stops gracefully on SIGTERM, then sends it again to the old handler: ignore that echo so the
     # process ends normally (exit 0, "server stopped")
     signal.signal(signal.SIGTERM, lambda *_: None)

@@ -33,6 +33,7 @@ class Settings:
     allowed_weights: tuple[str, ...] = ()
     device: str = "auto"
     dtype: str = "auto"
+    backend: str = "torch"  # or "openvino" (the CPU)
 
     @property
     def url(self) -> str:
@@ -89,4 +90,5 @@ def settings_from(args) -> Settings:
         allowed_weights=tuple(args.allow_weights),
         device=args.device,
         dtype=args.dtype,
+        backend=args.backend,
     )

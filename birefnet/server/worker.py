@@ -12,6 +12,7 @@ from typing import Callable
 
 from ..device import auto_dtype, parse_dtype, resolve_device
 from ..errors import CheckpointError
+from ..inference import model_resolution
 from ..loading import load_model
 from .errors import RequestError
 from .progress import Registry
@@ -27,12 +28,13 @@ RETRY_AFTER_SECONDS = 2
 
 
 class Worker:
-    def __init__(self, weights, device: str, dtype: str, catalog: Catalog, max_queue: int):
-        self.device = resolve_device(device)
+    def __init__(self, weights, device: str, dtype: str, catalog: Catalog, max_queue: int, backend: str = "torch"):
+        self.backend = backend
+        self.device = resolve_device("cpu" if backend == "openvino" and device == "auto" else device)
         self.dtype = auto_dtype(self.device) if dtype == "auto" else parse_dtype(dtype)
         self.catalog, self.max_queue = catalog, max_queue
         self.default = weights
-        self.model = load_model(weights, device=self.device, dtype=self.dtype)
+        self.model = self._load(weights, convert=True)
         self.model_source = weights  # what the loaded model was loaded from
         # the default's name, kept from start: once other weights are loaded, the loaded model's name
         # no longer says which name means the default
@@ -83,10 +85,21 @@ class Worker:
         source = self.default if weights in (None, self.default_name) else self.catalog.source(weights)
         return await asyncio.wrap_future(self._thread.submit(self._call, job, source))
 
+    def _load(self, source, convert: bool = False):
+        """The model for `source`. On OpenVINO a request never waits minutes for a graph to be converted: the
+        default model's working size is converted as the server starts (`convert`; cached for later starts),
+        and sizes with no converted graph in the cache run in PyTorch."""
+        model = load_model(source, device=self.device, dtype=self.dtype, backend=self.backend)
+        if self.backend == "openvino":
+            model.converts_new_sizes = False
+            if convert and model_resolution(model) != "aspect":
+                model.prepare(model_resolution(model))
+        return model
+
     def _call(self, job: Callable, source):
         if source != self.model_source:
             try:
-                model = load_model(source, device=self.device, dtype=self.dtype)
+                model = self._load(source)
             except CheckpointError as err:
                 raise RequestError(400, f"weights could not be loaded: {err}") from None
             self.model, self.model_source = model, source
