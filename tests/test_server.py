@@ -932,6 +932,7 @@ def test_decoding_leaves_the_event_loop_free(monkeypatch):
         name="demo",
         device="cpu",
         dtype="torch.float32",
+        backend="torch",
         waiting=0,
         refusal=lambda: None,
         place=contextlib.nullcontext,

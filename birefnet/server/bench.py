@@ -1,7 +1,8 @@
-"""Benchmark of `birefnet serve` (python -m birefnet.server.bench [--weights W] [--image I]):
-the server's overhead over a direct library call on the same image in the same run, 16
-concurrent clients (all answered, p50/p95 latency), and the server's memory across 100 requests.
-Prints a Markdown table (docs/benchmarks.md)."""
+"""Benchmark of `birefnet serve` (python -m birefnet.server.bench [--weights W] [--image I]
+[--backend torch openvino]): the server's overhead over a direct library call on the same image in the
+same run, per backend (their requests interleaved), then for the first backend 16 concurrent clients (all
+answered, p50/p95 latency) and the server's memory across 100 requests. Prints a Markdown table
+(docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ from ..refine import Refinement
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "images" / "synthetic_0.jpg"
 
 
-def start_server(weights: str | None) -> tuple[subprocess.Popen, str, Path]:
+def start_server(weights: str | None, backend: str = "torch") -> tuple[subprocess.Popen, str, Path]:
     log = Path(tempfile.mkdtemp()) / "server.log"
-    command = [sys.executable, "-m", "birefnet", "serve", "--port", "0"] + (["--weights", weights] if weights else [])
+    command = [sys.executable, "-m", "birefnet", "serve", "--port", "0", "--backend", backend]
+    command += ["--weights", weights] if weights else []
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
     while "at http://" not in log.read_text():
         if process.poll() is not None:
@@ -79,18 +81,23 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", default=None, help="default: the embedded demo model")
     parser.add_argument("--image", default=str(EXAMPLE))
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--backend", nargs="+", default=["torch"], choices=("torch", "openvino"))
     args = parser.parse_args(argv)
     data = Path(args.image).read_bytes()
     image = read_image(args.image)
-    model = load_model(args.weights)
-    process, url, _ = start_server(args.weights)
+    servers = {backend: start_server(args.weights, backend)[:2] for backend in args.backend}
     try:
-        direct(model, image), post(url, data)  # warm-up
-        library, single = [], []
-        for _ in range(args.repeats):  # interleaved: other load on the machine hits both alike
-            library.append(direct(model, image))
-            single.append(post(url, data))
-        del model
+        models = {backend: load_model(args.weights, backend=backend) for backend in args.backend}
+        library = {backend: [] for backend in args.backend}
+        single = {backend: [] for backend in args.backend}
+        for backend, (_, url) in servers.items():
+            direct(models[backend], image), post(url, data)  # warm-up
+        for _ in range(args.repeats):  # interleaved: other load on the machine hits all alike
+            for backend, (_, url) in servers.items():
+                library[backend].append(direct(models[backend], image))
+                single[backend].append(post(url, data))
+        del models
+        process, url = servers[args.backend[0]]
         with ThreadPoolExecutor(16) as pool:
             start = time.perf_counter()
             concurrent = list(pool.map(lambda _: post(url, data), range(64)))
@@ -102,28 +109,31 @@ def main(argv=None) -> int:
             if done % 25 == 0:
                 rss.append(server.memory_info().rss / 2**20)
     finally:
-        process.terminate()
-        process.wait()
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait()
     width, height = Image.open(args.image).size
     print(
         f"{args.weights or 'embedded demo model'}, {width}x{height} JPEG, mask output, CPU threads {os.cpu_count()}\n"
     )
     print("| measurement | value |\n|---|---|")
+    for backend in args.backend:
+        mine = f" ({backend})" if len(args.backend) > 1 else ""
+        direct_s, single_s = statistics.median(library[backend]), statistics.median(single[backend])
+        print(f"| direct library call (segment + PNG){mine}, median of {args.repeats} | {direct_s * 1000:.0f} ms |")
+        print(f"| one client, request to response{mine}, median of {args.repeats} | {single_s * 1000:.0f} ms |")
+        print(f"| server overhead per request{mine} (median difference) | {(single_s - direct_s) * 1000:.0f} ms |")
+    if len(args.backend) > 1:
+        first = statistics.median(single[args.backend[0]])
+        for backend in args.backend[1:]:
+            ratio = statistics.median(single[backend]) / first
+            print(f"| one client: {backend} / {args.backend[0]} time | {ratio:.2f}x |")
+    clients = f"16 concurrent clients ({args.backend[0]})" if len(args.backend) > 1 else "16 concurrent clients"
+    print(f"| {clients}, 64 requests: answered | {len(concurrent)}/64 |")
     print(
-        f"| direct library call (segment + PNG), median of {args.repeats} | "
-        f"{statistics.median(library) * 1000:.0f} ms |"
+        f"| {clients}: latency p50 / p95 | {percentile(concurrent, 0.5):.2f} s / {percentile(concurrent, 0.95):.2f} s |"
     )
-    print(f"| one client, request to response, median of {args.repeats} | {statistics.median(single) * 1000:.0f} ms |")
-    print(
-        f"| server overhead per request (median difference) | "
-        f"{(statistics.median(single) - statistics.median(library)) * 1000:.0f} ms |"
-    )
-    print(f"| 16 concurrent clients, 64 requests: answered | {len(concurrent)}/64 |")
-    print(
-        f"| 16 concurrent clients: latency p50 / p95 | {percentile(concurrent, 0.5):.2f} s / "
-        f"{percentile(concurrent, 0.95):.2f} s |"
-    )
-    print(f"| 16 concurrent clients: throughput | {64 / wall:.1f} requests/s |")
+    print(f"| {clients}: throughput | {64 / wall:.1f} requests/s |")
     print(f"| server RSS before / after 25, 50, 75, 100 more requests | {' / '.join(f'{v:.0f}' for v in rss)} MB |")
     return 0
 
