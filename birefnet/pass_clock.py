@@ -16,7 +16,7 @@ import weakref
 from contextvars import ContextVar
 from typing import Callable, Iterator
 
-from .pass_hooks import inside_cpu_passes
+from .pass_hooks import inside_cpu_passes, setting
 
 
 class PassClock:
@@ -65,13 +65,8 @@ def pass_shares(model, report: Callable[[float], None]) -> Iterator[None]:
     def after_pass() -> None:
         clock.learn(times, started[0], time.perf_counter())
 
-    with inside_cpu_passes(model, before, after_pass) as hooked:
-        token = _REPORT.set(report) if hooked else None
-        try:
-            yield
-        finally:
-            if token is not None:
-                _REPORT.reset(token)
+    with inside_cpu_passes(model, before, after_pass) as hooked, setting(_REPORT, report if hooked else None):
+        yield
 
 
 def report_within_pass(share: float) -> None:

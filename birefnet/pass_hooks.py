@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from contextvars import ContextVar
 from typing import Callable, Iterator
 
 import torch
@@ -24,8 +25,9 @@ def inside_cpu_passes(
 ) -> Iterator[bool]:
     """While inside (as True; False where no hooks were put in): `before(module)` before each submodule of
     `model`'s CPU forward passes in this thread (the model itself first, as a pass starts), and `after_pass()` as
-    each pass ends whole. Models that are not plain modules (OpenVINO, `torch.compile`d) run their passes whole,
-    and a model already on a GPU gets no hooks at all (an eager GPU pass would pay for calling them)."""
+    each pass ends whole. A `torch.compile`d model runs its passes whole, and a model already on a GPU gets no
+    hooks at all (an eager GPU pass would pay for calling them). A model with `pass_modules()` names the modules
+    its passes may run (OpenVINO's: its own, and those of the PyTorch model it keeps)."""
     first = next(model.parameters(), None) if isinstance(model, nn.Module) else None
     if first is None or first.device.type != "cpu" or hasattr(model, "_orig_mod"):
         yield False
@@ -52,3 +54,14 @@ def inside_cpu_passes(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextlib.contextmanager
+def setting(variable: ContextVar, value) -> Iterator[None]:
+    """`variable` holds `value` while inside, in this thread (how a long operation inside a pass finds the
+    caller's check or progress report: `stopping.check_within_op`, `pass_clock.report_within_pass`)."""
+    token = variable.set(value)
+    try:
+        yield
+    finally:
+        variable.reset(token)

@@ -16,22 +16,17 @@ import contextlib
 from contextvars import ContextVar
 from typing import Callable, Iterator
 
-from .pass_hooks import inside_cpu_passes
+from .pass_hooks import inside_cpu_passes, setting
 
 _WITHIN_OPS: ContextVar[Callable[[], None] | None] = ContextVar("birefnet_check_within_ops", default=None)
 
 
 @contextlib.contextmanager
 def checks_inside(model, check: Callable[[], None]) -> Iterator[None]:
-    """`check()` before each submodule of `model`'s CPU forward passes in this thread, while inside (GPU,
-    OpenVINO and `torch.compile`d passes run whole)."""
-    with inside_cpu_passes(model, lambda module: check()) as hooked:
-        token = _WITHIN_OPS.set(check) if hooked else None
-        try:
-            yield
-        finally:
-            if token is not None:
-                _WITHIN_OPS.reset(token)
+    """`check()` before each submodule of `model`'s CPU forward passes in this thread, and between the steps of
+    their longest operations, while inside (GPU and `torch.compile`d passes run whole)."""
+    with inside_cpu_passes(model, lambda module: check()) as hooked, setting(_WITHIN_OPS, check if hooked else None):
+        yield
 
 
 def check_within_op() -> None:
