@@ -746,3 +746,21 @@ def test_a_picture_that_needs_a_missing_plugin_names_the_extra(tmp_path):
         f"birefnet: skipped {src / 'b.jxl'}: JPEG XL pictures need pillow-jxl-plugin; {extra}",
         f"birefnet: wrote 1 mask(s) to {tmp_path / 'out'}, skipped 2",
     ]
+
+
+def test_the_bar_says_how_far_the_pass_is(tmp_path):
+    """A large image on a CPU takes a minute per pass: beside the count of images, the bar says how far the pass
+    now running is (timed by the model's last whole pass, so from the second pass on), and no more once the
+    passes are done."""
+    import re
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        _noise(src / f"p{i}.png", (300, 400, 3), i)
+    result = run_cli("segment", src, "--out", tmp_path / "out", "--device", "cpu", "--resolution", "512")
+    assert result.returncode == 0, result.stderr
+    shown = [int(percent) for percent in re.findall(r"pass (\d+)%", result.stderr)]
+    assert shown and all(0 < percent < 100 for percent in shown) and len(set(shown)) > 3, result.stderr[-2000:]
+    last = result.stderr.replace("\r", "\n").strip().splitlines()[-2]  # the bar's end, before the summary
+    assert last.startswith("100%") and "pass" not in last, last

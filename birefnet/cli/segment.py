@@ -3,6 +3,7 @@ at a time, batched through the model and written behind it; clips go to `segment
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from ..files import (
 from ..guidance import check_boxes_inside
 from ..highres import DEFAULT_FINE_MEGAPIXELS
 from ..inference import mask_to_image, model_device, segment
+from ..pass_clock import pass_shares
 from ..pipeline import check_highres, check_pixel_values, cutout_image, finish, segment_image
 from ..refine import Refinement
 from ..write_behind import WriteBehind
@@ -224,7 +226,17 @@ def cmd_segment(args) -> int:
     )
     source_of = {paths[0]: file for (file, _), paths in zip(files, outputs)}  # for --overwrite's clean-up
     per_chunk = AUTO_MOST if args.batch_size == AUTO else args.batch_size  # images read at a time
-    with WriteBehind() as saver:  # the PNGs are compressed behind the model, by a few threads
+    shown = [None]
+
+    def show_pass(share: float) -> None:
+        """How far the pass now running is, beside the count of images (a large image on a CPU takes a minute)."""
+        percent = min(99, int(share * 100))
+        if percent and percent != shown[0]:  # 0 throughout a model's first pass: nothing to go by yet
+            shown[0] = percent
+            bar.set_postfix_str(f"pass {percent}%")
+
+    within = pass_shares(model, show_pass) if model is not None and not args.quiet else contextlib.nullcontext()
+    with WriteBehind() as saver, within:  # the PNGs are compressed behind the model, by a few threads
         for start in range(0, len(files), per_chunk):
             chunk = []
             for (file, _), paths, writes in zip(
@@ -279,6 +291,9 @@ def cmd_segment(args) -> int:
                     batch_size=args.batch_size,
                     device=model_device(model),  # `finish` refines there: no CPU round trip
                 )
+            if shown[0] is not None:  # the chunk's passes are done
+                shown[0] = None
+                bar.set_postfix_str("", refresh=False)
             for (image, (mask_path, cutout_path, *_), writes), mask in zip(chunk, masks):
                 mask, colours = finish(image, mask, refinement, boxes=args.box or (), device=model_device(model))
                 if mask_path in writes:
