@@ -6,6 +6,7 @@ import torch
 
 import birefnet
 from birefnet.device import SLOW_FP16, parse_dtype, slow_fp16
+from birefnet.pass_clock import learn_from_a_small_pass
 
 from . import host
 from .handle import BiRefNetHandle
@@ -33,7 +34,10 @@ def load(weights: str, device: str = "auto", dtype: str = "auto", tile_layout: s
         host.log.warning("BiRefNet: %s", SLOW_FP16)
     model = birefnet.load_model(path, tile_layout=layout)
     host.log.info("BiRefNet: %s", model.info.describe())
-    return (BiRefNetHandle(model, torch_device, torch_dtype, path.name),)
+    handle = BiRefNetHandle(model, torch_device, torch_dtype, path.name)
+    if torch_device.type == "cpu":  # the bar moves within the first frame's passes too
+        learn_from_a_small_pass(handle.model)
+    return (handle,)
 
 
 SPEC = NodeSpec(

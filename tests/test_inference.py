@@ -248,6 +248,24 @@ def test_pass_shares_say_how_far_a_cpu_pass_is_by_the_last_whole_pass(b0_weights
     assert unknown.fraction == pytest.approx(1 / 3)
 
 
+def test_a_small_pass_sets_a_new_cpu_models_clock(b0_weights):
+    """The server and the ComfyUI loader time one small pass of a CPU model as they load it, so that its first
+    real pass (at any size) shows progress too; a clock set already is kept."""
+    from birefnet import load_model
+    from birefnet.pass_clock import clock_of, learn_from_a_small_pass, pass_shares
+
+    model = load_model(b0_weights, device="cpu")
+    learn_from_a_small_pass(model)
+    assert len(clock_of(model).shares) > 100 and clock_of(model).shares == sorted(clock_of(model).shares)
+    reports = []
+    with pass_shares(model, reports.append):
+        segment(model, _photo(96, 160), resolution=(96, 160))
+    assert 0 < reports[len(reports) // 2] < 1 and reports == sorted(reports)  # the first real pass moves
+    learned = clock_of(model).shares  # from that pass
+    learn_from_a_small_pass(model)
+    assert clock_of(model).shares is learned
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA pass")
 def test_checks_inside_leave_cuda_passes_unchecked(b0_weights):
     """On a GPU a pass takes milliseconds and may be a captured CUDA graph, which an exception inside

@@ -14,6 +14,7 @@ from ..device import auto_dtype, parse_dtype, resolve_device
 from ..errors import CheckpointError
 from ..inference import model_resolution
 from ..loading import load_model
+from ..pass_clock import learn_from_a_small_pass
 from .errors import RequestError
 from .progress import Registry
 from .weights import Catalog, model_name
@@ -90,6 +91,7 @@ class Worker:
         default model's working size is converted as the server starts (`convert`; cached for later starts),
         and sizes with no converted graph in the cache run in PyTorch."""
         model = load_model(source, device=self.device, dtype=self.dtype, backend=self.backend)
+        learn_from_a_small_pass(model)  # on a CPU: the first request's progress moves within its passes too
         if self.backend == "openvino":
             model.converts_new_sizes = False
             if convert and model_resolution(model) != "aspect":
