@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import torch
 
 from .device import slow_fp16
-from .pass_hooks import inside_cpu_passes, setting
+from .pass_hooks import inside_cpu_passes, setting, watchable_on_cpu
 
 
 class PassClock:
@@ -59,13 +59,13 @@ def learn_from_a_small_pass(model) -> None:
     average (11% at most) of those of a 1024² pass, and each whole pass after corrects them. Models elsewhere
     (GPU, OpenVINO, `torch.compile`d), fp16 models on CPUs without fast fp16 and models whose clock is set
     already are left alone."""
-    first = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
-    if first is None or first.device.type != "cpu" or hasattr(model, "_orig_mod") or clock_of(model).shares:
+    if not watchable_on_cpu(model) or clock_of(model).shares or getattr(model, "outside_torch_devices", False):
+        return  # OpenVINO times its passes itself
+    dtype = next(model.parameters()).dtype
+    if slow_fp16(torch.device("cpu"), dtype):  # fp16 on most CPUs takes minutes
         return
-    if getattr(model, "outside_torch_devices", False) or slow_fp16(first.device, first.dtype):
-        return  # OpenVINO times its passes itself; fp16 on most CPUs takes minutes
     with torch.inference_mode(), pass_shares(model, lambda share: None):
-        model(torch.zeros(1, 3, SMALL_PASS, SMALL_PASS, dtype=first.dtype))
+        model(torch.zeros(1, 3, SMALL_PASS, SMALL_PASS, dtype=dtype))
 
 
 @contextlib.contextmanager

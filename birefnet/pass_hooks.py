@@ -19,6 +19,13 @@ import torch
 from torch import nn
 
 
+def watchable_on_cpu(model) -> bool:
+    """Whether `model`'s passes can be watched here: a plain module whose parameters are on the CPU (not a
+    `torch.compile`d one, whose passes run whole)."""
+    first = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    return first is not None and first.device.type == "cpu" and not hasattr(model, "_orig_mod")
+
+
 @contextlib.contextmanager
 def inside_cpu_passes(
     model, before: Callable[[nn.Module], None], after_pass: Callable[[], None] | None = None
@@ -28,8 +35,7 @@ def inside_cpu_passes(
     each pass ends whole. A `torch.compile`d model runs its passes whole, and a model already on a GPU gets no
     hooks at all (an eager GPU pass would pay for calling them). A model with `pass_modules()` names the modules
     its passes may run (OpenVINO's: its own, and those of the PyTorch model it keeps)."""
-    first = next(model.parameters(), None) if isinstance(model, nn.Module) else None
-    if first is None or first.device.type != "cpu" or hasattr(model, "_orig_mod"):
+    if not watchable_on_cpu(model):
         yield False
         return
     owner = threading.get_ident()
